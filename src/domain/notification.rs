@@ -1,0 +1,338 @@
+//! What a notification is: its channel, its message, its life cycle.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize, Serializer};
+use uuid::Uuid;
+
+/// Notification ids are UUIDv7 (time-ordered, so inserts stay at the end of
+/// the index) shown with a prefix that says what they name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NotificationId(Uuid);
+
+impl NotificationId {
+    const PREFIX: &'static str = "ntf_";
+
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(Uuid::from_bytes(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl Default for NotificationId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for NotificationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", Self::PREFIX, self.0.simple())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("not a notification id (expected ntf_ followed by 32 hex digits)")]
+pub struct BadNotificationId;
+
+impl FromStr for NotificationId {
+    type Err = BadNotificationId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let hex = s.strip_prefix(Self::PREFIX).ok_or(BadNotificationId)?;
+        if hex.len() != 32 {
+            return Err(BadNotificationId);
+        }
+        Uuid::try_parse(hex)
+            .map(Self)
+            .map_err(|_| BadNotificationId)
+    }
+}
+
+impl Serialize for NotificationId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch: what is stored, so
+/// that schedules and leases mean the same to every process and survive
+/// restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixMillis(pub i64);
+
+impl UnixMillis {
+    pub fn now() -> Self {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Self(since.as_millis() as i64)
+    }
+
+    pub fn plus(self, d: Duration) -> Self {
+        Self(self.0.saturating_add(d.as_millis() as i64))
+    }
+
+    /// Time from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: Self) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0).max(0) as u64)
+    }
+}
+
+impl Serialize for UnixMillis {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = UNIX_EPOCH + Duration::from_millis(self.0.max(0) as u64);
+        s.collect_str(&humantime::format_rfc3339_millis(t))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Sms,
+    Email,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 2] = [Channel::Sms, Channel::Email];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Sms => "sms",
+            Channel::Email => "email",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sms" => Some(Channel::Sms),
+            "email" => Some(Channel::Email),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The life cycle: `queued` → `sending` → `delivered`, or → `retrying` →
+/// `sending` … → `dead` once retries are exhausted, or → `failed` when a
+/// provider refuses the message for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Queued,
+    Sending,
+    Retrying,
+    Delivered,
+    Failed,
+    Dead,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Queued,
+        Status::Sending,
+        Status::Retrying,
+        Status::Delivered,
+        Status::Failed,
+        Status::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Sending => "sending",
+            Status::Retrying => "retrying",
+            Status::Delivered => "delivered",
+            Status::Failed => "failed",
+            Status::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Delivered | Status::Failed | Status::Dead)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The provider contract's SMS body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sms {
+    pub phone: String,
+    pub text: String,
+}
+
+/// The provider contract's email body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Email {
+    pub subject: String,
+    pub body: String,
+    pub recipients: Vec<String>,
+}
+
+/// A validated message, ready to be stored and sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Sms(Sms),
+    Email(Email),
+}
+
+impl Message {
+    pub fn channel(&self) -> Channel {
+        match self {
+            Message::Sms(_) => Channel::Sms,
+            Message::Email(_) => Channel::Email,
+        }
+    }
+
+    /// The body a provider receives. It is computed once, at accept time, and
+    /// stored as is, so dispatch never re-encodes.
+    pub fn to_provider_json(&self) -> String {
+        let encoded = match self {
+            Message::Sms(sms) => serde_json::to_string(sms),
+            Message::Email(email) => serde_json::to_string(email),
+        };
+        encoded.expect("plain strings always encode")
+    }
+}
+
+/// How one attempt at one provider ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    /// The provider accepted the message (2xx).
+    Delivered,
+    /// The provider refused the message for good (4xx other than 408/429).
+    Rejected,
+    /// Worth trying again: 5xx, 408, 429, a timeout or a connection error.
+    Transient,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Rejected => "rejected",
+            AttemptOutcome::Transient => "transient",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "delivered" => Some(AttemptOutcome::Delivered),
+            "rejected" => Some(AttemptOutcome::Rejected),
+            "transient" => Some(AttemptOutcome::Transient),
+            _ => None,
+        }
+    }
+}
+
+/// One request to one provider, as kept in the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attempt {
+    pub provider: String,
+    pub started_at: UnixMillis,
+    pub duration_ms: u64,
+    pub outcome: AttemptOutcome,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_reject_garbage() {
+        let id = NotificationId::new();
+        let shown = id.to_string();
+        assert!(shown.starts_with("ntf_") && shown.len() == 36);
+        assert_eq!(shown.parse::<NotificationId>().unwrap(), id);
+        for bad in [
+            "",
+            "ntf_",
+            "ntf_xyz",
+            "msg_0190c3f5a1b27c3d8e4f5a6b7c8d9e0f",
+            &shown[4..],
+        ] {
+            assert!(bad.parse::<NotificationId>().is_err(), "{bad}");
+        }
+        // Uuid::try_parse accepts hyphenated forms; ours are only the simple one.
+        assert!(
+            format!("ntf_{}", id.as_uuid())
+                .parse::<NotificationId>()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn ids_are_time_ordered() {
+        let a = NotificationId::new();
+        let b = NotificationId::new();
+        assert!(a < b);
+    }
+
+    #[test]
+    fn provider_bodies_match_the_contract() {
+        let sms = Message::Sms(Sms {
+            phone: "01712345678".into(),
+            text: "hi \"there\"".into(),
+        });
+        assert_eq!(
+            sms.to_provider_json(),
+            r#"{"phone":"01712345678","text":"hi \"there\""}"#
+        );
+        let email = Message::Email(Email {
+            subject: "s".into(),
+            body: "b".into(),
+            recipients: vec!["a@b.c".into()],
+        });
+        assert_eq!(
+            email.to_provider_json(),
+            r#"{"subject":"s","body":"b","recipients":["a@b.c"]}"#
+        );
+    }
+
+    #[test]
+    fn statuses_parse_back() {
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+        assert!(Status::Dead.is_final() && !Status::Retrying.is_final());
+    }
+
+    #[test]
+    fn timestamps_render_as_rfc3339() {
+        let t = UnixMillis(1_700_000_000_123);
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            "\"2023-11-14T22:13:20.123Z\""
+        );
+    }
+}

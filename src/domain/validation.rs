@@ -1,0 +1,369 @@
+//! Input validation, at least as strict as the provider contract, so that
+//! anything a provider would refuse with 400 is refused at Herald's door and
+//! never stored.
+//!
+//! The contract states its rules as JavaScript regular expressions; they are
+//! small enough to check by hand, which keeps a regex engine out of the build.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::notification::{Email, Message, Sms};
+
+/// Upper bounds the contract does not set but a production service must.
+pub const MAX_SMS_TEXT_CHARS: usize = 1_600;
+pub const MAX_SUBJECT_CHARS: usize = 998;
+pub const MAX_EMAIL_BODY_CHARS: usize = 50_000;
+pub const MAX_RECIPIENTS: usize = 100;
+pub const MAX_ADDRESS_CHARS: usize = 254;
+
+/// One bad field, named as the client sent it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// JavaScript's `\s` and `String.prototype.trim` treat U+FEFF as white space
+/// too; Rust's `char::is_whitespace` does not.
+fn is_js_space(c: char) -> bool {
+    c.is_whitespace() || c == '\u{feff}'
+}
+
+/// Non-empty after trimming, as the contract requires of text, subject and body.
+pub fn is_blank(s: &str) -> bool {
+    s.trim_matches(is_js_space).is_empty()
+}
+
+/// `^(?:\+88|88)?(01[3-9]\d{8})$`: a Bangladeshi mobile number.
+pub fn is_valid_phone(phone: &str) -> bool {
+    let local = phone
+        .strip_prefix("+88")
+        .or_else(|| phone.strip_prefix("88"))
+        .unwrap_or(phone);
+    let b = local.as_bytes();
+    b.len() == 11
+        && b[0] == b'0'
+        && b[1] == b'1'
+        && (b'3'..=b'9').contains(&b[2])
+        && b[3..].iter().all(u8::is_ascii_digit)
+}
+
+/// `^[^\s@]+@[^\s@]+\.[^\s@]+$`: no white space, exactly one `@` with
+/// something before it, and a domain with a dot that is neither its first
+/// nor its last character.
+pub fn is_valid_email(address: &str) -> bool {
+    if address.chars().any(is_js_space) {
+        return false;
+    }
+    let Some((local, domain)) = address.split_once('@') else {
+        return false;
+    };
+    if local.is_empty() || domain.contains('@') || domain.len() < 3 {
+        return false;
+    }
+    // The dot may be any inner byte; '.' is ASCII so byte slicing is safe
+    // whenever the domain's first and last characters are excluded by index.
+    let first = domain.chars().next().map_or(0, char::len_utf8);
+    let last = domain.chars().next_back().map_or(0, char::len_utf8);
+    domain.len() > first + last && domain[first..domain.len() - last].contains('.')
+}
+
+/// The request bodies as they arrive: every field optional and untyped, so a
+/// client learns about every bad field at once, not only the first.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSms {
+    pub phone: Option<Value>,
+    pub text: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawEmail {
+    pub subject: Option<Value>,
+    pub body: Option<Value>,
+    pub recipients: Option<Value>,
+}
+
+fn required_text(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    value: Option<Value>,
+    max_chars: usize,
+) -> Option<String> {
+    match value {
+        Some(Value::String(s)) if is_blank(&s) => {
+            errors.push(FieldError::new(field, "must not be empty"));
+            None
+        }
+        Some(Value::String(s)) if s.chars().count() > max_chars => {
+            errors.push(FieldError::new(
+                field,
+                format!("must be at most {max_chars} characters"),
+            ));
+            None
+        }
+        Some(Value::String(s)) => Some(s),
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new(field, "is required"));
+            None
+        }
+        Some(_) => {
+            errors.push(FieldError::new(field, "must be a string"));
+            None
+        }
+    }
+}
+
+pub fn validate_sms(raw: RawSms) -> Result<Message, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let phone = match raw.phone {
+        Some(Value::String(p)) if is_valid_phone(&p) => Some(p),
+        Some(Value::String(_)) => {
+            errors.push(FieldError::new(
+                "phone",
+                "must be a Bangladeshi mobile number such as 01712345678, 8801712345678 or +8801712345678",
+            ));
+            None
+        }
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new("phone", "is required"));
+            None
+        }
+        Some(_) => {
+            errors.push(FieldError::new("phone", "must be a string"));
+            None
+        }
+    };
+    let text = required_text(&mut errors, "text", raw.text, MAX_SMS_TEXT_CHARS);
+    match (phone, text) {
+        (Some(phone), Some(text)) if errors.is_empty() => Ok(Message::Sms(Sms { phone, text })),
+        _ => Err(errors),
+    }
+}
+
+pub fn validate_email(raw: RawEmail) -> Result<Message, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let subject = required_text(&mut errors, "subject", raw.subject, MAX_SUBJECT_CHARS);
+    let body = required_text(&mut errors, "body", raw.body, MAX_EMAIL_BODY_CHARS);
+    let recipients = match raw.recipients {
+        Some(Value::Array(list)) if list.is_empty() => {
+            errors.push(FieldError::new("recipients", "must not be empty"));
+            None
+        }
+        Some(Value::Array(list)) if list.len() > MAX_RECIPIENTS => {
+            errors.push(FieldError::new(
+                "recipients",
+                format!("must hold at most {MAX_RECIPIENTS} addresses"),
+            ));
+            None
+        }
+        Some(Value::Array(list)) => {
+            let before = errors.len();
+            let mut addresses = Vec::with_capacity(list.len());
+            for (i, item) in list.into_iter().enumerate() {
+                match item {
+                    Value::String(a) if a.chars().count() > MAX_ADDRESS_CHARS => {
+                        errors.push(FieldError::new(
+                            format!("recipients[{i}]"),
+                            format!("must be at most {MAX_ADDRESS_CHARS} characters"),
+                        ))
+                    }
+                    Value::String(a) if is_valid_email(&a) => addresses.push(a),
+                    Value::String(_) => errors.push(FieldError::new(
+                        format!("recipients[{i}]"),
+                        "must be an email address such as name@example.com",
+                    )),
+                    _ => errors.push(FieldError::new(
+                        format!("recipients[{i}]"),
+                        "must be a string",
+                    )),
+                }
+            }
+            (errors.len() == before).then_some(addresses)
+        }
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new("recipients", "is required"));
+            None
+        }
+        Some(_) => {
+            errors.push(FieldError::new(
+                "recipients",
+                "must be an array of email addresses",
+            ));
+            None
+        }
+    };
+    match (subject, body, recipients) {
+        (Some(subject), Some(body), Some(recipients)) if errors.is_empty() => {
+            Ok(Message::Email(Email {
+                subject,
+                body,
+                recipients,
+            }))
+        }
+        _ => Err(errors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn phones() {
+        let good = [
+            "01712345678",
+            "01312345678",
+            "01912345678",
+            "8801712345678",
+            "+8801712345678",
+        ];
+        for p in good {
+            assert!(is_valid_phone(p), "{p} should be valid");
+        }
+        let bad = [
+            "",
+            "0171234567",     // 10 digits
+            "017123456789",   // 12 digits
+            "01212345678",    // operator digit 2
+            "01012345678",    // operator digit 0
+            "02712345678",    // not 01
+            "+8801212345678", // bad operator after prefix
+            "+88 01712345678",
+            "880171234567a",
+            "+01712345678",
+            "++8801712345678",
+            "8801712345678 ",
+            " 01712345678",
+            "0171234567٨", // Arabic-Indic digit: JS \d is ASCII only
+            "+8701712345678",
+        ];
+        for p in bad {
+            assert!(!is_valid_phone(p), "{p:?} should be invalid");
+        }
+    }
+
+    #[test]
+    fn emails() {
+        let good = [
+            "a@b.c",
+            "user.name+tag@example.com",
+            "x@y..",  // the contract's regex accepts this; so do we
+            "x@.y.z", // a dot later than the first character
+            "ü@exämple.de",
+        ];
+        for e in good {
+            assert!(is_valid_email(e), "{e} should be valid");
+        }
+        let bad = [
+            "",
+            "a",
+            "a@b",
+            "@b.c",
+            "a@.c",
+            "a@b.",
+            "a@@b.c",
+            "a@b@c.d",
+            "a b@c.d",
+            "a@b.c ",
+            "a@b\t.c",
+            "a@b.c\u{feff}",
+            "a@b\u{a0}.c",
+        ];
+        for e in bad {
+            assert!(!is_valid_email(e), "{e:?} should be invalid");
+        }
+    }
+
+    #[test]
+    fn blank_follows_javascript_trim() {
+        assert!(is_blank(""));
+        assert!(is_blank(" \t\n\r"));
+        assert!(is_blank("\u{feff}\u{a0}\u{2003}"));
+        assert!(!is_blank(" x "));
+    }
+
+    fn sms(v: Value) -> Result<Message, Vec<FieldError>> {
+        validate_sms(serde_json::from_value(v).unwrap())
+    }
+
+    fn email(v: Value) -> Result<Message, Vec<FieldError>> {
+        validate_email(serde_json::from_value(v).unwrap())
+    }
+
+    fn fields(r: Result<Message, Vec<FieldError>>) -> Vec<String> {
+        r.unwrap_err().into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn sms_requests() {
+        assert!(sms(json!({"phone": "01712345678", "text": "hi"})).is_ok());
+        assert!(sms(json!({"phone": "01712345678", "text": "hi", "extra": 1})).is_ok());
+        assert_eq!(fields(sms(json!({}))), ["phone", "text"]);
+        assert_eq!(
+            fields(sms(json!({"phone": 1717, "text": "  "}))),
+            ["phone", "text"]
+        );
+        assert_eq!(
+            fields(sms(json!({"phone": "123", "text": "ok"}))),
+            ["phone"]
+        );
+        assert_eq!(
+            fields(sms(json!({"phone": "01712345678", "text": null}))),
+            ["text"]
+        );
+        assert_eq!(
+            fields(sms(json!({"phone": "01712345678", "text": ["a"]}))),
+            ["text"]
+        );
+        let long = "x".repeat(MAX_SMS_TEXT_CHARS + 1);
+        assert_eq!(
+            fields(sms(json!({"phone": "01712345678", "text": long}))),
+            ["text"]
+        );
+        let longest = "ব".repeat(MAX_SMS_TEXT_CHARS);
+        assert!(sms(json!({"phone": "01712345678", "text": longest})).is_ok());
+    }
+
+    #[test]
+    fn email_requests() {
+        let ok = json!({"subject": "s", "body": "b", "recipients": ["a@b.c"]});
+        assert!(email(ok).is_ok());
+        assert_eq!(fields(email(json!({}))), ["subject", "body", "recipients"]);
+        assert_eq!(
+            fields(email(
+                json!({"subject": "s", "body": "b", "recipients": []})
+            )),
+            ["recipients"]
+        );
+        assert_eq!(
+            fields(email(
+                json!({"subject": "s", "body": "b", "recipients": "a@b.c"})
+            )),
+            ["recipients"]
+        );
+        assert_eq!(
+            fields(email(
+                json!({"subject": "", "body": "b", "recipients": ["a@b.c", "bad", 3]})
+            )),
+            ["subject", "recipients[1]", "recipients[2]"]
+        );
+        let many: Vec<String> = (0..=MAX_RECIPIENTS).map(|i| format!("u{i}@x.io")).collect();
+        assert_eq!(
+            fields(email(
+                json!({"subject": "s", "body": "b", "recipients": many})
+            )),
+            ["recipients"]
+        );
+    }
+}
