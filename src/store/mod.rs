@@ -1,0 +1,212 @@
+//! Storage: the source of truth for every accepted notification, its
+//! schedule, its lease and its history.
+//!
+//! The dispatcher holds nothing that is not also here: a process may die at
+//! any point and another (or the same, restarted) picks the work up again
+//! when the lease lapses.
+
+mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::domain::{Attempt, Channel, NotificationId, Status, UnixMillis};
+
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed the operation.
+    #[error("the database failed")]
+    Backend(#[source] BoxError),
+    /// The store has been shut down.
+    #[error("the store is closed")]
+    Closed,
+    /// A row could not be read back into the domain.
+    #[error("a stored row is invalid: {what}")]
+    Corrupt { what: &'static str },
+    #[error("unsupported store URL {0:?} (expected sqlite://PATH)")]
+    BadUrl(String),
+}
+
+/// Random per claim: a dispatcher whose lease lapsed and was claimed again
+/// holds a stale token, and its writes are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseToken(pub i64);
+
+impl LeaseToken {
+    pub fn random() -> Self {
+        // Non-negative so it reads the same in every database.
+        Self(fastrand::i64(1..i64::MAX))
+    }
+}
+
+/// A notification as accepted, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub id: NotificationId,
+    pub channel: Channel,
+    /// The provider body, JSON.
+    pub payload: String,
+    pub created_at: UnixMillis,
+    /// After this, no more rounds: the notification is dead.
+    pub expires_at: UnixMillis,
+}
+
+/// A notification claimed for one round of delivery.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: NotificationId,
+    pub channel: Channel,
+    pub payload: Bytes,
+    /// Rounds already spent.
+    pub rounds: u32,
+    pub created_at: UnixMillis,
+    pub expires_at: UnixMillis,
+    pub lease: LeaseToken,
+    pub lease_until: UnixMillis,
+}
+
+/// How a round ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    Delivered {
+        provider: String,
+    },
+    /// A provider refused the message for good.
+    Failed {
+        error: String,
+    },
+    /// Try again at `at`; `counted` is false when no provider could even be
+    /// tried (all paused or open), which does not use up a round.
+    Retry {
+        at: UnixMillis,
+        counted: bool,
+        error: Option<String>,
+    },
+    /// Out of rounds or past its age.
+    Dead {
+        error: String,
+    },
+    /// Given back unfinished (shutdown): ready again at once.
+    Released,
+}
+
+/// The result of one round, written back under the lease it was claimed with.
+#[derive(Debug, Clone)]
+pub struct RoundReport {
+    pub id: NotificationId,
+    pub lease: LeaseToken,
+    pub attempts: Vec<Attempt>,
+    pub completion: Completion,
+    pub at: UnixMillis,
+}
+
+/// The report's lease was no longer current: someone else owns the work now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the lease on this notification was lost")]
+pub struct LeaseLost;
+
+/// Everything known about one notification.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotificationRecord {
+    pub id: NotificationId,
+    pub channel: Channel,
+    pub status: Status,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<UnixMillis>,
+    pub expires_at: UnixMillis,
+    pub rounds: u32,
+    pub delivered_by: Option<String>,
+    pub last_error: Option<String>,
+    pub message: serde_json::Value,
+    pub attempts: Vec<Attempt>,
+}
+
+/// A line of a listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotificationSummary {
+    pub id: NotificationId,
+    pub channel: Channel,
+    pub status: Status,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+    pub rounds: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayOutcome {
+    Requeued,
+    NotFound,
+    /// Only `dead` and `failed` notifications can be replayed.
+    NotReplayable(Status),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Returns once the notification is durably committed.
+    async fn insert(&self, notification: NewNotification) -> Result<(), StoreError>;
+
+    /// Claims up to `limit` notifications that are due at `now` (including
+    /// ones whose lease lapsed), leasing each for `lease`.
+    async fn claim(
+        &self,
+        now: UnixMillis,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    /// Writes rounds back; each one only if its lease is still current.
+    async fn complete(
+        &self,
+        reports: Vec<RoundReport>,
+    ) -> Result<Vec<Result<(), LeaseLost>>, StoreError>;
+
+    async fn get(&self, id: NotificationId) -> Result<Option<NotificationRecord>, StoreError>;
+
+    /// Oldest first, after the `after` id when given.
+    async fn list(
+        &self,
+        status: Status,
+        after: Option<NotificationId>,
+        limit: usize,
+    ) -> Result<Vec<NotificationSummary>, StoreError>;
+
+    /// Puts a dead or failed notification back in the queue with a fresh
+    /// round budget that ends at `expires_at`.
+    async fn replay(
+        &self,
+        id: NotificationId,
+        now: UnixMillis,
+        expires_at: UnixMillis,
+    ) -> Result<ReplayOutcome, StoreError>;
+
+    /// How many notifications are in each status.
+    async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError>;
+
+    /// The store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Flushes and stops; later calls fail with [`StoreError::Closed`].
+    async fn close(&self);
+}
+
+/// Opens the store a URL names.
+pub async fn open(
+    url: &str,
+    sqlite: SqliteOptions,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let store = SqliteStore::open(path, sqlite).await?;
+        return Ok(std::sync::Arc::new(store));
+    }
+    Err(StoreError::BadUrl(url.to_owned()))
+}

@@ -1,0 +1,754 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! Every write goes through one writer thread that owns the write
+//! connection. It takes every command waiting in its queue and runs them in
+//! one transaction, so one fsync commits many notifications (group commit);
+//! each caller is answered only after that commit. Reads use their own
+//! connection, which WAL lets run beside the writer.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Claimed, Completion, LeaseLost, LeaseToken, NewNotification, NotificationRecord,
+    NotificationSummary, ReplayOutcome, RoundReport, Store, StoreError,
+};
+use crate::domain::{Attempt, AttemptOutcome, Channel, NotificationId, Status, UnixMillis};
+
+/// SQLite's `synchronous` setting: `full` fsyncs every commit, so an
+/// acknowledged notification survives a power cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    #[default]
+    Full,
+    Normal,
+    Off,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Off => "OFF",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqliteOptions {
+    pub synchronous: Synchronous,
+    /// Most commands one transaction carries.
+    pub max_batch: usize,
+    /// Commands that may wait for the writer before callers are held back.
+    pub queue_depth: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+            max_batch: 1024,
+            queue_depth: 16_384,
+        }
+    }
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE notifications (
+    id           BLOB PRIMARY KEY NOT NULL,
+    channel      TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    -- When the notification is next due: its next round while queued or
+    -- retrying, the end of its lease while sending, NULL once final.
+    due_at       INTEGER,
+    lease_token  INTEGER,
+    rounds       INTEGER NOT NULL DEFAULT 0,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    delivered_by TEXT,
+    last_error   TEXT
+);
+-- Only unfinished rows are indexed, so delivered ones cost the claim nothing.
+CREATE INDEX notifications_due ON notifications (due_at)
+    WHERE status IN ('queued', 'retrying', 'sending');
+CREATE INDEX notifications_status ON notifications (status, id);
+CREATE TABLE attempts (
+    notification_id BLOB NOT NULL,
+    started_at      INTEGER NOT NULL,
+    provider        TEXT NOT NULL,
+    duration_ms     INTEGER NOT NULL,
+    outcome         TEXT NOT NULL,
+    http_status     INTEGER,
+    error           TEXT
+);
+CREATE INDEX attempts_by_notification ON attempts (notification_id);
+";
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Command {
+    Insert(NewNotification, Reply<()>),
+    Claim {
+        now: UnixMillis,
+        limit: usize,
+        lease: Duration,
+        reply: Reply<Vec<Claimed>>,
+    },
+    Complete(Vec<RoundReport>, Reply<Vec<Result<(), LeaseLost>>>),
+    Replay {
+        id: NotificationId,
+        now: UnixMillis,
+        expires_at: UnixMillis,
+        reply: Reply<ReplayOutcome>,
+    },
+    Ping(Reply<()>),
+    Close(Reply<()>),
+}
+
+/// A command's result, held until the transaction that made it commits.
+enum Done {
+    Insert(Reply<()>, Result<(), StoreError>),
+    Claim(Reply<Vec<Claimed>>, Result<Vec<Claimed>, StoreError>),
+    Complete(
+        Reply<Vec<Result<(), LeaseLost>>>,
+        Result<Vec<Result<(), LeaseLost>>, StoreError>,
+    ),
+    Replay(Reply<ReplayOutcome>, Result<ReplayOutcome, StoreError>),
+    Unit(Reply<()>),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the transaction could not commit: {0}")]
+struct CommitFailed(String);
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+pub struct SqliteStore {
+    commands: mpsc::Sender<Command>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &str, options: SqliteOptions) -> Result<Self, StoreError> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || Self::open_blocking(Path::new(&path), options))
+            .await
+            .map_err(|e| StoreError::Backend(Box::new(e)))?
+    }
+
+    fn open_blocking(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        let writer = Connection::open(path).map_err(backend)?;
+        writer
+            .execute_batch(&format!(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = {};
+                 PRAGMA busy_timeout = 5000;
+                 PRAGMA foreign_keys = OFF;",
+                options.synchronous.pragma()
+            ))
+            .map_err(backend)?;
+        migrate(&writer)?;
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(backend)?;
+        reader
+            .execute_batch("PRAGMA busy_timeout = 5000;")
+            .map_err(backend)?;
+
+        let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
+        let max_batch = options.max_batch.max(1);
+        std::thread::Builder::new()
+            .name("herald-sqlite-writer".into())
+            .spawn(move || writer_loop(writer, rx, max_batch))
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        Ok(Self {
+            commands: tx,
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(Box::new(e)))?
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(backend)?;
+    match version {
+        0 => conn
+            .execute_batch(&format!(
+                "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+            .map_err(backend),
+        SCHEMA_VERSION => Ok(()),
+        _ => Err(StoreError::Corrupt {
+            what: "the database was written by a newer Herald",
+        }),
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        let closing = batch.iter().any(|c| matches!(c, Command::Close(_)));
+        run_batch(&conn, batch.drain(..));
+        if closing {
+            break;
+        }
+    }
+}
+
+fn run_batch(conn: &Connection, commands: impl Iterator<Item = Command>) {
+    let begun = conn.execute_batch("BEGIN IMMEDIATE");
+    let mut done: Vec<Done> = commands.map(|cmd| execute(conn, cmd, &begun)).collect();
+    let committed = match begun {
+        Ok(()) => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(message) = committed {
+        let _ = conn.execute_batch("ROLLBACK");
+        tracing::error!(error = %message, "sqlite transaction failed; its callers are told");
+        let fail = || StoreError::Backend(Box::new(CommitFailed(message.clone())));
+        for d in &mut done {
+            match d {
+                Done::Insert(_, r) => *r = Err(fail()),
+                Done::Claim(_, r) => *r = Err(fail()),
+                Done::Complete(_, r) => *r = Err(fail()),
+                Done::Replay(_, r) => *r = Err(fail()),
+                Done::Unit(_) => {}
+            }
+        }
+    }
+    // A caller that went away (its request was cancelled) is not an error.
+    for d in done {
+        match d {
+            Done::Insert(tx, r) => drop(tx.send(r)),
+            Done::Claim(tx, r) => drop(tx.send(r)),
+            Done::Complete(tx, r) => drop(tx.send(r)),
+            Done::Replay(tx, r) => drop(tx.send(r)),
+            Done::Unit(tx) => drop(tx.send(Ok(()))),
+        }
+    }
+}
+
+fn execute(conn: &Connection, cmd: Command, begun: &Result<(), rusqlite::Error>) -> Done {
+    let open = begun.is_ok();
+    match cmd {
+        Command::Insert(n, reply) => {
+            let r = if open { insert(conn, &n) } else { Ok(()) };
+            Done::Insert(reply, r)
+        }
+        Command::Claim {
+            now,
+            limit,
+            lease,
+            reply,
+        } => {
+            let r = if open {
+                claim(conn, now, limit, lease)
+            } else {
+                Ok(vec![])
+            };
+            Done::Claim(reply, r)
+        }
+        Command::Complete(reports, reply) => {
+            let r = if open {
+                complete(conn, &reports)
+            } else {
+                Ok(vec![])
+            };
+            Done::Complete(reply, r)
+        }
+        Command::Replay {
+            id,
+            now,
+            expires_at,
+            reply,
+        } => {
+            let r = if open {
+                replay(conn, id, now, expires_at)
+            } else {
+                Ok(ReplayOutcome::NotFound)
+            };
+            Done::Replay(reply, r)
+        }
+        Command::Ping(reply) | Command::Close(reply) => Done::Unit(reply),
+    }
+}
+
+fn insert(conn: &Connection, n: &NewNotification) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO notifications
+                 (id, channel, payload, status, due_at, created_at, updated_at, expires_at)
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?4, ?4, ?5)",
+        )
+        .map_err(backend)?;
+    stmt.execute(params![
+        &n.id.as_bytes()[..],
+        n.channel.as_str(),
+        n.payload,
+        n.created_at.0,
+        n.expires_at.0
+    ])
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn claim(
+    conn: &Connection,
+    now: UnixMillis,
+    limit: usize,
+    lease: Duration,
+) -> Result<Vec<Claimed>, StoreError> {
+    let token = LeaseToken::random();
+    let lease_until = now.plus(lease);
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE notifications
+                SET status = 'sending', lease_token = ?1, due_at = ?2, updated_at = ?3
+              WHERE id IN (SELECT id FROM notifications
+                            WHERE status IN ('queued', 'retrying', 'sending') AND due_at <= ?3
+                            ORDER BY due_at LIMIT ?4)
+             RETURNING id, channel, payload, rounds, created_at, expires_at",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map(
+            params![token.0, lease_until.0, now.0, limit as i64],
+            |row| {
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, i64>(5)?,
+                ))
+            },
+        )
+        .map_err(backend)?;
+    let mut claimed = Vec::with_capacity(limit.min(1024));
+    for row in rows {
+        let (id, channel, payload, rounds, created_at, expires_at) = row.map_err(backend)?;
+        claimed.push(Claimed {
+            id: id_from(&id)?,
+            channel: channel_from(&channel)?,
+            payload: Bytes::from(payload),
+            rounds: rounds as u32,
+            created_at: UnixMillis(created_at),
+            expires_at: UnixMillis(expires_at),
+            lease: token,
+            lease_until,
+        });
+    }
+    Ok(claimed)
+}
+
+fn complete(
+    conn: &Connection,
+    reports: &[RoundReport],
+) -> Result<Vec<Result<(), LeaseLost>>, StoreError> {
+    let mut update = conn
+        .prepare_cached(
+            "UPDATE notifications
+                SET status = COALESCE(?1, CASE WHEN rounds + ?3 > 0 THEN 'retrying' ELSE 'queued' END),
+                    due_at = ?2,
+                    rounds = rounds + ?3,
+                    lease_token = NULL,
+                    delivered_by = COALESCE(?4, delivered_by),
+                    last_error = COALESCE(?5, last_error),
+                    updated_at = ?6
+              WHERE id = ?7 AND lease_token = ?8 AND status = 'sending'",
+        )
+        .map_err(backend)?;
+    let mut add_attempt = conn
+        .prepare_cached(
+            "INSERT INTO attempts
+                 (notification_id, started_at, provider, duration_ms, outcome, http_status, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(backend)?;
+    let mut results = Vec::with_capacity(reports.len());
+    for r in reports {
+        let counted = i64::from(
+            matches!(
+                r.completion,
+                Completion::Retry { counted: true, .. }
+                    | Completion::Dead { .. }
+                    | Completion::Failed { .. }
+                    | Completion::Delivered { .. }
+            ) && !r.attempts.is_empty(),
+        );
+        let (status, due_at, provider, error): (
+            Option<&str>,
+            Option<i64>,
+            Option<&str>,
+            Option<&str>,
+        ) = match &r.completion {
+            Completion::Delivered { provider } => {
+                (Some("delivered"), None, Some(provider.as_str()), None)
+            }
+            Completion::Failed { error } => (Some("failed"), None, None, Some(error.as_str())),
+            Completion::Dead { error } => (Some("dead"), None, None, Some(error.as_str())),
+            Completion::Retry {
+                at,
+                counted: true,
+                error,
+            } => (Some("retrying"), Some(at.0), None, error.as_deref()),
+            Completion::Retry {
+                at,
+                counted: false,
+                error,
+            } => (None, Some(at.0), None, error.as_deref()),
+            Completion::Released => (None, Some(r.at.0), None, None),
+        };
+        let id = &r.id.as_bytes()[..];
+        let changed = update
+            .execute(params![
+                status, due_at, counted, provider, error, r.at.0, id, r.lease.0
+            ])
+            .map_err(backend)?;
+        if changed == 0 {
+            results.push(Err(LeaseLost));
+            continue;
+        }
+        for a in &r.attempts {
+            add_attempt
+                .execute(params![
+                    id,
+                    a.started_at.0,
+                    a.provider,
+                    a.duration_ms as i64,
+                    a.outcome.as_str(),
+                    a.http_status,
+                    a.error
+                ])
+                .map_err(backend)?;
+        }
+        results.push(Ok(()));
+    }
+    Ok(results)
+}
+
+fn replay(
+    conn: &Connection,
+    id: NotificationId,
+    now: UnixMillis,
+    expires_at: UnixMillis,
+) -> Result<ReplayOutcome, StoreError> {
+    let key = &id.as_bytes()[..];
+    let status: Option<String> = conn
+        .query_row(
+            "SELECT status FROM notifications WHERE id = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    let Some(status) = status else {
+        return Ok(ReplayOutcome::NotFound);
+    };
+    let status = status_from(&status)?;
+    if !matches!(status, Status::Dead | Status::Failed) {
+        return Ok(ReplayOutcome::NotReplayable(status));
+    }
+    conn.execute(
+        "UPDATE notifications
+            SET status = 'queued', due_at = ?2, rounds = 0, lease_token = NULL,
+                expires_at = ?3, updated_at = ?2
+          WHERE id = ?1",
+        params![key, now.0, expires_at.0],
+    )
+    .map_err(backend)?;
+    Ok(ReplayOutcome::Requeued)
+}
+
+fn id_from(bytes: &[u8]) -> Result<NotificationId, StoreError> {
+    let arr: [u8; 16] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        what: "notification id is not 16 bytes",
+    })?;
+    Ok(NotificationId::from_bytes(arr))
+}
+
+fn channel_from(s: &str) -> Result<Channel, StoreError> {
+    Channel::parse(s).ok_or(StoreError::Corrupt {
+        what: "unknown channel",
+    })
+}
+
+fn status_from(s: &str) -> Result<Status, StoreError> {
+    Status::parse(s).ok_or(StoreError::Corrupt {
+        what: "unknown status",
+    })
+}
+
+fn read_record(
+    conn: &Connection,
+    id: NotificationId,
+) -> Result<Option<NotificationRecord>, StoreError> {
+    let key = &id.as_bytes()[..];
+    let row = conn
+        .query_row(
+            "SELECT channel, status, created_at, updated_at, due_at, expires_at, rounds,
+                    delivered_by, last_error, payload
+               FROM notifications WHERE id = ?1",
+            [key],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, Option<String>>(8)?,
+                    r.get::<_, String>(9)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(backend)?;
+    let Some((
+        channel,
+        status,
+        created,
+        updated,
+        due,
+        expires,
+        rounds,
+        delivered_by,
+        last_error,
+        payload,
+    )) = row
+    else {
+        return Ok(None);
+    };
+    let status = status_from(&status)?;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT provider, started_at, duration_ms, outcome, http_status, error
+               FROM attempts WHERE notification_id = ?1 ORDER BY rowid",
+        )
+        .map_err(backend)?;
+    let attempts = stmt
+        .query_map([key], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<u16>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
+        })
+        .map_err(backend)?
+        .map(|row| {
+            let (provider, started, duration, outcome, http_status, error) =
+                row.map_err(backend)?;
+            Ok(Attempt {
+                provider,
+                started_at: UnixMillis(started),
+                duration_ms: duration.max(0) as u64,
+                outcome: AttemptOutcome::parse(&outcome).ok_or(StoreError::Corrupt {
+                    what: "unknown attempt outcome",
+                })?,
+                http_status,
+                error,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Some(NotificationRecord {
+        id,
+        channel: channel_from(&channel)?,
+        status,
+        created_at: UnixMillis(created),
+        updated_at: UnixMillis(updated),
+        // A sending row's due_at is its lease, not a planned attempt.
+        next_attempt_at: matches!(status, Status::Queued | Status::Retrying)
+            .then_some(due)
+            .flatten()
+            .map(UnixMillis),
+        expires_at: UnixMillis(expires),
+        rounds: rounds as u32,
+        delivered_by,
+        last_error,
+        message: serde_json::from_str(&payload).map_err(|_| StoreError::Corrupt {
+            what: "payload is not JSON",
+        })?,
+        attempts,
+    }))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert(&self, notification: NewNotification) -> Result<(), StoreError> {
+        self.call(|reply| Command::Insert(notification, reply))
+            .await
+    }
+
+    async fn claim(
+        &self,
+        now: UnixMillis,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.call(|reply| Command::Claim {
+            now,
+            limit,
+            lease,
+            reply,
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        reports: Vec<RoundReport>,
+    ) -> Result<Vec<Result<(), LeaseLost>>, StoreError> {
+        self.call(|reply| Command::Complete(reports, reply)).await
+    }
+
+    async fn get(&self, id: NotificationId) -> Result<Option<NotificationRecord>, StoreError> {
+        self.read(move |conn| {
+            // One read transaction: the row and its attempts agree.
+            conn.execute_batch("BEGIN").map_err(backend)?;
+            let record = read_record(conn, id);
+            let _ = conn.execute_batch("COMMIT");
+            record
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        status: Status,
+        after: Option<NotificationId>,
+        limit: usize,
+    ) -> Result<Vec<NotificationSummary>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, channel, created_at, updated_at, rounds, last_error
+                       FROM notifications
+                      WHERE status = ?1 AND id > ?2
+                      ORDER BY id LIMIT ?3",
+                )
+                .map_err(backend)?;
+            let after = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+            let rows = stmt
+                .query_map(params![status.as_str(), after, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ))
+                })
+                .map_err(backend)?;
+            rows.map(|row| {
+                let (id, channel, created, updated, rounds, last_error) = row.map_err(backend)?;
+                Ok(NotificationSummary {
+                    id: id_from(&id)?,
+                    channel: channel_from(&channel)?,
+                    status,
+                    created_at: UnixMillis(created),
+                    updated_at: UnixMillis(updated),
+                    rounds: rounds as u32,
+                    last_error,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn replay(
+        &self,
+        id: NotificationId,
+        now: UnixMillis,
+        expires_at: UnixMillis,
+    ) -> Result<ReplayOutcome, StoreError> {
+        self.call(|reply| Command::Replay {
+            id,
+            now,
+            expires_at,
+            reply,
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT status, COUNT(*) FROM notifications GROUP BY status")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(backend)?;
+            rows.map(|row| {
+                let (status, n) = row.map_err(backend)?;
+                Ok((status_from(&status)?, n as u64))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.call(Command::Ping).await
+    }
+
+    async fn close(&self) {
+        let _ = self.call(Command::Close).await;
+    }
+}
