@@ -1,0 +1,79 @@
+//! The HTTP API: accepts notifications, answers questions about them.
+
+mod health;
+mod notifications;
+pub mod problem;
+mod providers;
+mod submit;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::Notify;
+
+use crate::dispatch::pool::Providers;
+use crate::store::Store;
+use problem::Problem;
+
+/// What the handlers share.
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    /// For the health view of each provider.
+    pub providers: Arc<Providers>,
+    /// Tells the dispatcher that new work was stored.
+    pub wake: Arc<Notify>,
+    /// Set on shutdown: refuse new work, report not ready.
+    pub draining: AtomicBool,
+    pub body_limit: usize,
+    /// How long a notification may keep being retried.
+    pub max_age: Duration,
+}
+
+impl ApiState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    let limit = state.body_limit;
+    let work = Router::new()
+        .route("/v1/sms", post(submit::sms))
+        .route("/v1/email", post(submit::email))
+        // The reference service's paths, so its clients can switch unchanged.
+        .route("/api/sms", post(submit::sms))
+        .route("/api/email", post(submit::email))
+        .route("/v1/notifications", get(notifications::list))
+        .route("/v1/notifications/{id}", get(notifications::get))
+        .route("/v1/notifications/{id}/replay", post(notifications::replay))
+        .route("/v1/stats", get(notifications::stats))
+        .route("/v1/providers", get(providers::list))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            refuse_while_draining,
+        ));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .merge(work)
+        .fallback(|| async { Problem::not_found("such route") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn refuse_while_draining(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.is_draining() {
+        return Problem::draining().into_response();
+    }
+    next.run(request).await
+}

@@ -1,0 +1,154 @@
+//! RFC 9457 problem details: every error the API returns.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::domain::validation::FieldError;
+
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    #[serde(serialize_with = "as_u16")]
+    pub status: StatusCode,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+fn as_u16<S: serde::Serializer>(s: &StatusCode, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_u16(s.as_u16())
+}
+
+impl Problem {
+    fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: String) -> Self {
+        Self {
+            kind,
+            title,
+            status,
+            detail,
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn malformed_json(detail: String) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "/problems/malformed-json",
+            "The body is not valid JSON",
+            detail,
+        )
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "/problems/unsupported-media-type",
+            "The body must be JSON",
+            "send the body with Content-Type: application/json".into(),
+        )
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "/problems/too-large",
+            "The body is too large",
+            format!("the body must be at most {limit} bytes"),
+        )
+    }
+
+    pub fn bad_body(detail: String) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "/problems/unreadable-body",
+            "The body could not be read",
+            detail,
+        )
+    }
+
+    pub fn invalid(errors: Vec<FieldError>) -> Self {
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        let mut p = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/validation",
+            "The notification is invalid",
+            format!("invalid fields: {}", fields.join(", ")),
+        );
+        p.errors = errors;
+        p
+    }
+
+    /// Valid JSON of the wrong shape.
+    pub fn not_a_json_object(detail: String) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/validation",
+            "The notification is invalid",
+            detail,
+        )
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "/problems/not-found",
+            "Not found",
+            format!("no {what} here"),
+        )
+    }
+
+    pub fn bad_query(detail: String) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "/problems/bad-query",
+            "The query is invalid",
+            detail,
+        )
+    }
+
+    pub fn conflict(detail: String) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "/problems/conflict",
+            "The request conflicts with the notification's state",
+            detail,
+        )
+    }
+
+    pub fn store_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "/problems/store-unavailable",
+            "The store is unavailable",
+            "nothing was stored; try again".into(),
+        )
+    }
+
+    pub fn draining() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "/problems/shutting-down",
+            "Herald is shutting down",
+            "this instance accepts no new work; try another or try again".into(),
+        )
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self).expect("problems always encode");
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

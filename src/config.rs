@@ -1,0 +1,435 @@
+//! Settings: defaults, then a TOML file, then `HERALD_*` environment
+//! variables, then command-line flags; each overrides the one before.
+//!
+//! Nested keys are joined with `__` in the environment:
+//! `HERALD_RETRY__BASE_MS=500` sets `retry.base_ms`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::dispatch::backoff::Backoff;
+use crate::dispatch::breaker::BreakerConfig;
+use crate::domain::Channel;
+use crate::store::SqliteOptions;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read the settings")]
+    Load(#[from] Box<figment::Error>),
+    #[error("config file {0} does not exist")]
+    MissingFile(String),
+    #[error("invalid setting {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the HTTP API listens.
+    pub listen: SocketAddr,
+    /// `sqlite://PATH`.
+    pub store: String,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    pub sqlite: SqliteOptions,
+    pub dispatch: DispatchConfig,
+    pub retry: RetryConfig,
+    pub health: HealthConfig,
+    pub providers: ProvidersConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// Notifications being delivered at once by this process.
+    pub max_in_flight: usize,
+    /// Most notifications claimed in one go.
+    pub claim_batch: usize,
+    /// How often the store is asked for due work when nothing wakes the
+    /// dispatcher sooner (retries that come due, leases that lapse).
+    pub poll_interval_ms: u64,
+    /// How long a claim is leased; must outlast a round of attempts.
+    pub lease_ms: u64,
+    /// On shutdown, how long in-flight sends may take to finish.
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// First backoff ceiling; the delay is drawn uniformly below it.
+    pub base_ms: u64,
+    pub factor: f64,
+    pub cap_ms: u64,
+    /// Rounds (each tries every admitted provider once) before `dead`.
+    pub max_rounds: u32,
+    /// Age after which a notification is `dead` whatever its rounds.
+    pub max_age_secs: u64,
+    /// Longest `Retry-After` honoured; longer ones are clamped to this.
+    pub retry_after_max_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Outcomes kept per provider.
+    pub window: usize,
+    /// Outcomes needed before the failure ratio can open the breaker.
+    pub min_samples: usize,
+    /// Failure ratio of the window that opens the breaker.
+    pub failure_ratio: f64,
+    /// Consecutive failures without an answer (connection refused,
+    /// timeout) that open the breaker at once.
+    pub consecutive_failures: u32,
+    pub cooldown_min_ms: u64,
+    pub cooldown_max_ms: u64,
+    /// Requests let through at once while half-open.
+    pub half_open_probes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub url: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_provider_in_flight")]
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProvidersConfig {
+    pub sms: Vec<ProviderConfig>,
+    pub email: Vec<ProviderConfig>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+fn default_provider_in_flight() -> usize {
+    64
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            store: "sqlite://herald.db".into(),
+            body_limit_bytes: 64 * 1024,
+            sqlite: SqliteOptions::default(),
+            dispatch: DispatchConfig::default(),
+            retry: RetryConfig::default(),
+            health: HealthConfig::default(),
+            providers: ProvidersConfig::default(),
+        }
+    }
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 512,
+            claim_batch: 256,
+            poll_interval_ms: 100,
+            lease_ms: 30_000,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            base_ms: 1_000,
+            factor: 2.0,
+            cap_ms: 60_000,
+            max_rounds: 10,
+            max_age_secs: 24 * 60 * 60,
+            retry_after_max_ms: 60_000,
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        let b = BreakerConfig::default();
+        Self {
+            window: b.window_size,
+            min_samples: b.min_samples,
+            failure_ratio: b.failure_ratio,
+            consecutive_failures: b.consecutive_failures,
+            cooldown_min_ms: b.cooldown_min.as_millis() as u64,
+            cooldown_max_ms: b.cooldown_max.as_millis() as u64,
+            half_open_probes: b.half_open_probes,
+        }
+    }
+}
+
+impl ProvidersConfig {
+    /// The provider contract's six endpoints on their default ports.
+    pub fn contract_defaults(host: &str) -> Self {
+        let urls = |channel: Channel, ports: [u16; 3]| {
+            ports.into_iter().enumerate().map(move |(i, port)| {
+                format!("http://{host}:{port}/api/{channel}/provider{}", i + 1)
+            })
+        };
+        Self::from_urls(
+            urls(Channel::Sms, [8071, 8072, 8073]),
+            urls(Channel::Email, [8091, 8092, 8093]),
+        )
+    }
+
+    /// Providers named `<channel>-provider<n>`, one per URL, with the
+    /// default weight, timeout and concurrency.
+    pub fn from_urls(
+        sms: impl IntoIterator<Item = String>,
+        email: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let make = |channel: Channel, urls: Box<dyn Iterator<Item = String> + '_>| {
+            urls.enumerate()
+                .map(|(i, url)| ProviderConfig {
+                    name: format!("{channel}-provider{}", i + 1),
+                    url,
+                    weight: default_weight(),
+                    timeout_ms: default_timeout_ms(),
+                    max_in_flight: default_provider_in_flight(),
+                })
+                .collect()
+        };
+        Self {
+            sms: make(Channel::Sms, Box::new(sms.into_iter())),
+            email: make(Channel::Email, Box::new(email.into_iter())),
+        }
+    }
+
+    pub fn for_channel(&self, channel: Channel) -> &[ProviderConfig] {
+        match channel {
+            Channel::Sms => &self.sms,
+            Channel::Email => &self.email,
+        }
+    }
+}
+
+impl Default for ProvidersConfig {
+    fn default() -> Self {
+        Self::contract_defaults("127.0.0.1")
+    }
+}
+
+/// What flags may override.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+}
+
+impl Config {
+    /// Layers defaults, the file (if any), the environment and the flags.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.display().to_string()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config = figment
+            // HERALD_CONFIG names the file itself, not a setting.
+            .merge(Env::prefixed("HERALD_").ignore(&["config"]).split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| ConfigError::Invalid {
+            key,
+            reason: reason.to_owned(),
+        };
+        self.backoff()
+            .map_err(|e| invalid("retry", &e.to_string()))?;
+        self.breaker()
+            .validate()
+            .map_err(|e| invalid("health", &e.to_string()))?;
+        if self.retry.max_rounds == 0 {
+            return Err(invalid("retry.max_rounds", "must be at least 1"));
+        }
+        if self.dispatch.max_in_flight == 0 || self.dispatch.claim_batch == 0 {
+            return Err(invalid(
+                "dispatch",
+                "max_in_flight and claim_batch must be at least 1",
+            ));
+        }
+        if self.dispatch.poll_interval_ms == 0 {
+            return Err(invalid("dispatch.poll_interval_ms", "must be at least 1"));
+        }
+        for channel in Channel::ALL {
+            let providers = self.providers.for_channel(channel);
+            if providers.is_empty() {
+                return Err(invalid("providers", "every channel needs a provider"));
+            }
+            if providers.iter().all(|p| p.weight == 0) {
+                return Err(invalid(
+                    "providers",
+                    "a channel's weights must not all be 0",
+                ));
+            }
+            for p in providers {
+                if p.timeout_ms == 0 || p.max_in_flight == 0 {
+                    return Err(invalid(
+                        "providers",
+                        "timeout_ms and max_in_flight must be at least 1",
+                    ));
+                }
+                if p.timeout_ms >= self.dispatch.lease_ms {
+                    return Err(invalid(
+                        "dispatch.lease_ms",
+                        "must be longer than every provider's timeout_ms",
+                    ));
+                }
+            }
+            let mut names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+            names.sort_unstable();
+            if names.windows(2).any(|w| w[0] == w[1]) {
+                return Err(invalid("providers", "provider names must be unique"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn backoff(&self) -> Result<Backoff, crate::dispatch::backoff::BackoffError> {
+        Backoff::try_new(
+            Duration::from_millis(self.retry.base_ms),
+            self.retry.factor,
+            Duration::from_millis(self.retry.cap_ms),
+        )
+    }
+
+    pub fn breaker(&self) -> BreakerConfig {
+        let h = &self.health;
+        BreakerConfig {
+            window_size: h.window,
+            min_samples: h.min_samples,
+            failure_ratio: h.failure_ratio,
+            consecutive_failures: h.consecutive_failures,
+            cooldown_min: Duration::from_millis(h.cooldown_min_ms),
+            cooldown_max: Duration::from_millis(h.cooldown_max_ms),
+            half_open_probes: h.half_open_probes,
+        }
+    }
+}
+
+#[cfg(test)]
+// figment's Jail closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        Jail::expect_with(|_| {
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(c.store, "sqlite://herald.db");
+            assert_eq!(c.body_limit_bytes, 65_536);
+            assert_eq!(c.providers.sms.len(), 3);
+            assert_eq!(
+                c.providers.email[2].url,
+                "http://127.0.0.1:8093/api/email/provider3"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "h.toml",
+                r#"
+                listen = "127.0.0.1:1111"
+                store = "sqlite://file.db"
+                [retry]
+                base_ms = 10
+                max_rounds = 3
+                "#,
+            )?;
+            jail.set_env("HERALD_STORE", "sqlite://env.db");
+            jail.set_env("HERALD_RETRY__MAX_ROUNDS", "7");
+            jail.set_env("HERALD_CONFIG", "h.toml");
+            let overrides = Overrides {
+                listen: Some("127.0.0.1:2222".parse().unwrap()),
+                store: None,
+            };
+            let c = Config::load(Some(Path::new("h.toml")), &overrides).unwrap();
+            assert_eq!(c.listen.port(), 2222);
+            assert_eq!(c.store, "sqlite://env.db");
+            assert_eq!(c.retry.base_ms, 10);
+            assert_eq!(c.retry.max_rounds, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn providers_from_env() {
+        Jail::expect_with(|jail| {
+            jail.set_env(
+                "HERALD_PROVIDERS__SMS",
+                r#"[{name="only", url="http://127.0.0.1:9/x", weight=3}]"#,
+            );
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.providers.sms.len(), 1);
+            assert_eq!(c.providers.sms[0].weight, 3);
+            assert_eq!(c.providers.sms[0].timeout_ms, 5_000);
+            assert_eq!(c.providers.email.len(), 3);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("typo.toml", "[retry]\nbase_msec = 5\n")?;
+            assert!(Config::load(Some(Path::new("typo.toml")), &Overrides::default()).is_err());
+            assert!(matches!(
+                Config::load(Some(Path::new("missing.toml")), &Overrides::default()),
+                Err(ConfigError::MissingFile(_))
+            ));
+            jail.create_file("lease.toml", "[dispatch]\nlease_ms = 1000\n")?;
+            assert!(matches!(
+                Config::load(Some(Path::new("lease.toml")), &Overrides::default()),
+                Err(ConfigError::Invalid {
+                    key: "dispatch.lease_ms",
+                    ..
+                })
+            ));
+            jail.set_env("HERALD_RETRY__FACTOR", "0.5");
+            assert!(Config::load(None, &Overrides::default()).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_file_lists_the_defaults() {
+        let text = include_str!("../herald.example.toml");
+        let parsed: Config = Figment::new().merge(Toml::string(text)).extract().unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+}

@@ -1,0 +1,10 @@
+//! Delivery: claiming work from the store, choosing a provider, and the
+//! health, breaker and backoff rules behind those choices.
+
+pub mod backoff;
+pub mod breaker;
+pub mod dispatcher;
+pub mod pool;
+pub mod round;
+pub mod router;
+pub mod window;

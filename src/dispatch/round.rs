@@ -1,0 +1,166 @@
+//! One round of delivery for one notification: try the admitted providers,
+//! each at most once, until one takes the message; then decide what comes
+//! next.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::backoff::Backoff;
+use super::breaker::Signal;
+use super::pool::{ChannelPool, Tried};
+use crate::domain::{Attempt, AttemptOutcome, UnixMillis};
+use crate::provider::classify;
+use crate::store::{Claimed, Completion, RoundReport};
+
+/// What decides when a failed round is tried again, and when never.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub backoff: Backoff,
+    pub max_rounds: u32,
+    pub retry_after_max: Duration,
+    /// When no provider admits anything and none says when it will.
+    pub idle_recheck: Duration,
+}
+
+/// Time kept in hand at the end of a lease to write the result back.
+const LEASE_MARGIN_MAX: Duration = Duration::from_secs(1);
+
+pub async fn run_round(pool: &ChannelPool, policy: &RetryPolicy, n: &Claimed) -> RoundReport {
+    let mut rng = fastrand::Rng::new();
+    let lease_left = n.lease_until.since(UnixMillis::now());
+    let deadline = Instant::now() + lease_left - (lease_left / 10).min(LEASE_MARGIN_MAX);
+    let mut tried = Tried::default();
+    let mut attempts = Vec::new();
+    let mut lease_ran_short = false;
+
+    while let Some((index, permit)) = pool.pick(&mut tried, &mut rng) {
+        let slot = &pool.slots()[index];
+        let provider = &slot.provider;
+        // Never start a request the lease may not outlast: another claim
+        // could then send the same message beside it.
+        let Some(room) = deadline.checked_duration_since(Instant::now() + provider.timeout())
+        else {
+            slot.cancel(permit);
+            lease_ran_short = true;
+            break;
+        };
+        let Ok(Ok(_in_flight)) =
+            tokio::time::timeout(room, slot.in_flight.clone().acquire_owned()).await
+        else {
+            slot.cancel(permit);
+            lease_ran_short = true;
+            break;
+        };
+        let started_at = UnixMillis::now();
+        let started = Instant::now();
+        let result = provider.send(n.payload.clone()).await;
+        let duration = started.elapsed();
+        let verdict = classify(&result);
+        let signal = match verdict.outcome {
+            AttemptOutcome::Delivered => Signal::Success,
+            // The provider answered: it is healthy, the message is at fault.
+            AttemptOutcome::Rejected => Signal::Success,
+            AttemptOutcome::Transient => Signal::Failure {
+                unreachable: verdict.unreachable,
+            },
+        };
+        slot.record(
+            permit,
+            signal,
+            verdict.pause.map(|p| p.min(policy.retry_after_max)),
+        );
+        tracing::debug!(
+            id = %n.id,
+            provider = provider.name(),
+            outcome = verdict.outcome.as_str(),
+            status = verdict.http_status,
+            ms = duration.as_millis() as u64,
+            "attempt"
+        );
+        attempts.push(Attempt {
+            provider: provider.name().to_owned(),
+            started_at,
+            duration_ms: duration.as_millis() as u64,
+            outcome: verdict.outcome,
+            http_status: verdict.http_status,
+            error: verdict.error.clone(),
+        });
+        let completion = match verdict.outcome {
+            AttemptOutcome::Delivered => Completion::Delivered {
+                provider: provider.name().to_owned(),
+            },
+            AttemptOutcome::Rejected => Completion::Failed {
+                error: verdict.error.unwrap_or_default(),
+            },
+            AttemptOutcome::Transient => continue,
+        };
+        return report(n, attempts, completion);
+    }
+
+    let completion = next_round(pool, policy, n, &attempts, lease_ran_short, &mut rng);
+    report(n, attempts, completion)
+}
+
+fn report(n: &Claimed, attempts: Vec<Attempt>, completion: Completion) -> RoundReport {
+    RoundReport {
+        id: n.id,
+        lease: n.lease,
+        attempts,
+        completion,
+        at: UnixMillis::now(),
+    }
+}
+
+/// Every admitted provider failed, or none admitted anything.
+fn next_round(
+    pool: &ChannelPool,
+    policy: &RetryPolicy,
+    n: &Claimed,
+    attempts: &[Attempt],
+    lease_ran_short: bool,
+    rng: &mut fastrand::Rng,
+) -> Completion {
+    let now = UnixMillis::now();
+    let last_error = attempts.last().and_then(|a| a.error.clone());
+    if attempts.is_empty() {
+        // Nothing was tried, so no round is used up: come back when a
+        // provider will take requests again.
+        let wait = if lease_ran_short {
+            Duration::ZERO
+        } else {
+            pool.next_admission()
+                .map(|at| at.saturating_duration_since(Instant::now()))
+                .unwrap_or(policy.idle_recheck)
+        };
+        let at = now.plus(wait);
+        if at > n.expires_at {
+            return Completion::Dead {
+                error: "expired: no provider was available before its maximum age".into(),
+            };
+        }
+        return Completion::Retry {
+            at,
+            counted: false,
+            error: None,
+        };
+    }
+    let rounds = n.rounds + 1;
+    let last = last_error.unwrap_or_else(|| "every provider failed".into());
+    if rounds >= policy.max_rounds {
+        return Completion::Dead {
+            error: format!("gave up after {rounds} rounds; last error: {last}"),
+        };
+    }
+    let at = now.plus(policy.backoff.delay(rounds, rng));
+    if at > n.expires_at {
+        return Completion::Dead {
+            error: format!("expired after {rounds} rounds; last error: {last}"),
+        };
+    }
+    Completion::Retry {
+        at,
+        counted: true,
+        error: Some(last),
+    }
+}
