@@ -1,0 +1,105 @@
+//! The `herald` binary: parses the command line, sets up logging, runs.
+
+use std::str::FromStr;
+
+use anyhow::Context;
+use clap::Parser;
+use herald::cli::{Cli, Command};
+use herald::config::ProvidersConfig;
+use herald::domain::Channel;
+use herald::{app, simulator};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.load().context("invalid configuration")?;
+            let (listener, addr) = app::bind(config.listen)
+                .await
+                .with_context(|| format!("could not listen on {}", config.listen))?;
+            announce(addr, &config.store);
+            app::serve(config, listener, shutdown_signal()).await?;
+        }
+        Command::MockProviders(args) => {
+            simulator::run(args.simulator_config(), shutdown_signal()).await?;
+        }
+        Command::Demo(args) => demo(args).await?,
+    }
+    Ok(())
+}
+
+async fn demo(args: herald::cli::DemoArgs) -> anyhow::Result<()> {
+    let mut config = args.serve.load().context("invalid configuration")?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let sim = simulator::Simulator::start(args.mock.simulator_config(), tx)
+        .await
+        .context("could not start the provider simulator")?;
+    let printer = simulator::print_deliveries(rx);
+    // Point Herald at the simulator, wherever its ports ended up.
+    let sim_ref = &sim;
+    let urls = |channel| (1..=sim_ref.providers(channel)).map(move |n| sim_ref.url(channel, n));
+    config.providers = ProvidersConfig::from_urls(urls(Channel::Sms), urls(Channel::Email));
+    let (listener, addr) = app::bind(config.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", config.listen))?;
+    announce(addr, &config.store);
+    eprintln!(
+        "simulated providers (failing {:.0}% of requests): SMS {}, email {}",
+        args.mock.failure_rate * 100.0,
+        (1..=sim.providers(Channel::Sms))
+            .map(|n| sim.addr(Channel::Sms, n).to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+        (1..=sim.providers(Channel::Email))
+            .map(|n| sim.addr(Channel::Email, n).to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    eprintln!(
+        "\nsend an SMS:\n  curl -i http://{addr}/v1/sms -H 'content-type: application/json' \
+         -d '{{\"phone\": \"01712345678\", \"text\": \"Hello from Herald\"}}'\n\
+         then follow the Location header:\n  curl http://{addr}/v1/notifications/<id>\n\
+         each successful send is printed below as a JSON line; Ctrl-C stops.\n"
+    );
+    app::serve(config, listener, shutdown_signal()).await?;
+    sim.shutdown().await;
+    printer.await??;
+    Ok(())
+}
+
+/// The one line on stdout a script (or a test) waits for.
+fn announce(addr: std::net::SocketAddr, store: &str) {
+    println!("herald listening on http://{addr}");
+    tracing::info!(%addr, store, "herald started");
+}
+
+fn init_logging() {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|s| Targets::from_str(&s).ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .init();
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,280 @@
+//! The HTTP API's contract: what it accepts, what it refuses and how.
+//! Herald runs in-process here, on a real socket.
+
+mod support;
+
+use std::time::Duration;
+
+use herald::config::{Config, Overrides};
+use serde_json::{Value, json};
+use support::{Client, Sim};
+
+struct App {
+    client: Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), herald::app::AppError>>,
+    _dir: tempfile::TempDir,
+    _sim: Sim,
+}
+
+async fn start(failure_rate: f64) -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(failure_rate, Duration::ZERO).await;
+    let path = dir.path().join("herald.toml");
+    std::fs::write(
+        &path,
+        sim.herald_config(&dir.path().join("h.db"), "body_limit_bytes = 2048"),
+    )
+    .unwrap();
+    let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+    let (listener, addr) = herald::app::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(herald::app::serve(config, listener, async {
+        let _ = rx.await;
+    }));
+    App {
+        client: Client::new(addr),
+        stop: Some(tx),
+        task,
+        _dir: dir,
+        _sim: sim,
+    }
+}
+
+fn assert_problem(a: &support::Answer, status: u16) -> &Value {
+    assert_eq!(a.status, status, "{}", a.body);
+    assert_eq!(a.headers["content-type"], "application/problem+json");
+    assert_eq!(a.body["status"], status);
+    assert!(
+        a.body["title"].is_string() && a.body["detail"].is_string(),
+        "{}",
+        a.body
+    );
+    &a.body
+}
+
+#[tokio::test]
+async fn accepted_notifications_are_queued_and_readable() {
+    let app = start(0.0).await;
+    let a = app.client.sms("hello").await;
+    assert_eq!(a.status, 202);
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("ntf_"));
+    assert_eq!(a.body["status"], "queued");
+    assert_eq!(
+        a.headers["location"],
+        format!("/v1/notifications/{id}").as_str()
+    );
+
+    // The reference service's paths take the same bodies.
+    let legacy = app
+        .client
+        .post(
+            "/api/email",
+            &json!({"subject": "s", "body": "b", "recipients": ["x@y.io"]}),
+        )
+        .await;
+    assert_eq!(legacy.status, 202);
+    let legacy_sms = app
+        .client
+        .post("/api/sms", &json!({"phone": "+8801712345678", "text": "t"}))
+        .await;
+    assert_eq!(legacy_sms.status, 202);
+
+    assert!(app.client.wait_until_settled(Duration::from_secs(20)).await);
+    let rec = app.client.get(&format!("/v1/notifications/{id}")).await;
+    assert_eq!(rec.status, 200);
+    let rec = rec.body;
+    assert_eq!(rec["id"], id.as_str());
+    assert_eq!(rec["channel"], "sms");
+    assert_eq!(rec["status"], "delivered");
+    assert_eq!(
+        rec["message"],
+        json!({"phone": "01712345678", "text": "hello"})
+    );
+    assert!(rec["created_at"].as_str().unwrap().ends_with('Z'));
+    let attempt = &rec["attempts"][0];
+    for key in [
+        "provider",
+        "started_at",
+        "duration_ms",
+        "outcome",
+        "http_status",
+        "error",
+    ] {
+        assert!(attempt.get(key).is_some(), "attempt lacks {key}: {attempt}");
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_problem_details() {
+    let app = start(0.0).await;
+    let c = &app.client;
+
+    let p = assert_problem(
+        &c.post_raw("/v1/sms", "application/json", "{not json").await,
+        400,
+    )
+    .clone();
+    assert!(p["detail"].as_str().unwrap().contains("line 1"));
+    assert_problem(&c.post_raw("/v1/sms", "text/plain", "{}").await, 415);
+    assert_problem(
+        &c.post_raw("/v1/email", "application/x-www-form-urlencoded", "a=b")
+            .await,
+        415,
+    );
+    let big = json!({"phone": "01712345678", "text": "x".repeat(4096)}).to_string();
+    assert_problem(&c.post_raw("/v1/sms", "application/json", big).await, 413);
+
+    let p = assert_problem(
+        &c.post("/v1/sms", &json!({"phone": "0171", "text": ""}))
+            .await,
+        422,
+    )
+    .clone();
+    let fields: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["phone", "text"]);
+    let p = assert_problem(
+        &c.post(
+            "/v1/email",
+            &json!({"subject": 3, "body": "b", "recipients": ["ok@x.io", "bad"]}),
+        )
+        .await,
+        422,
+    )
+    .clone();
+    let fields: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["subject", "recipients[1]"]);
+    assert_problem(
+        &c.post("/v1/sms", &json!(["not", "an", "object"])).await,
+        422,
+    );
+    // Serde would read this array as the struct's two fields: refused too.
+    assert_problem(
+        &c.post("/v1/sms", &json!(["01712345678", "a tuple"])).await,
+        422,
+    );
+    let repeated = r#"{"phone":"01712345678","phone":"01712345678","text":"t"}"#;
+    assert_problem(
+        &c.post_raw("/v1/sms", "application/json", repeated).await,
+        422,
+    );
+
+    assert_problem(
+        &c.get("/v1/notifications/ntf_00000000000000000000000000000000")
+            .await,
+        404,
+    );
+    assert_problem(&c.get("/v1/notifications/garbage").await, 404);
+    assert_problem(&c.get("/nowhere").await, 404);
+    assert_problem(&c.get("/v1/notifications?status=lost").await, 400);
+
+    // Nothing refused was stored.
+    let stats = c.stats().await;
+    assert_eq!(stats.values().sum::<u64>(), 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let mut app = start(0.0).await;
+    assert_eq!(app.client.get("/healthz").await.status, 200);
+    let ready = app.client.get("/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.body["status"], "ready");
+    let providers = app.client.get("/v1/providers").await.body;
+    assert_eq!(providers.as_array().unwrap().len(), 6);
+    assert_eq!(providers[0]["breaker"], "closed");
+
+    app.stop.take().unwrap().send(()).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), &mut app.task).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "clean stop: {ended:?}");
+}
+
+#[tokio::test]
+async fn dead_letters_can_be_listed_and_replayed() {
+    // Every provider fails: with one round allowed, notifications die fast.
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(1.0, Duration::ZERO).await;
+    let path = dir.path().join("herald.toml");
+    let toml = sim
+        .herald_config(&dir.path().join("h.db"), "")
+        .replace("max_rounds = 40", "max_rounds = 1");
+    std::fs::write(&path, toml).unwrap();
+    let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+    let (listener, addr) = herald::app::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    tokio::spawn(herald::app::serve(config, listener, std::future::pending()));
+    let c = Client::new(addr);
+
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            c.sms(&format!("doomed-{i}")).await.body["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert!(c.wait_until_settled(Duration::from_secs(20)).await);
+    let rec = c.get(&format!("/v1/notifications/{}", ids[0])).await.body;
+    assert_eq!(rec["status"], "dead", "{rec}");
+    assert_eq!(
+        rec["attempts"].as_array().unwrap().len(),
+        3,
+        "each provider once: {rec}"
+    );
+    assert!(
+        rec["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 1 rounds")
+    );
+
+    let page = c.get("/v1/notifications?status=dead&limit=2").await.body;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let next = page["next"].as_str().unwrap();
+    let rest = c
+        .get(&format!(
+            "/v1/notifications?status=dead&limit=2&after={next}"
+        ))
+        .await
+        .body;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert!(rest["next"].is_null());
+
+    let replayed = c
+        .post(&format!("/v1/notifications/{}/replay", ids[0]), &json!({}))
+        .await;
+    assert_eq!(replayed.status, 202, "{}", replayed.body);
+    assert!(c.wait_until_settled(Duration::from_secs(20)).await);
+    let rec = c.get(&format!("/v1/notifications/{}", ids[0])).await.body;
+    assert_eq!(rec["status"], "dead");
+    assert_eq!(
+        rec["attempts"].as_array().unwrap().len(),
+        6,
+        "tried again: {rec}"
+    );
+    let delivered_id = c.get("/v1/notifications?status=delivered").await.body;
+    assert_eq!(delivered_id["items"].as_array().unwrap().len(), 0);
+    assert_problem(
+        &c.post(
+            "/v1/notifications/ntf_00000000000000000000000000000000/replay",
+            &json!({}),
+        )
+        .await,
+        404,
+    );
+}

@@ -1,0 +1,221 @@
+//! End to end through the 50%-failing provider simulator: Herald as a real
+//! process, providers as real HTTP servers on loopback.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald::domain::Channel;
+use serde_json::json;
+use support::{Herald, Sim, delivered_key, send_many};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_valid_notification_is_delivered_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(0.5, Duration::ZERO).await;
+    let herald = Herald::start(dir.path(), &sim.herald_config(&dir.path().join("h.db"), ""));
+    let client = Arc::new(herald.client());
+
+    // Bad input is refused before it is stored, so it can never be sent.
+    let refused = [
+        client
+            .post("/v1/sms", &json!({"phone": "12345", "text": "bad-phone"}))
+            .await,
+        client
+            .post("/v1/sms", &json!({"phone": "01712345678", "text": "   "}))
+            .await,
+        client
+            .post("/api/sms", &json!({"phone": "01712345678"}))
+            .await,
+        client
+            .post(
+                "/v1/email",
+                &json!({"subject": "bad-recipient", "body": "b", "recipients": ["nope"]}),
+            )
+            .await,
+        client
+            .post(
+                "/v1/email",
+                &json!({"subject": "no-recipients", "body": "b", "recipients": []}),
+            )
+            .await,
+        client
+            .post_raw("/v1/sms", "application/json", "{\"phone\": ")
+            .await,
+        client
+            .post_raw(
+                "/v1/sms",
+                "text/plain",
+                r#"{"phone":"01712345678","text":"plain"}"#,
+            )
+            .await,
+    ];
+    let statuses: Vec<u16> = refused.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [422, 422, 422, 422, 422, 400, 415]);
+
+    let (sms, email) = tokio::join!(
+        send_many(&client, Channel::Sms, "sms", 1000, 16),
+        send_many(&client, Channel::Email, "email", 1000, 16),
+    );
+    assert_eq!((sms.len(), email.len()), (1000, 1000), "all accepted");
+
+    assert!(
+        client.wait_until_settled(Duration::from_secs(120)).await,
+        "not settled: {:?}",
+        client.stats().await
+    );
+    let stats = client.stats().await;
+    assert_eq!(stats["delivered"], 2000, "{stats:?}");
+
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for d in sim.deliveries() {
+        *counts.entry(delivered_key(&d)).or_default() += 1;
+    }
+    for i in 0..1000 {
+        assert_eq!(counts.get(&format!("sms-{i}")), Some(&1), "sms-{i}");
+        assert_eq!(counts.get(&format!("email-{i}")), Some(&1), "email-{i}");
+    }
+    assert_eq!(counts.len(), 2000, "nothing else was delivered");
+
+    // The history tells how each one got there.
+    let rec = client
+        .get(&format!("/v1/notifications/{}", sms[0]))
+        .await
+        .body;
+    assert_eq!(rec["status"], "delivered");
+    let attempts = rec["attempts"].as_array().unwrap();
+    let last = attempts.last().unwrap();
+    assert_eq!(last["outcome"], "delivered");
+    assert_eq!(last["http_status"], 200);
+    assert_eq!(rec["delivered_by"], last["provider"]);
+
+    // Coin-flip failures open no breaker.
+    for channel in ["sms", "email"] {
+        for n in 1..=3 {
+            assert_eq!(
+                client
+                    .provider_state(&format!("{channel}-provider{n}"))
+                    .await,
+                "closed"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_provider_is_routed_around_then_probed_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::start(0.5, Duration::ZERO).await;
+    let herald = Herald::start(dir.path(), &sim.herald_config(&dir.path().join("h.db"), ""));
+    let client = Arc::new(herald.client());
+
+    let before = send_many(&client, Channel::Sms, "before", 100, 8).await;
+    assert!(client.wait_until_settled(Duration::from_secs(60)).await);
+
+    sim.sim.stop_provider(Channel::Sms, 1).await;
+    let during = send_many(&client, Channel::Sms, "during", 300, 8).await;
+    assert!(client.wait_until_settled(Duration::from_secs(60)).await);
+    assert_eq!(
+        client.stats().await["delivered"],
+        (before.len() + during.len()) as u64
+    );
+    assert_ne!(
+        client.provider_state("sms-provider1").await,
+        "closed",
+        "its breaker opened"
+    );
+
+    // Only a few requests went to the dead provider: the breaker cut it off.
+    let mut tried_dead = 0;
+    for id in &during {
+        let rec = client.get(&format!("/v1/notifications/{id}")).await.body;
+        assert_eq!(rec["status"], "delivered");
+        for a in rec["attempts"].as_array().unwrap() {
+            if a["provider"] == "sms-provider1" {
+                assert!(
+                    a["http_status"].is_null(),
+                    "no answer from a stopped provider"
+                );
+                tried_dead += 1;
+            }
+        }
+    }
+    assert!(
+        tried_dead >= 5,
+        "it was tried until the breaker opened ({tried_dead})"
+    );
+    assert!(
+        tried_dead < 30,
+        "then left alone but for probes ({tried_dead})"
+    );
+
+    // It comes back: probes close the breaker and it takes traffic again.
+    sim.sim.start_provider(Channel::Sms, 1).await.unwrap();
+    let port = sim.sim.addr(Channel::Sms, 1).port();
+    let mut round = 0;
+    loop {
+        round += 1;
+        send_many(&client, Channel::Sms, &format!("after{round}"), 50, 8).await;
+        assert!(client.wait_until_settled(Duration::from_secs(60)).await);
+        let recovered = client.provider_state("sms-provider1").await == "closed"
+            && sim
+                .deliveries()
+                .iter()
+                .any(|d| d.port == port && delivered_key(d).starts_with("after"));
+        if recovered {
+            break;
+        }
+        assert!(round < 40, "the breaker never closed again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_provider_down_notifications_wait_and_then_go_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::start(0.5, Duration::ZERO).await;
+    let herald = Herald::start(dir.path(), &sim.herald_config(&dir.path().join("h.db"), ""));
+    let client = Arc::new(herald.client());
+
+    for n in 1..=3 {
+        sim.sim.stop_provider(Channel::Email, n).await;
+    }
+    let ids = send_many(&client, Channel::Email, "outage", 20, 4).await;
+    assert_eq!(ids.len(), 20, "accepted while every provider is down");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stats = client.stats().await;
+    assert_eq!(stats.get("delivered").copied().unwrap_or(0), 0);
+    assert_eq!(sim.delivered_count(), 0);
+    let waiting = client
+        .get(&format!("/v1/notifications/{}", ids[0]))
+        .await
+        .body;
+    assert!(
+        ["queued", "retrying", "sending"].contains(&waiting["status"].as_str().unwrap()),
+        "{waiting}"
+    );
+
+    for n in 1..=3 {
+        sim.sim.start_provider(Channel::Email, n).await.unwrap();
+    }
+    assert!(client.wait_until_settled(Duration::from_secs(60)).await);
+    assert_eq!(client.stats().await["delivered"], 20);
+    assert_eq!(sim.delivered_count(), 20);
+    // At least one of them shows the outage, then the delivery, in its history.
+    let mut saw_outage = false;
+    for id in &ids {
+        let rec = client.get(&format!("/v1/notifications/{id}")).await.body;
+        let attempts = rec["attempts"].as_array().unwrap();
+        assert_eq!(attempts.last().unwrap()["outcome"], "delivered");
+        if attempts
+            .iter()
+            .any(|a| a["outcome"] == "transient" && a["http_status"].is_null())
+        {
+            saw_outage = true;
+            assert!(rec["rounds"].as_u64().unwrap() >= 2, "{rec}");
+        }
+    }
+    assert!(saw_outage);
+}
