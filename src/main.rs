@@ -1,5 +1,6 @@
 //! The `herald` binary: parses the command line, sets up logging, runs.
 
+use std::io::IsTerminal;
 use std::str::FromStr;
 
 use anyhow::Context;
@@ -83,7 +84,11 @@ fn init_logging() {
         .and_then(|s| Targets::from_str(&s).ok())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .with(filter)
         .init();
 }
