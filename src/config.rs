@@ -247,9 +247,17 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
+        // Only variables that name a setting: HERALD_CONFIG names the file,
+        // and other tools (tests, scripts) may use the prefix for their own.
+        let settings = serde_json::to_value(Config::default()).unwrap_or_default();
+        let env = Env::prefixed("HERALD_")
+            .filter(move |key| {
+                let top = key.as_str().split("__").next().unwrap_or_default();
+                settings.get(top.to_ascii_lowercase()).is_some()
+            })
+            .split("__");
         let config: Config = figment
-            // HERALD_CONFIG names the file itself, not a setting.
-            .merge(Env::prefixed("HERALD_").ignore(&["config"]).split("__"))
+            .merge(env)
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)?;
@@ -374,6 +382,7 @@ mod tests {
             jail.set_env("HERALD_STORE", "sqlite://env.db");
             jail.set_env("HERALD_RETRY__MAX_ROUNDS", "7");
             jail.set_env("HERALD_CONFIG", "h.toml");
+            jail.set_env("HERALD_SOMETHING_ELSE", "not a setting");
             let overrides = Overrides {
                 listen: Some("127.0.0.1:2222".parse().unwrap()),
                 store: None,
