@@ -179,6 +179,7 @@ async fn bad_input_gets_problem_details() {
     );
     assert_problem(&c.get("/v1/notifications/garbage").await, 404);
     assert_problem(&c.get("/nowhere").await, 404);
+    assert_problem(&c.get("/v1/sms").await, 405);
     assert_problem(&c.get("/v1/notifications?status=lost").await, 400);
 
     // Nothing refused was stored.

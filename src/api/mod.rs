@@ -63,6 +63,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/readyz", get(health::readyz))
         .merge(work)
         .fallback(|| async { Problem::not_found("such route") })
+        .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

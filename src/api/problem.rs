@@ -100,6 +100,15 @@ impl Problem {
         )
     }
 
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "/problems/method-not-allowed",
+            "Method not allowed",
+            "this route does not take that method".into(),
+        )
+    }
+
     pub fn bad_query(detail: String) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
