@@ -29,6 +29,9 @@ pub enum Command {
     MockProviders(MockArgs),
     /// Run Herald and the provider simulator together, to try Herald out.
     Demo(DemoArgs),
+    /// Drive load against Herald (a running one, or one it starts) and
+    /// report throughput, latency percentiles, backlog, CPU and memory.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]

@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
             simulator::run(args.simulator_config(), shutdown_signal()).await?;
         }
         Command::Demo(args) => demo(args).await?,
+        Command::Bench(args) => herald::bench::main(args).await?,
     }
     Ok(())
 }
