@@ -43,19 +43,6 @@ impl ProviderSlot {
         self.breaker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn record(&self, permit: Permit, signal: Signal, pause: Option<Duration>) {
-        let now = Instant::now();
-        let mut breaker = self.breaker();
-        breaker.record(permit, signal, now);
-        if let Some(pause) = pause {
-            breaker.pause_until(now + pause);
-        }
-    }
-
-    pub fn cancel(&self, permit: Permit) {
-        self.breaker().cancel(permit);
-    }
-
     /// The breaker's state, and the window's samples and failures.
     pub fn health(&self) -> (BreakerState, usize, usize) {
         let breaker = self.breaker();
@@ -65,6 +52,43 @@ impl ProviderSlot {
             window.len(),
             window.failures(),
         )
+    }
+}
+
+/// Leave from a provider's breaker to make one attempt. Reporting the
+/// outcome uses it up; dropping it unused (the attempt was abandoned, or its
+/// task was cut short) hands the breaker's slot back, so a half-open breaker
+/// never waits forever for a probe that will not report.
+pub struct Admission<'a> {
+    slot: &'a ProviderSlot,
+    permit: Option<Permit>,
+}
+
+impl<'a> Admission<'a> {
+    pub fn slot(&self) -> &'a ProviderSlot {
+        self.slot
+    }
+
+    /// Feeds the outcome to the breaker; `pause` holds the provider off
+    /// (a 429's Retry-After).
+    pub fn record(mut self, signal: Signal, pause: Option<Duration>) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut breaker = self.slot.breaker();
+        breaker.record(permit, signal, now);
+        if let Some(pause) = pause {
+            breaker.pause_until(now + pause);
+        }
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.slot.breaker().cancel(permit);
+        }
     }
 }
 
@@ -106,7 +130,7 @@ impl ChannelPool {
 
     /// Weighted random choice among providers not yet tried whose breaker
     /// admits a request now. Marks the chosen one as tried.
-    pub fn pick(&self, tried: &mut Tried, rng: &mut fastrand::Rng) -> Option<(usize, Permit)> {
+    pub fn pick(&self, tried: &mut Tried, rng: &mut fastrand::Rng) -> Option<Admission<'_>> {
         let now = Instant::now();
         // A breaker may refuse between the look and the acquire (another task
         // took the last probe); then that provider is skipped for this round.
@@ -119,8 +143,12 @@ impl ChannelPool {
                 .map(|(i, s)| (i, s.weight));
             let chosen = pick_weighted(candidates, rng)?;
             tried.insert(chosen);
-            if let Some(permit) = self.slots[chosen].breaker().try_acquire(now) {
-                return Some((chosen, permit));
+            let slot = &self.slots[chosen];
+            if let Some(permit) = slot.breaker().try_acquire(now) {
+                return Some(Admission {
+                    slot,
+                    permit: Some(permit),
+                });
             }
         }
         None
@@ -156,5 +184,74 @@ impl Providers {
             Channel::Sms => &self.sms,
             Channel::Email => &self.email,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::HttpJsonProvider;
+
+    fn pool(probes: u32) -> ChannelPool {
+        // Never called: the tests only exercise admission.
+        let provider = HttpJsonProvider::new(
+            "p",
+            Channel::Sms,
+            "http://127.0.0.1:9/",
+            Duration::from_secs(1),
+            1,
+        )
+        .unwrap();
+        let breaker = BreakerConfig {
+            consecutive_failures: 1,
+            half_open_probes: probes,
+            ..BreakerConfig::default()
+        };
+        ChannelPool::new(
+            Channel::Sms,
+            vec![ProviderSlot::new(Arc::new(provider), 1, 1, breaker)],
+        )
+    }
+
+    fn pick(pool: &ChannelPool) -> Option<Admission<'_>> {
+        pool.pick(&mut Tried::default(), &mut fastrand::Rng::with_seed(1))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_probe_hands_its_slot_back() {
+        let pool = pool(1);
+        pick(&pool)
+            .unwrap()
+            .record(Signal::Failure { unreachable: true }, None);
+        assert!(pick(&pool).is_none(), "open");
+        assert!(pool.next_admission().is_some());
+
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let probe = pick(&pool).expect("half-open lets a probe through");
+        assert!(pick(&pool).is_none(), "one probe at a time");
+        drop(probe);
+        let probe = pick(&pool).expect("the dropped probe's slot is free again");
+        probe.record(Signal::Success, None);
+        assert_eq!(pool.slots()[0].health().0, BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_the_provider_off() {
+        let pool = pool(1);
+        pick(&pool)
+            .unwrap()
+            .record(Signal::Success, Some(Duration::from_secs(3)));
+        assert!(pick(&pool).is_none());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(pick(&pool).is_some());
+    }
+
+    #[test]
+    fn each_provider_once_per_round() {
+        let pool = pool(1);
+        let mut tried = Tried::default();
+        let mut rng = fastrand::Rng::with_seed(7);
+        assert!(pool.pick(&mut tried, &mut rng).is_some());
+        assert!(pool.pick(&mut tried, &mut rng).is_none());
     }
 }

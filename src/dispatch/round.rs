@@ -34,21 +34,19 @@ pub async fn run_round(pool: &ChannelPool, policy: &RetryPolicy, n: &Claimed) ->
     let mut attempts = Vec::new();
     let mut lease_ran_short = false;
 
-    while let Some((index, permit)) = pool.pick(&mut tried, &mut rng) {
-        let slot = &pool.slots()[index];
+    while let Some(admission) = pool.pick(&mut tried, &mut rng) {
+        let slot = admission.slot();
         let provider = &slot.provider;
         // Never start a request the lease may not outlast: another claim
         // could then send the same message beside it.
         let Some(room) = deadline.checked_duration_since(Instant::now() + provider.timeout())
         else {
-            slot.cancel(permit);
             lease_ran_short = true;
             break;
         };
         let Ok(Ok(_in_flight)) =
             tokio::time::timeout(room, slot.in_flight.clone().acquire_owned()).await
         else {
-            slot.cancel(permit);
             lease_ran_short = true;
             break;
         };
@@ -65,11 +63,7 @@ pub async fn run_round(pool: &ChannelPool, policy: &RetryPolicy, n: &Claimed) ->
                 unreachable: verdict.unreachable,
             },
         };
-        slot.record(
-            permit,
-            signal,
-            verdict.pause.map(|p| p.min(policy.retry_after_max)),
-        );
+        admission.record(signal, verdict.pause.map(|p| p.min(policy.retry_after_max)));
         tracing::debug!(
             id = %n.id,
             provider = provider.name(),
