@@ -1,5 +1,10 @@
 //! Wiring: builds the store, the providers, the dispatcher and the API from
 //! a [`Config`], runs them, and shuts them down in order.
+//!
+//! The [`Role`](crate::config::Role) decides which halves run: `all` both, `api` only the API
+//! (its notifications are delivered by other instances on the same
+//! database), `worker` only the dispatcher and the retention purge, with an
+//! HTTP server that answers just `/healthz` and `/readyz`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,15 +12,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
+use crate::api::problem::Problem;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::dispatch::dispatcher::{Dispatcher, DispatcherSettings};
 use crate::dispatch::pool::{ChannelPool, ProviderSlot, Providers};
 use crate::dispatch::round::RetryPolicy;
-use crate::domain::Channel;
+use crate::domain::{Channel, UnixMillis};
 use crate::provider::{HttpJsonProvider, HttpProviderError};
 use crate::store::{self, Store, StoreError};
 
@@ -70,13 +79,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
-    let store: Arc<dyn Store> =
-        store::open(&config.store, config.sqlite)
-            .await
-            .map_err(|source| AppError::Store {
-                url: config.store.clone(),
-                source,
-            })?;
+    let store = open_store(&config).await?;
+    let role = config.role;
     let providers = Arc::new(build_providers(&config)?);
     let wake = Arc::new(Notify::new());
     let drain_timeout = Duration::from_millis(config.dispatch.drain_timeout_ms);
@@ -109,9 +113,24 @@ pub async fn serve(
         Arc::clone(&providers),
         policy,
         settings,
-        wake,
+        Arc::clone(&wake),
     );
-    let dispatcher = tokio::spawn(dispatcher.run(stop_rx));
+    let purger = (role.dispatches() && config.retention.delivered_max_age_secs > 0).then(|| {
+        tokio::spawn(purge_loop(
+            Arc::clone(&store),
+            Duration::from_secs(config.retention.delivered_max_age_secs),
+            Duration::from_secs(config.retention.purge_interval_secs),
+            stop_rx.clone(),
+        ))
+    });
+    let dispatcher = if role.dispatches() {
+        // Other instances' new work wakes this dispatcher too.
+        store.subscribe(Arc::clone(&wake));
+        tokio::spawn(dispatcher.run(stop_rx))
+    } else {
+        drop(dispatcher);
+        tokio::spawn(async {})
+    };
 
     let (stopping_tx, stopping_rx) = watch::channel(false);
     let draining_state = Arc::clone(&state);
@@ -124,10 +143,15 @@ pub async fn serve(
     });
 
     let mut graceful = stopping_rx.clone();
-    let server =
-        axum::serve(listener, api::router(Arc::clone(&state))).with_graceful_shutdown(async move {
-            let _ = graceful.wait_for(|s| *s).await;
-        });
+    let router = api::router(Arc::clone(&state));
+    let router = if role.serves_api() {
+        router
+    } else {
+        router.layer(middleware::from_fn(health_only))
+    };
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|s| *s).await;
+    });
     let mut server = tokio::spawn(server.into_future());
 
     // The server ends once shutdown began and its connections closed; a
@@ -152,11 +176,77 @@ pub async fn serve(
     {
         tracing::error!("the dispatcher did not stop in time");
     }
+    if let Some(purger) = purger {
+        purger.abort();
+    }
     store.close().await;
     tracing::info!("stopped");
     match served {
         Some(Err(e)) => Err(AppError::Serve(e)),
         _ => Ok(()),
+    }
+}
+
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
+    store::open(&config.store, &config.store_options())
+        .await
+        .map_err(|source| AppError::Store {
+            url: store::redacted(&config.store),
+            source,
+        })
+}
+
+/// Creates the store's schema or brings it up to date, then returns: what
+/// `herald migrate` does. `serve` does it too on start; concurrent runs take
+/// turns (PostgreSQL: an advisory lock).
+pub async fn migrate(config: &Config) -> Result<(), AppError> {
+    let store = open_store(config).await?;
+    store.close().await;
+    Ok(())
+}
+
+/// A worker's HTTP server answers only its health checks.
+async fn health_only(request: Request, next: Next) -> Response {
+    match request.uri().path() {
+        "/healthz" | "/readyz" => next.run(request).await,
+        _ => Problem::not_found("such route on a worker-only instance").into_response(),
+    }
+}
+
+/// Deletes delivered notifications older than `max_age`, every `interval`,
+/// in batches so that no transaction grows large.
+async fn purge_loop(
+    store: Arc<dyn Store>,
+    max_age: Duration,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    const BATCH: usize = 1_000;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = UnixMillis::now();
+        let before = UnixMillis(now.0 - i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+        let mut purged = 0;
+        loop {
+            match store.purge(before, BATCH).await {
+                Ok(n) => {
+                    purged += n;
+                    if n < BATCH as u64 || *stop.borrow() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::chain(&e), "purging delivered notifications failed");
+                    break;
+                }
+            }
+        }
+        if purged > 0 {
+            tracing::info!(purged, "purged delivered notifications past retention");
+        }
     }
 }
 

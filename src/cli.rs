@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, Overrides};
+use crate::config::{Config, ConfigError, Overrides, Role};
 use crate::simulator::SimulatorConfig;
 
 #[derive(Debug, Parser)]
@@ -24,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP API and the dispatcher.
     Serve(ServeArgs),
+    /// Create the store's schema or bring it up to date, then exit.
+    Migrate(MigrateArgs),
     /// Run a simulator of the provider contract: six endpoints that fail at
     /// random; prints one JSON line per successful send on stdout.
     MockProviders(MockArgs),
@@ -45,6 +47,10 @@ pub struct ServeArgs {
     /// Store URL [default: sqlite://herald.db].
     #[arg(long)]
     pub store: Option<String>,
+    /// What this instance runs: the API, the dispatcher, or both
+    /// [default: all].
+    #[arg(long, value_enum)]
+    pub role: Option<Role>,
 }
 
 impl ServeArgs {
@@ -54,6 +60,29 @@ impl ServeArgs {
             &Overrides {
                 listen: self.listen,
                 store: self.store.clone(),
+                role: self.role,
+            },
+        )
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// A TOML config file (see herald.example.toml).
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Store URL [default: sqlite://herald.db].
+    #[arg(long)]
+    pub store: Option<String>,
+}
+
+impl MigrateArgs {
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(
+            self.config.as_deref(),
+            &Overrides {
+                store: self.store.clone(),
+                ..Overrides::default()
             },
         )
     }
@@ -139,5 +168,18 @@ mod tests {
         assert_eq!(args.sms_ports, [1, 2]);
         assert_eq!(args.email_ports, [8091, 8092, 8093]);
         assert!(Cli::try_parse_from(["herald", "mock-providers", "--failure-rate", "2"]).is_err());
+    }
+
+    #[test]
+    fn serve_roles() {
+        let cli = Cli::try_parse_from(["herald", "serve", "--role", "worker"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(args.role, Some(Role::Worker));
+        assert!(Cli::try_parse_from(["herald", "serve", "--role", "boss"]).is_err());
+        let cli =
+            Cli::try_parse_from(["herald", "migrate", "--store", "postgres://h@x/db"]).unwrap();
+        assert!(matches!(cli.command, Command::Migrate(_)));
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::dispatch::backoff::Backoff;
 use crate::dispatch::breaker::BreakerConfig;
 use crate::domain::Channel;
-use crate::store::SqliteOptions;
+use crate::store::{PostgresOptions, SqliteOptions, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -32,15 +32,62 @@ pub enum ConfigError {
 pub struct Config {
     /// Where the HTTP API listens.
     pub listen: SocketAddr,
-    /// `sqlite://PATH`.
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB`.
     pub store: String,
+    /// What this instance does: accept, deliver, or both.
+    pub role: Role,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
     pub sqlite: SqliteOptions,
+    pub postgres: PostgresOptions,
+    pub retention: RetentionConfig,
     pub dispatch: DispatchConfig,
     pub retry: RetryConfig,
     pub health: HealthConfig,
     pub providers: ProvidersConfig,
+}
+
+/// Which half of Herald an instance runs. Instances of any roles may share
+/// one PostgreSQL database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The API and the dispatcher.
+    #[default]
+    All,
+    /// Accepts and stores; delivers nothing.
+    Api,
+    /// Delivers; its HTTP server answers only /healthz and /readyz.
+    Worker,
+}
+
+impl Role {
+    pub fn serves_api(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+
+    pub fn dispatches(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Delivered notifications (and their attempts) older than this are
+    /// deleted; 0 keeps them forever. Dead and failed ones are always kept.
+    pub delivered_max_age_secs: u64,
+    /// How often instances that deliver look for rows to purge.
+    pub purge_interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            delivered_max_age_secs: 7 * 24 * 60 * 60,
+            purge_interval_secs: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,8 +174,11 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             store: "sqlite://herald.db".into(),
+            role: Role::default(),
             body_limit_bytes: 64 * 1024,
             sqlite: SqliteOptions::default(),
+            postgres: PostgresOptions::default(),
+            retention: RetentionConfig::default(),
             dispatch: DispatchConfig::default(),
             retry: RetryConfig::default(),
             health: HealthConfig::default(),
@@ -235,6 +285,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 impl Config {
@@ -284,6 +336,15 @@ impl Config {
                 "max_in_flight and claim_batch must be at least 1",
             ));
         }
+        if self.postgres.pool_size < 2 {
+            return Err(invalid("postgres.pool_size", "must be at least 2"));
+        }
+        if self.retention.purge_interval_secs == 0 {
+            return Err(invalid(
+                "retention.purge_interval_secs",
+                "must be at least 1",
+            ));
+        }
         if self.dispatch.poll_interval_ms == 0 {
             return Err(invalid("dispatch.poll_interval_ms", "must be at least 1"));
         }
@@ -319,6 +380,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            sqlite: self.sqlite,
+            postgres: self.postgres,
+        }
     }
 
     pub fn backoff(&self) -> Result<Backoff, crate::dispatch::backoff::BackoffError> {
@@ -383,15 +451,29 @@ mod tests {
             jail.set_env("HERALD_RETRY__MAX_ROUNDS", "7");
             jail.set_env("HERALD_CONFIG", "h.toml");
             jail.set_env("HERALD_SOMETHING_ELSE", "not a setting");
+            jail.set_env("HERALD_ROLE", "worker");
+            jail.set_env("HERALD_POSTGRES__POOL_SIZE", "4");
             let overrides = Overrides {
                 listen: Some("127.0.0.1:2222".parse().unwrap()),
                 store: None,
+                role: None,
             };
             let c = Config::load(Some(Path::new("h.toml")), &overrides).unwrap();
             assert_eq!(c.listen.port(), 2222);
             assert_eq!(c.store, "sqlite://env.db");
             assert_eq!(c.retry.base_ms, 10);
             assert_eq!(c.retry.max_rounds, 7);
+            assert_eq!(c.role, Role::Worker);
+            assert_eq!(c.postgres.pool_size, 4);
+            let c = Config::load(
+                Some(Path::new("h.toml")),
+                &Overrides {
+                    role: Some(Role::Api),
+                    ..Overrides::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(c.role, Role::Api);
             Ok(())
         });
     }

@@ -25,6 +25,14 @@ async fn main() -> anyhow::Result<()> {
             announce(addr, &config.store);
             app::serve(config, listener, shutdown_signal()).await?;
         }
+        Command::Migrate(args) => {
+            let config = args.load().context("invalid configuration")?;
+            app::migrate(&config).await?;
+            eprintln!(
+                "the store at {} is up to date",
+                herald::store::redacted(&config.store)
+            );
+        }
         Command::MockProviders(args) => {
             simulator::run(args.simulator_config(), shutdown_signal()).await?;
         }
@@ -76,7 +84,7 @@ async fn demo(args: herald::cli::DemoArgs) -> anyhow::Result<()> {
 /// The one line on stdout a script (or a test) waits for.
 fn announce(addr: std::net::SocketAddr, store: &str) {
     println!("herald listening on http://{addr}");
-    tracing::info!(%addr, store, "herald started");
+    tracing::info!(%addr, store = %herald::store::redacted(store), "herald started");
 }
 
 fn init_logging() {

@@ -4,17 +4,25 @@
 //! The dispatcher holds nothing that is not also here: a process may die at
 //! any point and another (or the same, restarted) picks the work up again
 //! when the lease lapses.
+//!
+//! Two engines implement [`Store`] with the same semantics: [`SqliteStore`]
+//! (one machine) and [`PostgresStore`] (several instances sharing one
+//! database); [`open`] picks one by the URL's scheme.
 
+mod postgres;
 mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use crate::domain::{Attempt, Channel, NotificationId, Status, UnixMillis};
 
+pub use postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -30,7 +38,9 @@ pub enum StoreError {
     /// A row could not be read back into the domain.
     #[error("a stored row is invalid: {what}")]
     Corrupt { what: &'static str },
-    #[error("unsupported store URL {0:?} (expected sqlite://PATH)")]
+    #[error(
+        "unsupported store URL {0:?} (expected sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB)"
+    )]
     BadUrl(String),
 }
 
@@ -192,21 +202,115 @@ pub trait Store: Send + Sync {
     /// How many notifications are in each status.
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError>;
 
+    /// Deletes up to `limit` delivered notifications (and their attempts)
+    /// last updated before `before`; returns how many.
+    async fn purge(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError>;
+
     /// The store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Asks to be poked through `wake` when another process stores ready
+    /// work. A store only one process uses has nothing to tell.
+    fn subscribe(&self, wake: Arc<Notify>) {
+        let _ = wake;
+    }
 
     /// Flushes and stops; later calls fail with [`StoreError::Closed`].
     async fn close(&self);
 }
 
-/// Opens the store a URL names.
-pub async fn open(
-    url: &str,
-    sqlite: SqliteOptions,
-) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+/// What each engine can be tuned with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreOptions {
+    pub sqlite: SqliteOptions,
+    pub postgres: PostgresOptions,
+}
+
+/// Opens the store a URL names (`sqlite://PATH`, `postgres://…` or
+/// `postgresql://…`), creating or migrating its schema as needed.
+pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
-        let store = SqliteStore::open(path, sqlite).await?;
-        return Ok(std::sync::Arc::new(store));
+        let store = SqliteStore::open(path, options.sqlite).await?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PostgresStore::open(url, options.postgres).await?;
+        return Ok(Arc::new(store));
     }
     Err(StoreError::BadUrl(url.to_owned()))
+}
+
+/// A store URL without its password, for logs and errors.
+pub fn redacted(url: &str) -> String {
+    let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@')) else {
+        return url.to_owned();
+    };
+    if at < scheme {
+        return url.to_owned();
+    }
+    match url[scheme + 3..at].find(':') {
+        Some(colon) => format!("{}:***{}", &url[..scheme + 3 + colon], &url[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// A report's completion as the columns both engines write.
+pub(crate) struct CompletionColumns<'a> {
+    /// `None`: queued or retrying, by whether a round was ever counted.
+    pub status: Option<&'static str>,
+    pub due_at: Option<i64>,
+    /// Whether this round uses up one of the notification's rounds.
+    pub counted: bool,
+    pub provider: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+pub(crate) fn completion_columns(r: &RoundReport) -> CompletionColumns<'_> {
+    let counted = matches!(
+        r.completion,
+        Completion::Retry { counted: true, .. }
+            | Completion::Dead { .. }
+            | Completion::Failed { .. }
+            | Completion::Delivered { .. }
+    ) && !r.attempts.is_empty();
+    let (status, due_at, provider, error) = match &r.completion {
+        Completion::Delivered { provider } => {
+            (Some("delivered"), None, Some(provider.as_str()), None)
+        }
+        Completion::Failed { error } => (Some("failed"), None, None, Some(error.as_str())),
+        Completion::Dead { error } => (Some("dead"), None, None, Some(error.as_str())),
+        Completion::Retry {
+            at,
+            counted: true,
+            error,
+        } => (Some("retrying"), Some(at.0), None, error.as_deref()),
+        Completion::Retry {
+            at,
+            counted: false,
+            error,
+        } => (None, Some(at.0), None, error.as_deref()),
+        Completion::Released => (None, Some(r.at.0), None, None),
+    };
+    CompletionColumns {
+        status,
+        due_at,
+        counted,
+        provider,
+        error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redacted("postgres://herald:s3cret@db:5432/herald"),
+            "postgres://herald:***@db:5432/herald"
+        );
+        assert_eq!(redacted("postgres://herald@db/h"), "postgres://herald@db/h");
+        assert_eq!(redacted("sqlite://herald.db"), "sqlite://herald.db");
+    }
 }

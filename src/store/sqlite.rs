@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Claimed, Completion, LeaseLost, LeaseToken, NewNotification, NotificationRecord,
-    NotificationSummary, ReplayOutcome, RoundReport, Store, StoreError,
+    Claimed, LeaseLost, LeaseToken, NewNotification, NotificationRecord, NotificationSummary,
+    ReplayOutcome, RoundReport, Store, StoreError,
 };
 use crate::domain::{Attempt, AttemptOutcome, Channel, NotificationId, Status, UnixMillis};
 
@@ -115,6 +115,11 @@ enum Command {
         expires_at: UnixMillis,
         reply: Reply<ReplayOutcome>,
     },
+    Purge {
+        before: UnixMillis,
+        limit: usize,
+        reply: Reply<u64>,
+    },
     Ping(Reply<()>),
     Close(Reply<()>),
 }
@@ -128,6 +133,7 @@ enum Done {
         Result<Vec<Result<(), LeaseLost>>, StoreError>,
     ),
     Replay(Reply<ReplayOutcome>, Result<ReplayOutcome, StoreError>),
+    Purge(Reply<u64>, Result<u64, StoreError>),
     Unit(Reply<()>),
 }
 
@@ -260,6 +266,7 @@ fn run_batch(conn: &Connection, commands: impl Iterator<Item = Command>) {
                 Done::Claim(_, r) => *r = Err(fail()),
                 Done::Complete(_, r) => *r = Err(fail()),
                 Done::Replay(_, r) => *r = Err(fail()),
+                Done::Purge(_, r) => *r = Err(fail()),
                 Done::Unit(_) => {}
             }
         }
@@ -271,6 +278,7 @@ fn run_batch(conn: &Connection, commands: impl Iterator<Item = Command>) {
             Done::Claim(tx, r) => drop(tx.send(r)),
             Done::Complete(tx, r) => drop(tx.send(r)),
             Done::Replay(tx, r) => drop(tx.send(r)),
+            Done::Purge(tx, r) => drop(tx.send(r)),
             Done::Unit(tx) => drop(tx.send(Ok(()))),
         }
     }
@@ -316,6 +324,18 @@ fn execute(conn: &Connection, cmd: Command, begun: &Result<(), rusqlite::Error>)
                 Ok(ReplayOutcome::NotFound)
             };
             Done::Replay(reply, r)
+        }
+        Command::Purge {
+            before,
+            limit,
+            reply,
+        } => {
+            let r = if open {
+                purge(conn, before, limit)
+            } else {
+                Ok(0)
+            };
+            Done::Purge(reply, r)
         }
         Command::Ping(reply) | Command::Close(reply) => Done::Unit(reply),
     }
@@ -416,38 +436,14 @@ fn complete(
         .map_err(backend)?;
     let mut results = Vec::with_capacity(reports.len());
     for r in reports {
-        let counted = i64::from(
-            matches!(
-                r.completion,
-                Completion::Retry { counted: true, .. }
-                    | Completion::Dead { .. }
-                    | Completion::Failed { .. }
-                    | Completion::Delivered { .. }
-            ) && !r.attempts.is_empty(),
+        let c = super::completion_columns(r);
+        let (status, due_at, counted, provider, error) = (
+            c.status,
+            c.due_at,
+            i64::from(c.counted),
+            c.provider,
+            c.error,
         );
-        let (status, due_at, provider, error): (
-            Option<&str>,
-            Option<i64>,
-            Option<&str>,
-            Option<&str>,
-        ) = match &r.completion {
-            Completion::Delivered { provider } => {
-                (Some("delivered"), None, Some(provider.as_str()), None)
-            }
-            Completion::Failed { error } => (Some("failed"), None, None, Some(error.as_str())),
-            Completion::Dead { error } => (Some("dead"), None, None, Some(error.as_str())),
-            Completion::Retry {
-                at,
-                counted: true,
-                error,
-            } => (Some("retrying"), Some(at.0), None, error.as_deref()),
-            Completion::Retry {
-                at,
-                counted: false,
-                error,
-            } => (None, Some(at.0), None, error.as_deref()),
-            Completion::Released => (None, Some(r.at.0), None, None),
-        };
         let id = &r.id.as_bytes()[..];
         let changed = update
             .execute(params![
@@ -507,6 +503,30 @@ fn replay(
     )
     .map_err(backend)?;
     Ok(ReplayOutcome::Requeued)
+}
+
+fn purge(conn: &Connection, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
+    let mut gone = conn
+        .prepare_cached(
+            "DELETE FROM notifications
+              WHERE rowid IN (SELECT rowid FROM notifications
+                               WHERE status = 'delivered' AND updated_at < ?1
+                               LIMIT ?2)
+             RETURNING id",
+        )
+        .map_err(backend)?;
+    let ids = gone
+        .query_map(params![before.0, limit as i64], |r| r.get::<_, Vec<u8>>(0))
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    let mut attempts = conn
+        .prepare_cached("DELETE FROM attempts WHERE notification_id = ?1")
+        .map_err(backend)?;
+    for id in &ids {
+        attempts.execute([id]).map_err(backend)?;
+    }
+    Ok(ids.len() as u64)
 }
 
 fn id_from(bytes: &[u8]) -> Result<NotificationId, StoreError> {
@@ -740,6 +760,15 @@ impl Store for SqliteStore {
                 Ok((status_from(&status)?, n as u64))
             })
             .collect()
+        })
+        .await
+    }
+
+    async fn purge(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
+        self.call(|reply| Command::Purge {
+            before,
+            limit,
+            reply,
         })
         .await
     }

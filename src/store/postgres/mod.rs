@@ -1,0 +1,495 @@
+//! The shared store: PostgreSQL, for several Herald instances on one
+//! database.
+//!
+//! - Inserts and completions go through one writer task per instance that
+//!   batches whatever is waiting into one transaction (group commit, see
+//!   [`writer`]); callers are answered once it committed.
+//! - Claims run on their own: `FOR UPDATE SKIP LOCKED` in a CTE, then an
+//!   `UPDATE … RETURNING`, so instances claiming at once never wait on each
+//!   other nor get the same row.
+//! - A commit that adds ready work sends `NOTIFY herald_work`; every instance
+//!   running a dispatcher LISTENs ([`listen`]) and wakes at once. Polling
+//!   stays as the fallback.
+//! - Semantics match the SQLite store exactly: `due_at` is the next round
+//!   while queued or retrying and the lease's end while sending; a partial
+//!   index covers only unfinished rows; writes under a stale lease token are
+//!   refused.
+
+mod listen;
+mod schema;
+mod writer;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+use tokio_postgres::Row;
+
+use self::writer::Command;
+use super::{
+    Claimed, LeaseLost, LeaseToken, NewNotification, NotificationRecord, NotificationSummary,
+    ReplayOutcome, RoundReport, Store, StoreError,
+};
+use crate::domain::{Attempt, AttemptOutcome, Channel, NotificationId, Status, UnixMillis};
+
+pub use schema::MIGRATIONS;
+
+/// The channel of the wake-up NOTIFY.
+const NOTIFY_CHANNEL: &str = "herald_work";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresOptions {
+    /// Connections this instance opens at most (plus one for LISTEN).
+    pub pool_size: usize,
+    /// Most rows one write transaction carries (group commit).
+    pub max_batch: usize,
+    /// Writes that may queue for the writer before callers are held back.
+    pub queue_depth: usize,
+    /// How long connecting, or waiting for a free connection, may take
+    /// before the operation fails (and the API answers 503).
+    pub connect_timeout_ms: u64,
+    /// Statements running longer than this are cancelled by the server.
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 16,
+            max_batch: 1024,
+            queue_depth: 16_384,
+            connect_timeout_ms: 5_000,
+            statement_timeout_ms: 30_000,
+        }
+    }
+}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+pub struct PostgresStore {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    commands: Mutex<Option<mpsc::Sender<Command>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    listener: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl PostgresStore {
+    /// Connects, applies missing migrations, starts the writer.
+    pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::BadUrl(format!("{url}: {e}")))?;
+        let timeout = Duration::from_millis(options.connect_timeout_ms.max(1));
+        config
+            .application_name("herald")
+            .connect_timeout(timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .options(format!(
+                "-c statement_timeout={}",
+                options.statement_timeout_ms
+            ));
+
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(2))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+
+        {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            schema::migrate(&mut client).await?;
+        }
+
+        let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
+        let writer = tokio::spawn(writer::run(pool.clone(), rx, options.max_batch.max(1)));
+        Ok(Self {
+            pool,
+            config,
+            commands: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            listener: Mutex::new(None),
+        })
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(writer::Reply<T>) -> Command,
+    ) -> Result<T, StoreError> {
+        let sender = self
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        sender
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        if self
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
+            return Err(StoreError::Closed);
+        }
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+fn id_from(u: uuid::Uuid) -> NotificationId {
+    NotificationId::from_bytes(*u.as_bytes())
+}
+
+fn channel_from(s: &str) -> Result<Channel, StoreError> {
+    Channel::parse(s).ok_or(StoreError::Corrupt {
+        what: "unknown channel",
+    })
+}
+
+fn status_from(s: &str) -> Result<Status, StoreError> {
+    Status::parse(s).ok_or(StoreError::Corrupt {
+        what: "unknown status",
+    })
+}
+
+fn attempt_from(row: &Row) -> Result<Attempt, StoreError> {
+    let outcome: &str = row.get(3);
+    Ok(Attempt {
+        provider: row.get(0),
+        started_at: UnixMillis(row.get(1)),
+        duration_ms: row.get::<_, i64>(2).max(0) as u64,
+        outcome: AttemptOutcome::parse(outcome).ok_or(StoreError::Corrupt {
+            what: "unknown attempt outcome",
+        })?,
+        http_status: row
+            .get::<_, Option<i32>>(4)
+            .and_then(|s| u16::try_from(s).ok()),
+        error: row.get(5),
+    })
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn insert(&self, notification: NewNotification) -> Result<(), StoreError> {
+        self.call(|reply| Command::Insert(notification, reply))
+            .await
+    }
+
+    async fn claim(
+        &self,
+        now: UnixMillis,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let client = self.client().await?;
+        let token = LeaseToken::random();
+        let lease_until = now.plus(lease);
+        let stmt = client
+            .prepare_cached(
+                "WITH due AS (
+                     SELECT id FROM notifications
+                      WHERE status IN ('queued', 'retrying', 'sending') AND due_at <= $3
+                      ORDER BY due_at
+                      LIMIT $4
+                      FOR UPDATE SKIP LOCKED)
+                 UPDATE notifications AS n
+                    SET status = 'sending', lease_token = $1, due_at = $2, updated_at = $3
+                   FROM due
+                  WHERE n.id = due.id
+                 RETURNING n.id, n.channel, n.payload, n.rounds, n.created_at, n.expires_at",
+            )
+            .await
+            .map_err(pg)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(&stmt, &[&token.0, &lease_until.0, &now.0, &limit])
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|row| {
+                let payload: String = row.get(2);
+                Ok(Claimed {
+                    id: id_from(row.get(0)),
+                    channel: channel_from(row.get(1))?,
+                    payload: Bytes::from(payload),
+                    rounds: row.get::<_, i32>(3).max(0) as u32,
+                    created_at: UnixMillis(row.get(4)),
+                    expires_at: UnixMillis(row.get(5)),
+                    lease: token,
+                    lease_until,
+                })
+            })
+            .collect()
+    }
+
+    async fn complete(
+        &self,
+        reports: Vec<RoundReport>,
+    ) -> Result<Vec<Result<(), LeaseLost>>, StoreError> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.call(|reply| Command::Complete(reports, reply)).await
+    }
+
+    async fn get(&self, id: NotificationId) -> Result<Option<NotificationRecord>, StoreError> {
+        let mut client = self.client().await?;
+        // One snapshot: the row and its attempts agree.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg)?;
+        let key = id.as_uuid();
+        let row_stmt = tx
+            .prepare_cached(
+                "SELECT channel, status, created_at, updated_at, due_at, expires_at, rounds,
+                        delivered_by, last_error, payload
+                   FROM notifications WHERE id = $1",
+            )
+            .await
+            .map_err(pg)?;
+        let Some(row) = tx.query_opt(&row_stmt, &[&key]).await.map_err(pg)? else {
+            return Ok(None);
+        };
+        let attempts_stmt = tx
+            .prepare_cached(
+                "SELECT provider, started_at, duration_ms, outcome, http_status, error
+                   FROM attempts WHERE notification_id = $1 ORDER BY seq",
+            )
+            .await
+            .map_err(pg)?;
+        let attempts = tx
+            .query(&attempts_stmt, &[&key])
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(attempt_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await.map_err(pg)?;
+
+        let status = status_from(row.get(1))?;
+        let payload: &str = row.get(9);
+        Ok(Some(NotificationRecord {
+            id,
+            channel: channel_from(row.get(0))?,
+            status,
+            created_at: UnixMillis(row.get(2)),
+            updated_at: UnixMillis(row.get(3)),
+            // A sending row's due_at is its lease, not a planned attempt.
+            next_attempt_at: matches!(status, Status::Queued | Status::Retrying)
+                .then(|| row.get::<_, Option<i64>>(4))
+                .flatten()
+                .map(UnixMillis),
+            expires_at: UnixMillis(row.get(5)),
+            rounds: row.get::<_, i32>(6).max(0) as u32,
+            delivered_by: row.get(7),
+            last_error: row.get(8),
+            message: serde_json::from_str(payload).map_err(|_| StoreError::Corrupt {
+                what: "payload is not JSON",
+            })?,
+            attempts,
+        }))
+    }
+
+    async fn list(
+        &self,
+        status: Status,
+        after: Option<NotificationId>,
+        limit: usize,
+    ) -> Result<Vec<NotificationSummary>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, channel, created_at, updated_at, rounds, last_error
+                   FROM notifications
+                  WHERE status = $1 AND id > $2
+                  ORDER BY id LIMIT $3",
+            )
+            .await
+            .map_err(pg)?;
+        let after = after.map_or(uuid::Uuid::nil(), |a| a.as_uuid());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(&stmt, &[&status.as_str(), &after, &limit])
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|row| {
+                Ok(NotificationSummary {
+                    id: id_from(row.get(0)),
+                    channel: channel_from(row.get(1))?,
+                    status,
+                    created_at: UnixMillis(row.get(2)),
+                    updated_at: UnixMillis(row.get(3)),
+                    rounds: row.get::<_, i32>(4).max(0) as u32,
+                    last_error: row.get(5),
+                })
+            })
+            .collect()
+    }
+
+    async fn replay(
+        &self,
+        id: NotificationId,
+        now: UnixMillis,
+        expires_at: UnixMillis,
+    ) -> Result<ReplayOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let key = id.as_uuid();
+        let Some(row) = tx
+            .query_opt(
+                "SELECT status FROM notifications WHERE id = $1 FOR UPDATE",
+                &[&key],
+            )
+            .await
+            .map_err(pg)?
+        else {
+            return Ok(ReplayOutcome::NotFound);
+        };
+        let status = status_from(row.get(0))?;
+        if !matches!(status, Status::Dead | Status::Failed) {
+            return Ok(ReplayOutcome::NotReplayable(status));
+        }
+        tx.execute(
+            "UPDATE notifications
+                SET status = 'queued', due_at = $2, rounds = 0, lease_token = NULL,
+                    expires_at = $3, updated_at = $2
+              WHERE id = $1",
+            &[&key, &now.0, &expires_at.0],
+        )
+        .await
+        .map_err(pg)?;
+        tx.execute("SELECT pg_notify($1, '')", &[&NOTIFY_CHANNEL])
+            .await
+            .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(ReplayOutcome::Requeued)
+    }
+
+    async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT status, COUNT(*) FROM notifications GROUP BY status",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|row| Ok((status_from(row.get(0))?, row.get::<_, i64>(1) as u64)))
+            .collect()
+    }
+
+    async fn purge(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let stmt = client
+            .prepare_cached(
+                "WITH gone AS (
+                     DELETE FROM notifications
+                      WHERE id IN (SELECT id FROM notifications
+                                    WHERE status = 'delivered' AND updated_at < $1
+                                    LIMIT $2)
+                     RETURNING id),
+                 attempts_gone AS (
+                     DELETE FROM attempts WHERE notification_id IN (SELECT id FROM gone))
+                 SELECT COUNT(*) FROM gone",
+            )
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_one(&stmt, &[&before.0, &limit])
+            .await
+            .map_err(pg)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(pg)?;
+        Ok(())
+    }
+
+    fn subscribe(&self, wake: Arc<Notify>) {
+        let task = tokio::spawn(listen::run(self.config.clone(), wake));
+        if let Some(old) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task)
+        {
+            old.abort();
+        }
+    }
+
+    async fn close(&self) {
+        // Dropping the sender lets the writer finish what is queued, then end.
+        let sender = self
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(sender);
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+        if let Some(listener) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            listener.abort();
+        }
+        self.pool.close();
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if let Some(listener) = self
+            .listener
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            listener.abort();
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Versioned migrations, applied under an advisory lock so that instances
+//! starting at once take turns instead of racing.
+
+use tokio_postgres::Client;
+
+use super::pg;
+use crate::store::StoreError;
+
+/// Held for the duration of the migration transaction; any 64-bit key no
+/// other application on the database uses.
+const MIGRATION_LOCK: i64 = 0x4845_5241_4c44_0001; // "HERALD" 1
+
+/// Each migration runs once, in order, in the same transaction as its
+/// record in `herald_migrations`. Never edit one that has shipped: add the
+/// next.
+pub const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "
+CREATE TABLE notifications (
+    id           uuid PRIMARY KEY,
+    channel      text NOT NULL,
+    payload      text NOT NULL,
+    status       text NOT NULL CHECK (status IN
+                     ('queued', 'sending', 'retrying', 'delivered', 'failed', 'dead')),
+    -- When the notification is next due: its next round while queued or
+    -- retrying, the end of its lease while sending, NULL once final.
+    due_at       bigint,
+    lease_token  bigint,
+    rounds       integer NOT NULL DEFAULT 0,
+    created_at   bigint NOT NULL,
+    updated_at   bigint NOT NULL,
+    expires_at   bigint NOT NULL,
+    delivered_by text,
+    last_error   text
+);
+-- Rows churn (every round rewrites one): vacuum early.
+ALTER TABLE notifications SET (autovacuum_vacuum_scale_factor = 0.02,
+                               autovacuum_vacuum_insert_scale_factor = 0.05);
+-- Only unfinished rows are indexed, so finished ones cost the claim nothing.
+CREATE INDEX notifications_due ON notifications (due_at)
+    WHERE status IN ('queued', 'retrying', 'sending');
+CREATE INDEX notifications_status ON notifications (status, id);
+CREATE TABLE attempts (
+    seq             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    notification_id uuid NOT NULL,
+    started_at      bigint NOT NULL,
+    provider        text NOT NULL,
+    duration_ms     bigint NOT NULL,
+    outcome         text NOT NULL,
+    http_status     integer,
+    error           text
+);
+CREATE INDEX attempts_by_notification ON attempts (notification_id, seq);
+",
+)];
+
+/// Applies every migration this database lacks; returns how many.
+pub async fn migrate(client: &mut Client) -> Result<usize, StoreError> {
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS herald_migrations (
+             version    integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await
+    .map_err(pg)?;
+    let newest: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM herald_migrations",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    if newest > known {
+        return Err(StoreError::Corrupt {
+            what: "the database was migrated by a newer Herald",
+        });
+    }
+    let mut applied = 0;
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > newest) {
+        tx.batch_execute(sql).await.map_err(pg)?;
+        tx.execute(
+            "INSERT INTO herald_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await
+        .map_err(pg)?;
+        tracing::info!(version, "applied a database migration");
+        applied += 1;
+    }
+    tx.commit().await.map_err(pg)?;
+    Ok(applied)
+}

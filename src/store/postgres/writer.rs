@@ -1,0 +1,278 @@
+//! Group commit: one task takes every insert and completion waiting in its
+//! queue and writes them in one transaction, a handful of statements
+//! whatever the batch's size (arrays through `UNNEST`). Each caller is
+//! answered only once that transaction committed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::{NOTIFY_CHANNEL, pg};
+use crate::store::{Completion, LeaseLost, NewNotification, RoundReport, StoreError};
+
+pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub enum Command {
+    Insert(NewNotification, Reply<()>),
+    Complete(Vec<RoundReport>, Reply<Vec<Result<(), LeaseLost>>>),
+}
+
+impl Command {
+    fn rows(&self) -> usize {
+        match self {
+            Command::Insert(..) => 1,
+            Command::Complete(reports, _) => reports.len().max(1),
+        }
+    }
+}
+
+/// The transaction of a whole batch failed: every caller in it gets this.
+#[derive(Debug, thiserror::Error)]
+#[error("the batch's transaction failed")]
+pub struct BatchFailed(#[source] Arc<StoreError>);
+
+pub async fn run(pool: Pool, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut rows = first.rows();
+        batch.push(first);
+        while rows < max_batch {
+            match rx.try_recv() {
+                Ok(cmd) => {
+                    rows += cmd.rows();
+                    batch.push(cmd);
+                }
+                Err(_) => break,
+            }
+        }
+        write_batch(&pool, std::mem::take(&mut batch)).await;
+    }
+}
+
+async fn write_batch(pool: &Pool, batch: Vec<Command>) {
+    let mut inserts = Vec::new();
+    let mut completes = Vec::new();
+    for cmd in batch {
+        match cmd {
+            Command::Insert(n, reply) => inserts.push((n, reply)),
+            Command::Complete(reports, reply) => completes.push((reports, reply)),
+        }
+    }
+    let reports: Vec<&RoundReport> = completes.iter().flat_map(|(r, _)| r.iter()).collect();
+    match transact(pool, &inserts, &reports).await {
+        Ok(outcomes) => {
+            for (_, reply) in inserts {
+                let _ = reply.send(Ok(()));
+            }
+            let mut outcomes = outcomes.into_iter();
+            for (reports, reply) in completes {
+                let mine = outcomes.by_ref().take(reports.len()).collect();
+                let _ = reply.send(Ok(mine));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::error::chain(&e), "a postgres write batch failed; its callers are told");
+            let e = Arc::new(e);
+            let fail = || StoreError::Backend(Box::new(BatchFailed(Arc::clone(&e))));
+            for (_, reply) in inserts {
+                let _ = reply.send(Err(fail()));
+            }
+            for (_, reply) in completes {
+                let _ = reply.send(Err(fail()));
+            }
+        }
+    }
+}
+
+/// Writes everything in one transaction; one outcome per report, in order.
+async fn transact(
+    pool: &Pool,
+    inserts: &[(NewNotification, Reply<()>)],
+    reports: &[&RoundReport],
+) -> Result<Vec<Result<(), LeaseLost>>, StoreError> {
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Backend(Box::new(e)))?;
+    let tx = client.transaction().await.map_err(pg)?;
+
+    if !inserts.is_empty() {
+        let mut ids = Vec::with_capacity(inserts.len());
+        let mut channels = Vec::with_capacity(inserts.len());
+        let mut payloads = Vec::with_capacity(inserts.len());
+        let mut created = Vec::with_capacity(inserts.len());
+        let mut expires = Vec::with_capacity(inserts.len());
+        for (n, _) in inserts {
+            ids.push(n.id.as_uuid());
+            channels.push(n.channel.as_str());
+            payloads.push(n.payload.as_str());
+            created.push(n.created_at.0);
+            expires.push(n.expires_at.0);
+        }
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO notifications
+                     (id, channel, payload, status, due_at, created_at, updated_at, expires_at)
+                 SELECT id, channel, payload, 'queued', at, at, at, expires
+                   FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::int8[])
+                     AS n(id, channel, payload, at, expires)",
+            )
+            .await
+            .map_err(pg)?;
+        tx.execute(&stmt, &[&ids, &channels, &payloads, &created, &expires])
+            .await
+            .map_err(pg)?;
+    }
+
+    let mut outcomes = vec![Err(LeaseLost); reports.len()];
+    // One UPDATE per pass; a pass never holds the same id twice, since a
+    // join would match such a row only once.
+    let mut pending: Vec<usize> = (0..reports.len()).collect();
+    let mut won = Vec::new();
+    while !pending.is_empty() {
+        let mut seen = HashSet::new();
+        let (pass, later): (Vec<usize>, Vec<usize>) = pending
+            .into_iter()
+            .partition(|&i| seen.insert(reports[i].id));
+        pending = later;
+        for ord in complete_pass(&tx, reports, &pass).await? {
+            outcomes[ord] = Ok(());
+            won.push(ord);
+        }
+    }
+    won.sort_unstable();
+    add_attempts(&tx, reports, &won).await?;
+
+    let wakes = !inserts.is_empty()
+        || reports
+            .iter()
+            .any(|r| matches!(r.completion, Completion::Released));
+    if wakes {
+        // Delivered at commit, and once per transaction: other instances
+        // hear of a whole batch at once.
+        tx.execute("SELECT pg_notify($1, '')", &[&NOTIFY_CHANNEL])
+            .await
+            .map_err(pg)?;
+    }
+    tx.commit().await.map_err(pg)?;
+    Ok(outcomes)
+}
+
+/// Updates the rows of `pass` whose lease still holds; returns their
+/// positions in `reports`.
+async fn complete_pass(
+    tx: &deadpool_postgres::Transaction<'_>,
+    reports: &[&RoundReport],
+    pass: &[usize],
+) -> Result<Vec<usize>, StoreError> {
+    let n = pass.len();
+    let mut ids: Vec<Uuid> = Vec::with_capacity(n);
+    let mut leases: Vec<i64> = Vec::with_capacity(n);
+    let mut statuses: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut dues: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut counted: Vec<i32> = Vec::with_capacity(n);
+    let mut providers: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut ats: Vec<i64> = Vec::with_capacity(n);
+    let mut ords: Vec<i32> = Vec::with_capacity(n);
+    for &i in pass {
+        let r = reports[i];
+        let c = super::super::completion_columns(r);
+        ids.push(r.id.as_uuid());
+        leases.push(r.lease.0);
+        statuses.push(c.status);
+        dues.push(c.due_at);
+        counted.push(i32::from(c.counted));
+        providers.push(c.provider);
+        errors.push(c.error);
+        ats.push(r.at.0);
+        ords.push(i as i32);
+    }
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE notifications AS n SET
+                 status = COALESCE(r.status,
+                     CASE WHEN n.rounds + r.counted > 0 THEN 'retrying' ELSE 'queued' END),
+                 due_at = r.due_at,
+                 rounds = n.rounds + r.counted,
+                 lease_token = NULL,
+                 delivered_by = COALESCE(r.provider, n.delivered_by),
+                 last_error = COALESCE(r.error, n.last_error),
+                 updated_at = r.at
+               FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::int4[],
+                           $6::text[], $7::text[], $8::int8[], $9::int4[])
+                 AS r(id, lease, status, due_at, counted, provider, error, at, ord)
+              WHERE n.id = r.id AND n.lease_token = r.lease AND n.status = 'sending'
+             RETURNING r.ord",
+        )
+        .await
+        .map_err(pg)?;
+    let rows = tx
+        .query(
+            &stmt,
+            &[
+                &ids, &leases, &statuses, &dues, &counted, &providers, &errors, &ats, &ords,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(rows
+        .iter()
+        .map(|row| row.get::<_, i32>(0) as usize)
+        .collect())
+}
+
+/// Records the attempts of the rounds whose write won, in their order.
+async fn add_attempts(
+    tx: &deadpool_postgres::Transaction<'_>,
+    reports: &[&RoundReport],
+    won: &[usize],
+) -> Result<(), StoreError> {
+    let mut ids: Vec<Uuid> = Vec::new();
+    let mut started: Vec<i64> = Vec::new();
+    let mut providers: Vec<&str> = Vec::new();
+    let mut durations: Vec<i64> = Vec::new();
+    let mut outcomes: Vec<&str> = Vec::new();
+    let mut statuses: Vec<Option<i32>> = Vec::new();
+    let mut errors: Vec<Option<&str>> = Vec::new();
+    for &i in won {
+        let r = reports[i];
+        for a in &r.attempts {
+            ids.push(r.id.as_uuid());
+            started.push(a.started_at.0);
+            providers.push(&a.provider);
+            durations.push(i64::try_from(a.duration_ms).unwrap_or(i64::MAX));
+            outcomes.push(a.outcome.as_str());
+            statuses.push(a.http_status.map(i32::from));
+            errors.push(a.error.as_deref());
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO attempts
+                 (notification_id, started_at, provider, duration_ms, outcome, http_status, error)
+             SELECT id, started, provider, duration, outcome, status, error
+               FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::text[],
+                           $6::int4[], $7::text[])
+                    WITH ORDINALITY
+                 AS a(id, started, provider, duration, outcome, status, error, ord)
+              ORDER BY ord",
+        )
+        .await
+        .map_err(pg)?;
+    tx.execute(
+        &stmt,
+        &[
+            &ids, &started, &providers, &durations, &outcomes, &statuses, &errors,
+        ],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
