@@ -7,23 +7,34 @@ use std::time::Duration;
 
 use herald::config::{Config, Overrides};
 use serde_json::{Value, json};
-use support::{Client, Sim};
+use support::{Backend, Client, Sim, TestStore};
+
+store_matrix!(
+    #[tokio::test]
+    accepted_notifications_are_queued_and_readable,
+    bad_input_gets_problem_details,
+    health_and_readiness,
+    dead_letters_can_be_listed_and_replayed,
+);
 
 struct App {
     client: Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), herald::app::AppError>>,
     _dir: tempfile::TempDir,
+    _store: TestStore,
     _sim: Sim,
 }
 
-async fn start(failure_rate: f64) -> App {
+/// Herald in-process on `backend`; `None` where that store is unavailable.
+async fn start(backend: Backend, failure_rate: f64) -> Option<App> {
     let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::new(backend).await?;
     let sim = Sim::start(failure_rate, Duration::ZERO).await;
     let path = dir.path().join("herald.toml");
     std::fs::write(
         &path,
-        sim.herald_config(&dir.path().join("h.db"), "body_limit_bytes = 2048"),
+        sim.herald_config(&store.url, "body_limit_bytes = 2048"),
     )
     .unwrap();
     let config = Config::load(Some(&path), &Overrides::default()).unwrap();
@@ -34,13 +45,14 @@ async fn start(failure_rate: f64) -> App {
     let task = tokio::spawn(herald::app::serve(config, listener, async {
         let _ = rx.await;
     }));
-    App {
+    Some(App {
         client: Client::new(addr),
         stop: Some(tx),
         task,
         _dir: dir,
+        _store: store,
         _sim: sim,
-    }
+    })
 }
 
 fn assert_problem(a: &support::Answer, status: u16) -> &Value {
@@ -65,9 +77,10 @@ fn bad_fields(a: &support::Answer) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn accepted_notifications_are_queued_and_readable() {
-    let app = start(0.0).await;
+async fn accepted_notifications_are_queued_and_readable(backend: Backend) {
+    let Some(app) = start(backend, 0.0).await else {
+        return;
+    };
     let a = app.client.sms("hello").await;
     assert_eq!(a.status, 202);
     let id = a.body["id"].as_str().unwrap().to_owned();
@@ -118,9 +131,10 @@ async fn accepted_notifications_are_queued_and_readable() {
     }
 }
 
-#[tokio::test]
-async fn bad_input_gets_problem_details() {
-    let app = start(0.0).await;
+async fn bad_input_gets_problem_details(backend: Backend) {
+    let Some(app) = start(backend, 0.0).await else {
+        return;
+    };
     let c = &app.client;
 
     let p = assert_problem(
@@ -175,9 +189,10 @@ async fn bad_input_gets_problem_details() {
     assert_eq!(stats.values().sum::<u64>(), 0, "{stats:?}");
 }
 
-#[tokio::test]
-async fn health_and_readiness() {
-    let mut app = start(0.0).await;
+async fn health_and_readiness(backend: Backend) {
+    let Some(mut app) = start(backend, 0.0).await else {
+        return;
+    };
     assert_eq!(app.client.get("/healthz").await.status, 200);
     let ready = app.client.get("/readyz").await;
     assert_eq!(ready.status, 200);
@@ -191,14 +206,16 @@ async fn health_and_readiness() {
     assert!(matches!(ended, Ok(Ok(Ok(())))), "clean stop: {ended:?}");
 }
 
-#[tokio::test]
-async fn dead_letters_can_be_listed_and_replayed() {
+async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
     // Every provider fails: with one round allowed, notifications die fast.
     let dir = tempfile::tempdir().unwrap();
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
     let sim = Sim::start(1.0, Duration::ZERO).await;
     let path = dir.path().join("herald.toml");
     let toml = sim
-        .herald_config(&dir.path().join("h.db"), "")
+        .herald_config(&store.url, "")
         .replace("max_rounds = 40", "max_rounds = 1");
     std::fs::write(&path, toml).unwrap();
     let config = Config::load(Some(&path), &Overrides::default()).unwrap();

@@ -7,18 +7,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::domain::Channel;
-use support::{Herald, Sim, delivered_key, send_many};
+use support::{Backend, Herald, Sim, TestStore, delivered_key, send_many};
+
+store_matrix!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    kill_9_then_restart_loses_nothing,
+    sigterm_under_load_drains_and_exits_cleanly,
+);
 
 /// Providers answer slowly enough that many sends are in flight at the kill.
 const LATENCY: Duration = Duration::from_millis(20);
 /// Rounds in flight at once: few enough that a backlog builds up.
 const IN_FLIGHT: usize = 32;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_then_restart_loses_nothing() {
+async fn kill_9_then_restart_loses_nothing(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
     let sim = Sim::start(0.5, LATENCY).await;
-    let config = sim.herald_config(&dir.path().join("h.db"), "").replace(
+    let config = sim.herald_config(&store.url, "").replace(
         "[dispatch]",
         &format!("[dispatch]\nmax_in_flight = {IN_FLIGHT}"),
     );
@@ -62,11 +70,13 @@ async fn kill_9_then_restart_loses_nothing() {
     assert!(duplicates <= IN_FLIGHT, "{duplicates} duplicates");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_under_load_drains_and_exits_cleanly() {
+async fn sigterm_under_load_drains_and_exits_cleanly(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
     let sim = Sim::start(0.5, LATENCY).await;
-    let config = sim.herald_config(&dir.path().join("h.db"), "");
+    let config = sim.herald_config(&store.url, "");
     let mut herald = Herald::start(dir.path(), &config);
     let client = Arc::new(herald.client());
 

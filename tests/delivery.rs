@@ -9,13 +9,22 @@ use std::time::Duration;
 
 use herald::domain::Channel;
 use serde_json::json;
-use support::{Herald, Sim, delivered_key, send_many};
+use support::{Backend, Herald, Sim, TestStore, delivered_key, send_many};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_valid_notification_is_delivered_exactly_once() {
+store_matrix!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    every_valid_notification_is_delivered_exactly_once,
+    a_stopped_provider_is_routed_around_then_probed_back,
+    with_every_provider_down_notifications_wait_and_then_go_out,
+);
+
+async fn every_valid_notification_is_delivered_exactly_once(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
     let sim = Sim::start(0.5, Duration::ZERO).await;
-    let herald = Herald::start(dir.path(), &sim.herald_config(&dir.path().join("h.db"), ""));
+    let herald = Herald::start(dir.path(), &sim.herald_config(&store.url, ""));
     let client = Arc::new(herald.client());
 
     // Bad input is refused before it is stored, so it can never be sent.
@@ -104,11 +113,13 @@ async fn every_valid_notification_is_delivered_exactly_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_provider_is_routed_around_then_probed_back() {
+async fn a_stopped_provider_is_routed_around_then_probed_back(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
     let mut sim = Sim::start(0.5, Duration::ZERO).await;
-    let herald = Herald::start(dir.path(), &sim.herald_config(&dir.path().join("h.db"), ""));
+    let herald = Herald::start(dir.path(), &sim.herald_config(&store.url, ""));
     let client = Arc::new(herald.client());
 
     let before = send_many(&client, Channel::Sms, "before", 100, 8).await;
@@ -172,11 +183,13 @@ async fn a_stopped_provider_is_routed_around_then_probed_back() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_every_provider_down_notifications_wait_and_then_go_out() {
+async fn with_every_provider_down_notifications_wait_and_then_go_out(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
     let mut sim = Sim::start(0.5, Duration::ZERO).await;
-    let herald = Herald::start(dir.path(), &sim.herald_config(&dir.path().join("h.db"), ""));
+    let herald = Herald::start(dir.path(), &sim.herald_config(&store.url, ""));
     let client = Arc::new(herald.client());
 
     for n in 1..=3 {

@@ -1,20 +1,33 @@
-//! The storage contract, run against a real SQLite file.
+//! The storage contract, run against both engines: a real SQLite file and a
+//! fresh database on a real PostgreSQL server.
 
+mod support;
+
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use herald::domain::{Attempt, AttemptOutcome, Channel, NotificationId, Status, UnixMillis};
 use herald::store::{
-    self, Completion, LeaseLost, NewNotification, ReplayOutcome, RoundReport, SqliteOptions, Store,
+    self, Completion, LeaseLost, NewNotification, ReplayOutcome, RoundReport, StoreOptions,
 };
+use support::{Backend, TestStore};
 
 const LEASE: Duration = Duration::from_secs(30);
 
-async fn sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
-    let url = format!("sqlite://{}", dir.path().join("herald.db").display());
-    store::open(&url, SqliteOptions::default()).await.unwrap()
-}
+store_matrix!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    insert_then_read_back,
+    claims_are_leased_and_lapse,
+    retries_are_scheduled_in_the_store,
+    released_fresh_work_is_queued_again,
+    dead_letters_are_listed_and_replayed,
+    concurrent_inserts_all_commit_and_survive_reopening,
+    stale_and_repeated_reports_in_one_batch,
+    concurrent_claims_never_share_work,
+    delivered_notifications_are_purged_after_retention,
+);
 
 fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
     NewNotification {
@@ -52,10 +65,11 @@ fn report(
     }
 }
 
-#[tokio::test]
-async fn insert_then_read_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite(&dir).await;
+async fn insert_then_read_back(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
     let now = UnixMillis::now();
     let n = new_sms(now, "hello");
     store.insert(n.clone()).await.unwrap();
@@ -68,10 +82,11 @@ async fn insert_then_read_back() {
     assert!(store.get(NotificationId::new()).await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn claims_are_leased_and_lapse() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite(&dir).await;
+async fn claims_are_leased_and_lapse(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
     let now = UnixMillis::now();
     let first = new_sms(now, "a");
     store.insert(first.clone()).await.unwrap();
@@ -144,10 +159,11 @@ async fn claims_are_leased_and_lapse() {
     assert!(left.iter().all(|c| c.id != first.id));
 }
 
-#[tokio::test]
-async fn retries_are_scheduled_in_the_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite(&dir).await;
+async fn retries_are_scheduled_in_the_store(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
     let now = UnixMillis::now();
     let n = new_sms(now, "r");
     store.insert(n.clone()).await.unwrap();
@@ -203,10 +219,11 @@ async fn retries_are_scheduled_in_the_store() {
     assert_eq!(store.claim(at, 1, LEASE).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn released_fresh_work_is_queued_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite(&dir).await;
+async fn released_fresh_work_is_queued_again(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
     let now = UnixMillis::now();
     let n = new_sms(now, "x");
     store.insert(n.clone()).await.unwrap();
@@ -221,10 +238,11 @@ async fn released_fresh_work_is_queued_again() {
     );
 }
 
-#[tokio::test]
-async fn dead_letters_are_listed_and_replayed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite(&dir).await;
+async fn dead_letters_are_listed_and_replayed(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
     let now = UnixMillis::now();
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -303,10 +321,11 @@ async fn dead_letters_are_listed_and_replayed() {
     assert_eq!(store.claim(now, 10, LEASE).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn concurrent_inserts_all_commit_and_survive_reopening() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite(&dir).await;
+async fn concurrent_inserts_all_commit_and_survive_reopening(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
     let now = UnixMillis::now();
     let mut tasks = tokio::task::JoinSet::new();
     let mut ids = Vec::new();
@@ -323,7 +342,7 @@ async fn concurrent_inserts_all_commit_and_survive_reopening() {
     assert!(store.insert(new_sms(now, "late")).await.is_err(), "closed");
     drop(store);
 
-    let store = sqlite(&dir).await;
+    let store = test.open().await;
     for id in &ids {
         assert_eq!(
             store.get(*id).await.unwrap().unwrap().status,
@@ -338,9 +357,191 @@ async fn concurrent_inserts_all_commit_and_survive_reopening() {
 
 #[tokio::test]
 async fn bad_urls_are_refused() {
-    assert!(
-        store::open("mysql://x", SqliteOptions::default())
-            .await
-            .is_err()
+    let options = StoreOptions::default();
+    assert!(store::open("mysql://x", &options).await.is_err());
+    assert!(store::open("postgres://[nonsense", &options).await.is_err());
+}
+
+/// Reports under a stale lease and the same report twice, arriving in one
+/// write batch: only the first current one wins.
+async fn stale_and_repeated_reports_in_one_batch(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    let now = UnixMillis::now();
+    let n = new_sms(now, "twice");
+    store.insert(n.clone()).await.unwrap();
+    let first = store.claim(now, 1, LEASE).await.unwrap().remove(0);
+    let later = now.plus(LEASE).plus(Duration::from_millis(1));
+    let second = store.claim(later, 1, LEASE).await.unwrap().remove(0);
+    let delivered = |c: &herald::store::Claimed, p: &str| {
+        report(
+            c,
+            vec![attempt(p, AttemptOutcome::Delivered, 200)],
+            Completion::Delivered { provider: p.into() },
+            later,
+        )
+    };
+    let results = store
+        .complete(vec![
+            delivered(&first, "stale"),
+            delivered(&second, "current"),
+            delivered(&second, "again"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results, vec![Err(LeaseLost), Ok(()), Err(LeaseLost)]);
+    let rec = store.get(n.id).await.unwrap().unwrap();
+    assert_eq!(rec.delivered_by.as_deref(), Some("current"));
+    assert_eq!(rec.attempts.len(), 1);
+}
+
+/// Several claimants at once (on PostgreSQL, separate connection pools as
+/// separate instances would have) never get the same notification.
+async fn concurrent_claims_never_share_work(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let stores = [test.open().await, test.open().await, test.open().await];
+    let now = UnixMillis::now();
+    let mut ids = HashSet::new();
+    for i in 0..600 {
+        let n = new_sms(now, &format!("s{i}"));
+        ids.insert(n.id);
+        stores[i % 3].insert(n).await.unwrap();
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..6 {
+        let store = Arc::clone(&stores[k % 3]);
+        tasks.spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = store.claim(now, 25, LEASE).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.into_iter().map(|c| c.id));
+            }
+        });
+    }
+    let mut claimed = Vec::new();
+    while let Some(got) = tasks.join_next().await {
+        claimed.extend(got.unwrap());
+    }
+    assert_eq!(claimed.len(), 600, "each one claimed once");
+    assert_eq!(claimed.into_iter().collect::<HashSet<_>>(), ids);
+}
+
+async fn delivered_notifications_are_purged_after_retention(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    let old = UnixMillis(UnixMillis::now().0 - 3_600_000);
+    let fresh = UnixMillis::now();
+    let mut kept = Vec::new();
+    let mut purged = Vec::new();
+    for (i, at) in [old, old, old, fresh].into_iter().enumerate() {
+        let n = new_sms(at, &format!("p{i}"));
+        store.insert(n.clone()).await.unwrap();
+        let c = store.claim(at, 1, LEASE).await.unwrap().remove(0);
+        let completion = if i == 2 {
+            Completion::Dead {
+                error: "gave up".into(),
+            }
+        } else {
+            Completion::Delivered {
+                provider: "p".into(),
+            }
+        };
+        let r = report(
+            &c,
+            vec![attempt("p", AttemptOutcome::Delivered, 200)],
+            completion,
+            at,
+        );
+        store.complete(vec![r]).await.unwrap();
+        if i < 2 { &mut purged } else { &mut kept }.push(n.id);
+    }
+    let queued = new_sms(old, "waiting");
+    store.insert(queued.clone()).await.unwrap();
+    kept.push(queued.id);
+
+    let cutoff = UnixMillis(fresh.0 - 60_000);
+    assert_eq!(
+        store.purge(cutoff, 1).await.unwrap(),
+        1,
+        "a batch at a time"
     );
+    assert_eq!(store.purge(cutoff, 100).await.unwrap(), 1);
+    assert_eq!(store.purge(cutoff, 100).await.unwrap(), 0);
+    for id in purged {
+        assert!(store.get(id).await.unwrap().is_none());
+    }
+    for id in kept {
+        assert!(
+            store.get(id).await.unwrap().is_some(),
+            "dead, fresh and unfinished stay"
+        );
+    }
+}
+
+/// Instances starting at once on an empty database take turns migrating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrations_run_once_under_concurrent_starts() {
+    let Some(test) = TestStore::new(Backend::Postgres).await else {
+        return;
+    };
+    let mut opening = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let url = test.url.clone();
+        opening.spawn(async move { store::open(&url, &StoreOptions::default()).await });
+    }
+    while let Some(opened) = opening.join_next().await {
+        let store = opened
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{}", herald::error::chain(&e)));
+        store.ping().await.unwrap();
+    }
+    let (client, connection) = tokio_postgres::connect(&test.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM herald_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let expected: Vec<i32> = store::POSTGRES_MIGRATIONS.iter().map(|(v, _)| *v).collect();
+    assert_eq!(versions, expected);
+}
+
+/// A notification stored by one instance wakes the dispatcher of another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_new_work_wakes_other_instances() {
+    let Some(test) = TestStore::new(Backend::Postgres).await else {
+        return;
+    };
+    let worker = test.open().await;
+    let api = test.open().await;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    worker.subscribe(Arc::clone(&wake));
+    // The listener pokes once when it starts listening.
+    tokio::time::timeout(Duration::from_secs(10), wake.notified())
+        .await
+        .expect("the listener connected");
+    api.insert(new_sms(UnixMillis::now(), "wake"))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), wake.notified())
+        .await
+        .expect("woken by the other instance's insert");
+    worker.close().await;
+    api.close().await;
 }

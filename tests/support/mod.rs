@@ -3,6 +3,14 @@
 //!
 //! Everything listens on 127.0.0.1 with ports chosen by the OS, and every
 //! wait is bounded.
+//!
+//! # The store matrix
+//!
+//! Tests that take a [`Backend`] run once per store ([`store_matrix!`]). The
+//! PostgreSQL variants need a server: `HERALD_TEST_PG_URL` names one
+//! (`scripts/test.sh` starts a throwaway cluster and sets it), and each test
+//! creates a fresh database of its own there. Without it they fail under
+//! `CI=true`, and elsewhere skip with a notice on stderr.
 
 #![allow(dead_code)]
 
@@ -62,13 +70,15 @@ impl Sim {
         counts
     }
 
-    /// A config file pointing Herald at this simulator, with short timings
-    /// so the tests run in seconds.
+    /// A config file pointing Herald at this simulator and at the store
+    /// `store` (a URL), with short timings so the tests run in seconds.
     /// `top` holds top-level settings, placed before any table.
-    pub fn herald_config(&self, store: &Path, top: &str) -> String {
+    pub fn herald_config(&self, store: &str, top: &str) -> String {
         let mut toml = format!(
             r#"{top}
-store = "sqlite://{store}"
+store = "{store}"
+[postgres]
+pool_size = 8
 [dispatch]
 poll_interval_ms = 20
 lease_ms = 4000
@@ -80,8 +90,7 @@ max_rounds = 40
 [health]
 cooldown_min_ms = 100
 cooldown_max_ms = 500
-"#,
-            store = store.display()
+"#
         );
         for channel in Channel::ALL {
             for n in 1..=self.sim.providers(channel) {
@@ -106,18 +115,23 @@ impl Herald {
     /// Starts `herald serve --config <dir>/herald.toml` on a free port and
     /// waits until it listens.
     pub fn start(dir: &Path, config: &str) -> Self {
-        let config_path = dir.join("herald.toml");
+        Self::start_as(dir, config, "all")
+    }
+
+    /// Like [`Herald::start`], in the given role (`all`, `api`, `worker`);
+    /// each instance gets a config file of its own.
+    pub fn start_as(dir: &Path, config: &str, role: &str) -> Self {
+        let config_path = dir.join(format!("herald-{}.toml", fastrand::u64(..)));
         std::fs::write(&config_path, config).unwrap();
-        let log = dir.join(format!(
-            "herald-{}.log",
-            std::process::id() ^ fastrand::u32(..)
-        ));
+        let log = dir.join(format!("herald-{}.log", fastrand::u64(..)));
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .arg("--role")
+            .arg(role)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -350,5 +364,163 @@ pub fn delivered_key(d: &Delivery) -> String {
     match d.channel {
         Channel::Sms => d.body["text"].as_str().unwrap_or_default().to_owned(),
         Channel::Email => d.body["subject"].as_str().unwrap_or_default().to_owned(),
+    }
+}
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named `async fn name(backend: Backend)` once per store, as
+/// `sqlite::name` and `postgres::name`, under the given test attribute.
+#[macro_export]
+macro_rules! store_matrix {
+    (#[$attr:meta] $($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[$attr]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[$attr]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+/// The server the PostgreSQL variants use, or `None` (with a notice) when
+/// there is none; under `CI=true` a missing server fails the test.
+pub fn pg_server_url() -> Option<String> {
+    match std::env::var("HERALD_TEST_PG_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
+            "HERALD_TEST_PG_URL is not set, so the PostgreSQL tests cannot run; \
+             ./scripts/test.sh starts a server and sets it"
+        ),
+        _ => {
+            eprintln!(
+                "NOTICE: skipping a PostgreSQL test: HERALD_TEST_PG_URL is not set \
+                 (./scripts/test.sh starts a server and sets it)"
+            );
+            None
+        }
+    }
+}
+
+/// `url` with its database replaced by `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    format!("{host_part}/{db}{query}")
+}
+
+/// Creates an empty database of its own on the server at `server`.
+pub async fn fresh_database(server: &str) -> String {
+    let (client, connection) = tokio_postgres::connect(server, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL server: {e}"));
+    let driver = tokio::spawn(connection);
+    let name = format!("herald_test_{:016x}", fastrand::u64(..));
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("creating a test database");
+    drop(client);
+    let _ = driver.await;
+    with_database(server, &name)
+}
+
+/// A store for one test: a SQLite file in a temp dir, or a fresh database.
+pub struct TestStore {
+    pub url: String,
+    pub backend: Backend,
+    _dir: tempfile::TempDir,
+}
+
+impl TestStore {
+    /// `None` when the backend is not available here (see [`pg_server_url`]).
+    pub async fn new(backend: Backend) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let url = match backend {
+            Backend::Sqlite => format!("sqlite://{}", dir.path().join("herald.db").display()),
+            Backend::Postgres => fresh_database(&pg_server_url()?).await,
+        };
+        Some(Self {
+            url,
+            backend,
+            _dir: dir,
+        })
+    }
+
+    pub async fn open(&self) -> Arc<dyn herald::store::Store> {
+        herald::store::open(&self.url, &herald::store::StoreOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("opening {}: {}", self.url, herald::error::chain(&e)))
+    }
+}
+
+/// A PostgreSQL cluster of a test's own, to stop and start at will
+/// (`scripts/pg-cluster.sh`). Stopped when dropped.
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl PgCluster {
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-cluster.sh")
+    }
+
+    fn run(verb: &str, dir: &Path) -> String {
+        let out = Command::new(Self::script())
+            .arg(verb)
+            .arg(dir.join("pg"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running scripts/pg-cluster.sh");
+        assert!(out.status.success(), "pg-cluster.sh {verb} failed");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// `None` (with a notice) where the PostgreSQL tests are skipped.
+    pub fn start() -> Option<Self> {
+        pg_server_url()?;
+        let dir = tempfile::tempdir().unwrap();
+        let url = Self::run("start", dir.path());
+        Some(Self { dir, url })
+    }
+
+    pub fn stop(&self) {
+        Self::run("stop", self.dir.path());
+    }
+
+    pub fn restart(&self) {
+        Self::run("start", self.dir.path());
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(Self::script())
+            .arg("stop")
+            .arg(self.dir.path().join("pg"))
+            .status();
     }
 }
