@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script).
-# Needs only Rust; everything the tests use runs on 127.0.0.1.
+# Needs Rust; starts a throwaway PostgreSQL cluster for the tests (installing
+# Debian's postgresql package if initdb is missing) and stops it at the end.
+# Everything the tests use runs on 127.0.0.1.
+#
+# The integration tests run against both stores: SQLite always, PostgreSQL
+# through HERALD_TEST_PG_URL, which this script sets. Set it yourself to use
+# a server of your own (each test creates a fresh database there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,5 +14,15 @@ echo "== format"
 cargo fmt --all -- --check
 echo "== lint"
 cargo clippy --all-targets --locked -- -D warnings
+
+if [[ -z "${HERALD_TEST_PG_URL:-}" ]]; then
+    echo "== postgresql"
+    pg_dir=$(mktemp -d "${TMPDIR:-/tmp}/herald-test-pg.XXXXXX")
+    trap 'scripts/pg-cluster.sh stop "$pg_dir/pg" || true; rm -rf "$pg_dir"' EXIT
+    HERALD_TEST_PG_URL=$(scripts/pg-cluster.sh start "$pg_dir/pg")
+    export HERALD_TEST_PG_URL
+    echo "a throwaway cluster at $HERALD_TEST_PG_URL"
+fi
+
 echo "== tests"
 cargo test --all-targets --locked
