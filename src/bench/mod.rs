@@ -137,6 +137,8 @@ async fn measure(
 
     let start = Instant::now();
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let me = std::process::id();
+    let bench_before = procfs::sample(me);
     let cpu_before = pids.map(|(h, s)| (procfs::sample(h), procfs::sample(s)));
     let plan = Arc::new(Plan {
         addr,
@@ -173,6 +175,7 @@ async fn measure(
     let outcome = load::run(Arc::clone(&plan), live, args.concurrency).await;
     let load_end = Instant::now();
     let cpu_at_load_end = pids.map(|(h, s)| (procfs::sample(h), procfs::sample(s)));
+    let bench_at_load_end = procfs::sample(me);
     ticker.abort();
     let load_secs = (load_end - start).as_secs_f64();
     let stats_at_load_end = stats::read_once(addr, start).await;
@@ -260,6 +263,17 @@ async fn measure(
         backlog,
         herald_process,
         simulator_process,
+        bench_process: ProcessReport::new(
+            me,
+            ProcReadings {
+                idle: None,
+                load_start: bench_before,
+                load_end: bench_at_load_end,
+                end: bench_at_load_end,
+            },
+            load_secs,
+            load_secs,
+        ),
     })
 }
 

@@ -41,6 +41,8 @@ pub struct Report {
     /// Only when the bench started Herald itself.
     pub herald_process: Option<ProcessReport>,
     pub simulator_process: Option<ProcessReport>,
+    /// This process, during the load: what the load itself cost.
+    pub bench_process: ProcessReport,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -221,8 +223,8 @@ impl Report {
             let _ = writeln!(s, "  {}", line.join(" "));
         }
         for (name, p) in [
-            ("herald", &self.herald_process),
-            ("simulator", &self.simulator_process),
+            ("herald", self.herald_process.as_ref()),
+            ("simulator", self.simulator_process.as_ref()),
         ] {
             if let Some(p) = p {
                 let _ = writeln!(
@@ -239,6 +241,14 @@ impl Report {
                 );
             }
         }
+        let b = &self.bench_process;
+        let _ = writeln!(
+            s,
+            "\nbench (pid {}): CPU during the load {} ({} of one core)",
+            b.pid,
+            opt(b.cpu_secs_during_load, "s"),
+            opt(b.cpu_percent_during_load, "%"),
+        );
         s
     }
 }
@@ -338,6 +348,7 @@ mod tests {
                 10.0,
             )),
             simulator_process: None,
+            bench_process: ProcessReport::new(7, ProcReadings::default(), 10.0, 10.0),
         }
     }
 
