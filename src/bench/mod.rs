@@ -128,16 +128,15 @@ async fn measure(
         }
         None => (None, None),
     };
-    let machine = Machine {
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        load_average_before: procfs::load_average(),
-    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let load_average_before = procfs::load_average();
     let time_limit = args.time_limit();
     let stats_before = stats::read_once(addr, Instant::now()).await;
 
     let start = Instant::now();
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let me = std::process::id();
+    let machine_before = procfs::machine_busy_secs();
     let bench_before = procfs::sample(me);
     let cpu_before = pids.map(|(h, s)| (procfs::sample(h), procfs::sample(s)));
     let plan = Arc::new(Plan {
@@ -176,6 +175,7 @@ async fn measure(
     let load_end = Instant::now();
     let cpu_at_load_end = pids.map(|(h, s)| (procfs::sample(h), procfs::sample(s)));
     let bench_at_load_end = procfs::sample(me);
+    let machine_at_load_end = procfs::machine_busy_secs();
     ticker.abort();
     let load_secs = (load_end - start).as_secs_f64();
     let stats_at_load_end = stats::read_once(addr, start).await;
@@ -220,6 +220,28 @@ async fn measure(
         _ => (None, None),
     };
     let drained_after = drained_at.map(|t| (t - start).as_secs_f64());
+    let machine = {
+        let busy = machine_before
+            .zip(machine_at_load_end)
+            .map(|(a, b)| 100.0 * (b - a) / load_secs.max(1e-9));
+        // What Herald, the simulator and the bench used over the same span.
+        let spawned_cpu: f64 = [&herald_process, &simulator_process]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.cpu_percent_during_load)
+            .sum();
+        let bench = bench_at_load_end
+            .zip(bench_before)
+            .map(|(a, b)| 100.0 * (a.cpu_secs - b.cpu_secs) / load_secs.max(1e-9));
+        Machine {
+            cores,
+            load_average_before,
+            busy_percent_during_load: busy,
+            others_percent_during_load: busy
+                .zip(bench)
+                .map(|(busy, bench)| (busy - spawned_cpu - bench).max(0.0)),
+        }
+    };
     let delivery = match spawned {
         Some(s) => delivery_from_simulator(&outcome, &s.deliveries, start, load_end, drained_after),
         None => delivery_from_stats(

@@ -48,6 +48,26 @@ pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// CPU seconds the whole machine spent busy (all but idle and iowait), from
+/// the first line of `/proc/stat`.
+pub fn machine_busy_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_busy(stat.lines().next()?)
+}
+
+/// `cpu  user nice system idle iowait irq softirq steal …` → busy seconds.
+pub fn parse_machine_busy(line: &str) -> Option<f64> {
+    let mut it = line.split_whitespace();
+    if it.next()? != "cpu" {
+        return None;
+    }
+    let ticks: Vec<u64> = it.take(8).map(|v| v.parse().ok()).collect::<Option<_>>()?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = ticks[..] else {
+        return None;
+    };
+    Some((user + nice + system + irq + softirq + steal) as f64 / USER_HZ)
+}
+
 /// The 1, 5 and 15 minute load averages.
 pub fn load_average() -> Option<[f64; 3]> {
     let s = std::fs::read_to_string("/proc/loadavg").ok()?;
@@ -64,6 +84,14 @@ mod tests {
         let stat = "4242 (herald (x) y) S 1 4242 4242 0 -1 4194304 1000 0 0 0 250 130 0 0 20 0 3 0 100 1000000 500 18446744073709551615";
         assert_eq!(parse_cpu_secs(stat), Some(3.8));
         assert_eq!(parse_cpu_secs("garbage"), None);
+    }
+
+    #[test]
+    fn parses_machine_busy_time() {
+        let line = "cpu  1000 50 300 9000 200 10 40 0 0 0";
+        assert_eq!(parse_machine_busy(line), Some(14.0));
+        assert_eq!(parse_machine_busy("cpu0 1 2 3 4 5 6 7 8"), None);
+        assert_eq!(parse_machine_busy("cpu 1 2"), None);
     }
 
     #[test]

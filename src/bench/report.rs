@@ -50,6 +50,12 @@ pub struct Machine {
     pub cores: usize,
     /// 1, 5, 15 minute load averages just before the run.
     pub load_average_before: Option<[f64; 3]>,
+    /// CPU the whole machine used while the load ran, in % of one core
+    /// (at most 100 × cores).
+    pub busy_percent_during_load: Option<f64>,
+    /// Of that, what processes other than Herald, the simulator and the
+    /// bench used: other work on the machine that skews the figures.
+    pub others_percent_during_load: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -170,6 +176,13 @@ impl Report {
                     l[0], l[1], l[2]
                 ))
         );
+        if let Some(busy) = self.machine.busy_percent_during_load {
+            let _ = writeln!(
+                s,
+                "  machine busy during the load: {busy:.0}% of one core, of which other processes {}",
+                opt(self.machine.others_percent_during_load, "%")
+            );
+        }
         let _ = writeln!(s, "\naccept");
         let _ = writeln!(
             s,
@@ -284,6 +297,8 @@ mod tests {
             machine: Machine {
                 cores: 2,
                 load_average_before: Some([0.5, 0.4, 0.3]),
+                busy_percent_during_load: Some(150.0),
+                others_percent_during_load: Some(10.0),
             },
             load_secs: 10.0,
             sent: 1000,
@@ -358,6 +373,7 @@ mod tests {
         for want in [
             "closed loop, 64 connections against http://127.0.0.1:8080 (spawned)",
             "1000 sent, 990 accepted in 10.00s: 99 accepted/s",
+            "machine busy during the load: 150% of one core, of which other processes 10.0%",
             "other answers {503: 10}",
             "p50 800µs  p90 1.50ms  p99 3.00ms  p99.9 9.00ms  max 12.00ms",
             "98.5 delivered/s during the load",
