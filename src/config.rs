@@ -336,8 +336,11 @@ impl Config {
                 "max_in_flight and claim_batch must be at least 1",
             ));
         }
-        if self.postgres.pool_size < 2 {
-            return Err(invalid("postgres.pool_size", "must be at least 2"));
+        if self.postgres.writers == 0 || self.postgres.pool_size <= self.postgres.writers {
+            return Err(invalid(
+                "postgres.pool_size",
+                "must be larger than postgres.writers, which must be at least 1",
+            ));
         }
         if self.retention.purge_interval_secs == 0 {
             return Err(invalid(

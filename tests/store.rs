@@ -545,3 +545,87 @@ async fn postgres_new_work_wakes_other_instances() {
     worker.close().await;
     api.close().await;
 }
+
+/// A measurement, not a check (it asserts no timing): store-level
+/// throughput of inserts from many concurrent callers, then of claims and
+/// completions, on each engine. Run it with
+/// `cargo test --release --test store -- --ignored --nocapture throughput`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn throughput() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(test) = TestStore::new(backend).await else {
+            continue;
+        };
+        let store = test.open().await;
+        let now = UnixMillis::now();
+        const N: usize = 50_000;
+        let started = std::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for _ in 0..256 {
+            let store = Arc::clone(&store);
+            let next = Arc::clone(&next);
+            tasks.spawn(async move {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < N {
+                    store.insert(new_sms(now, "throughput")).await.unwrap();
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        let inserted = N as f64 / started.elapsed().as_secs_f64();
+
+        // As the dispatcher does: claim up to the free capacity, complete
+        // each round on its own.
+        let started = std::time::Instant::now();
+        let capacity = Arc::new(tokio::sync::Semaphore::new(512));
+        let mut done = 0;
+        let mut rounds = tokio::task::JoinSet::new();
+        loop {
+            let free = capacity.available_permits().min(256);
+            let batch = if free > 0 {
+                store.claim(now, free, LEASE).await.unwrap()
+            } else {
+                Vec::new()
+            };
+            if batch.is_empty() && rounds.is_empty() {
+                break;
+            }
+            for c in batch {
+                let permit = Arc::clone(&capacity).try_acquire_owned().unwrap();
+                let store = Arc::clone(&store);
+                rounds.spawn(async move {
+                    let r = report(
+                        &c,
+                        vec![attempt("p1", AttemptOutcome::Delivered, 200)],
+                        Completion::Delivered {
+                            provider: "p1".into(),
+                        },
+                        UnixMillis::now(),
+                    );
+                    store.complete(vec![r]).await.unwrap();
+                    drop(permit);
+                });
+            }
+            if capacity.available_permits() == 0 || free == 0 {
+                if let Some(r) = rounds.join_next().await {
+                    r.unwrap();
+                    done += 1;
+                }
+            }
+            while let Some(r) = rounds.try_join_next() {
+                r.unwrap();
+                done += 1;
+            }
+        }
+        assert_eq!(done, N);
+        let completed = N as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "{backend:?}: {inserted:.0} inserts/s (256 concurrent callers), \
+             {completed:.0} claimed+completed/s (512 in flight)"
+        );
+        store.close().await;
+    }
+}

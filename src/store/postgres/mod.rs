@@ -1,9 +1,9 @@
 //! The shared store: PostgreSQL, for several Herald instances on one
 //! database.
 //!
-//! - Inserts and completions go through one writer task per instance that
-//!   batches whatever is waiting into one transaction (group commit, see
-//!   [`writer`]); callers are answered once it committed.
+//! - Inserts and completions go through a few writer tasks per instance,
+//!   each batching whatever is waiting into one transaction (group commit,
+//!   see [`writer`]); callers are answered once it committed.
 //! - Claims run on their own: `FOR UPDATE SKIP LOCKED` in a CTE, then an
 //!   `UPDATE … RETURNING`, so instances claiming at once never wait on each
 //!   other nor get the same row.
@@ -48,6 +48,8 @@ const NOTIFY_CHANNEL: &str = "herald_work";
 pub struct PostgresOptions {
     /// Connections this instance opens at most (plus one for LISTEN).
     pub pool_size: usize,
+    /// Writer tasks, each with a connection, committing batches side by side.
+    pub writers: usize,
     /// Most rows one write transaction carries (group commit).
     pub max_batch: usize,
     /// Writes that may queue for the writer before callers are held back.
@@ -63,6 +65,7 @@ impl Default for PostgresOptions {
     fn default() -> Self {
         Self {
             pool_size: 16,
+            writers: 4,
             max_batch: 1024,
             queue_depth: 16_384,
             connect_timeout_ms: 5_000,
@@ -83,7 +86,7 @@ pub struct PostgresStore {
     pool: Pool,
     config: tokio_postgres::Config,
     commands: Mutex<Option<mpsc::Sender<Command>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writers: Mutex<Vec<JoinHandle<()>>>,
     listener: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -126,12 +129,21 @@ impl PostgresStore {
         }
 
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
-        let writer = tokio::spawn(writer::run(pool.clone(), rx, options.max_batch.max(1)));
+        let queue = Arc::new(tokio::sync::Mutex::new(rx));
+        let writers = (0..options.writers.max(1))
+            .map(|_| {
+                tokio::spawn(writer::run(
+                    pool.clone(),
+                    Arc::clone(&queue),
+                    options.max_batch.max(1),
+                ))
+            })
+            .collect();
         Ok(Self {
             pool,
             config,
             commands: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
+            writers: Mutex::new(writers),
             listener: Mutex::new(None),
         })
     }
@@ -465,8 +477,8 @@ impl Store for PostgresStore {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         drop(sender);
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(writer) = writer {
+        let writers = std::mem::take(&mut *self.writers.lock().unwrap_or_else(|p| p.into_inner()));
+        for writer in writers {
             let _ = writer.await;
         }
         if let Some(listener) = self

@@ -1,13 +1,17 @@
-//! Group commit: one task takes every insert and completion waiting in its
+//! Group commit: a writer takes every insert and completion waiting in the
 //! queue and writes them in one transaction, a handful of statements
 //! whatever the batch's size (arrays through `UNNEST`). Each caller is
 //! answered only once that transaction committed.
+//!
+//! A few writers share the queue, each on its own connection: while one
+//! waits for its commit, the next takes what arrived meanwhile. A batch's
+//! round trips, not the server's work, bound a single writer.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{NOTIFY_CHANNEL, pg};
@@ -34,21 +38,29 @@ impl Command {
 #[error("the batch's transaction failed")]
 pub struct BatchFailed(#[source] Arc<StoreError>);
 
-pub async fn run(pool: Pool, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
-    let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut rows = first.rows();
-        batch.push(first);
-        while rows < max_batch {
-            match rx.try_recv() {
-                Ok(cmd) => {
-                    rows += cmd.rows();
-                    batch.push(cmd);
+/// One writer: takes a batch from the shared queue, writes it, repeats until
+/// the queue is closed and empty.
+pub async fn run(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<Command>>>, max_batch: usize) {
+    loop {
+        let batch = {
+            let mut rx = queue.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            let mut rows = first.rows();
+            let mut batch = vec![first];
+            while rows < max_batch {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        rows += cmd.rows();
+                        batch.push(cmd);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
-        }
-        write_batch(&pool, std::mem::take(&mut batch)).await;
+            batch
+        };
+        write_batch(&pool, batch).await;
     }
 }
 
