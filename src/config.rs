@@ -455,7 +455,7 @@ mod tests {
             jail.set_env("HERALD_CONFIG", "h.toml");
             jail.set_env("HERALD_SOMETHING_ELSE", "not a setting");
             jail.set_env("HERALD_ROLE", "worker");
-            jail.set_env("HERALD_POSTGRES__POOL_SIZE", "4");
+            jail.set_env("HERALD_POSTGRES__POOL_SIZE", "6");
             let overrides = Overrides {
                 listen: Some("127.0.0.1:2222".parse().unwrap()),
                 store: None,
@@ -467,7 +467,7 @@ mod tests {
             assert_eq!(c.retry.base_ms, 10);
             assert_eq!(c.retry.max_rounds, 7);
             assert_eq!(c.role, Role::Worker);
-            assert_eq!(c.postgres.pool_size, 4);
+            assert_eq!(c.postgres.pool_size, 6);
             let c = Config::load(
                 Some(Path::new("h.toml")),
                 &Overrides {

@@ -609,11 +609,11 @@ async fn throughput() {
                     drop(permit);
                 });
             }
-            if capacity.available_permits() == 0 || free == 0 {
-                if let Some(r) = rounds.join_next().await {
-                    r.unwrap();
-                    done += 1;
-                }
+            if (capacity.available_permits() == 0 || free == 0)
+                && let Some(r) = rounds.join_next().await
+            {
+                r.unwrap();
+                done += 1;
             }
             while let Some(r) = rounds.try_join_next() {
                 r.unwrap();
