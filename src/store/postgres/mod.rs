@@ -65,7 +65,7 @@ impl Default for PostgresOptions {
     fn default() -> Self {
         Self {
             pool_size: 16,
-            writers: 4,
+            writers: 1,
             max_batch: 1024,
             queue_depth: 16_384,
             connect_timeout_ms: 5_000,
