@@ -16,6 +16,7 @@ store_matrix!(
     every_valid_notification_is_delivered_exactly_once,
     a_stopped_provider_is_routed_around_then_probed_back,
     with_every_provider_down_notifications_wait_and_then_go_out,
+    delivered_notifications_are_purged_after_the_retention_age,
 );
 
 async fn every_valid_notification_is_delivered_exactly_once(backend: Backend) {
@@ -231,4 +232,41 @@ async fn with_every_provider_down_notifications_wait_and_then_go_out(backend: Ba
         }
     }
     assert!(saw_outage);
+}
+
+async fn delivered_notifications_are_purged_after_the_retention_age(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    let sim = Sim::start(0.0, Duration::ZERO).await;
+    let config = format!(
+        "{}\n[retention]\ndelivered_max_age_secs = 1\npurge_interval_secs = 1\n",
+        sim.herald_config(&store.url, "")
+    );
+    let herald = Herald::start(dir.path(), &config);
+    let client = Arc::new(herald.client());
+    let ids = send_many(&client, Channel::Sms, "kept-briefly", 20, 4).await;
+    assert_eq!(ids.len(), 20);
+    // Not through the stats: the purge may empty them at any moment now.
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while sim.delivered_count() < 20 {
+        assert!(std::time::Instant::now() < until, "not all delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let delivered = client.stats().await.get("delivered").copied().unwrap_or(0);
+        if delivered == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{delivered} delivered notifications outlived their retention"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let gone = client.get(&format!("/v1/notifications/{}", ids[0])).await;
+    assert_eq!(gone.status, 404, "purged with its attempts");
 }
