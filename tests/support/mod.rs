@@ -112,8 +112,8 @@ pub struct Herald {
 }
 
 impl Herald {
-    /// Starts `herald serve --config <dir>/herald.toml` on a free port and
-    /// waits until it listens.
+    /// Starts `herald serve` with `config` (written to a file in `dir`) on
+    /// a free port and waits until it listens.
     pub fn start(dir: &Path, config: &str) -> Self {
         Self::start_as(dir, config, "all")
     }
