@@ -53,8 +53,9 @@ pub struct Machine {
     /// CPU the whole machine used while the load ran, in % of one core
     /// (at most 100 × cores).
     pub busy_percent_during_load: Option<f64>,
-    /// Of that, what processes other than Herald, the simulator and the
-    /// bench used: other work on the machine that skews the figures.
+    /// Of that, what processes other than the bench and the processes it
+    /// spawned used: other work on the machine that skews the figures. With
+    /// `--target`, this includes the Herald under test.
     pub others_percent_during_load: Option<f64>,
 }
 
@@ -179,7 +180,12 @@ impl Report {
         if let Some(busy) = self.machine.busy_percent_during_load {
             let _ = writeln!(
                 s,
-                "  machine busy during the load: {busy:.0}% of one core, of which other processes {}",
+                "  machine busy during the load: {busy:.0}% of one core, of which other processes{} {}",
+                if self.spawned {
+                    ""
+                } else {
+                    " (the target among them)"
+                },
                 opt(self.machine.others_percent_during_load, "%")
             );
         }
