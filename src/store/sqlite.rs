@@ -368,11 +368,14 @@ fn claim(
 ) -> Result<Vec<Claimed>, StoreError> {
     let token = LeaseToken::random();
     let lease_until = now.plus(lease);
+    // Left to itself the planner walks the status index and sorts the whole
+    // backlog on every claim; the partial index on due_at is the only one
+    // that stays small and already in order.
     let mut stmt = conn
         .prepare_cached(
             "UPDATE notifications
                 SET status = 'sending', lease_token = ?1, due_at = ?2, updated_at = ?3
-              WHERE id IN (SELECT id FROM notifications
+              WHERE id IN (SELECT id FROM notifications INDEXED BY notifications_due
                             WHERE status IN ('queued', 'retrying', 'sending') AND due_at <= ?3
                             ORDER BY due_at LIMIT ?4)
              RETURNING id, channel, payload, rounds, created_at, expires_at",
