@@ -131,7 +131,8 @@ pub struct DemoArgs {
     pub mock: MockArgs,
 }
 
-fn parse_rate(s: &str) -> Result<f64, String> {
+/// A share between 0 and 1, such as a failure rate.
+pub(crate) fn parse_rate(s: &str) -> Result<f64, String> {
     let rate: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
     if (0.0..=1.0).contains(&rate) {
         Ok(rate)

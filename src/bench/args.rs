@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::BenchError;
+use crate::cli::parse_rate;
 
 /// Longest run `--count` alone may take: every load loop is bounded in time.
 pub const DEFAULT_TIME_CAP: Duration = Duration::from_secs(600);
@@ -95,15 +96,6 @@ impl BenchArgs {
             (None, Some(_)) => DEFAULT_TIME_CAP,
             (None, None) => Duration::from_secs(10),
         }
-    }
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    let rate: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if (0.0..=1.0).contains(&rate) {
-        Ok(rate)
-    } else {
-        Err("must be between 0 and 1".into())
     }
 }
 
