@@ -34,6 +34,26 @@ fn delivery_counts(sim: &Sim) -> HashMap<String, usize> {
 }
 
 /// Sends `count` SMS split over `clients`, each key `<prefix>-<client>-<i>`.
+/// Waits until nothing is pending, then checks that every notification
+/// accepted was delivered (asking another instance than the one waited on).
+async fn settle(clients: &[Arc<Client>], accepted: usize, limit: Duration) {
+    assert!(
+        clients[0].wait_until_settled(limit).await,
+        "{:?}",
+        clients[0].stats().await
+    );
+    assert_eq!(clients[1].stats().await["delivered"], accepted as u64);
+}
+
+/// Each key was sent exactly once, and nothing else was sent.
+fn assert_each_delivered_once(sim: &Sim, keys: &[String]) {
+    let counts = delivery_counts(sim);
+    for key in keys {
+        assert_eq!(counts.get(key), Some(&1), "{key} delivered exactly once");
+    }
+    assert_eq!(counts.len(), keys.len(), "nothing else was delivered");
+}
+
 async fn send_over(clients: &[Arc<Client>], prefix: &str, count: usize) -> Vec<String> {
     let per = count / clients.len();
     let mut tasks = tokio::task::JoinSet::new();
@@ -68,19 +88,8 @@ async fn three_instances_share_the_work_and_send_nothing_twice() {
     let clients: Vec<Arc<Client>> = instances.iter().map(|h| Arc::new(h.client())).collect();
 
     let keys = send_over(&clients, "share", 9_999).await;
-    assert!(
-        clients[0]
-            .wait_until_settled(Duration::from_secs(240))
-            .await,
-        "{:?}",
-        clients[0].stats().await
-    );
-    assert_eq!(clients[1].stats().await["delivered"], keys.len() as u64);
-    let counts = delivery_counts(&sim);
-    for key in &keys {
-        assert_eq!(counts.get(key), Some(&1), "{key} delivered exactly once");
-    }
-    assert_eq!(counts.len(), keys.len(), "nothing else was delivered");
+    settle(&clients, keys.len(), Duration::from_secs(240)).await;
+    assert_each_delivered_once(&sim, &keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,14 +124,7 @@ async fn kill_9_of_one_instance_of_three_loses_nothing() {
         "killed mid-run ({at_kill} delivered)"
     );
 
-    assert!(
-        clients[0]
-            .wait_until_settled(Duration::from_secs(240))
-            .await,
-        "{:?}",
-        clients[0].stats().await
-    );
-    assert_eq!(clients[1].stats().await["delivered"], keys.len() as u64);
+    settle(&clients, keys.len(), Duration::from_secs(240)).await;
     let counts = delivery_counts(&sim);
     let missing = keys.iter().filter(|k| !counts.contains_key(*k)).count();
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
@@ -256,19 +258,8 @@ async fn two_api_and_two_worker_instances_deliver_everything() {
 
     let clients: Vec<Arc<Client>> = apis.iter().map(|h| Arc::new(h.client())).collect();
     let keys = send_over(&clients, "roles", 2_000).await;
-    assert!(
-        clients[0]
-            .wait_until_settled(Duration::from_secs(120))
-            .await,
-        "{:?}",
-        clients[0].stats().await
-    );
-    assert_eq!(clients[1].stats().await["delivered"], keys.len() as u64);
-    let counts = delivery_counts(&sim);
-    for key in &keys {
-        assert_eq!(counts.get(key), Some(&1), "{key} delivered exactly once");
-    }
-    assert_eq!(counts.len(), keys.len());
+    settle(&clients, keys.len(), Duration::from_secs(120)).await;
+    assert_each_delivered_once(&sim, &keys);
 }
 
 /// New work reaches a worker through NOTIFY: with polling every ten minutes,

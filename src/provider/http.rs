@@ -22,7 +22,9 @@ pub struct HttpJsonProvider {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpProviderError {
-    #[error("provider {name}: {url:?} is not a valid http URL")]
+    #[error(
+        "provider {name}: {url:?} is not a valid http:// URL (https is not supported by this build)"
+    )]
     BadUrl { name: String, url: String },
     #[error("provider {name}: could not build its HTTP client")]
     Client {
@@ -42,9 +44,11 @@ impl HttpJsonProvider {
         timeout: Duration,
         max_in_flight: usize,
     ) -> Result<Self, HttpProviderError> {
+        // This build has no TLS stack (it keeps the binary lean); an https
+        // URL would fail on every send, so it is refused at start-up.
         let parsed = reqwest::Url::parse(url)
             .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .filter(|u| u.scheme() == "http" && u.host().is_some())
             .ok_or_else(|| HttpProviderError::BadUrl {
                 name: name.to_owned(),
                 url: url.to_owned(),
@@ -127,6 +131,32 @@ impl HttpJsonProvider {
             SendError::Connect(e)
         } else {
             SendError::Transport(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn make(url: &str) -> Result<HttpJsonProvider, HttpProviderError> {
+        HttpJsonProvider::new("p", Channel::Sms, url, Duration::from_secs(1), 1)
+    }
+
+    #[test]
+    fn only_plain_http_urls() {
+        assert!(make("http://127.0.0.1:8071/api/sms/provider1").is_ok());
+        for bad in [
+            "https://sms.example.com/send",
+            "ftp://x/y",
+            "127.0.0.1:8071",
+            "http://",
+            "",
+        ] {
+            assert!(
+                matches!(make(bad), Err(HttpProviderError::BadUrl { .. })),
+                "{bad}"
+            );
         }
     }
 }
