@@ -15,6 +15,9 @@ use crate::domain::{NotificationId, UnixMillis};
 use crate::error::chain;
 use crate::store::{Claimed, Completion, LeaseToken, RoundReport, Store};
 
+/// The least time between two claims, unless the last one came back full.
+const MIN_CLAIM_GAP: Duration = Duration::from_millis(2);
+
 #[derive(Debug, Clone)]
 pub struct DispatcherSettings {
     pub max_in_flight: usize,
@@ -61,7 +64,20 @@ impl Dispatcher {
         let mut rounds = JoinSet::new();
         let mut store_backoff = Duration::from_millis(50);
 
+        let mut last_claim = Instant::now();
         while !*shutdown.borrow() {
+            // Every accept and every finished round wakes the loop; claiming
+            // at each wake-up would make one small writer transaction per
+            // notification. Gathering for a moment makes each claim carry
+            // what came due meanwhile.
+            let gather = (last_claim + MIN_CLAIM_GAP).saturating_duration_since(Instant::now());
+            if !gather.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(gather) => {}
+                    _ = shutdown.changed() => continue,
+                }
+            }
+            last_claim = Instant::now();
             let free = capacity.available_permits().min(self.settings.claim_batch);
             let mut claimed_full_batch = false;
             if free > 0 {
@@ -107,6 +123,7 @@ impl Dispatcher {
             if claimed_full_batch && capacity.available_permits() > 0 {
                 // More may be due right now.
                 reap(&mut rounds);
+                last_claim -= MIN_CLAIM_GAP;
                 continue;
             }
             tokio::select! {
