@@ -31,7 +31,7 @@ store_matrix!(
 
 fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
     NewNotification {
-        id: NotificationId::new(),
+        id: NotificationId::new_at(now),
         channel: Channel::Sms,
         payload: format!(r#"{{"phone":"01712345678","text":"{text}"}}"#),
         created_at: now,

@@ -93,7 +93,8 @@ async fn accept(
 ) -> Result<Response, Problem> {
     let message = validated.map_err(Problem::invalid)?;
     let now = UnixMillis::now();
-    let id = NotificationId::new();
+    // The id carries the creation time exactly (retention relies on it).
+    let id = NotificationId::new_at(now);
     let notification = NewNotification {
         id,
         channel: message.channel(),

@@ -19,6 +19,17 @@ impl NotificationId {
         Self(Uuid::now_v7())
     }
 
+    /// An id whose time part is `t`, for a notification created at `t`.
+    pub fn new_at(t: UnixMillis) -> Self {
+        let ms = t.0.max(0) as u64;
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            ms / 1_000,
+            (ms % 1_000) as u32 * 1_000_000,
+        );
+        Self(Uuid::new_v7(ts))
+    }
+
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
         Self(Uuid::from_bytes(bytes))
     }
@@ -29,6 +40,15 @@ impl NotificationId {
 
     pub fn as_uuid(&self) -> Uuid {
         self.0
+    }
+
+    /// The smallest id made at or after `t`: since ids start with their
+    /// creation time, `id < first_at(t)` means "created before `t`", which
+    /// an index on ids answers without reading anything newer.
+    pub fn first_at(t: UnixMillis) -> Self {
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&(t.0.max(0) as u64).to_be_bytes()[2..]);
+        Self(Uuid::from_bytes(bytes))
     }
 }
 
@@ -288,6 +308,18 @@ mod tests {
             format!("ntf_{}", id.as_uuid())
                 .parse::<NotificationId>()
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn first_at_bounds_ids_by_creation_time() {
+        let before = UnixMillis::now();
+        let id = NotificationId::new();
+        let after = UnixMillis(UnixMillis::now().0 + 1);
+        assert!(NotificationId::first_at(before) <= id);
+        assert!(id < NotificationId::first_at(after));
+        assert!(
+            NotificationId::first_at(UnixMillis(-5)) <= NotificationId::first_at(UnixMillis(0))
         );
     }
 

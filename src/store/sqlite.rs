@@ -513,13 +513,20 @@ fn purge(conn: &Connection, before: UnixMillis, limit: usize) -> Result<u64, Sto
         .prepare_cached(
             "DELETE FROM notifications
               WHERE rowid IN (SELECT rowid FROM notifications
-                               WHERE status = 'delivered' AND updated_at < ?1
+                               WHERE status = 'delivered' AND id < ?3 AND updated_at < ?1
                                LIMIT ?2)
              RETURNING id",
         )
         .map_err(backend)?;
+    // Anything last updated before `before` was created before it too: the
+    // id bound keeps the walk of the (status, id) index to those rows
+    // instead of every delivered notification.
+    let created_before = NotificationId::first_at(before);
     let ids = gone
-        .query_map(params![before.0, limit as i64], |r| r.get::<_, Vec<u8>>(0))
+        .query_map(
+            params![before.0, limit as i64, &created_before.as_bytes()[..]],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
         .map_err(backend)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(backend)?;

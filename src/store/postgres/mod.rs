@@ -435,7 +435,7 @@ impl Store for PostgresStore {
                 "WITH gone AS (
                      DELETE FROM notifications
                       WHERE id IN (SELECT id FROM notifications
-                                    WHERE status = 'delivered' AND updated_at < $1
+                                    WHERE status = 'delivered' AND id < $3 AND updated_at < $1
                                     LIMIT $2)
                      RETURNING id),
                  attempts_gone AS (
@@ -444,8 +444,11 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(pg)?;
+        // Anything last updated before `before` was created before it too:
+        // the id bound keeps the index walk to those rows.
+        let created_before = NotificationId::first_at(before).as_uuid();
         let row = client
-            .query_one(&stmt, &[&before.0, &limit])
+            .query_one(&stmt, &[&before.0, &limit, &created_before])
             .await
             .map_err(pg)?;
         Ok(row.get::<_, i64>(0) as u64)
