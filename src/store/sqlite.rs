@@ -124,17 +124,25 @@ enum Command {
     Close(Reply<()>),
 }
 
-/// A command's result, held until the transaction that made it commits.
-enum Done {
-    Insert(Reply<()>, Result<(), StoreError>),
-    Claim(Reply<Vec<Claimed>>, Result<Vec<Claimed>, StoreError>),
-    Complete(
-        Reply<Vec<Result<(), LeaseLost>>>,
-        Result<Vec<Result<(), LeaseLost>>, StoreError>,
-    ),
-    Replay(Reply<ReplayOutcome>, Result<ReplayOutcome, StoreError>),
-    Purge(Reply<u64>, Result<u64, StoreError>),
-    Unit(Reply<()>),
+/// A command's answer, held until the transaction that made it commits:
+/// called with the failure that undid the transaction, if one did.
+type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// `result` is `None` when the command never ran because the transaction
+/// could not begin; its answer is then always called with that failure.
+fn answer<T: Send + 'static>(reply: Reply<T>, result: Option<Result<T, StoreError>>) -> Answer {
+    Box::new(move |failure| {
+        let result = match (failure, result) {
+            (None, Some(result)) => result,
+            (failure, _) => Err(StoreError::Backend(Box::new(CommitFailed(
+                failure
+                    .unwrap_or("the transaction did not begin")
+                    .to_owned(),
+            )))),
+        };
+        // A caller that went away (its request was cancelled) is not an error.
+        drop(reply.send(result));
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -251,93 +259,46 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Command>, max_batch: usi
 
 fn run_batch(conn: &Connection, commands: impl Iterator<Item = Command>) {
     let begun = conn.execute_batch("BEGIN IMMEDIATE");
-    let mut done: Vec<Done> = commands.map(|cmd| execute(conn, cmd, &begun)).collect();
+    let answers: Vec<Answer> = commands
+        .map(|cmd| execute(conn, cmd, begun.is_ok()))
+        .collect();
     let committed = match begun {
         Ok(()) => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
-    if let Err(message) = committed {
+    if let Err(message) = &committed {
         let _ = conn.execute_batch("ROLLBACK");
         tracing::error!(error = %message, "sqlite transaction failed; its callers are told");
-        let fail = || StoreError::Backend(Box::new(CommitFailed(message.clone())));
-        for d in &mut done {
-            match d {
-                Done::Insert(_, r) => *r = Err(fail()),
-                Done::Claim(_, r) => *r = Err(fail()),
-                Done::Complete(_, r) => *r = Err(fail()),
-                Done::Replay(_, r) => *r = Err(fail()),
-                Done::Purge(_, r) => *r = Err(fail()),
-                Done::Unit(_) => {}
-            }
-        }
     }
-    // A caller that went away (its request was cancelled) is not an error.
-    for d in done {
-        match d {
-            Done::Insert(tx, r) => drop(tx.send(r)),
-            Done::Claim(tx, r) => drop(tx.send(r)),
-            Done::Complete(tx, r) => drop(tx.send(r)),
-            Done::Replay(tx, r) => drop(tx.send(r)),
-            Done::Purge(tx, r) => drop(tx.send(r)),
-            Done::Unit(tx) => drop(tx.send(Ok(()))),
-        }
+    let failure = committed.as_ref().err().map(String::as_str);
+    for answer in answers {
+        answer(failure);
     }
 }
 
-fn execute(conn: &Connection, cmd: Command, begun: &Result<(), rusqlite::Error>) -> Done {
-    let open = begun.is_ok();
+/// Runs one command inside the open transaction (`open`), or not at all.
+fn execute(conn: &Connection, cmd: Command, open: bool) -> Answer {
     match cmd {
-        Command::Insert(n, reply) => {
-            let r = if open { insert(conn, &n) } else { Ok(()) };
-            Done::Insert(reply, r)
-        }
+        Command::Insert(n, reply) => answer(reply, open.then(|| insert(conn, &n))),
         Command::Claim {
             now,
             limit,
             lease,
             reply,
-        } => {
-            let r = if open {
-                claim(conn, now, limit, lease)
-            } else {
-                Ok(vec![])
-            };
-            Done::Claim(reply, r)
-        }
-        Command::Complete(reports, reply) => {
-            let r = if open {
-                complete(conn, &reports)
-            } else {
-                Ok(vec![])
-            };
-            Done::Complete(reply, r)
-        }
+        } => answer(reply, open.then(|| claim(conn, now, limit, lease))),
+        Command::Complete(reports, reply) => answer(reply, open.then(|| complete(conn, &reports))),
         Command::Replay {
             id,
             now,
             expires_at,
             reply,
-        } => {
-            let r = if open {
-                replay(conn, id, now, expires_at)
-            } else {
-                Ok(ReplayOutcome::NotFound)
-            };
-            Done::Replay(reply, r)
-        }
+        } => answer(reply, open.then(|| replay(conn, id, now, expires_at))),
         Command::Purge {
             before,
             limit,
             reply,
-        } => {
-            let r = if open {
-                purge(conn, before, limit)
-            } else {
-                Ok(0)
-            };
-            Done::Purge(reply, r)
-        }
-        Command::Ping(reply) | Command::Close(reply) => Done::Unit(reply),
+        } => answer(reply, open.then(|| purge(conn, before, limit))),
+        Command::Ping(reply) | Command::Close(reply) => answer(reply, open.then_some(Ok(()))),
     }
 }
 
