@@ -12,6 +12,10 @@ use herald::{app, simulator};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
+// glibc's malloc showed as ~10% of Herald's CPU under load (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
