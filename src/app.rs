@@ -16,7 +16,7 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 use crate::api::problem::Problem;
 use crate::api::{self, ApiState};
@@ -42,6 +42,8 @@ pub enum AppError {
     Serve(#[source] std::io::Error),
     #[error("invalid retry settings")]
     Retry(#[from] crate::dispatch::backoff::BackoffError),
+    #[error("the dispatcher failed (see the log above); nothing accepted is lost")]
+    DispatcherFailed,
 }
 
 fn build_providers(config: &Config) -> Result<Providers, AppError> {
@@ -85,15 +87,6 @@ pub async fn serve(
     let wake = Arc::new(Notify::new());
     let drain_timeout = Duration::from_millis(config.dispatch.drain_timeout_ms);
 
-    let state = Arc::new(ApiState {
-        store: Arc::clone(&store),
-        providers: Arc::clone(&providers),
-        wake: Arc::clone(&wake),
-        draining: false.into(),
-        body_limit: config.body_limit_bytes,
-        max_age: Duration::from_secs(config.retry.max_age_secs),
-    });
-
     let policy = RetryPolicy {
         backoff: config.backoff()?,
         max_rounds: config.retry.max_rounds,
@@ -115,6 +108,17 @@ pub async fn serve(
         settings,
         Arc::clone(&wake),
     );
+    let state = Arc::new(ApiState {
+        store: Arc::clone(&store),
+        providers: Arc::clone(&providers),
+        wake: Arc::clone(&wake),
+        // Only where this process both accepts and delivers.
+        handoff: (role.serves_api() && role.dispatches()).then(|| dispatcher.handoff()),
+        draining: false.into(),
+        body_limit: config.body_limit_bytes,
+        max_age: Duration::from_secs(config.retry.max_age_secs),
+    });
+
     let purger = (role.dispatches() && config.retention.delivered_max_age_secs > 0).then(|| {
         tokio::spawn(purge_loop(
             Arc::clone(&store),
@@ -123,19 +127,33 @@ pub async fn serve(
             stop_rx.clone(),
         ))
     });
+    // A dispatcher that dies (a bug) must not leave an instance that accepts
+    // work it will never deliver: the whole process stops instead.
+    let (failed_tx, failed_rx) = oneshot::channel::<()>();
     let dispatcher = if role.dispatches() {
         // Other instances' new work wakes this dispatcher too.
         store.subscribe(Arc::clone(&wake));
-        tokio::spawn(dispatcher.run(stop_rx))
+        let run = tokio::spawn(dispatcher.run(stop_rx));
+        tokio::spawn(async move {
+            let failed = run.await.is_err();
+            if failed {
+                tracing::error!("the dispatcher failed; stopping");
+                let _ = failed_tx.send(());
+            }
+            failed
+        })
     } else {
         drop(dispatcher);
-        tokio::spawn(async {})
+        tokio::spawn(async { false })
     };
 
     let (stopping_tx, stopping_rx) = watch::channel(false);
     let draining_state = Arc::clone(&state);
     tokio::spawn(async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            Ok(()) = failed_rx => {}
+        }
         tracing::info!("shutting down: refusing new work, draining");
         draining_state.draining.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(true);
@@ -170,12 +188,14 @@ pub async fn serve(
     if let Some(Err(e)) = &served {
         tracing::error!(error = %crate::error::chain(e), "the HTTP server failed");
     }
-    if tokio::time::timeout(drain_timeout + Duration::from_secs(1), dispatcher)
-        .await
-        .is_err()
-    {
-        tracing::error!("the dispatcher did not stop in time");
-    }
+    let dispatcher_failed =
+        match tokio::time::timeout(drain_timeout + Duration::from_secs(1), dispatcher).await {
+            Ok(ended) => ended.unwrap_or(true),
+            Err(_) => {
+                tracing::error!("the dispatcher did not stop in time");
+                false
+            }
+        };
     if let Some(purger) = purger {
         purger.abort();
     }
@@ -183,6 +203,7 @@ pub async fn serve(
     tracing::info!("stopped");
     match served {
         Some(Err(e)) => Err(AppError::Serve(e)),
+        _ if dispatcher_failed => Err(AppError::DispatcherFailed),
         _ => Ok(()),
     }
 }

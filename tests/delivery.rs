@@ -14,6 +14,7 @@ use support::{Backend, Herald, Sim, TestStore, delivered_key, send_many};
 store_matrix!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     every_valid_notification_is_delivered_exactly_once,
+    fresh_work_is_handed_over_while_there_is_room_and_queued_beyond,
     a_stopped_provider_is_routed_around_then_probed_back,
     with_every_provider_down_notifications_wait_and_then_go_out,
     delivered_notifications_are_purged_after_the_retention_age,
@@ -111,6 +112,45 @@ async fn every_valid_notification_is_delivered_exactly_once(backend: Backend) {
                 "closed"
             );
         }
+    }
+}
+
+/// With room in the dispatcher a new notification is stored leased and
+/// handed over in memory (202 says `sending`); once half the room is taken,
+/// new ones are stored `queued` for a claim. Both kinds go out once.
+async fn fresh_work_is_handed_over_while_there_is_room_and_queued_beyond(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    // Slow providers (yet within the tests' 1 s timeout) keep the first round
+    // in flight while the others arrive.
+    let sim = Sim::start(0.0, Duration::from_millis(700)).await;
+    let config = sim
+        .herald_config(&store.url, "")
+        .replace("[dispatch]", "[dispatch]\nmax_in_flight = 2");
+    let herald = Herald::start(dir.path(), &config);
+    let client = herald.client();
+
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let a = client.sms(&format!("handoff-{i}")).await;
+        assert_eq!(a.status, 202);
+        statuses.push(a.body["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(statuses, ["sending", "queued", "queued"]);
+
+    assert!(
+        client.wait_until_settled(Duration::from_secs(30)).await,
+        "{:?}",
+        client.stats().await
+    );
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for d in sim.deliveries() {
+        *counts.entry(delivered_key(&d)).or_default() += 1;
+    }
+    for i in 0..3 {
+        assert_eq!(counts.get(&format!("handoff-{i}")), Some(&1), "{counts:?}");
     }
 }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald::domain::{Attempt, AttemptOutcome, Channel, NotificationId, Status, UnixMillis};
 use herald::store::{
-    self, Completion, LeaseLost, NewNotification, ReplayOutcome, RoundReport, StoreOptions,
+    self, Completion, Lease, LeaseLost, LeaseToken, NewNotification, ReplayOutcome, RoundReport,
+    StoreOptions,
 };
 use support::{Backend, TestStore};
 
@@ -20,6 +21,7 @@ store_matrix!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     insert_then_read_back,
     claims_are_leased_and_lapse,
+    handed_off_inserts_are_leased_until_they_lapse,
     retries_are_scheduled_in_the_store,
     released_fresh_work_is_queued_again,
     dead_letters_are_listed_and_replayed,
@@ -36,6 +38,7 @@ fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
         payload: format!(r#"{{"phone":"01712345678","text":"{text}"}}"#),
         created_at: now,
         expires_at: now.plus(Duration::from_secs(3600)),
+        lease: None,
     }
 }
 
@@ -157,6 +160,70 @@ async fn claims_are_leased_and_lapse(backend: Backend) {
     let far = now.plus(Duration::from_secs(3600));
     let left = store.claim(far, 10, LEASE).await.unwrap();
     assert!(left.iter().all(|c| c.id != first.id));
+}
+
+/// An insert for the in-memory hand-off is stored leased: no claim takes it
+/// while its lease holds, its holder can write the round back, and if the
+/// holder never does, the next claim after the lease picks it up.
+async fn handed_off_inserts_are_leased_until_they_lapse(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    let now = UnixMillis::now();
+    let lease = Lease {
+        token: LeaseToken::random(),
+        until: now.plus(LEASE),
+    };
+    let kept = NewNotification {
+        lease: Some(lease),
+        ..new_sms(now, "handed over, then delivered")
+    };
+    let dropped = NewNotification {
+        lease: Some(lease),
+        ..new_sms(now, "handed over, then lost")
+    };
+    store.insert(kept.clone()).await.unwrap();
+    store.insert(dropped.clone()).await.unwrap();
+    assert_eq!(
+        store.get(kept.id).await.unwrap().unwrap().status,
+        Status::Sending
+    );
+    assert!(
+        store.claim(now, 10, LEASE).await.unwrap().is_empty(),
+        "held by the lease it was inserted under"
+    );
+
+    let holder = herald::store::Claimed {
+        id: kept.id,
+        channel: kept.channel,
+        payload: Bytes::from(kept.payload.clone()),
+        rounds: 0,
+        created_at: now,
+        expires_at: kept.expires_at,
+        lease: lease.token,
+        lease_until: lease.until,
+    };
+    let delivered = report(
+        &holder,
+        vec![attempt("p1", AttemptOutcome::Delivered, 200)],
+        Completion::Delivered {
+            provider: "p1".into(),
+        },
+        now,
+    );
+    assert_eq!(store.complete(vec![delivered]).await.unwrap(), vec![Ok(())]);
+    assert_eq!(
+        store.get(kept.id).await.unwrap().unwrap().status,
+        Status::Delivered
+    );
+
+    let after_lease = lease.until.plus(Duration::from_millis(1));
+    let reclaimed = store.claim(after_lease, 10, LEASE).await.unwrap();
+    assert_eq!(reclaimed.len(), 1, "only the one never written back");
+    assert_eq!(reclaimed[0].id, dropped.id);
+    assert_eq!(reclaimed[0].rounds, 0, "a lapsed hand-off used no round");
+    assert_ne!(reclaimed[0].lease, lease.token);
 }
 
 async fn retries_are_scheduled_in_the_store(backend: Backend) {

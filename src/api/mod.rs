@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::Notify;
 
+use crate::dispatch::handoff::Handoff;
 use crate::dispatch::pool::Providers;
 use crate::store::Store;
 use problem::Problem;
@@ -28,6 +29,9 @@ pub struct ApiState {
     pub providers: Arc<Providers>,
     /// Tells the dispatcher that new work was stored.
     pub wake: Arc<Notify>,
+    /// Passes fresh notifications straight to this process's dispatcher,
+    /// when it runs one.
+    pub handoff: Option<Handoff>,
     /// Set on shutdown: refuse new work, report not ready.
     pub draining: AtomicBool,
     pub body_limit: usize,

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::ApiState;
 use super::problem::Problem;
 use crate::domain::validation::{FieldError, RawEmail, RawSms, validate_email, validate_sms};
-use crate::domain::{Message, NotificationId, UnixMillis};
+use crate::domain::{Message, NotificationId, Status, UnixMillis};
 use crate::store::NewNotification;
 
 pub async fn sms(
@@ -95,24 +95,36 @@ async fn accept(
     let now = UnixMillis::now();
     // The id carries the creation time exactly (retention relies on it).
     let id = NotificationId::new_at(now);
+    let reservation = state.handoff.as_ref().and_then(|h| h.reserve(now));
     let notification = NewNotification {
         id,
         channel: message.channel(),
         payload: message.to_provider_json(),
         created_at: now,
         expires_at: now.plus(state.max_age),
+        lease: reservation.as_ref().map(|r| r.lease()),
     };
+    let handover = reservation.map(|r| r.prepare(&notification));
     if let Err(e) = state.store.insert(notification).await {
         tracing::error!(error = %crate::error::chain(&e), "could not store a notification");
         return Err(Problem::store_unavailable());
     }
-    state.wake.notify_one();
+    let status = match handover {
+        Some(handover) => {
+            handover.send();
+            Status::Sending
+        }
+        None => {
+            state.wake.notify_one();
+            Status::Queued
+        }
+    };
     let location =
         HeaderValue::try_from(format!("/v1/notifications/{id}")).expect("ids are URL-safe");
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, location)],
-        Json(json!({"id": id, "status": "queued"})),
+        Json(json!({"id": id, "status": status})),
     )
         .into_response())
 }

@@ -1,15 +1,16 @@
 //! The dispatch loop: claim due notifications in batches sized to free
 //! capacity, run a round for each, write the results back.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use super::handoff::{Fresh, Handoff};
 use super::pool::Providers;
+use super::results::{self, Finished, Held, lock};
 use super::round::{RetryPolicy, run_round};
 use crate::domain::{NotificationId, UnixMillis};
 use crate::error::chain;
@@ -17,6 +18,9 @@ use crate::store::{Claimed, Completion, LeaseToken, RoundReport, Store};
 
 /// The least time between two claims, unless the last one came back full.
 const MIN_CLAIM_GAP: Duration = Duration::from_millis(2);
+
+/// How long the results writer may still take after a drain timeout.
+const WRITER_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct DispatcherSettings {
@@ -33,11 +37,12 @@ pub struct Dispatcher {
     policy: Arc<RetryPolicy>,
     settings: DispatcherSettings,
     wake: Arc<Notify>,
+    /// Rounds that may run at once; claims and hand-offs both take from it.
+    capacity: Arc<Semaphore>,
+    fresh_tx: mpsc::UnboundedSender<Fresh>,
+    /// Taken by [`Dispatcher::run`].
+    fresh: Option<mpsc::UnboundedReceiver<Fresh>>,
 }
-
-/// Leases held by rounds still running, so that the ones cut short at
-/// shutdown can be given back at once instead of waiting out their lease.
-type Held = Arc<Mutex<HashMap<NotificationId, LeaseToken>>>;
 
 impl Dispatcher {
     pub fn new(
@@ -47,29 +52,52 @@ impl Dispatcher {
         settings: DispatcherSettings,
         wake: Arc<Notify>,
     ) -> Self {
+        let (fresh_tx, fresh) = mpsc::unbounded_channel();
         Self {
             store,
             providers,
             policy: Arc::new(policy),
+            capacity: Arc::new(Semaphore::new(settings.max_in_flight)),
             settings,
             wake,
+            fresh_tx,
+            fresh: Some(fresh),
         }
+    }
+
+    /// The API's end of the in-memory hand-off to this dispatcher.
+    pub fn handoff(&self) -> Handoff {
+        Handoff::new(
+            Arc::clone(&self.capacity),
+            self.settings.max_in_flight / 2,
+            self.settings.lease,
+            self.fresh_tx.clone(),
+        )
     }
 
     /// Runs until `shutdown` turns true, then lets running rounds finish
     /// within the drain timeout and releases the leases of those that don't.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let capacity = Arc::new(Semaphore::new(self.settings.max_in_flight));
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let held: Held = Arc::default();
-        let mut rounds = JoinSet::new();
+        let (results, writer) = results::spawn(
+            Arc::clone(&self.store),
+            Arc::clone(&held),
+            self.settings.claim_batch,
+        );
+        let mut running = Running {
+            rounds: JoinSet::new(),
+            held,
+            results,
+        };
         let mut store_backoff = Duration::from_millis(50);
+        let mut fresh = self.fresh.take().expect("a dispatcher runs once");
 
         let mut last_claim = Instant::now();
         while !*shutdown.borrow() {
-            // Every accept and every finished round wakes the loop; claiming
-            // at each wake-up would make one small writer transaction per
-            // notification. Gathering for a moment makes each claim carry
-            // what came due meanwhile.
+            // Wake-ups come in bursts (every stored notification that was
+            // not handed over, every poll); claiming at each would make one
+            // small writer transaction per notification. Gathering for a
+            // moment makes each claim carry what came due meanwhile.
             let gather = (last_claim + MIN_CLAIM_GAP).saturating_duration_since(Instant::now());
             if !gather.is_zero() {
                 tokio::select! {
@@ -78,38 +106,34 @@ impl Dispatcher {
                 }
             }
             last_claim = Instant::now();
-            let free = capacity.available_permits().min(self.settings.claim_batch);
-            let mut claimed_full_batch = false;
-            if free > 0 {
+            // The room is taken before claiming: the API hands work over
+            // from the same capacity meanwhile.
+            let want = self
+                .capacity
+                .available_permits()
+                .min(self.settings.claim_batch);
+            let room = u32::try_from(want)
+                .ok()
+                .filter(|&n| n > 0)
+                .and_then(|n| Arc::clone(&self.capacity).try_acquire_many_owned(n).ok());
+            // Whether more may be due than the last claim could take.
+            let mut more_due = room.is_none();
+            if let Some(mut room) = room {
                 match self
                     .store
-                    .claim(UnixMillis::now(), free, self.settings.lease)
+                    .claim(UnixMillis::now(), want, self.settings.lease)
                     .await
                 {
                     Ok(batch) => {
                         store_backoff = Duration::from_millis(50);
-                        claimed_full_batch = batch.len() == free;
+                        more_due = batch.len() == want;
                         for n in batch {
-                            let Ok(permit) = Arc::clone(&capacity).try_acquire_owned() else {
-                                unreachable!("claims never exceed free capacity");
-                            };
-                            held.lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(n.id, n.lease);
-                            let ctx = (
-                                Arc::clone(&self.store),
-                                Arc::clone(&self.providers),
-                                Arc::clone(&self.policy),
-                                Arc::clone(&held),
-                            );
-                            rounds.spawn(async move {
-                                let (store, providers, policy, held) = ctx;
-                                deliver(&*store, &providers, &policy, n, &held).await;
-                                drop(permit);
-                            });
+                            let permit = room.split(1).expect("claims never exceed their room");
+                            self.start(&mut running, n, permit);
                         }
                     }
                     Err(e) => {
+                        drop(room);
                         tracing::warn!(error = %chain(&e), "claiming failed; retrying");
                         tokio::select! {
                             _ = tokio::time::sleep(store_backoff) => {}
@@ -120,30 +144,75 @@ impl Dispatcher {
                     }
                 }
             }
-            if claimed_full_batch && capacity.available_permits() > 0 {
-                // More may be due right now.
-                reap(&mut rounds);
+            if more_due && self.capacity.available_permits() > 0 {
+                running.reap();
                 last_claim -= MIN_CLAIM_GAP;
                 continue;
             }
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                Some(joined) = rounds.join_next(), if !rounds.is_empty() => log_join(joined),
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
-                _ = shutdown.changed() => {}
+            // Wait for a reason to claim again: new queued work, the poll for
+            // retries come due, or room freed while more was due.
+            let poll = tokio::time::sleep(self.settings.poll_interval);
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    _ = self.wake.notified() => break,
+                    Some(f) = fresh.recv() => {
+                        self.start(&mut running, f.claimed, f.permit);
+                        // Take the hand-offs of the next moment in one go
+                        // rather than being woken for each.
+                        tokio::time::sleep(MIN_CLAIM_GAP).await;
+                        while let Ok(f) = fresh.try_recv() {
+                            self.start(&mut running, f.claimed, f.permit);
+                        }
+                    }
+                    Some(joined) = running.rounds.join_next(), if !running.rounds.is_empty() => {
+                        log_join(joined);
+                        if more_due {
+                            break;
+                        }
+                    }
+                    _ = &mut poll => break,
+                    _ = shutdown.changed() => break,
+                }
             }
-            reap(&mut rounds);
+            running.reap();
         }
 
-        self.drain(rounds, &held).await;
+        // Hand-offs not yet started are released with the other leases.
+        fresh.close();
+        while let Ok(f) = fresh.try_recv() {
+            lock(&running.held).insert(f.claimed.id, f.claimed.lease);
+        }
+        self.drain(running, writer).await;
     }
 
-    async fn drain(&self, mut rounds: JoinSet<()>, held: &Held) {
-        let running = rounds.len();
-        if running > 0 {
-            tracing::info!(running, "draining rounds in flight");
+    /// Runs one round of `n` in its own task; its result goes to the results
+    /// writer with `permit`, which is released once the result is written.
+    fn start(&self, running: &mut Running, n: Claimed, permit: OwnedSemaphorePermit) {
+        lock(&running.held).insert(n.id, n.lease);
+        let providers = Arc::clone(&self.providers);
+        let policy = Arc::clone(&self.policy);
+        let results = running.results.clone();
+        running.rounds.spawn(async move {
+            let report = run_round(providers.channel(n.channel), &policy, &n).await;
+            let finished = Finished {
+                report,
+                lease_until: n.lease_until,
+                _permit: permit,
+            };
+            if results.send(finished).is_err() {
+                tracing::error!(id = %n.id, "the results writer stopped; the round will be redone");
+            }
+        });
+    }
+
+    async fn drain(&self, mut running: Running, writer: JoinHandle<()>) {
+        let in_flight = running.rounds.len();
+        if in_flight > 0 {
+            tracing::info!(in_flight, "draining rounds in flight");
         }
         let deadline = Instant::now() + self.settings.drain_timeout;
+        let rounds = &mut running.rounds;
         while !rounds.is_empty() {
             match tokio::time::timeout_at(deadline, rounds.join_next()).await {
                 Ok(Some(joined)) => log_join(joined),
@@ -159,11 +228,18 @@ impl Dispatcher {
                 }
             }
         }
-        let leftover: Vec<(NotificationId, LeaseToken)> = held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
+        // The last sender goes: the writer writes what it has, then stops.
+        let Running { held, results, .. } = running;
+        drop(results);
+        let mut writer = writer;
+        if tokio::time::timeout_at(deadline.max(Instant::now() + WRITER_GRACE), &mut writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("results still unwritten at the drain timeout; releasing their leases");
+            writer.abort();
+        }
+        let leftover: Vec<(NotificationId, LeaseToken)> = lock(&held).drain().collect();
         if leftover.is_empty() {
             return;
         }
@@ -190,50 +266,18 @@ impl Dispatcher {
     }
 }
 
-async fn deliver(
-    store: &dyn Store,
-    providers: &Providers,
-    policy: &RetryPolicy,
-    n: Claimed,
-    held: &Held,
-) {
-    let report = run_round(providers.channel(n.channel), policy, &n).await;
-    write_back(store, report, n.lease_until).await;
-    held.lock().unwrap_or_else(|p| p.into_inner()).remove(&n.id);
+/// The rounds under way and where their results go.
+struct Running {
+    rounds: JoinSet<()>,
+    held: Held,
+    results: mpsc::UnboundedSender<Finished>,
 }
 
-/// Writes a round's result, retrying while the store is unavailable, for as
-/// long as the lease holds: after that the work belongs to the next claim.
-async fn write_back(store: &dyn Store, report: RoundReport, lease_until: UnixMillis) {
-    let mut pause = Duration::from_millis(50);
-    loop {
-        match store.complete(vec![report.clone()]).await {
-            Ok(results) => {
-                if let Some(Err(lost)) = results.first() {
-                    tracing::warn!(id = %report.id, "{lost}; another claim owns this notification");
-                }
-                return;
-            }
-            Err(e) if UnixMillis::now().plus(pause) < lease_until => {
-                tracing::warn!(id = %report.id, error = %chain(&e), "writing a result failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => {
-                tracing::error!(
-                    id = %report.id,
-                    error = %chain(&e),
-                    "could not write a result before the lease lapsed; the round will be redone"
-                );
-                return;
-            }
+impl Running {
+    fn reap(&mut self) {
+        while let Some(joined) = self.rounds.try_join_next() {
+            log_join(joined);
         }
-    }
-}
-
-fn reap(rounds: &mut JoinSet<()>) {
-    while let Some(joined) = rounds.try_join_next() {
-        log_join(joined);
     }
 }
 

@@ -4,7 +4,9 @@
 pub mod backoff;
 pub mod breaker;
 pub mod dispatcher;
+pub mod handoff;
 pub mod pool;
+mod results;
 pub mod round;
 pub mod router;
 pub mod window;

@@ -66,6 +66,16 @@ pub struct NewNotification {
     pub created_at: UnixMillis,
     /// After this, no more rounds: the notification is dead.
     pub expires_at: UnixMillis,
+    /// Stored already `sending` under this lease, for a dispatcher that was
+    /// handed it in memory; `None`: stored `queued`, due at once.
+    pub lease: Option<Lease>,
+}
+
+/// Who holds a notification's round, and until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub token: LeaseToken,
+    pub until: UnixMillis,
 }
 
 /// A notification claimed for one round of delivery.

@@ -306,14 +306,22 @@ fn insert(conn: &Connection, n: &NewNotification) -> Result<(), StoreError> {
     let mut stmt = conn
         .prepare_cached(
             "INSERT INTO notifications
-                 (id, channel, payload, status, due_at, created_at, updated_at, expires_at)
-             VALUES (?1, ?2, ?3, 'queued', ?4, ?4, ?4, ?5)",
+                 (id, channel, payload, status, due_at, lease_token,
+                  created_at, updated_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
         )
         .map_err(backend)?;
+    let (status, due_at, token) = match n.lease {
+        Some(lease) => ("sending", lease.until.0, Some(lease.token.0)),
+        None => ("queued", n.created_at.0, None),
+    };
     stmt.execute(params![
         &n.id.as_bytes()[..],
         n.channel.as_str(),
         n.payload,
+        status,
+        due_at,
+        token,
         n.created_at.0,
         n.expires_at.0
     ])

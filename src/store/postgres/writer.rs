@@ -117,26 +117,45 @@ async fn transact(
         let mut payloads = Vec::with_capacity(inserts.len());
         let mut created = Vec::with_capacity(inserts.len());
         let mut expires = Vec::with_capacity(inserts.len());
+        let mut tokens: Vec<Option<i64>> = Vec::with_capacity(inserts.len());
+        let mut lease_ends: Vec<Option<i64>> = Vec::with_capacity(inserts.len());
         for (n, _) in inserts {
             ids.push(n.id.as_uuid());
             channels.push(n.channel.as_str());
             payloads.push(n.payload.as_str());
             created.push(n.created_at.0);
             expires.push(n.expires_at.0);
+            tokens.push(n.lease.map(|l| l.token.0));
+            lease_ends.push(n.lease.map(|l| l.until.0));
         }
         let stmt = tx
             .prepare_cached(
                 "INSERT INTO notifications
-                     (id, channel, payload, status, due_at, created_at, updated_at, expires_at)
-                 SELECT id, channel, payload, 'queued', at, at, at, expires
-                   FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::int8[])
-                     AS n(id, channel, payload, at, expires)",
+                     (id, channel, payload, status, due_at, lease_token,
+                      created_at, updated_at, expires_at)
+                 SELECT id, channel, payload,
+                        CASE WHEN token IS NULL THEN 'queued' ELSE 'sending' END,
+                        COALESCE(lease_until, at), token, at, at, expires
+                   FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::int8[],
+                               $6::int8[], $7::int8[])
+                     AS n(id, channel, payload, at, expires, token, lease_until)",
             )
             .await
             .map_err(pg)?;
-        tx.execute(&stmt, &[&ids, &channels, &payloads, &created, &expires])
-            .await
-            .map_err(pg)?;
+        tx.execute(
+            &stmt,
+            &[
+                &ids,
+                &channels,
+                &payloads,
+                &created,
+                &expires,
+                &tokens,
+                &lease_ends,
+            ],
+        )
+        .await
+        .map_err(pg)?;
     }
 
     let mut outcomes = vec![Err(LeaseLost); reports.len()];
@@ -158,7 +177,8 @@ async fn transact(
     won.sort_unstable();
     add_attempts(&tx, reports, &won).await?;
 
-    let wakes = !inserts.is_empty()
+    // Handed-off inserts are already in their dispatcher's hands.
+    let wakes = inserts.iter().any(|(n, _)| n.lease.is_none())
         || reports
             .iter()
             .any(|r| matches!(r.completion, Completion::Released));

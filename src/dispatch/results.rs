@@ -1,0 +1,110 @@
+//! Writing rounds' results back to the store, in batches.
+//!
+//! Rounds end one by one; writing each result on its own would make one
+//! small store transaction (and one fsync) per round. Results that finish
+//! within a moment of each other are written together instead. A round's
+//! capacity and lease stay held until its result is written.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::domain::{NotificationId, UnixMillis};
+use crate::error::chain;
+use crate::store::{LeaseToken, RoundReport, Store};
+
+/// How long a finished round waits for others to share its write.
+const GATHER: Duration = Duration::from_millis(2);
+
+/// Leases held by rounds not yet written back, so that the ones cut short
+/// at shutdown can be given back at once instead of waiting out their lease.
+pub(super) type Held = Arc<Mutex<HashMap<NotificationId, LeaseToken>>>;
+
+pub(super) fn lock(held: &Held) -> std::sync::MutexGuard<'_, HashMap<NotificationId, LeaseToken>> {
+    held.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A round's result, with what it holds until written.
+pub(super) struct Finished {
+    pub report: RoundReport,
+    pub lease_until: UnixMillis,
+    /// The round's dispatcher capacity, given back when this is dropped.
+    pub _permit: OwnedSemaphorePermit,
+}
+
+/// Starts the writer; it stops once every sender is gone and all that was
+/// sent is written.
+pub(super) fn spawn(
+    store: Arc<dyn Store>,
+    held: Held,
+    max_batch: usize,
+) -> (mpsc::UnboundedSender<Finished>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run(store, held, rx, max_batch.max(1)));
+    (tx, task)
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    held: Held,
+    mut rx: mpsc::UnboundedReceiver<Finished>,
+    max_batch: usize,
+) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        tokio::time::sleep(GATHER).await;
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(finished) => batch.push(finished),
+                Err(_) => break,
+            }
+        }
+        write(&*store, &held, &mut batch).await;
+        let mut held = lock(&held);
+        for finished in batch.drain(..) {
+            held.remove(&finished.report.id);
+        }
+    }
+}
+
+/// Writes `batch`, retrying while the store is unavailable, for as long as
+/// each lease holds: after that the work belongs to the next claim.
+async fn write(store: &dyn Store, held: &Held, batch: &mut Vec<Finished>) {
+    let mut pause = Duration::from_millis(50);
+    while !batch.is_empty() {
+        let reports = batch.iter().map(|f| f.report.clone()).collect();
+        let e = match store.complete(reports).await {
+            Ok(results) => {
+                for (finished, result) in batch.iter().zip(results) {
+                    if let Err(lost) = result {
+                        tracing::warn!(id = %finished.report.id, "{lost}; another claim owns this notification");
+                    }
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        let retry_by = UnixMillis::now().plus(pause);
+        batch.retain(|f| {
+            let keep = retry_by < f.lease_until;
+            if !keep {
+                tracing::error!(
+                    id = %f.report.id,
+                    error = %chain(&e),
+                    "could not write a result before the lease lapsed; the round will be redone"
+                );
+                lock(held).remove(&f.report.id);
+            }
+            keep
+        });
+        if !batch.is_empty() {
+            tracing::warn!(count = batch.len(), error = %chain(&e), "writing results failed; retrying");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+}
