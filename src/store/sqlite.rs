@@ -22,8 +22,9 @@ use super::{
 };
 use crate::domain::{Attempt, AttemptOutcome, Channel, NotificationId, Status, UnixMillis};
 
-/// SQLite's `synchronous` setting: `full` fsyncs every commit, so an
-/// acknowledged notification survives a power cut.
+/// SQLite's `synchronous` setting: `full` fsyncs every commit that
+/// acknowledges something, so an accepted notification survives a power cut
+/// (commits of claims and results alone ride on the next fsync).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Synchronous {
@@ -191,7 +192,7 @@ impl SqliteStore {
         let max_batch = options.max_batch.max(1);
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx, max_batch))
+            .spawn(move || writer_loop(writer, rx, max_batch, options.synchronous))
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         Ok(Self {
             commands: tx,
@@ -239,8 +240,14 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
+fn writer_loop(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Command>,
+    max_batch: usize,
+    synchronous: Synchronous,
+) {
     let mut batch = Vec::with_capacity(max_batch);
+    let mut syncing = true;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < max_batch {
@@ -249,12 +256,34 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Command>, max_batch: usi
                 Err(_) => break,
             }
         }
+        if synchronous == Synchronous::Full {
+            let sync = batch.iter().any(must_sync);
+            if sync != syncing {
+                let pragma = if sync { "FULL" } else { "NORMAL" };
+                match conn.execute_batch(&format!("PRAGMA synchronous = {pragma}")) {
+                    Ok(()) => syncing = sync,
+                    Err(e) => tracing::warn!(error = %e, "could not switch PRAGMA synchronous"),
+                }
+            }
+        }
         let closing = batch.iter().any(|c| matches!(c, Command::Close(_)));
         run_batch(&conn, batch.drain(..));
         if closing {
             break;
         }
     }
+}
+
+/// Whether a power cut undoing this command's commit could break a promise.
+/// Claims and results cannot: undone, they make a round run again (a second
+/// send, which a crash at the wrong moment causes anyway). Their commits
+/// skip the fsync; the next commit that syncs covers them as well, since
+/// the write-ahead log is synced as a whole, in order.
+fn must_sync(cmd: &Command) -> bool {
+    !matches!(
+        cmd,
+        Command::Claim { .. } | Command::Complete(..) | Command::Purge { .. } | Command::Ping(_)
+    )
 }
 
 fn run_batch(conn: &Connection, commands: impl Iterator<Item = Command>) {
