@@ -79,7 +79,7 @@ impl Dispatcher {
     /// within the drain timeout and releases the leases of those that don't.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let held: Held = Arc::default();
-        let (results, writer) = results::spawn(
+        let (results, mut writer) = results::spawn(
             Arc::clone(&self.store),
             Arc::clone(&held),
             self.settings.claim_batch,
@@ -106,19 +106,13 @@ impl Dispatcher {
                 }
             }
             last_claim = Instant::now();
-            // The room is taken before claiming: the API hands work over
-            // from the same capacity meanwhile.
             let want = self
                 .capacity
                 .available_permits()
                 .min(self.settings.claim_batch);
-            let room = u32::try_from(want)
-                .ok()
-                .filter(|&n| n > 0)
-                .and_then(|n| Arc::clone(&self.capacity).try_acquire_many_owned(n).ok());
             // Whether more may be due than the last claim could take.
-            let mut more_due = room.is_none();
-            if let Some(mut room) = room {
+            let mut more_due = want == 0;
+            if want > 0 {
                 match self
                     .store
                     .claim(UnixMillis::now(), want, self.settings.lease)
@@ -127,13 +121,21 @@ impl Dispatcher {
                     Ok(batch) => {
                         store_backoff = Duration::from_millis(50);
                         more_due = batch.len() == want;
+                        // The API may have handed work over from the same
+                        // capacity while the claim ran: what no longer fits
+                        // is given back, due at once.
+                        let mut no_room = Vec::new();
                         for n in batch {
-                            let permit = room.split(1).expect("claims never exceed their room");
-                            self.start(&mut running, n, permit);
+                            match Arc::clone(&self.capacity).try_acquire_owned() {
+                                Ok(permit) => self.start(&mut running, n, permit),
+                                Err(_) => no_room.push((n.id, n.lease)),
+                            }
+                        }
+                        if !no_room.is_empty() {
+                            self.release(no_room).await;
                         }
                     }
                     Err(e) => {
-                        drop(room);
                         tracing::warn!(error = %chain(&e), "claiming failed; retrying");
                         tokio::select! {
                             _ = tokio::time::sleep(store_backoff) => {}
@@ -173,6 +175,11 @@ impl Dispatcher {
                     }
                     _ = &mut poll => break,
                     _ = shutdown.changed() => break,
+                    _ = &mut writer => {
+                        // Only a bug ends it early; rounds whose results
+                        // cannot be written would be sent again and again.
+                        panic!("the results writer stopped");
+                    }
                 }
             }
             running.reap();
@@ -206,7 +213,7 @@ impl Dispatcher {
         });
     }
 
-    async fn drain(&self, mut running: Running, writer: JoinHandle<()>) {
+    async fn drain(&self, mut running: Running, mut writer: JoinHandle<()>) {
         let in_flight = running.rounds.len();
         if in_flight > 0 {
             tracing::info!(in_flight, "draining rounds in flight");
@@ -231,7 +238,6 @@ impl Dispatcher {
         // The last sender goes: the writer writes what it has, then stops.
         let Running { held, results, .. } = running;
         drop(results);
-        let mut writer = writer;
         if tokio::time::timeout_at(deadline.max(Instant::now() + WRITER_GRACE), &mut writer)
             .await
             .is_err()
@@ -240,11 +246,15 @@ impl Dispatcher {
             writer.abort();
         }
         let leftover: Vec<(NotificationId, LeaseToken)> = lock(&held).drain().collect();
-        if leftover.is_empty() {
-            return;
+        if !leftover.is_empty() {
+            self.release(leftover).await;
         }
+    }
+
+    /// Gives leases back unfinished: the notifications are due again at once.
+    async fn release(&self, leases: Vec<(NotificationId, LeaseToken)>) {
         let now = UnixMillis::now();
-        let reports = leftover
+        let reports = leases
             .into_iter()
             .map(|(id, lease)| RoundReport {
                 id,
@@ -256,7 +266,7 @@ impl Dispatcher {
             .collect::<Vec<_>>();
         let count = reports.len();
         match self.store.complete(reports).await {
-            Ok(_) => tracing::info!(count, "released unfinished leases"),
+            Ok(_) => tracing::debug!(count, "released leases"),
             Err(e) => tracing::warn!(
                 count,
                 error = %chain(&e),
