@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,10 +55,7 @@ async fn kill_9_then_restart_loses_nothing(backend: Backend) {
     );
     assert_eq!(client.stats().await["delivered"], 2000);
 
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for d in sim.deliveries() {
-        *counts.entry(delivered_key(&d)).or_default() += 1;
-    }
+    let counts = sim.counts_by_key();
     let missing = (0..2000)
         .filter(|i| !counts.contains_key(&format!("crash-{i}")))
         .count();

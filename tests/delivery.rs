@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,10 +79,7 @@ async fn every_valid_notification_is_delivered_exactly_once(backend: Backend) {
     let stats = client.stats().await;
     assert_eq!(stats["delivered"], 2000, "{stats:?}");
 
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for d in sim.deliveries() {
-        *counts.entry(delivered_key(&d)).or_default() += 1;
-    }
+    let counts = sim.counts_by_key();
     for i in 0..1000 {
         assert_eq!(counts.get(&format!("sms-{i}")), Some(&1), "sms-{i}");
         assert_eq!(counts.get(&format!("email-{i}")), Some(&1), "email-{i}");
@@ -145,10 +141,7 @@ async fn fresh_work_is_handed_over_while_there_is_room_and_queued_beyond(backend
         "{:?}",
         client.stats().await
     );
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for d in sim.deliveries() {
-        *counts.entry(delivered_key(&d)).or_default() += 1;
-    }
+    let counts = sim.counts_by_key();
     for i in 0..3 {
         assert_eq!(counts.get(&format!("handoff-{i}")), Some(&1), "{counts:?}");
     }

@@ -6,12 +6,11 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::domain::Channel;
-use support::{Backend, Client, Herald, PgCluster, Sim, TestStore, delivered_key, send_many};
+use support::{Backend, Client, Herald, PgCluster, Sim, TestStore, send_many};
 
 /// Rounds in flight at once per instance: the most a killed instance can
 /// have sent without recording it.
@@ -22,15 +21,6 @@ fn config(sim: &Sim, store: &str) -> String {
         "[dispatch]",
         &format!("[dispatch]\nmax_in_flight = {IN_FLIGHT}"),
     )
-}
-
-/// How many times each unique text or subject was delivered.
-fn delivery_counts(sim: &Sim) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for d in sim.deliveries() {
-        *counts.entry(delivered_key(&d)).or_default() += 1;
-    }
-    counts
 }
 
 /// Sends `count` SMS split over `clients`, each key `<prefix>-<client>-<i>`.
@@ -47,7 +37,7 @@ async fn settle(clients: &[Arc<Client>], accepted: usize, limit: Duration) {
 
 /// Each key was sent exactly once, and nothing else was sent.
 fn assert_each_delivered_once(sim: &Sim, keys: &[String]) {
-    let counts = delivery_counts(sim);
+    let counts = sim.counts_by_key();
     for key in keys {
         assert_eq!(counts.get(key), Some(&1), "{key} delivered exactly once");
     }
@@ -125,7 +115,7 @@ async fn kill_9_of_one_instance_of_three_loses_nothing() {
     );
 
     settle(&clients, keys.len(), Duration::from_secs(240)).await;
-    let counts = delivery_counts(&sim);
+    let counts = sim.counts_by_key();
     let missing = keys.iter().filter(|k| !counts.contains_key(*k)).count();
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
     println!("kill -9 at {at_kill} delivered: {duplicates} sent twice, {missing} missing");
@@ -213,7 +203,7 @@ async fn a_database_restart_mid_run_loses_nothing() {
         "{:?}",
         probe.stats().await
     );
-    let counts = delivery_counts(&sim);
+    let counts = sim.counts_by_key();
     let missing: Vec<&String> = accepted
         .iter()
         .filter(|k| !counts.contains_key(*k))
@@ -288,7 +278,7 @@ async fn workers_are_woken_by_other_instances_not_by_polling() {
         let key = format!("woken-{round}");
         assert_eq!(client.sms(&key).await.status, 202);
         let until = Instant::now() + Duration::from_secs(60);
-        while !delivery_counts(&sim).contains_key(&key) {
+        while !sim.counts_by_key().contains_key(&key) {
             assert!(Instant::now() < until, "{key} was never picked up");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

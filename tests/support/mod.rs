@@ -61,6 +61,15 @@ impl Sim {
         self.deliveries.lock().unwrap().len()
     }
 
+    /// How many times each text (SMS) or subject (email) was delivered.
+    pub fn counts_by_key(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for d in self.deliveries.lock().unwrap().iter() {
+            *counts.entry(delivered_key(d)).or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// How many times each distinct body was delivered.
     pub fn delivery_counts(&self) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
