@@ -10,6 +10,8 @@ use bytes::Bytes;
 
 use crate::domain::{AttemptOutcome, Channel};
 
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 pub use http::{HttpJsonProvider, HttpProviderError};
 
 /// A provider's answer, whatever its status.
@@ -27,13 +29,13 @@ pub struct ProviderResponse {
 pub enum SendError {
     /// No connection could be made: nothing was sent.
     #[error("could not connect to the provider")]
-    Connect(#[source] reqwest::Error),
+    Connect(#[source] BoxError),
     /// The request may or may not have reached the provider.
     #[error("the provider did not answer within {0:?}")]
     Timeout(Duration),
     /// The connection broke mid-request; the request may have been sent.
     #[error("the request to the provider failed")]
-    Transport(#[source] reqwest::Error),
+    Transport(#[source] BoxError),
 }
 
 /// Something that can send a notification's stored body.
