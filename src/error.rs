@@ -1,5 +1,8 @@
 //! Helpers shared by every layer's error type.
 
+/// A cause of any type, kept as the source of a layer's own error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// An error and all its causes on one line, for logs and attempt histories.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();

@@ -9,8 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::domain::{AttemptOutcome, Channel};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::error::BoxError;
 
 pub use http::{HttpJsonProvider, HttpProviderError};
 

@@ -25,7 +25,7 @@ use crate::domain::{Attempt, Channel, NotificationId, Status, UnixMillis};
 pub use postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::error::BoxError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

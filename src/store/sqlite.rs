@@ -259,8 +259,12 @@ fn writer_loop(
         if synchronous == Synchronous::Full {
             let sync = batch.iter().any(must_sync);
             if sync != syncing {
-                let pragma = if sync { "FULL" } else { "NORMAL" };
-                match conn.execute_batch(&format!("PRAGMA synchronous = {pragma}")) {
+                let mode = if sync {
+                    Synchronous::Full
+                } else {
+                    Synchronous::Normal
+                };
+                match conn.execute_batch(&format!("PRAGMA synchronous = {}", mode.pragma())) {
                     Ok(()) => syncing = sync,
                     Err(e) => tracing::warn!(error = %e, "could not switch PRAGMA synchronous"),
                 }
