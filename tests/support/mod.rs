@@ -70,15 +70,6 @@ impl Sim {
         counts
     }
 
-    /// How many times each distinct body was delivered.
-    pub fn delivery_counts(&self) -> HashMap<String, usize> {
-        let mut counts = HashMap::new();
-        for d in self.deliveries.lock().unwrap().iter() {
-            *counts.entry(d.body.to_string()).or_insert(0) += 1;
-        }
-        counts
-    }
-
     /// A config file pointing Herald at this simulator and at the store
     /// `store` (a URL), with short timings so the tests run in seconds.
     /// `top` holds top-level settings, placed before any table.
