@@ -25,7 +25,7 @@ use crate::dispatch::dispatcher::{Dispatcher, DispatcherSettings};
 use crate::dispatch::pool::{ChannelPool, ProviderSlot, Providers};
 use crate::dispatch::round::RetryPolicy;
 use crate::domain::{Channel, UnixMillis};
-use crate::provider::{HttpJsonProvider, HttpProviderError};
+use crate::provider::{ContractProvider, TransportError};
 use crate::store::{self, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ pub enum AppError {
         source: StoreError,
     },
     #[error("invalid provider")]
-    Provider(#[from] HttpProviderError),
+    Provider(#[from] TransportError),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
     #[error("invalid retry settings")]
@@ -53,7 +53,7 @@ fn build_providers(config: &Config) -> Result<Providers, AppError> {
             .for_channel(channel)
             .iter()
             .map(|p| {
-                let provider = HttpJsonProvider::new(
+                let provider = ContractProvider::new(
                     &p.name,
                     channel,
                     &p.url,

@@ -50,6 +50,8 @@ fn attempt(provider: &str, outcome: AttemptOutcome, status: u16) -> Attempt {
         outcome,
         http_status: Some(status),
         error: (outcome != AttemptOutcome::Delivered).then(|| format!("HTTP {status}")),
+        provider_message_id: (outcome == AttemptOutcome::Delivered)
+            .then(|| format!("{provider}-msg-{status}")),
     }
 }
 
@@ -151,6 +153,14 @@ async fn claims_are_leased_and_lapse(backend: Backend) {
     assert_eq!(rec.rounds, 1);
     let providers: Vec<_> = rec.attempts.iter().map(|a| a.provider.as_str()).collect();
     assert_eq!(providers, ["p2", "p1"], "stale attempts are not recorded");
+    assert_eq!(
+        rec.attempts
+            .iter()
+            .map(|a| a.provider_message_id.as_deref())
+            .collect::<Vec<_>>(),
+        [None, Some("p1-msg-200")],
+        "the provider's message id is kept"
+    );
     // Writing twice under the same lease is refused: the lease ended.
     assert_eq!(
         store.complete(vec![current]).await.unwrap(),

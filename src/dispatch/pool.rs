@@ -128,6 +128,22 @@ impl ChannelPool {
         &self.slots
     }
 
+    /// The providers that cannot carry `message`, as already tried.
+    pub fn unable(&self, message: &crate::domain::Message) -> Tried {
+        let mut tried = Tried::default();
+        for (i, slot) in self.slots.iter().enumerate() {
+            if !slot.provider.can_send(message) {
+                tried.insert(i);
+            }
+        }
+        tried
+    }
+
+    /// Whether some provider of the channel can carry `message`.
+    pub fn can_send(&self, message: &crate::domain::Message) -> bool {
+        self.slots.iter().any(|s| s.provider.can_send(message))
+    }
+
     /// Weighted random choice among providers not yet tried whose breaker
     /// admits a request now. Marks the chosen one as tried.
     pub fn pick(&self, tried: &mut Tried, rng: &mut fastrand::Rng) -> Option<Admission<'_>> {
@@ -190,11 +206,11 @@ impl Providers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::HttpJsonProvider;
+    use crate::provider::ContractProvider;
 
     fn pool(probes: u32) -> ChannelPool {
         // Never called: the tests only exercise admission.
-        let provider = HttpJsonProvider::new(
+        let provider = ContractProvider::new(
             "p",
             Channel::Sms,
             "http://127.0.0.1:9/",

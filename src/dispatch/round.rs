@@ -8,9 +8,9 @@ use tokio::time::Instant;
 
 use super::backoff::Backoff;
 use super::breaker::Signal;
-use super::pool::{ChannelPool, Tried};
-use crate::domain::{Attempt, AttemptOutcome, UnixMillis};
-use crate::provider::classify;
+use super::pool::ChannelPool;
+use crate::domain::{Attempt, AttemptOutcome, Message, UnixMillis};
+use crate::provider::Outgoing;
 use crate::store::{Claimed, Completion, RoundReport};
 
 /// What decides when a failed round is tried again, and when never.
@@ -30,7 +30,21 @@ pub async fn run_round(pool: &ChannelPool, policy: &RetryPolicy, n: &Claimed) ->
     let mut rng = fastrand::Rng::new();
     let lease_left = n.lease_until.since(UnixMillis::now());
     let deadline = Instant::now() + lease_left - (lease_left / 10).min(LEASE_MARGIN_MAX);
-    let mut tried = Tried::default();
+    let message = match Message::from_stored(n.channel, &n.payload) {
+        Ok(message) => message,
+        // Only a bug or a hand-edited row gets here; no provider could send it.
+        Err(e) => {
+            let error = format!("the stored message cannot be read: {e}");
+            return report(n, Vec::new(), Completion::Failed { error });
+        }
+    };
+    let outgoing = Outgoing {
+        id: n.id,
+        message,
+        payload: n.payload.clone(),
+    };
+    // Providers that cannot carry this message count as tried already.
+    let mut tried = pool.unable(&outgoing.message);
     let mut attempts = Vec::new();
     let mut lease_ran_short = false;
 
@@ -52,17 +66,30 @@ pub async fn run_round(pool: &ChannelPool, policy: &RetryPolicy, n: &Claimed) ->
         };
         let started_at = UnixMillis::now();
         let started = Instant::now();
-        let result = provider.send(n.payload.clone()).await;
+        let verdict = provider.send(&outgoing).await;
         let duration = started.elapsed();
-        let verdict = classify(&result);
         let signal = match verdict.outcome {
             AttemptOutcome::Delivered => Signal::Success,
             // The provider answered: it is healthy, the message is at fault.
             AttemptOutcome::Rejected => Signal::Success,
+            // Alive, but asking to be held off: the pause does that.
+            AttemptOutcome::Throttled => Signal::Success,
             AttemptOutcome::Transient => Signal::Failure {
                 unreachable: verdict.unreachable,
             },
+            // Bad credentials or no credit do not heal by themselves: count
+            // them like silence, so a few in a row open the breaker.
+            AttemptOutcome::ProviderFault => Signal::Failure { unreachable: true },
         };
+        if verdict.outcome == AttemptOutcome::ProviderFault {
+            tracing::error!(
+                id = %n.id,
+                provider = provider.name(),
+                status = verdict.http_status,
+                error = verdict.error.as_deref().unwrap_or_default(),
+                "the provider refused our account (credentials, suspension or credit): an operator must act; failing over"
+            );
+        }
         admission.record(signal, verdict.pause.map(|p| p.min(policy.retry_after_max)));
         tracing::debug!(
             id = %n.id,
@@ -79,6 +106,7 @@ pub async fn run_round(pool: &ChannelPool, policy: &RetryPolicy, n: &Claimed) ->
             outcome: verdict.outcome,
             http_status: verdict.http_status,
             error: verdict.error.clone(),
+            provider_message_id: verdict.provider_message_id,
         });
         let completion = match verdict.outcome {
             AttemptOutcome::Delivered => Completion::Delivered {
@@ -87,7 +115,9 @@ pub async fn run_round(pool: &ChannelPool, policy: &RetryPolicy, n: &Claimed) ->
             AttemptOutcome::Rejected => Completion::Failed {
                 error: verdict.error.unwrap_or_default(),
             },
-            AttemptOutcome::Transient => continue,
+            AttemptOutcome::Transient
+            | AttemptOutcome::Throttled
+            | AttemptOutcome::ProviderFault => continue,
         };
         return report(n, attempts, completion);
     }

@@ -229,6 +229,14 @@ impl Message {
         }
     }
 
+    /// Reads back a message stored by [`Message::to_provider_json`].
+    pub fn from_stored(channel: Channel, payload: &[u8]) -> Result<Self, serde_json::Error> {
+        Ok(match channel {
+            Channel::Sms => Message::Sms(serde_json::from_slice(payload)?),
+            Channel::Email => Message::Email(serde_json::from_slice(payload)?),
+        })
+    }
+
     /// The body a provider receives. It is computed once, at accept time, and
     /// stored as is, so dispatch never re-encodes.
     pub fn to_provider_json(&self) -> String {
@@ -242,14 +250,19 @@ impl Message {
 
 /// How one attempt at one provider ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
     /// The provider accepted the message (2xx).
     Delivered,
-    /// The provider refused the message for good (4xx other than 408/429).
+    /// The message or its recipient is at fault: no provider will take it.
     Rejected,
-    /// Worth trying again: 5xx, 408, 429, a timeout or a connection error.
+    /// The provider is at fault (credentials, suspended account, no
+    /// credit): another provider may take the message; an operator must act.
+    ProviderFault,
+    /// Worth trying again: 5xx, 408, a timeout or a connection error.
     Transient,
+    /// The provider asked to be held off (429 and its equivalents).
+    Throttled,
 }
 
 impl AttemptOutcome {
@@ -257,7 +270,9 @@ impl AttemptOutcome {
         match self {
             AttemptOutcome::Delivered => "delivered",
             AttemptOutcome::Rejected => "rejected",
+            AttemptOutcome::ProviderFault => "provider_fault",
             AttemptOutcome::Transient => "transient",
+            AttemptOutcome::Throttled => "throttled",
         }
     }
 
@@ -265,7 +280,9 @@ impl AttemptOutcome {
         match s {
             "delivered" => Some(AttemptOutcome::Delivered),
             "rejected" => Some(AttemptOutcome::Rejected),
+            "provider_fault" => Some(AttemptOutcome::ProviderFault),
             "transient" => Some(AttemptOutcome::Transient),
+            "throttled" => Some(AttemptOutcome::Throttled),
             _ => None,
         }
     }
@@ -280,6 +297,9 @@ pub struct Attempt {
     pub outcome: AttemptOutcome,
     pub http_status: Option<u16>,
     pub error: Option<String>,
+    /// The id the provider gave the message, when it accepted it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_message_id: Option<String>,
 }
 
 #[cfg(test)]

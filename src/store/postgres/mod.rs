@@ -208,6 +208,7 @@ fn attempt_from(row: &Row) -> Result<Attempt, StoreError> {
             .get::<_, Option<i32>>(4)
             .and_then(|s| u16::try_from(s).ok()),
         error: row.get(5),
+        provider_message_id: row.get(6),
     })
 }
 
@@ -299,7 +300,8 @@ impl Store for PostgresStore {
         };
         let attempts_stmt = tx
             .prepare_cached(
-                "SELECT provider, started_at, duration_ms, outcome, http_status, error
+                "SELECT provider, started_at, duration_ms, outcome, http_status, error,
+                        provider_message_id
                    FROM attempts WHERE notification_id = $1 ORDER BY seq",
             )
             .await

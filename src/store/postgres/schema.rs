@@ -13,9 +13,10 @@ const MIGRATION_LOCK: i64 = 0x4845_5241_4c44_0001; // "HERALD" 1
 /// Each migration runs once, in order, in the same transaction as its
 /// record in `herald_migrations`. Never edit one that has shipped: add the
 /// next.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "
 CREATE TABLE notifications (
     id           uuid PRIMARY KEY,
     channel      text NOT NULL,
@@ -52,7 +53,14 @@ CREATE TABLE attempts (
 );
 CREATE INDEX attempts_by_notification ON attempts (notification_id, seq);
 ",
-)];
+    ),
+    (
+        2,
+        // The id a real provider gave the message (Twilio's sid, SendGrid's
+        // X-Message-Id, an SMTP queue reply), to match its later reports.
+        "ALTER TABLE attempts ADD COLUMN provider_message_id text;",
+    ),
+];
 
 /// Applies every migration this database lacks; returns how many.
 pub async fn migrate(client: &mut Client) -> Result<usize, StoreError> {

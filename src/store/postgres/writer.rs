@@ -270,6 +270,7 @@ async fn add_attempts(
     let mut outcomes: Vec<&str> = Vec::new();
     let mut statuses: Vec<Option<i32>> = Vec::new();
     let mut errors: Vec<Option<&str>> = Vec::new();
+    let mut message_ids: Vec<Option<&str>> = Vec::new();
     for &i in won {
         let r = reports[i];
         for a in &r.attempts {
@@ -280,6 +281,7 @@ async fn add_attempts(
             outcomes.push(a.outcome.as_str());
             statuses.push(a.http_status.map(i32::from));
             errors.push(a.error.as_deref());
+            message_ids.push(a.provider_message_id.as_deref());
         }
     }
     if ids.is_empty() {
@@ -288,12 +290,13 @@ async fn add_attempts(
     let stmt = tx
         .prepare_cached(
             "INSERT INTO attempts
-                 (notification_id, started_at, provider, duration_ms, outcome, http_status, error)
-             SELECT id, started, provider, duration, outcome, status, error
+                 (notification_id, started_at, provider, duration_ms, outcome, http_status, error,
+                  provider_message_id)
+             SELECT id, started, provider, duration, outcome, status, error, message_id
                FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::text[],
-                           $6::int4[], $7::text[])
+                           $6::int4[], $7::text[], $8::text[])
                     WITH ORDINALITY
-                 AS a(id, started, provider, duration, outcome, status, error, ord)
+                 AS a(id, started, provider, duration, outcome, status, error, message_id, ord)
               ORDER BY ord",
         )
         .await
@@ -301,7 +304,14 @@ async fn add_attempts(
     tx.execute(
         &stmt,
         &[
-            &ids, &started, &providers, &durations, &outcomes, &statuses, &errors,
+            &ids,
+            &started,
+            &providers,
+            &durations,
+            &outcomes,
+            &statuses,
+            &errors,
+            &message_ids,
         ],
     )
     .await

@@ -6,6 +6,8 @@
 //! each caller is answered only after that commit. Reads use their own
 //! connection, which WAL lets run beside the writer.
 
+mod schema;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,41 +65,6 @@ impl Default for SqliteOptions {
         }
     }
 }
-
-const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA: &str = "
-CREATE TABLE notifications (
-    id           BLOB PRIMARY KEY NOT NULL,
-    channel      TEXT NOT NULL,
-    payload      TEXT NOT NULL,
-    status       TEXT NOT NULL,
-    -- When the notification is next due: its next round while queued or
-    -- retrying, the end of its lease while sending, NULL once final.
-    due_at       INTEGER,
-    lease_token  INTEGER,
-    rounds       INTEGER NOT NULL DEFAULT 0,
-    created_at   INTEGER NOT NULL,
-    updated_at   INTEGER NOT NULL,
-    expires_at   INTEGER NOT NULL,
-    delivered_by TEXT,
-    last_error   TEXT
-);
--- Only unfinished rows are indexed, so delivered ones cost the claim nothing.
-CREATE INDEX notifications_due ON notifications (due_at)
-    WHERE status IN ('queued', 'retrying', 'sending');
-CREATE INDEX notifications_status ON notifications (status, id);
-CREATE TABLE attempts (
-    notification_id BLOB NOT NULL,
-    started_at      INTEGER NOT NULL,
-    provider        TEXT NOT NULL,
-    duration_ms     INTEGER NOT NULL,
-    outcome         TEXT NOT NULL,
-    http_status     INTEGER,
-    error           TEXT
-);
-CREATE INDEX attempts_by_notification ON attempts (notification_id);
-";
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -178,7 +145,7 @@ impl SqliteStore {
                 options.synchronous.pragma()
             ))
             .map_err(backend)?;
-        migrate(&writer)?;
+        schema::migrate(&writer)?;
         let reader = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -220,23 +187,6 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Backend(Box::new(e)))?
-    }
-}
-
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(backend)?;
-    match version {
-        0 => conn
-            .execute_batch(&format!(
-                "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            ))
-            .map_err(backend),
-        SCHEMA_VERSION => Ok(()),
-        _ => Err(StoreError::Corrupt {
-            what: "the database was written by a newer Herald",
-        }),
     }
 }
 
@@ -435,8 +385,9 @@ fn complete(
     let mut add_attempt = conn
         .prepare_cached(
             "INSERT INTO attempts
-                 (notification_id, started_at, provider, duration_ms, outcome, http_status, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 (notification_id, started_at, provider, duration_ms, outcome, http_status, error,
+                  provider_message_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .map_err(backend)?;
     let mut results = Vec::with_capacity(reports.len());
@@ -468,7 +419,8 @@ fn complete(
                     a.duration_ms as i64,
                     a.outcome.as_str(),
                     a.http_status,
-                    a.error
+                    a.error,
+                    a.provider_message_id
                 ])
                 .map_err(backend)?;
         }
@@ -606,7 +558,8 @@ fn read_record(
     let status = status_from(&status)?;
     let mut stmt = conn
         .prepare_cached(
-            "SELECT provider, started_at, duration_ms, outcome, http_status, error
+            "SELECT provider, started_at, duration_ms, outcome, http_status, error,
+                    provider_message_id
                FROM attempts WHERE notification_id = ?1 ORDER BY rowid",
         )
         .map_err(backend)?;
@@ -619,11 +572,12 @@ fn read_record(
                 r.get::<_, String>(3)?,
                 r.get::<_, Option<u16>>(4)?,
                 r.get::<_, Option<String>>(5)?,
+                r.get::<_, Option<String>>(6)?,
             ))
         })
         .map_err(backend)?
         .map(|row| {
-            let (provider, started, duration, outcome, http_status, error) =
+            let (provider, started, duration, outcome, http_status, error, provider_message_id) =
                 row.map_err(backend)?;
             Ok(Attempt {
                 provider,
@@ -634,6 +588,7 @@ fn read_record(
                 })?,
                 http_status,
                 error,
+                provider_message_id,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;

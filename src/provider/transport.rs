@@ -1,0 +1,214 @@
+//! The HTTP client every HTTP provider kind shares: one pooled hyper client
+//! per provider, one deadline per exchange, the whole answer read.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderMap, RETRY_AFTER};
+use hyper::http::uri::{Scheme, Uri};
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::SendError;
+
+/// How much of an error body is kept in the attempt history.
+const EXCERPT_BYTES: usize = 200;
+
+/// An answer, whatever its status.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl HttpAnswer {
+    /// `Retry-After`, as a delay from now, when the provider sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()))
+    }
+
+    /// The start of the body, for the attempt history of failures.
+    pub fn excerpt(&self) -> String {
+        let end = self.body.len().min(EXCERPT_BYTES);
+        let mut text = String::from_utf8_lossy(&self.body[..end]).trim().to_owned();
+        // A cut may split a character; from_utf8_lossy marks it, which is fine.
+        if self.body.len() > end {
+            text.push('…');
+        }
+        text
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(
+        "provider {name}: {url:?} is not a valid http:// URL (https is not supported by this build)"
+    )]
+    BadUrl { name: String, url: String },
+}
+
+/// hyper's pooled HTTP/1.1 client, without reqwest's per-request work (URL
+/// parsing, proxy matching, header building): the profile showed it.
+pub struct HttpTransport {
+    client: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl HttpTransport {
+    /// One client, and so one keep-alive pool, per provider: a slow provider
+    /// cannot starve the others of connections.
+    pub fn new(timeout: Duration, max_in_flight: usize) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(max_in_flight)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Self { client, timeout }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Parses a provider's URL, refusing what this transport cannot reach.
+    pub fn parse_url(name: &str, url: &str) -> Result<Uri, TransportError> {
+        url.parse::<Uri>()
+            .ok()
+            .filter(|u| {
+                u.scheme() == Some(&Scheme::HTTP) && u.host().is_some_and(|h| !h.is_empty())
+            })
+            .ok_or_else(|| TransportError::BadUrl {
+                name: name.to_owned(),
+                url: url.to_owned(),
+            })
+    }
+
+    /// Sends `request` and reads the whole answer, within the timeout.
+    pub async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<HttpAnswer, SendError> {
+        tokio::time::timeout(self.timeout, self.exchange_unbounded(request))
+            .await
+            .unwrap_or(Err(SendError::Timeout(self.timeout)))
+    }
+
+    async fn exchange_unbounded(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<HttpAnswer, SendError> {
+        let response = self.client.request(request).await.map_err(|e| {
+            if e.is_connect() {
+                SendError::Connect(Box::new(e))
+            } else {
+                SendError::Transport(Box::new(e))
+            }
+        })?;
+        let (parts, body) = response.into_parts();
+        // The body must be read so the connection goes back to the pool.
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| SendError::Transport(Box::new(e)))?
+            .to_bytes();
+        Ok(HttpAnswer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+/// `Retry-After` is either delta-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::Method;
+
+    fn post(url: &str) -> Request<Full<Bytes>> {
+        Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_request_times_out_and_a_closed_port_refuses() {
+        // Accepts connections and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/sms/provider1", silent.local_addr().unwrap());
+        let t = HttpTransport::new(Duration::from_millis(200), 1);
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                open.push(socket);
+            }
+        });
+        let sent = t.exchange(post(&url)).await;
+        assert!(matches!(sent, Err(SendError::Timeout(_))), "{sent:?}");
+        held.abort();
+
+        // A port nobody listens on any more.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/sms/provider1", closed.local_addr().unwrap());
+        drop(closed);
+        let t = HttpTransport::new(Duration::from_secs(1), 1);
+        let sent = t.exchange(post(&url)).await;
+        assert!(matches!(sent, Err(SendError::Connect(_))), "{sent:?}");
+    }
+
+    #[test]
+    fn only_plain_http_urls() {
+        assert!(HttpTransport::parse_url("p", "http://127.0.0.1:8071/api/sms/provider1").is_ok());
+        for bad in [
+            "https://sms.example.com/send",
+            "ftp://x/y",
+            "127.0.0.1:8071",
+            "http://",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    HttpTransport::parse_url("p", bad),
+                    Err(TransportError::BadUrl { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
+}

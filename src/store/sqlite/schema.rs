@@ -1,0 +1,136 @@
+//! Versioned migrations for the embedded store, recorded in SQLite's
+//! `user_version`: one list, applied in order, each in its own transaction
+//! with the version it brings, so an existing file is upgraded in place.
+
+use rusqlite::Connection;
+
+use super::backend;
+use crate::store::StoreError;
+
+/// Each migration runs once, in order. Never edit one that has shipped: add
+/// the next.
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "
+CREATE TABLE notifications (
+    id           BLOB PRIMARY KEY NOT NULL,
+    channel      TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    -- When the notification is next due: its next round while queued or
+    -- retrying, the end of its lease while sending, NULL once final.
+    due_at       INTEGER,
+    lease_token  INTEGER,
+    rounds       INTEGER NOT NULL DEFAULT 0,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    delivered_by TEXT,
+    last_error   TEXT
+);
+-- Only unfinished rows are indexed, so delivered ones cost the claim nothing.
+CREATE INDEX notifications_due ON notifications (due_at)
+    WHERE status IN ('queued', 'retrying', 'sending');
+CREATE INDEX notifications_status ON notifications (status, id);
+CREATE TABLE attempts (
+    notification_id BLOB NOT NULL,
+    started_at      INTEGER NOT NULL,
+    provider        TEXT NOT NULL,
+    duration_ms     INTEGER NOT NULL,
+    outcome         TEXT NOT NULL,
+    http_status     INTEGER,
+    error           TEXT
+);
+CREATE INDEX attempts_by_notification ON attempts (notification_id);
+",
+    ),
+    (
+        2,
+        // The id a real provider gave the message (Twilio's sid, SendGrid's
+        // X-Message-Id, an SMTP queue reply), to match its later reports.
+        "ALTER TABLE attempts ADD COLUMN provider_message_id TEXT;",
+    ),
+];
+
+/// The version a database has once every migration is applied.
+pub fn latest() -> i64 {
+    MIGRATIONS.last().map_or(0, |(v, _)| *v)
+}
+
+/// Applies every migration this database lacks; returns how many.
+pub fn migrate(conn: &Connection) -> Result<usize, StoreError> {
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(backend)?;
+    if current > latest() {
+        return Err(StoreError::Corrupt {
+            what: "the database was written by a newer Herald",
+        });
+    }
+    let mut applied = 0;
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        // The writer holds the only write connection, so no other process
+        // of this store can be migrating beside it; BEGIN IMMEDIATE makes a
+        // second process wait for the lock instead of failing half-way.
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}\nPRAGMA user_version = {version}; COMMIT;"
+        ))
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            backend(e)
+        })?;
+        tracing::info!(version, "applied a database migration");
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increase_by_one() {
+        for (i, (v, _)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*v, i as i64 + 1);
+        }
+    }
+
+    #[test]
+    fn an_empty_database_gets_every_migration_once() {
+        let conn = Connection::open_in_memory().unwrap();
+        assert_eq!(migrate(&conn).unwrap(), MIGRATIONS.len());
+        assert_eq!(migrate(&conn).unwrap(), 0);
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, latest());
+    }
+
+    #[test]
+    fn a_version_1_database_is_upgraded_in_place() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!("{}\nPRAGMA user_version = 1;", MIGRATIONS[0].1))
+            .unwrap();
+        conn.execute(
+            "INSERT INTO attempts (notification_id, started_at, provider, duration_ms, outcome)
+             VALUES (x'00', 1, 'p', 2, 'delivered')",
+            [],
+        )
+        .unwrap();
+        assert_eq!(migrate(&conn).unwrap(), MIGRATIONS.len() - 1);
+        let kept: i64 = conn
+            .query_row("SELECT count(*) FROM attempts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, 1);
+    }
+
+    #[test]
+    fn a_newer_database_is_refused() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!("PRAGMA user_version = {};", latest() + 1))
+            .unwrap();
+        assert!(matches!(migrate(&conn), Err(StoreError::Corrupt { .. })));
+    }
+}
