@@ -106,6 +106,7 @@ pub async fn serve(
         Arc::clone(&providers),
         policy,
         settings,
+        crate::dispatch::clock::system(),
         Arc::clone(&wake),
     );
     let state = Arc::new(ApiState {
