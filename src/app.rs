@@ -25,7 +25,7 @@ use crate::dispatch::dispatcher::{Dispatcher, DispatcherSettings};
 use crate::dispatch::pool::{ChannelPool, ProviderSlot, Providers};
 use crate::dispatch::round::RetryPolicy;
 use crate::domain::{Channel, UnixMillis};
-use crate::provider::{ContractProvider, TransportError};
+use crate::provider::{self, BuildError};
 use crate::store::{self, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ pub enum AppError {
         source: StoreError,
     },
     #[error("invalid provider")]
-    Provider(#[from] TransportError),
+    Provider(#[from] BuildError),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
     #[error("invalid retry settings")]
@@ -53,17 +53,10 @@ fn build_providers(config: &Config) -> Result<Providers, AppError> {
             .for_channel(channel)
             .iter()
             .map(|p| {
-                let provider = ContractProvider::new(
-                    &p.name,
-                    channel,
-                    &p.url,
-                    Duration::from_millis(p.timeout_ms),
-                    p.max_in_flight,
-                )?;
                 Ok(ProviderSlot::new(
-                    Arc::new(provider),
-                    p.weight,
-                    p.max_in_flight,
+                    provider::build(p, channel)?,
+                    p.common.weight,
+                    p.common.max_in_flight,
                     config.breaker(),
                 ))
             })

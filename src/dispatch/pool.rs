@@ -206,18 +206,12 @@ impl Providers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::ContractProvider;
+    use crate::config::ProviderConfig;
 
     fn pool(probes: u32) -> ChannelPool {
         // Never called: the tests only exercise admission.
-        let provider = ContractProvider::new(
-            "p",
-            Channel::Sms,
-            "http://127.0.0.1:9/",
-            Duration::from_secs(1),
-            1,
-        )
-        .unwrap();
+        let config = ProviderConfig::contract("p".into(), "http://127.0.0.1:9/".into());
+        let provider = crate::provider::build(&config, Channel::Sms).unwrap();
         let breaker = BreakerConfig {
             consecutive_failures: 1,
             half_open_probes: probes,
@@ -225,7 +219,7 @@ mod tests {
         };
         ChannelPool::new(
             Channel::Sms,
-            vec![ProviderSlot::new(Arc::new(provider), 1, 1, breaker)],
+            vec![ProviderSlot::new(provider, 1, 1, breaker)],
         )
     }
 
