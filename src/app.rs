@@ -23,6 +23,7 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::dispatch::dispatcher::{Dispatcher, DispatcherSettings};
 use crate::dispatch::pool::{ChannelPool, ProviderSlot, Providers};
+use crate::dispatch::rate::TokenBucket;
 use crate::dispatch::round::RetryPolicy;
 use crate::domain::{Channel, UnixMillis};
 use crate::provider::{self, BuildError};
@@ -53,12 +54,21 @@ fn build_providers(config: &Config) -> Result<Providers, AppError> {
             .for_channel(channel)
             .iter()
             .map(|p| {
-                Ok(ProviderSlot::new(
+                let slot = ProviderSlot::new(
                     provider::build(p, channel)?,
                     p.common.weight,
                     p.common.max_in_flight,
                     config.breaker(),
-                ))
+                );
+                Ok(match p.common.rate_per_sec {
+                    Some(rate) => slot.with_rate_limit(
+                        rate,
+                        p.common
+                            .burst
+                            .unwrap_or_else(|| TokenBucket::default_burst(rate)),
+                    ),
+                    None => slot,
+                })
             })
             .collect::<Result<Vec<_>, AppError>>()?;
         Ok(ChannelPool::new(channel, slots))
