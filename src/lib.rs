@@ -21,5 +21,6 @@ pub mod dispatch;
 pub mod domain;
 pub mod error;
 pub mod provider;
+pub mod secret;
 pub mod simulator;
 pub mod store;
