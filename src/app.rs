@@ -59,6 +59,7 @@ fn build_providers(config: &Config) -> Result<Providers, AppError> {
                     &p.url,
                     Duration::from_millis(p.timeout_ms),
                     p.max_in_flight,
+                    p.ca_file.as_deref(),
                 )?;
                 Ok(ProviderSlot::new(
                     Arc::new(provider),

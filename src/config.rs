@@ -5,7 +5,7 @@
 //! `HERALD_RETRY__BASE_MS=500` sets `retry.base_ms`.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
@@ -150,6 +150,10 @@ pub struct ProviderConfig {
     pub timeout_ms: u64,
     #[serde(default = "default_provider_in_flight")]
     pub max_in_flight: usize,
+    /// For `https://` URLs: trust only the CAs in this PEM file instead of
+    /// the public roots (a private CA, the tests' throwaway one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -255,6 +259,7 @@ impl ProvidersConfig {
                     weight: default_weight(),
                     timeout_ms: default_timeout_ms(),
                     max_in_flight: default_provider_in_flight(),
+                    ca_file: None,
                 })
                 .collect()
         };

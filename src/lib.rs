@@ -23,3 +23,4 @@ pub mod error;
 pub mod provider;
 pub mod simulator;
 pub mod store;
+pub mod tls;

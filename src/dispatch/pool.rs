@@ -216,6 +216,7 @@ mod tests {
             "http://127.0.0.1:9/",
             Duration::from_secs(1),
             1,
+            None,
         )
         .unwrap();
         let breaker = BreakerConfig {

@@ -2,6 +2,7 @@
 //! 2xx delivers, 408 and 429 are transient, any other 4xx is the message's
 //! fault, everything else is transient.
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,12 +31,13 @@ impl ContractProvider {
         url: &str,
         timeout: Duration,
         max_in_flight: usize,
+        ca_file: Option<&Path>,
     ) -> Result<Self, TransportError> {
         Ok(Self {
             name: name.to_owned(),
             channel,
             uri: HttpTransport::parse_url(name, url)?,
-            transport: HttpTransport::new(timeout, max_in_flight),
+            transport: HttpTransport::new(name, timeout, max_in_flight, ca_file)?,
         })
     }
 }
