@@ -5,7 +5,7 @@
 //! `HERALD_RETRY__BASE_MS=500` sets `retry.base_ms`.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
@@ -172,6 +172,10 @@ pub struct ProviderCommon {
     /// second's worth of `rate_per_sec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// For `https://` URLs: trust only the CAs in this PEM file instead of
+    /// the public roots (a private CA, the tests' throwaway one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ProviderCommon {
@@ -185,6 +189,7 @@ impl ProviderCommon {
         "max_in_flight",
         "rate_per_sec",
         "burst",
+        "ca_file",
     ];
 
     fn new(name: String) -> Self {
@@ -195,6 +200,7 @@ impl ProviderCommon {
             max_in_flight: default_provider_in_flight(),
             rate_per_sec: None,
             burst: None,
+            ca_file: None,
         }
     }
 

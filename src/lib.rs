@@ -24,3 +24,4 @@ pub mod provider;
 pub mod secret;
 pub mod simulator;
 pub mod store;
+pub mod tls;

@@ -40,7 +40,7 @@ impl ContractProvider {
             name: common.name.clone(),
             channel,
             uri: HttpTransport::parse_url(&common.name, &config.url)?,
-            transport: http_transport(common),
+            transport: http_transport(common)?,
         })
     }
 }

@@ -70,7 +70,7 @@ impl Mailgun {
             )?,
             auth: transport::basic_auth("api", config.api_key.expose()),
             from: config.from.trim().to_owned(),
-            transport: http_transport(common),
+            transport: http_transport(common)?,
         })
     }
 }

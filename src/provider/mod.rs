@@ -90,8 +90,13 @@ pub fn build(config: &ProviderConfig, channel: Channel) -> Result<Arc<dyn Provid
 }
 
 /// The HTTP client of one provider, sized by its settings.
-fn http_transport(common: &ProviderCommon) -> HttpTransport {
-    HttpTransport::new(common.timeout(), common.max_in_flight)
+fn http_transport(common: &ProviderCommon) -> Result<HttpTransport, TransportError> {
+    HttpTransport::new(
+        &common.name,
+        common.timeout(),
+        common.max_in_flight,
+        common.ca_file.as_deref(),
+    )
 }
 
 /// One notification, as a provider is asked to send it.

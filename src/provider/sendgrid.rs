@@ -61,7 +61,7 @@ impl Sendgrid {
             uri: HttpTransport::endpoint(&common.name, &config.url, "/v3/mail/send")?,
             auth,
             from,
-            transport: http_transport(common),
+            transport: http_transport(common)?,
         })
     }
 

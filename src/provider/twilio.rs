@@ -77,7 +77,7 @@ impl Twilio {
             uri: HttpTransport::endpoint(&common.name, &config.url, &path)?,
             auth: transport::basic_auth(sid, config.auth_token.expose()),
             sender,
-            transport: http_transport(common),
+            transport: http_transport(common)?,
         })
     }
 }

@@ -57,7 +57,7 @@ impl Vonage {
             api_key: config.api_key.clone(),
             api_secret: config.api_secret.clone(),
             from: config.from.clone(),
-            transport: http_transport(common),
+            transport: http_transport(common)?,
         })
     }
 }
