@@ -17,6 +17,7 @@
 
 mod listen;
 mod schema;
+mod tls;
 mod writer;
 
 use std::sync::{Arc, Mutex};
@@ -28,8 +29,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 use tokio_postgres::Row;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use self::writer::Command;
 use super::{
@@ -85,6 +86,7 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 pub struct PostgresStore {
     pool: Pool,
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     commands: Mutex<Option<mpsc::Sender<Command>>>,
     writers: Mutex<Vec<JoinHandle<()>>>,
     listener: Mutex<Option<JoinHandle<()>>>,
@@ -93,9 +95,12 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connects, applies missing migrations, starts the writer.
     pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        let (url, tls) = tls::split_url(url)
+            .map_err(|e| StoreError::BadUrl(format!("{}: {e}", super::redacted(url))))?;
+        let tls = tls::connector(&tls).map_err(|e| StoreError::Backend(Box::new(e)))?;
         let mut config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| StoreError::BadUrl(format!("{url}: {e}")))?;
+            .map_err(|e| StoreError::BadUrl(format!("{}: {e}", super::redacted(&url))))?;
         let timeout = Duration::from_millis(options.connect_timeout_ms.max(1));
         config
             .application_name("herald")
@@ -109,7 +114,7 @@ impl PostgresStore {
 
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -142,6 +147,7 @@ impl PostgresStore {
         Ok(Self {
             pool,
             config,
+            tls,
             commands: Mutex::new(Some(tx)),
             writers: Mutex::new(writers),
             listener: Mutex::new(None),
@@ -463,7 +469,7 @@ impl Store for PostgresStore {
     }
 
     fn subscribe(&self, wake: Arc<Notify>) {
-        let task = tokio::spawn(listen::run(self.config.clone(), wake));
+        let task = tokio::spawn(listen::run(self.config.clone(), self.tls.clone(), wake));
         if let Some(old) = self
             .listener
             .lock()
