@@ -117,6 +117,7 @@ pub async fn serve(
         draining: false.into(),
         body_limit: config.body_limit_bytes,
         max_age: Duration::from_secs(config.retry.max_age_secs),
+        schedule_horizon: Duration::from_secs(config.accept.schedule_horizon_secs),
     });
 
     let purger = (role.dispatches() && config.retention.delivered_max_age_secs > 0).then(|| {

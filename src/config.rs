@@ -41,6 +41,7 @@ pub struct Config {
     pub sqlite: SqliteOptions,
     pub postgres: PostgresOptions,
     pub retention: RetentionConfig,
+    pub accept: AcceptConfig,
     pub dispatch: DispatchConfig,
     pub retry: RetryConfig,
     pub health: HealthConfig,
@@ -86,6 +87,21 @@ impl Default for RetentionConfig {
         Self {
             delivered_max_age_secs: 7 * 24 * 60 * 60,
             purge_interval_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcceptConfig {
+    /// How far ahead `send_at` may be; later ones are refused with 422.
+    pub schedule_horizon_secs: u64,
+}
+
+impl Default for AcceptConfig {
+    fn default() -> Self {
+        Self {
+            schedule_horizon_secs: 30 * 24 * 60 * 60,
         }
     }
 }
@@ -179,6 +195,7 @@ impl Default for Config {
             sqlite: SqliteOptions::default(),
             postgres: PostgresOptions::default(),
             retention: RetentionConfig::default(),
+            accept: AcceptConfig::default(),
             dispatch: DispatchConfig::default(),
             retry: RetryConfig::default(),
             health: HealthConfig::default(),

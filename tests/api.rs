@@ -15,6 +15,7 @@ store_matrix!(
     bad_input_gets_problem_details,
     health_and_readiness,
     dead_letters_can_be_listed_and_replayed,
+    scheduled_notifications_wait_and_can_be_canceled,
 );
 
 struct App {
@@ -284,4 +285,65 @@ async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
         .await,
         404,
     );
+}
+
+async fn scheduled_notifications_wait_and_can_be_canceled(backend: Backend) {
+    let Some(app) = start(backend, 0.0).await else {
+        return;
+    };
+    let c = &app.client;
+    let an_hour = herald::domain::UnixMillis::now().plus(Duration::from_secs(3600));
+    let send_at = serde_json::to_value(an_hour).unwrap();
+    let a = c
+        .post(
+            "/v1/sms",
+            &json!({"phone": "01712345678", "text": "later", "send_at": send_at,
+                    "ttl_secs": 7200, "priority": "high"}),
+        )
+        .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    assert_eq!(a.body["status"], "scheduled");
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    let rec = c.get(&format!("/v1/notifications/{id}")).await.body;
+    assert_eq!(rec["status"], "scheduled");
+    assert_eq!(rec["priority"], "high");
+    assert_eq!(rec["next_attempt_at"], send_at);
+    assert!(rec["expires_at"].is_string() && rec["retry_until"].is_string());
+
+    let canceled = c.delete(&format!("/v1/notifications/{id}")).await;
+    assert_eq!(canceled.status, 200, "{}", canceled.body);
+    assert_eq!(canceled.body["status"], "canceled");
+    assert_problem(&c.delete(&format!("/v1/notifications/{id}")).await, 409);
+    assert_problem(
+        &c.delete("/v1/notifications/ntf_0190c3f5a1b27c3d8e4f5a6b7c8d9e0f")
+            .await,
+        404,
+    );
+
+    // A send_at in the past means now.
+    let now = c
+        .post(
+            "/v1/email",
+            &json!({"subject": "s", "body": "b", "recipients": ["a@b.io"],
+                    "send_at": "2020-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(now.status, 202);
+    assert_ne!(now.body["status"], "scheduled");
+    // Too far ahead, bad options: every bad field named with the message's.
+    let bad = c
+        .post(
+            "/v1/sms",
+            &json!({"phone": "1", "text": "x", "send_at": "2999-01-01T00:00:00Z",
+                    "ttl_secs": 0, "priority": "urgent"}),
+        )
+        .await;
+    assert_eq!(
+        bad_fields(&bad),
+        ["phone", "send_at", "ttl_secs", "priority"]
+    );
+    assert!(c.wait_until_settled(Duration::from_secs(20)).await);
+    let stats = c.stats().await;
+    assert_eq!(stats["canceled"], 1);
+    assert_eq!(stats["delivered"], 1);
 }

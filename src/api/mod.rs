@@ -37,6 +37,8 @@ pub struct ApiState {
     pub body_limit: usize,
     /// How long a notification may keep being retried.
     pub max_age: Duration,
+    /// How far ahead `send_at` may be.
+    pub schedule_horizon: Duration,
 }
 
 impl ApiState {
@@ -54,7 +56,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/sms", post(submit::sms))
         .route("/api/email", post(submit::email))
         .route("/v1/notifications", get(notifications::list))
-        .route("/v1/notifications/{id}", get(notifications::get))
+        .route(
+            "/v1/notifications/{id}",
+            get(notifications::get).delete(notifications::cancel),
+        )
         .route("/v1/notifications/{id}/replay", post(notifications::replay))
         .route("/v1/stats", get(notifications::stats))
         .route("/v1/providers", get(providers::list))

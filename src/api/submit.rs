@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::ApiState;
 use super::problem::Problem;
+use crate::domain::options::{DeliveryOptions, OptionLimits, RawOptions, validate_options};
 use crate::domain::validation::{FieldError, RawEmail, RawSms, validate_email, validate_sms};
 use crate::domain::{Message, NotificationId, Status, UnixMillis};
 use crate::store::NewNotification;
@@ -22,8 +23,10 @@ pub async fn sms(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let raw: RawSms = read_json(&state, &headers, body)?;
-    accept(&state, validate_sms(raw)).await
+    let body = read_body(&state, &headers, body)?;
+    let raw: RawSms = parse_object(&body)?;
+    let options: RawOptions = parse_object(&body)?;
+    accept(&state, validate_sms(raw), options).await
 }
 
 pub async fn email(
@@ -31,8 +34,10 @@ pub async fn email(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let raw: RawEmail = read_json(&state, &headers, body)?;
-    accept(&state, validate_email(raw)).await
+    let body = read_body(&state, &headers, body)?;
+    let raw: RawEmail = parse_object(&body)?;
+    let options: RawOptions = parse_object(&body)?;
+    accept(&state, validate_email(raw), options).await
 }
 
 /// `application/json`, or any `application/*+json`, with any parameters.
@@ -55,29 +60,33 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
 }
 
-fn read_json<T: DeserializeOwned>(
+fn read_body(
     state: &ApiState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<T, Problem> {
+) -> Result<Bytes, Problem> {
     if !is_json(headers) {
         return Err(Problem::unsupported_media_type());
     }
-    let body = body.map_err(|rejection| {
+    body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Problem::too_large(state.body_limit)
         } else {
             Problem::bad_body(rejection.body_text())
         }
-    })?;
+    })
+}
+
+/// The body as `T`; only a JSON object counts.
+fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         // Serde would read a struct from a JSON array too; only objects count.
-        return Err(match serde_json::from_slice::<IgnoredAny>(&body) {
+        return Err(match serde_json::from_slice::<IgnoredAny>(body) {
             Ok(_) => Problem::not_a_json_object("the body must be a JSON object".into()),
             Err(e) => Problem::malformed_json(e.to_string()),
         });
     }
-    serde_json::from_slice(&body).map_err(|e| {
+    serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             // Valid JSON that still does not fit, such as a repeated field.
             Problem::not_a_json_object(e.to_string())
@@ -87,23 +96,49 @@ fn read_json<T: DeserializeOwned>(
     })
 }
 
+/// The message and its options, every bad field of both named at once.
+fn validate(
+    message: Result<Message, Vec<FieldError>>,
+    options: RawOptions,
+    limits: OptionLimits,
+) -> Result<(Message, DeliveryOptions), Vec<FieldError>> {
+    match (message, validate_options(options, limits)) {
+        (Ok(m), Ok(o)) => Ok((m, o)),
+        (m, o) => Err(m.err().into_iter().chain(o.err()).flatten().collect()),
+    }
+}
+
 async fn accept(
     state: &ApiState,
     validated: Result<Message, Vec<FieldError>>,
+    options: RawOptions,
 ) -> Result<Response, Problem> {
-    let message = validated.map_err(Problem::invalid)?;
     let now = UnixMillis::now();
+    let limits = OptionLimits {
+        now,
+        horizon: state.schedule_horizon,
+    };
+    let (message, options) = validate(validated, options, limits).map_err(Problem::invalid)?;
     // The id carries the creation time exactly (retention relies on it).
     let id = NotificationId::new_at(now);
-    let reservation = state.handoff.as_ref().and_then(|h| h.reserve(now));
+    // Scheduled work waits for its time in the store; only what is due now
+    // may go straight to this process's dispatcher.
+    let reservation = match options.send_at {
+        None => state.handoff.as_ref().and_then(|h| h.reserve(now)),
+        Some(_) => None,
+    };
     let notification = NewNotification {
         id,
         channel: message.channel(),
         payload: message.to_provider_json(),
         created_at: now,
         expires_at: now.plus(state.max_age),
+        deliver_by: options.deliver_by,
+        send_at: options.send_at,
+        priority: options.priority,
         lease: reservation.as_ref().map(|r| r.lease()),
     };
+    let stored_as = notification.initial_status();
     let handover = reservation.map(|r| r.prepare(&notification));
     if let Err(e) = state.store.insert(notification).await {
         tracing::error!(error = %crate::error::chain(&e), "could not store a notification");
@@ -116,7 +151,7 @@ async fn accept(
         }
         None => {
             state.wake.notify_one();
-            Status::Queued
+            stored_as
         }
     };
     let location =

@@ -30,6 +30,9 @@ pub async fn run_round(pool: &ChannelPool, policy: &RetryPolicy, n: &Claimed) ->
     let mut rng = fastrand::Rng::new();
     let lease_left = n.lease_until.since(UnixMillis::now());
     let deadline = Instant::now() + lease_left - (lease_left / 10).min(LEASE_MARGIN_MAX);
+    if past_deadline(n, UnixMillis::now()) {
+        return report(n, Vec::new(), expired());
+    }
     let message = match Message::from_stored(n.channel, &n.payload) {
         Ok(message) => message,
         // Only a bug or a hand-edited row gets here; no provider could send it.
@@ -49,6 +52,10 @@ pub async fn run_round(pool: &ChannelPool, policy: &RetryPolicy, n: &Claimed) ->
     let mut lease_ran_short = false;
 
     while let Some(admission) = pool.pick(&mut tried, &mut rng) {
+        // Never late: once the client's deadline passed, no attempt starts.
+        if past_deadline(n, UnixMillis::now()) {
+            return report(n, attempts, expired());
+        }
         let slot = admission.slot();
         let provider = &slot.provider;
         // Never start a request the lease may not outlast: another claim
@@ -126,6 +133,16 @@ pub async fn run_round(pool: &ChannelPool, policy: &RetryPolicy, n: &Claimed) ->
     report(n, attempts, completion)
 }
 
+fn past_deadline(n: &Claimed, now: UnixMillis) -> bool {
+    n.deliver_by.is_some_and(|by| now >= by)
+}
+
+fn expired() -> Completion {
+    Completion::Expired {
+        error: "not delivered before its expires_at".into(),
+    }
+}
+
 fn report(n: &Claimed, attempts: Vec<Attempt>, completion: Completion) -> RoundReport {
     RoundReport {
         id: n.id,
@@ -158,6 +175,9 @@ fn next_round(
                 .unwrap_or(policy.idle_recheck)
         };
         let at = now.plus(wait);
+        if n.deliver_by.is_some_and(|by| at >= by) {
+            return expired();
+        }
         if at > n.expires_at {
             return Completion::Dead {
                 error: "expired: no provider was available before its maximum age".into(),
@@ -177,6 +197,9 @@ fn next_round(
         };
     }
     let at = now.plus(policy.backoff.delay(rounds, rng));
+    if n.deliver_by.is_some_and(|by| at >= by) {
+        return expired();
+    }
     if at > n.expires_at {
         return Completion::Dead {
             error: format!("expired after {rounds} rounds; last error: {last}"),

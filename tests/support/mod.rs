@@ -245,6 +245,15 @@ impl Client {
             .await
     }
 
+    pub async fn delete(&self, path: &str) -> Answer {
+        let resp = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await;
+        Self::answer(resp).await
+    }
+
     pub async fn get(&self, path: &str) -> Answer {
         let resp = self.http.get(format!("{}{path}", self.base)).send().await;
         Self::answer(resp).await

@@ -118,7 +118,10 @@ async fn transact(
         let mut created = Vec::with_capacity(inserts.len());
         let mut expires = Vec::with_capacity(inserts.len());
         let mut tokens: Vec<Option<i64>> = Vec::with_capacity(inserts.len());
-        let mut lease_ends: Vec<Option<i64>> = Vec::with_capacity(inserts.len());
+        let mut statuses = Vec::with_capacity(inserts.len());
+        let mut dues = Vec::with_capacity(inserts.len());
+        let mut deliver_by: Vec<Option<i64>> = Vec::with_capacity(inserts.len());
+        let mut priorities: Vec<i16> = Vec::with_capacity(inserts.len());
         for (n, _) in inserts {
             ids.push(n.id.as_uuid());
             channels.push(n.channel.as_str());
@@ -126,19 +129,22 @@ async fn transact(
             created.push(n.created_at.0);
             expires.push(n.expires_at.0);
             tokens.push(n.lease.map(|l| l.token.0));
-            lease_ends.push(n.lease.map(|l| l.until.0));
+            statuses.push(n.initial_status().as_str());
+            dues.push(n.due_at().0);
+            deliver_by.push(n.deliver_by.map(|t| t.0));
+            priorities.push(n.priority.rank());
         }
         let stmt = tx
             .prepare_cached(
                 "INSERT INTO notifications
                      (id, channel, payload, status, due_at, lease_token,
-                      created_at, updated_at, expires_at)
-                 SELECT id, channel, payload,
-                        CASE WHEN token IS NULL THEN 'queued' ELSE 'sending' END,
-                        COALESCE(lease_until, at), token, at, at, expires
+                      created_at, updated_at, expires_at, deliver_by, priority)
+                 SELECT id, channel, payload, status, due, token, at, at, expires, deliver_by,
+                        priority
                    FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::int8[],
-                               $6::int8[], $7::int8[])
-                     AS n(id, channel, payload, at, expires, token, lease_until)",
+                               $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::int2[])
+                     AS n(id, channel, payload, at, expires, token, status, due, deliver_by,
+                          priority)",
             )
             .await
             .map_err(pg)?;
@@ -151,7 +157,10 @@ async fn transact(
                 &created,
                 &expires,
                 &tokens,
-                &lease_ends,
+                &statuses,
+                &dues,
+                &deliver_by,
+                &priorities,
             ],
         )
         .await
