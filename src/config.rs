@@ -96,12 +96,16 @@ impl Default for RetentionConfig {
 pub struct AcceptConfig {
     /// How far ahead `send_at` may be; later ones are refused with 422.
     pub schedule_horizon_secs: u64,
+    /// How long an `Idempotency-Key` is remembered; a retry within it gets
+    /// the first answer. Expired keys go with the retention purge.
+    pub idempotency_ttl_secs: u64,
 }
 
 impl Default for AcceptConfig {
     fn default() -> Self {
         Self {
             schedule_horizon_secs: 30 * 24 * 60 * 60,
+            idempotency_ttl_secs: 24 * 60 * 60,
         }
     }
 }

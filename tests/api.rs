@@ -16,6 +16,7 @@ store_matrix!(
     health_and_readiness,
     dead_letters_can_be_listed_and_replayed,
     scheduled_notifications_wait_and_can_be_canceled,
+    idempotency_keys_answer_retries_with_the_first_answer,
 );
 
 struct App {
@@ -346,4 +347,43 @@ async fn scheduled_notifications_wait_and_can_be_canceled(backend: Backend) {
     let stats = c.stats().await;
     assert_eq!(stats["canceled"], 1);
     assert_eq!(stats["delivered"], 1);
+}
+
+async fn idempotency_keys_answer_retries_with_the_first_answer(backend: Backend) {
+    let Some(app) = start(backend, 0.0).await else {
+        return;
+    };
+    let c = &app.client;
+    let body = json!({"phone": "01712345678", "text": "once"});
+    let first = c.post_keyed("/v1/sms", "k-1", &body).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let again = c.post_keyed("/v1/sms", "k-1", &body).await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.body, first.body, "same id, same answer");
+    assert_eq!(again.headers["location"], first.headers["location"]);
+    // The reference service's path is the same request.
+    let alias = c.post_keyed("/api/sms", "k-1", &body).await;
+    assert_eq!(alias.body["id"], first.body["id"]);
+    // The same key with another body is refused, and stores nothing.
+    let other = json!({"phone": "01712345678", "text": "twice?"});
+    assert_problem(&c.post_keyed("/v1/sms", "k-1", &other).await, 409);
+    assert_problem(&c.post_keyed("/v1/sms", "bad key", &body).await, 400);
+    // Concurrent requests with one key: one notification.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let c = support::Client::new(c.base.strip_prefix("http://").unwrap().parse().unwrap());
+        tasks.spawn(async move {
+            let body = json!({"subject": "s", "body": "b", "recipients": ["a@b.io"]});
+            c.post_keyed("/v1/email", "k-2", &body).await
+        });
+    }
+    let mut ids = std::collections::HashSet::new();
+    while let Some(a) = tasks.join_next().await {
+        let a = a.unwrap();
+        assert_eq!(a.status, 202);
+        ids.insert(a.body["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1);
+    assert!(c.wait_until_settled(Duration::from_secs(20)).await);
+    assert_eq!(c.stats().await["delivered"], 2);
 }

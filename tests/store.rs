@@ -12,8 +12,8 @@ use herald::domain::{
     Attempt, AttemptOutcome, Channel, NotificationId, Priority, Status, UnixMillis,
 };
 use herald::store::{
-    self, CancelOutcome, Completion, Lease, LeaseLost, LeaseToken, NewNotification, ReplayOutcome,
-    RoundReport, StoreOptions,
+    self, CancelOutcome, Completion, IdempotencyKey, KeyedInsert, Lease, LeaseLost, LeaseToken,
+    NewNotification, ReplayOutcome, RoundReport, StoreOptions,
 };
 use support::{Backend, TestStore};
 
@@ -35,6 +35,7 @@ store_matrix!(
     past_their_deadline_notifications_expire_unsent,
     cancel_takes_back_only_what_has_not_started,
     high_priority_is_not_delayed_by_a_low_backlog,
+    an_idempotency_key_stores_once_even_when_raced,
 );
 
 fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
@@ -908,4 +909,105 @@ async fn high_priority_is_not_delayed_by_a_low_backlog(backend: Backend) {
     assert_eq!(next.len(), 3, "then the low ones");
     let rec = store.get(urgent.id).await.unwrap().unwrap();
     assert_eq!(rec.priority, Priority::High);
+}
+
+fn key(name: &str, fingerprint: &str, now: UnixMillis) -> IdempotencyKey {
+    IdempotencyKey {
+        scope: String::new(),
+        key: name.into(),
+        fingerprint: fingerprint.into(),
+        status_code: 202,
+        response: format!(r#"{{"first":"{fingerprint}"}}"#),
+        created_at: now,
+        expired_before: UnixMillis(now.0 - 86_400_000),
+    }
+}
+
+/// Concurrent requests with one key store exactly one notification; each
+/// other caller gets the first answer, and plain inserts committed in the
+/// same transactions are not disturbed.
+async fn an_idempotency_key_stores_once_even_when_raced(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    let now = UnixMillis::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            if i % 2 == 0 {
+                let n = new_sms(now, &format!("keyed-{i}"));
+                let outcome = store
+                    .insert_keyed(vec![n.clone()], key("order-1", "fp-a", now))
+                    .await
+                    .unwrap();
+                (Some(outcome), n.id)
+            } else {
+                let n = new_sms(now, &format!("plain-{i}"));
+                store.insert(n.clone()).await.unwrap();
+                (None, n.id)
+            }
+        });
+    }
+    let mut stored = Vec::new();
+    let mut plain = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined.unwrap() {
+            (Some(KeyedInsert::Stored), id) => stored.push(id),
+            (Some(KeyedInsert::Replayed(first)), id) => {
+                assert_eq!(first.fingerprint, "fp-a");
+                assert_eq!(first.status_code, 202);
+                assert!(
+                    store.get(id).await.unwrap().is_none(),
+                    "a retry stores nothing"
+                );
+            }
+            (None, id) => plain.push(id),
+        }
+    }
+    assert_eq!(stored.len(), 1, "exactly one keyed insert stored");
+    assert_eq!(plain.len(), 20);
+    for id in stored.iter().chain(&plain) {
+        assert!(store.get(*id).await.unwrap().is_some());
+    }
+    // Another scope may use the same key; an expired key is replaced.
+    let other = IdempotencyKey {
+        scope: "caller-b".into(),
+        ..key("order-1", "fp-b", now)
+    };
+    let n = new_sms(now, "other caller");
+    assert_eq!(
+        store.insert_keyed(vec![n], other).await.unwrap(),
+        KeyedInsert::Stored
+    );
+    let a_day_later = now.plus(Duration::from_secs(86_401));
+    assert_eq!(
+        store
+            .insert_keyed(
+                vec![new_sms(a_day_later, "fresh")],
+                key("order-1", "fp-c", a_day_later)
+            )
+            .await
+            .unwrap(),
+        KeyedInsert::Stored
+    );
+    // The purge removes keys past their age, and only those.
+    assert_eq!(
+        store
+            .purge_keys(now.plus(Duration::from_secs(1)), 10)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(matches!(
+        store
+            .insert_keyed(
+                vec![new_sms(now, "again")],
+                key("order-1", "fp-c", a_day_later)
+            )
+            .await
+            .unwrap(),
+        KeyedInsert::Replayed(_)
+    ));
 }

@@ -1,6 +1,7 @@
 //! The HTTP API: accepts notifications, answers questions about them.
 
 mod health;
+mod idempotency;
 mod notifications;
 pub mod problem;
 mod providers;
@@ -39,6 +40,8 @@ pub struct ApiState {
     pub max_age: Duration,
     /// How far ahead `send_at` may be.
     pub schedule_horizon: Duration,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: Duration,
 }
 
 impl ApiState {

@@ -11,22 +11,28 @@ use axum::response::{IntoResponse, Response};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::json;
 
-use super::ApiState;
 use super::problem::Problem;
+use super::{ApiState, idempotency};
 use crate::domain::options::{DeliveryOptions, OptionLimits, RawOptions, validate_options};
 use crate::domain::validation::{FieldError, RawEmail, RawSms, validate_email, validate_sms};
 use crate::domain::{Message, NotificationId, Status, UnixMillis};
-use crate::store::NewNotification;
+use crate::store::{IdempotencyKey, KeyedInsert, NewNotification, StoredAnswer};
 
 pub async fn sms(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
+    let key = idempotency::key(&headers)?;
     let body = read_body(&state, &headers, body)?;
     let raw: RawSms = parse_object(&body)?;
     let options: RawOptions = parse_object(&body)?;
-    accept(&state, validate_sms(raw), options).await
+    let keyed = key.map(|key| Keyed {
+        scope: idempotency::caller_scope(&headers),
+        key,
+        fingerprint: idempotency::fingerprint("sms", &body),
+    });
+    accept(&state, validate_sms(raw), options, keyed).await
 }
 
 pub async fn email(
@@ -34,10 +40,16 @@ pub async fn email(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
+    let key = idempotency::key(&headers)?;
     let body = read_body(&state, &headers, body)?;
     let raw: RawEmail = parse_object(&body)?;
     let options: RawOptions = parse_object(&body)?;
-    accept(&state, validate_email(raw), options).await
+    let keyed = key.map(|key| Keyed {
+        scope: idempotency::caller_scope(&headers),
+        key,
+        fingerprint: idempotency::fingerprint("email", &body),
+    });
+    accept(&state, validate_email(raw), options, keyed).await
 }
 
 /// `application/json`, or any `application/*+json`, with any parameters.
@@ -108,10 +120,18 @@ fn validate(
     }
 }
 
+/// A request's `Idempotency-Key`, whose it is, and what it asked for.
+struct Keyed {
+    scope: String,
+    key: String,
+    fingerprint: String,
+}
+
 async fn accept(
     state: &ApiState,
     validated: Result<Message, Vec<FieldError>>,
     options: RawOptions,
+    keyed: Option<Keyed>,
 ) -> Result<Response, Problem> {
     let now = UnixMillis::now();
     let limits = OptionLimits {
@@ -138,30 +158,81 @@ async fn accept(
         priority: options.priority,
         lease: reservation.as_ref().map(|r| r.lease()),
     };
-    let stored_as = notification.initial_status();
+    let status = match reservation {
+        Some(_) => Status::Sending,
+        None => notification.initial_status(),
+    };
+    let answer = json!({"id": id, "status": status});
     let handover = reservation.map(|r| r.prepare(&notification));
-    if let Err(e) = state.store.insert(notification).await {
-        tracing::error!(error = %crate::error::chain(&e), "could not store a notification");
-        return Err(Problem::store_unavailable());
-    }
-    let status = match handover {
-        Some(handover) => {
-            handover.send();
-            Status::Sending
-        }
-        None => {
-            state.wake.notify_one();
-            stored_as
+    let stored = match keyed {
+        None => state.store.insert(notification).await.map(|()| None),
+        Some(k) => {
+            let key = IdempotencyKey {
+                scope: k.scope,
+                key: k.key,
+                fingerprint: k.fingerprint.clone(),
+                status_code: StatusCode::ACCEPTED.as_u16(),
+                response: answer.to_string(),
+                created_at: now,
+                expired_before: UnixMillis(now.0.saturating_sub(
+                    i64::try_from(state.idempotency_ttl.as_millis()).unwrap_or(i64::MAX),
+                )),
+            };
+            state
+                .store
+                .insert_keyed(vec![notification], key)
+                .await
+                .map(|outcome| match outcome {
+                    KeyedInsert::Stored => None,
+                    KeyedInsert::Replayed(first) => Some((k.fingerprint, first)),
+                })
         }
     };
-    let location =
-        HeaderValue::try_from(format!("/v1/notifications/{id}")).expect("ids are URL-safe");
+    match stored {
+        Err(e) => {
+            tracing::error!(error = %crate::error::chain(&e), "could not store a notification");
+            return Err(Problem::store_unavailable());
+        }
+        // A retry: nothing was stored; the reserved room goes back unused.
+        Ok(Some((fingerprint, first))) => return replay(&fingerprint, first),
+        Ok(None) => {}
+    }
+    match handover {
+        Some(handover) => handover.send(),
+        None => state.wake.notify_one(),
+    }
     Ok((
         StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(json!({"id": id, "status": status})),
+        [(header::LOCATION, location(&id.to_string()))],
+        Json(answer),
     )
         .into_response())
+}
+
+fn location(id: &str) -> HeaderValue {
+    HeaderValue::try_from(format!("/v1/notifications/{id}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("/v1/notifications"))
+}
+
+/// The first answer to a request repeated with its key; 409 when the key
+/// came with a different request.
+fn replay(fingerprint: &str, first: StoredAnswer) -> Result<Response, Problem> {
+    if first.fingerprint != fingerprint {
+        return Err(Problem::idempotency_key_reused());
+    }
+    let body: serde_json::Value =
+        serde_json::from_str(&first.response).map_err(|_| Problem::store_unavailable())?;
+    let status = StatusCode::from_u16(first.status_code).unwrap_or(StatusCode::ACCEPTED);
+    let mut response = (status, Json(&body)).into_response();
+    if let Some(id) = body.get("id").and_then(|v| v.as_str()) {
+        response
+            .headers_mut()
+            .insert(header::LOCATION, location(id));
+    }
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(response)
 }
 
 #[cfg(test)]

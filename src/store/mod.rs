@@ -213,6 +213,40 @@ pub enum ReplayOutcome {
     NotReplayable(Status),
 }
 
+/// A client's `Idempotency-Key` and the answer its first request got,
+/// stored in the same transaction as that request's notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// Whose key it is: keys of different callers never meet.
+    pub scope: String,
+    pub key: String,
+    /// What the request asked for (its kind and body), to tell a retry
+    /// from a different request reusing the key.
+    pub fingerprint: String,
+    pub status_code: u16,
+    /// The JSON body of the first answer.
+    pub response: String,
+    pub created_at: UnixMillis,
+    /// A stored key created before this has expired and is replaced.
+    pub expired_before: UnixMillis,
+}
+
+/// The answer stored with a key that was already used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAnswer {
+    pub fingerprint: String,
+    pub status_code: u16,
+    pub response: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyedInsert {
+    /// The key was new: the notifications are stored with it.
+    Stored,
+    /// The key was used before (and has not expired): nothing was stored.
+    Replayed(StoredAnswer),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelOutcome {
     Canceled,
@@ -226,6 +260,16 @@ pub enum CancelOutcome {
 pub trait Store: Send + Sync {
     /// Returns once the notification is durably committed.
     async fn insert(&self, notification: NewNotification) -> Result<(), StoreError>;
+
+    /// Stores `notifications` with `key`, all or nothing, unless the key is
+    /// already stored: then nothing is stored and the first answer comes
+    /// back. Concurrent calls with one key store exactly once (a unique
+    /// index); a repeated key never fails the other writes committed with it.
+    async fn insert_keyed(
+        &self,
+        notifications: Vec<NewNotification>,
+        key: IdempotencyKey,
+    ) -> Result<KeyedInsert, StoreError>;
 
     /// Claims up to `limit` notifications that are due at `now` (including
     /// ones whose lease lapsed), leasing each for `lease`.
@@ -276,6 +320,10 @@ pub trait Store: Send + Sync {
     /// Deletes up to `limit` delivered notifications (and their attempts)
     /// last updated before `before`; returns how many.
     async fn purge(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError>;
+
+    /// Deletes up to `limit` idempotency keys created before `before`;
+    /// returns how many.
+    async fn purge_keys(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError>;
 
     /// The store answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -36,8 +36,9 @@ use super::rows::{
     SummaryRow, status_from,
 };
 use super::{
-    CancelOutcome, Claimed, EXPIRED_UNSENT, LeaseLost, LeaseToken, NewNotification,
-    NotificationRecord, NotificationSummary, ReplayOutcome, RoundReport, Store, StoreError,
+    CancelOutcome, Claimed, EXPIRED_UNSENT, IdempotencyKey, KeyedInsert, LeaseLost, LeaseToken,
+    NewNotification, NotificationRecord, NotificationSummary, ReplayOutcome, RoundReport, Store,
+    StoreError,
 };
 use crate::domain::{NotificationId, Status, UnixMillis};
 
@@ -219,6 +220,15 @@ fn summary_row(row: &Row) -> SummaryRow {
 impl Store for PostgresStore {
     async fn insert(&self, notification: NewNotification) -> Result<(), StoreError> {
         self.call(|reply| Command::Insert(notification, reply))
+            .await
+    }
+
+    async fn insert_keyed(
+        &self,
+        notifications: Vec<NewNotification>,
+        key: IdempotencyKey,
+    ) -> Result<KeyedInsert, StoreError> {
+        self.call(|reply| Command::InsertKeyed(notifications, key, reply))
             .await
     }
 
@@ -476,6 +486,20 @@ impl Store for PostgresStore {
             .await
             .map_err(pg)?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn purge_keys(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let gone = client
+            .execute(
+                "DELETE FROM idempotency_keys
+                  WHERE ctid IN (SELECT ctid FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
+                &[&before.0, &limit],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(gone)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -78,6 +78,22 @@ CREATE INDEX notifications_claim ON notifications (priority, due_at)
     WHERE status IN ('scheduled', 'queued', 'retrying', 'sending');
 ",
     ),
+    (
+        4,
+        // Idempotency keys: a client's retry finds its first answer here.
+        "
+CREATE TABLE idempotency_keys (
+    scope       text NOT NULL,
+    key         text NOT NULL,
+    fingerprint text NOT NULL,
+    status_code integer NOT NULL,
+    response    text NOT NULL,
+    created_at  bigint NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+",
+    ),
 ];
 
 /// Applies every migration this database lacks; returns how many.

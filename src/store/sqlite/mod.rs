@@ -22,8 +22,9 @@ use super::rows::{
     SummaryRow, id_from_bytes, status_from,
 };
 use super::{
-    CancelOutcome, Claimed, EXPIRED_UNSENT, LeaseLost, LeaseToken, NewNotification,
-    NotificationRecord, NotificationSummary, ReplayOutcome, RoundReport, Store, StoreError,
+    CancelOutcome, Claimed, EXPIRED_UNSENT, IdempotencyKey, KeyedInsert, LeaseLost, LeaseToken,
+    NewNotification, NotificationRecord, NotificationSummary, ReplayOutcome, RoundReport, Store,
+    StoreError, StoredAnswer,
 };
 use crate::domain::{NotificationId, Status, UnixMillis};
 
@@ -73,6 +74,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Command {
     Insert(NewNotification, Reply<()>),
+    InsertKeyed(Vec<NewNotification>, IdempotencyKey, Reply<KeyedInsert>),
     Claim {
         now: UnixMillis,
         limit: usize,
@@ -92,6 +94,11 @@ enum Command {
         reply: Reply<CancelOutcome>,
     },
     Purge {
+        before: UnixMillis,
+        limit: usize,
+        reply: Reply<u64>,
+    },
+    PurgeKeys {
         before: UnixMillis,
         limit: usize,
         reply: Reply<u64>,
@@ -244,7 +251,11 @@ fn writer_loop(
 fn must_sync(cmd: &Command) -> bool {
     !matches!(
         cmd,
-        Command::Claim { .. } | Command::Complete(..) | Command::Purge { .. } | Command::Ping(_)
+        Command::Claim { .. }
+            | Command::Complete(..)
+            | Command::Purge { .. }
+            | Command::PurgeKeys { .. }
+            | Command::Ping(_)
     )
 }
 
@@ -271,6 +282,9 @@ fn run_batch(conn: &Connection, commands: impl Iterator<Item = Command>) {
 fn execute(conn: &Connection, cmd: Command, open: bool) -> Answer {
     match cmd {
         Command::Insert(n, reply) => answer(reply, open.then(|| insert(conn, &n))),
+        Command::InsertKeyed(ns, key, reply) => {
+            answer(reply, open.then(|| insert_keyed(conn, &ns, &key)))
+        }
         Command::Claim {
             now,
             limit,
@@ -290,6 +304,11 @@ fn execute(conn: &Connection, cmd: Command, open: bool) -> Answer {
             limit,
             reply,
         } => answer(reply, open.then(|| purge(conn, before, limit))),
+        Command::PurgeKeys {
+            before,
+            limit,
+            reply,
+        } => answer(reply, open.then(|| purge_keys(conn, before, limit))),
         Command::Ping(reply) | Command::Close(reply) => answer(reply, open.then_some(Ok(()))),
     }
 }
@@ -317,6 +336,87 @@ fn insert(conn: &Connection, n: &NewNotification) -> Result<(), StoreError> {
     ])
     .map_err(backend)?;
     Ok(())
+}
+
+/// Inside the batch's transaction, under a savepoint of its own: a key
+/// already stored answers with its first answer and stores nothing, and
+/// nothing it does can undo the other commands of the batch.
+fn insert_keyed(
+    conn: &Connection,
+    notifications: &[NewNotification],
+    key: &IdempotencyKey,
+) -> Result<KeyedInsert, StoreError> {
+    conn.execute_batch("SAVEPOINT keyed").map_err(backend)?;
+    let result = insert_keyed_inner(conn, notifications, key);
+    let end = match result {
+        Ok(KeyedInsert::Stored) => "RELEASE keyed",
+        _ => "ROLLBACK TO keyed; RELEASE keyed",
+    };
+    conn.execute_batch(end).map_err(backend)?;
+    result
+}
+
+fn insert_keyed_inner(
+    conn: &Connection,
+    notifications: &[NewNotification],
+    key: &IdempotencyKey,
+) -> Result<KeyedInsert, StoreError> {
+    conn.prepare_cached(
+        "DELETE FROM idempotency_keys WHERE scope = ?1 AND key = ?2 AND created_at < ?3",
+    )
+    .map_err(backend)?
+    .execute(params![key.scope, key.key, key.expired_before.0])
+    .map_err(backend)?;
+    let stored = conn
+        .prepare_cached(
+            "INSERT INTO idempotency_keys
+                 (scope, key, fingerprint, status_code, response, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (scope, key) DO NOTHING",
+        )
+        .map_err(backend)?
+        .execute(params![
+            key.scope,
+            key.key,
+            key.fingerprint,
+            key.status_code,
+            key.response,
+            key.created_at.0
+        ])
+        .map_err(backend)?;
+    if stored == 0 {
+        let first = conn
+            .prepare_cached(
+                "SELECT fingerprint, status_code, response FROM idempotency_keys
+                  WHERE scope = ?1 AND key = ?2",
+            )
+            .map_err(backend)?
+            .query_row(params![key.scope, key.key], |r| {
+                Ok(StoredAnswer {
+                    fingerprint: r.get(0)?,
+                    status_code: r.get(1)?,
+                    response: r.get(2)?,
+                })
+            })
+            .map_err(backend)?;
+        return Ok(KeyedInsert::Replayed(first));
+    }
+    for n in notifications {
+        insert(conn, n)?;
+    }
+    Ok(KeyedInsert::Stored)
+}
+
+fn purge_keys(conn: &Connection, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
+    let gone = conn
+        .prepare_cached(
+            "DELETE FROM idempotency_keys
+              WHERE rowid IN (SELECT rowid FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)",
+        )
+        .map_err(backend)?
+        .execute(params![before.0, limit as i64])
+        .map_err(backend)?;
+    Ok(gone as u64)
 }
 
 fn claim(
@@ -629,6 +729,15 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn insert_keyed(
+        &self,
+        notifications: Vec<NewNotification>,
+        key: IdempotencyKey,
+    ) -> Result<KeyedInsert, StoreError> {
+        self.call(|reply| Command::InsertKeyed(notifications, key, reply))
+            .await
+    }
+
     async fn claim(
         &self,
         now: UnixMillis,
@@ -736,6 +845,15 @@ impl Store for SqliteStore {
 
     async fn purge(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
         self.call(|reply| Command::Purge {
+            before,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    async fn purge_keys(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
+        self.call(|reply| Command::PurgeKeys {
             before,
             limit,
             reply,

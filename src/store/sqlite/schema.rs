@@ -65,6 +65,22 @@ CREATE INDEX notifications_claim ON notifications (priority, due_at)
     WHERE status IN ('scheduled', 'queued', 'retrying', 'sending');
 ",
     ),
+    (
+        4,
+        // Idempotency keys: a client's retry finds its first answer here.
+        "
+CREATE TABLE idempotency_keys (
+    scope       TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status_code INTEGER NOT NULL,
+    response    TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+",
+    ),
 ];
 
 /// The version a database has once every migration is applied.
