@@ -119,6 +119,8 @@ pub async fn serve(
         max_age: Duration::from_secs(config.retry.max_age_secs),
         schedule_horizon: Duration::from_secs(config.accept.schedule_horizon_secs),
         idempotency_ttl: Duration::from_secs(config.accept.idempotency_ttl_secs),
+        batch_max_items: config.accept.batch_max_items,
+        batch_body_limit: config.accept.batch_body_limit_bytes,
     });
 
     let purger = role.dispatches().then(|| {

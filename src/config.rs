@@ -99,6 +99,11 @@ pub struct AcceptConfig {
     /// How long an `Idempotency-Key` is remembered; a retry within it gets
     /// the first answer. Expired keys go with the retention purge.
     pub idempotency_ttl_secs: u64,
+    /// Most notifications one `POST /v1/batch` may carry.
+    pub batch_max_items: usize,
+    /// Largest body of `POST /v1/batch`, in bytes (other requests:
+    /// `body_limit_bytes`).
+    pub batch_body_limit_bytes: usize,
 }
 
 impl Default for AcceptConfig {
@@ -106,6 +111,8 @@ impl Default for AcceptConfig {
         Self {
             schedule_horizon_secs: 30 * 24 * 60 * 60,
             idempotency_ttl_secs: 24 * 60 * 60,
+            batch_max_items: 1_000,
+            batch_body_limit_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -368,6 +375,9 @@ impl Config {
                 "retention.purge_interval_secs",
                 "must be at least 1",
             ));
+        }
+        if self.accept.batch_max_items == 0 {
+            return Err(invalid("accept.batch_max_items", "must be at least 1"));
         }
         if self.dispatch.poll_interval_ms == 0 {
             return Err(invalid("dispatch.poll_interval_ms", "must be at least 1"));

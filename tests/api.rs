@@ -17,6 +17,7 @@ store_matrix!(
     dead_letters_can_be_listed_and_replayed,
     scheduled_notifications_wait_and_can_be_canceled,
     idempotency_keys_answer_retries_with_the_first_answer,
+    batches_store_every_valid_item_and_name_the_bad_ones,
 );
 
 struct App {
@@ -386,4 +387,73 @@ async fn idempotency_keys_answer_retries_with_the_first_answer(backend: Backend)
     assert_eq!(ids.len(), 1);
     assert!(c.wait_until_settled(Duration::from_secs(20)).await);
     assert_eq!(c.stats().await["delivered"], 2);
+}
+
+async fn batches_store_every_valid_item_and_name_the_bad_ones(backend: Backend) {
+    let Some(app) = start(backend, 0.0).await else {
+        return;
+    };
+    let c = &app.client;
+    let body = json!({"notifications": [
+        {"channel": "sms", "phone": "01712345678", "text": "one"},
+        {"channel": "sms", "phone": "12", "text": ""},
+        {"channel": "email", "subject": "two", "body": "b", "recipients": ["a@b.io"],
+         "priority": "low"},
+        {"channel": "fax"},
+        "not an object",
+        {"channel": "sms", "phone": "01712345678", "text": "three",
+         "send_at": "2999-01-01T00:00:00Z"},
+    ]});
+    let a = c.post_keyed("/v1/batch", "batch-1", &body).await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let results = a.body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6);
+    for i in [0, 2] {
+        assert!(
+            results[i]["id"].as_str().unwrap().starts_with("ntf_"),
+            "{}",
+            results[i]
+        );
+    }
+    let fields = |i: usize| -> Vec<String> {
+        results[i]["error"]["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(fields(1), ["phone", "text"]);
+    assert_eq!(results[1]["error"]["status"], 422);
+    assert_eq!(fields(3), ["channel"]);
+    assert_eq!(fields(4), ["notification"]);
+    assert_eq!(fields(5), ["send_at"]);
+    // Retried with its key: the same answer, nothing new stored.
+    let again = c.post_keyed("/v1/batch", "batch-1", &body).await;
+    assert_eq!(again.body, a.body);
+
+    let none_valid = c
+        .post("/v1/batch", &json!({"notifications": [{"channel": "sms"}]}))
+        .await;
+    assert_eq!(
+        bad_fields(&none_valid),
+        ["notifications[0].phone", "notifications[0].text"]
+    );
+    assert_eq!(
+        bad_fields(&c.post("/v1/batch", &json!({"notifications": []})).await),
+        ["notifications"]
+    );
+    assert_eq!(
+        bad_fields(&c.post("/v1/batch", &json!({})).await),
+        ["notifications"]
+    );
+    // Larger than the single-request body limit (2 KiB here): the batch has its own.
+    let many: Vec<Value> = (0..100)
+        .map(|i| json!({"channel": "sms", "phone": "01712345678", "text": format!("bulk-{i}")}))
+        .collect();
+    let bulk = c.post("/v1/batch", &json!({"notifications": many})).await;
+    assert_eq!(bulk.status, 202, "{}", bulk.body);
+    assert_eq!(bulk.body["results"].as_array().unwrap().len(), 100);
+    assert!(c.wait_until_settled(Duration::from_secs(30)).await);
+    assert_eq!(c.stats().await["delivered"], 102);
 }

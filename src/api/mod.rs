@@ -1,5 +1,6 @@
 //! The HTTP API: accepts notifications, answers questions about them.
 
+mod batch;
 mod health;
 mod idempotency;
 mod notifications;
@@ -42,6 +43,9 @@ pub struct ApiState {
     pub schedule_horizon: Duration,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl: Duration,
+    /// Most items one `POST /v1/batch` may carry, and its largest body.
+    pub batch_max_items: usize,
+    pub batch_body_limit: usize,
 }
 
 impl ApiState {
@@ -52,12 +56,17 @@ impl ApiState {
 
 pub fn router(state: Arc<ApiState>) -> Router {
     let limit = state.body_limit;
+    let batch_limit = state.batch_body_limit;
     let work = Router::new()
         .route("/v1/sms", post(submit::sms))
         .route("/v1/email", post(submit::email))
         // The reference service's paths, so its clients can switch unchanged.
         .route("/api/sms", post(submit::sms))
         .route("/api/email", post(submit::email))
+        .route(
+            "/v1/batch",
+            post(batch::batch).layer(DefaultBodyLimit::max(batch_limit)),
+        )
         .route("/v1/notifications", get(notifications::list))
         .route(
             "/v1/notifications/{id}",

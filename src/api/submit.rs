@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::problem::Problem;
 use super::{ApiState, idempotency};
+use crate::dispatch::handoff::Handover;
 use crate::domain::options::{DeliveryOptions, OptionLimits, RawOptions, validate_options};
 use crate::domain::validation::{FieldError, RawEmail, RawSms, validate_email, validate_sms};
 use crate::domain::{Message, NotificationId, Status, UnixMillis};
@@ -23,15 +24,10 @@ pub async fn sms(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let key = idempotency::key(&headers)?;
-    let body = read_body(&state, &headers, body)?;
+    let body = read_body(state.body_limit, &headers, body)?;
+    let keyed = Keyed::from_request(&headers, "sms", &body)?;
     let raw: RawSms = parse_object(&body)?;
     let options: RawOptions = parse_object(&body)?;
-    let keyed = key.map(|key| Keyed {
-        scope: idempotency::caller_scope(&headers),
-        key,
-        fingerprint: idempotency::fingerprint("sms", &body),
-    });
     accept(&state, validate_sms(raw), options, keyed).await
 }
 
@@ -40,15 +36,10 @@ pub async fn email(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let key = idempotency::key(&headers)?;
-    let body = read_body(&state, &headers, body)?;
+    let body = read_body(state.body_limit, &headers, body)?;
+    let keyed = Keyed::from_request(&headers, "email", &body)?;
     let raw: RawEmail = parse_object(&body)?;
     let options: RawOptions = parse_object(&body)?;
-    let keyed = key.map(|key| Keyed {
-        scope: idempotency::caller_scope(&headers),
-        key,
-        fingerprint: idempotency::fingerprint("email", &body),
-    });
     accept(&state, validate_email(raw), options, keyed).await
 }
 
@@ -72,8 +63,8 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
 }
 
-fn read_body(
-    state: &ApiState,
+pub(super) fn read_body(
+    limit: usize,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Bytes, Problem> {
@@ -82,7 +73,7 @@ fn read_body(
     }
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::too_large(state.body_limit)
+            Problem::too_large(limit)
         } else {
             Problem::bad_body(rejection.body_text())
         }
@@ -90,7 +81,7 @@ fn read_body(
 }
 
 /// The body as `T`; only a JSON object counts.
-fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+pub(super) fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         // Serde would read a struct from a JSON array too; only objects count.
         return Err(match serde_json::from_slice::<IgnoredAny>(body) {
@@ -109,7 +100,7 @@ fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
 }
 
 /// The message and its options, every bad field of both named at once.
-fn validate(
+pub(super) fn validate(
     message: Result<Message, Vec<FieldError>>,
     options: RawOptions,
     limits: OptionLimits,
@@ -121,10 +112,45 @@ fn validate(
 }
 
 /// A request's `Idempotency-Key`, whose it is, and what it asked for.
-struct Keyed {
-    scope: String,
-    key: String,
-    fingerprint: String,
+pub(super) struct Keyed {
+    pub scope: String,
+    pub key: String,
+    pub fingerprint: String,
+}
+
+impl Keyed {
+    /// The request's key if it sent one, for a request of `kind`.
+    pub fn from_request(
+        headers: &HeaderMap,
+        kind: &str,
+        body: &[u8],
+    ) -> Result<Option<Self>, Problem> {
+        Ok(idempotency::key(headers)?.map(|key| Keyed {
+            scope: idempotency::caller_scope(headers),
+            key,
+            fingerprint: idempotency::fingerprint(kind, body),
+        }))
+    }
+
+    /// The key as stored, with the answer this request gets.
+    pub fn record(
+        &self,
+        state: &ApiState,
+        status: StatusCode,
+        answer: &serde_json::Value,
+        now: UnixMillis,
+    ) -> IdempotencyKey {
+        let ttl = i64::try_from(state.idempotency_ttl.as_millis()).unwrap_or(i64::MAX);
+        IdempotencyKey {
+            scope: self.scope.clone(),
+            key: self.key.clone(),
+            fingerprint: self.fingerprint.clone(),
+            status_code: status.as_u16(),
+            response: answer.to_string(),
+            created_at: now,
+            expired_before: UnixMillis(now.0.saturating_sub(ttl)),
+        }
+    }
 }
 
 async fn accept(
@@ -139,6 +165,60 @@ async fn accept(
         horizon: state.schedule_horizon,
     };
     let (message, options) = validate(validated, options, limits).map_err(Problem::invalid)?;
+    let prepared = prepare(state, message, options, now);
+    let id = prepared.notification.id;
+    let answer = json!({"id": id, "status": prepared.status});
+    let stored = match keyed {
+        None => state
+            .store
+            .insert(prepared.notification)
+            .await
+            .map(|()| None),
+        Some(k) => {
+            let key = k.record(state, StatusCode::ACCEPTED, &answer, now);
+            state
+                .store
+                .insert_keyed(vec![prepared.notification], key)
+                .await
+                .map(|outcome| match outcome {
+                    KeyedInsert::Stored => None,
+                    KeyedInsert::Replayed(first) => Some((k.fingerprint, first)),
+                })
+        }
+    };
+    match stored {
+        Err(e) => {
+            tracing::error!(error = %crate::error::chain(&e), "could not store a notification");
+            return Err(Problem::store_unavailable());
+        }
+        // A retry: nothing was stored; the reserved room goes back unused.
+        Ok(Some((fingerprint, first))) => return replay(&fingerprint, first),
+        Ok(None) => {}
+    }
+    hand_over(state, prepared.handover);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location(&id.to_string()))],
+        Json(answer),
+    )
+        .into_response())
+}
+
+/// A valid notification, ready to store, and its hand-over to this
+/// process's dispatcher when it has room.
+pub(super) struct Prepared<'a> {
+    pub notification: NewNotification,
+    pub handover: Option<Handover<'a>>,
+    /// What the answer says: `sending` when handed over, else as stored.
+    pub status: Status,
+}
+
+pub(super) fn prepare<'a>(
+    state: &'a ApiState,
+    message: Message,
+    options: DeliveryOptions,
+    now: UnixMillis,
+) -> Prepared<'a> {
     // The id carries the creation time exactly (retention relies on it).
     let id = NotificationId::new_at(now);
     // Scheduled work waits for its time in the store; only what is due now
@@ -162,51 +242,20 @@ async fn accept(
         Some(_) => Status::Sending,
         None => notification.initial_status(),
     };
-    let answer = json!({"id": id, "status": status});
     let handover = reservation.map(|r| r.prepare(&notification));
-    let stored = match keyed {
-        None => state.store.insert(notification).await.map(|()| None),
-        Some(k) => {
-            let key = IdempotencyKey {
-                scope: k.scope,
-                key: k.key,
-                fingerprint: k.fingerprint.clone(),
-                status_code: StatusCode::ACCEPTED.as_u16(),
-                response: answer.to_string(),
-                created_at: now,
-                expired_before: UnixMillis(now.0.saturating_sub(
-                    i64::try_from(state.idempotency_ttl.as_millis()).unwrap_or(i64::MAX),
-                )),
-            };
-            state
-                .store
-                .insert_keyed(vec![notification], key)
-                .await
-                .map(|outcome| match outcome {
-                    KeyedInsert::Stored => None,
-                    KeyedInsert::Replayed(first) => Some((k.fingerprint, first)),
-                })
-        }
-    };
-    match stored {
-        Err(e) => {
-            tracing::error!(error = %crate::error::chain(&e), "could not store a notification");
-            return Err(Problem::store_unavailable());
-        }
-        // A retry: nothing was stored; the reserved room goes back unused.
-        Ok(Some((fingerprint, first))) => return replay(&fingerprint, first),
-        Ok(None) => {}
+    Prepared {
+        notification,
+        handover,
+        status,
     }
+}
+
+/// After the commit: hands the fresh work over, or wakes the dispatcher.
+pub(super) fn hand_over(state: &ApiState, handover: Option<Handover<'_>>) {
     match handover {
         Some(handover) => handover.send(),
         None => state.wake.notify_one(),
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location(&id.to_string()))],
-        Json(answer),
-    )
-        .into_response())
 }
 
 fn location(id: &str) -> HeaderValue {
@@ -216,7 +265,7 @@ fn location(id: &str) -> HeaderValue {
 
 /// The first answer to a request repeated with its key; 409 when the key
 /// came with a different request.
-fn replay(fingerprint: &str, first: StoredAnswer) -> Result<Response, Problem> {
+pub(super) fn replay(fingerprint: &str, first: StoredAnswer) -> Result<Response, Problem> {
     if first.fingerprint != fingerprint {
         return Err(Problem::idempotency_key_reused());
     }

@@ -261,6 +261,9 @@ pub trait Store: Send + Sync {
     /// Returns once the notification is durably committed.
     async fn insert(&self, notification: NewNotification) -> Result<(), StoreError>;
 
+    /// Stores every one of `notifications` in one commit (a batch).
+    async fn insert_many(&self, notifications: Vec<NewNotification>) -> Result<(), StoreError>;
+
     /// Stores `notifications` with `key`, all or nothing, unless the key is
     /// already stored: then nothing is stored and the first answer comes
     /// back. Concurrent calls with one key store exactly once (a unique

@@ -223,6 +223,11 @@ impl Store for PostgresStore {
             .await
     }
 
+    async fn insert_many(&self, notifications: Vec<NewNotification>) -> Result<(), StoreError> {
+        self.call(|reply| Command::InsertMany(notifications, reply))
+            .await
+    }
+
     async fn insert_keyed(
         &self,
         notifications: Vec<NewNotification>,

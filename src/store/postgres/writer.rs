@@ -24,6 +24,7 @@ pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub enum Command {
     Insert(NewNotification, Reply<()>),
+    InsertMany(Vec<NewNotification>, Reply<()>),
     InsertKeyed(Vec<NewNotification>, IdempotencyKey, Reply<KeyedInsert>),
     Complete(Vec<RoundReport>, Reply<Vec<Result<(), LeaseLost>>>),
 }
@@ -32,7 +33,7 @@ impl Command {
     fn rows(&self) -> usize {
         match self {
             Command::Insert(..) => 1,
-            Command::InsertKeyed(ns, ..) => ns.len().max(1),
+            Command::InsertKeyed(ns, ..) | Command::InsertMany(ns, _) => ns.len().max(1),
             Command::Complete(reports, _) => reports.len().max(1),
         }
     }
@@ -75,7 +76,8 @@ async fn write_batch(pool: &Pool, batch: Vec<Command>) {
     let mut completes = Vec::new();
     for cmd in batch {
         match cmd {
-            Command::Insert(n, reply) => inserts.push((n, reply)),
+            Command::Insert(n, reply) => inserts.push((vec![n], reply)),
+            Command::InsertMany(ns, reply) => inserts.push((ns, reply)),
             Command::InsertKeyed(ns, key, reply) => keyed.push((ns, key, reply)),
             Command::Complete(reports, reply) => completes.push((reports, reply)),
         }
@@ -118,7 +120,7 @@ type KeyedCommand = (Vec<NewNotification>, IdempotencyKey, Reply<KeyedInsert>);
 /// keyed insert, in order.
 async fn transact(
     pool: &Pool,
-    plain: &[(NewNotification, Reply<()>)],
+    plain: &[(Vec<NewNotification>, Reply<()>)],
     keyed: &[KeyedCommand],
     reports: &[&RoundReport],
 ) -> Result<(Vec<Result<(), LeaseLost>>, Vec<KeyedInsert>), StoreError> {
@@ -129,7 +131,7 @@ async fn transact(
     let tx = client.transaction().await.map_err(pg)?;
 
     let mut keyed_outcomes = Vec::with_capacity(keyed.len());
-    let mut inserts: Vec<&NewNotification> = plain.iter().map(|(n, _)| n).collect();
+    let mut inserts: Vec<&NewNotification> = plain.iter().flat_map(|(ns, _)| ns).collect();
     for (ns, key, _) in keyed {
         let outcome = claim_key(&tx, key).await?;
         if outcome == KeyedInsert::Stored {

@@ -74,6 +74,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Command {
     Insert(NewNotification, Reply<()>),
+    InsertMany(Vec<NewNotification>, Reply<()>),
     InsertKeyed(Vec<NewNotification>, IdempotencyKey, Reply<KeyedInsert>),
     Claim {
         now: UnixMillis,
@@ -282,6 +283,7 @@ fn run_batch(conn: &Connection, commands: impl Iterator<Item = Command>) {
 fn execute(conn: &Connection, cmd: Command, open: bool) -> Answer {
     match cmd {
         Command::Insert(n, reply) => answer(reply, open.then(|| insert(conn, &n))),
+        Command::InsertMany(ns, reply) => answer(reply, open.then(|| insert_many(conn, &ns))),
         Command::InsertKeyed(ns, key, reply) => {
             answer(reply, open.then(|| insert_keyed(conn, &ns, &key)))
         }
@@ -336,6 +338,18 @@ fn insert(conn: &Connection, n: &NewNotification) -> Result<(), StoreError> {
     ])
     .map_err(backend)?;
     Ok(())
+}
+
+/// All or none, under a savepoint: a failure undoes only this command.
+fn insert_many(conn: &Connection, notifications: &[NewNotification]) -> Result<(), StoreError> {
+    conn.execute_batch("SAVEPOINT many").map_err(backend)?;
+    let result = notifications.iter().try_for_each(|n| insert(conn, n));
+    let end = match result {
+        Ok(()) => "RELEASE many",
+        Err(_) => "ROLLBACK TO many; RELEASE many",
+    };
+    conn.execute_batch(end).map_err(backend)?;
+    result
 }
 
 /// Inside the batch's transaction, under a savepoint of its own: a key
@@ -726,6 +740,11 @@ fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, SummaryRow)>
 impl Store for SqliteStore {
     async fn insert(&self, notification: NewNotification) -> Result<(), StoreError> {
         self.call(|reply| Command::Insert(notification, reply))
+            .await
+    }
+
+    async fn insert_many(&self, notifications: Vec<NewNotification>) -> Result<(), StoreError> {
+        self.call(|reply| Command::InsertMany(notifications, reply))
             .await
     }
 
