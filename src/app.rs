@@ -121,12 +121,17 @@ pub async fn serve(
         draining: false.into(),
         body_limit: config.body_limit_bytes,
         max_age: Duration::from_secs(config.retry.max_age_secs),
+        schedule_horizon: Duration::from_secs(config.accept.schedule_horizon_secs),
+        idempotency_ttl: Duration::from_secs(config.accept.idempotency_ttl_secs),
+        batch_max_items: config.accept.batch_max_items,
+        batch_body_limit: config.accept.batch_body_limit_bytes,
     });
 
-    let purger = (role.dispatches() && config.retention.delivered_max_age_secs > 0).then(|| {
+    let purger = role.dispatches().then(|| {
         tokio::spawn(purge_loop(
             Arc::clone(&store),
             Duration::from_secs(config.retention.delivered_max_age_secs),
+            Duration::from_secs(config.accept.idempotency_ttl_secs),
             Duration::from_secs(config.retention.purge_interval_secs),
             stop_rx.clone(),
         ))
@@ -238,11 +243,13 @@ async fn health_only(request: Request, next: Next) -> Response {
     }
 }
 
-/// Deletes delivered notifications older than `max_age`, every `interval`,
-/// in batches so that no transaction grows large.
+/// Deletes delivered notifications older than `max_age` (unless it is
+/// zero) and idempotency keys older than `key_ttl`, every `interval`, in
+/// batches so that no transaction grows large.
 async fn purge_loop(
     store: Arc<dyn Store>,
     max_age: Duration,
+    key_ttl: Duration,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -253,6 +260,21 @@ async fn purge_loop(
             _ = stop.wait_for(|s| *s) => return,
         }
         let now = UnixMillis::now();
+        let keys_before =
+            UnixMillis(now.0 - i64::try_from(key_ttl.as_millis()).unwrap_or(i64::MAX));
+        loop {
+            match store.purge_keys(keys_before, BATCH).await {
+                Ok(n) if n == BATCH as u64 && !*stop.borrow() => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::chain(&e), "purging idempotency keys failed");
+                    break;
+                }
+            }
+        }
+        if max_age.is_zero() {
+            continue;
+        }
         let before = UnixMillis(now.0 - i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
         let mut purged = 0;
         loop {

@@ -43,6 +43,7 @@ pub struct Config {
     pub sqlite: SqliteOptions,
     pub postgres: PostgresOptions,
     pub retention: RetentionConfig,
+    pub accept: AcceptConfig,
     pub dispatch: DispatchConfig,
     pub retry: RetryConfig,
     pub health: HealthConfig,
@@ -88,6 +89,32 @@ impl Default for RetentionConfig {
         Self {
             delivered_max_age_secs: 7 * 24 * 60 * 60,
             purge_interval_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcceptConfig {
+    /// How far ahead `send_at` may be; later ones are refused with 422.
+    pub schedule_horizon_secs: u64,
+    /// How long an `Idempotency-Key` is remembered; a retry within it gets
+    /// the first answer. Expired keys go with the retention purge.
+    pub idempotency_ttl_secs: u64,
+    /// Most notifications one `POST /v1/batch` may carry.
+    pub batch_max_items: usize,
+    /// Largest body of `POST /v1/batch`, in bytes (other requests:
+    /// `body_limit_bytes`).
+    pub batch_body_limit_bytes: usize,
+}
+
+impl Default for AcceptConfig {
+    fn default() -> Self {
+        Self {
+            schedule_horizon_secs: 30 * 24 * 60 * 60,
+            idempotency_ttl_secs: 24 * 60 * 60,
+            batch_max_items: 1_000,
+            batch_body_limit_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -341,6 +368,7 @@ impl Default for Config {
             sqlite: SqliteOptions::default(),
             postgres: PostgresOptions::default(),
             retention: RetentionConfig::default(),
+            accept: AcceptConfig::default(),
             dispatch: DispatchConfig::default(),
             retry: RetryConfig::default(),
             health: HealthConfig::default(),
@@ -505,6 +533,9 @@ impl Config {
                 "retention.purge_interval_secs",
                 "must be at least 1",
             ));
+        }
+        if self.accept.batch_max_items == 0 {
+            return Err(invalid("accept.batch_max_items", "must be at least 1"));
         }
         if self.dispatch.poll_interval_ms == 0 {
             return Err(invalid("dispatch.poll_interval_ms", "must be at least 1"));

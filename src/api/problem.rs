@@ -127,6 +127,25 @@ impl Problem {
         )
     }
 
+    pub fn bad_idempotency_key(detail: String) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "/problems/bad-idempotency-key",
+            "The Idempotency-Key header is invalid",
+            detail,
+        )
+    }
+
+    /// The key came with a different request before.
+    pub fn idempotency_key_reused() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "/problems/idempotency-key-reused",
+            "This Idempotency-Key was used for a different request",
+            "a retry must repeat the first request exactly; use a new key for a new request".into(),
+        )
+    }
+
     pub fn store_unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -314,7 +314,7 @@ mod tests {
     use crate::dispatch::clock::{Clock, TokioClock};
     use crate::dispatch::pool::ChannelPool;
     use crate::dispatch::scripted::{Scripted, delivered, failing, lenient_breaker, pool, pool_of};
-    use crate::domain::{AttemptOutcome, Channel, Message, Sms, Status, UnixMillis};
+    use crate::domain::{AttemptOutcome, Channel, Message, Priority, Sms, Status, UnixMillis};
     use crate::store::{NewNotification, SqliteOptions, SqliteStore};
 
     struct Rig {
@@ -353,6 +353,9 @@ mod tests {
                         payload: message.to_provider_json(),
                         created_at: now,
                         expires_at: now.plus(Duration::from_secs(3600)),
+                        deliver_by: None,
+                        send_at: None,
+                        priority: Priority::Normal,
                         lease: None,
                     })
                     .await

@@ -36,6 +36,9 @@ pub async fn run_round(
     let mut rng = fastrand::Rng::new();
     let lease_left = n.lease_until.since(clock.now());
     let deadline = Instant::now() + lease_left - (lease_left / 10).min(LEASE_MARGIN_MAX);
+    if past_deadline(n, clock.now()) {
+        return report(n, clock, Vec::new(), expired());
+    }
     let message = match Message::from_stored(n.channel, &n.payload) {
         Ok(message) => message,
         // Only a bug or a hand-edited row gets here; no provider could send it.
@@ -55,6 +58,10 @@ pub async fn run_round(
     let mut lease_ran_short = false;
 
     while let Some(admission) = pool.pick(&mut tried, &mut rng) {
+        // Never late: once the client's deadline passed, no attempt starts.
+        if past_deadline(n, clock.now()) {
+            return report(n, clock, attempts, expired());
+        }
         let slot = admission.slot();
         let provider = &slot.provider;
         // Never start a request the lease may not outlast: another claim
@@ -149,6 +156,16 @@ pub async fn run_round(
     report(n, clock, attempts, completion)
 }
 
+fn past_deadline(n: &Claimed, now: UnixMillis) -> bool {
+    n.deliver_by.is_some_and(|by| now >= by)
+}
+
+fn expired() -> Completion {
+    Completion::Expired {
+        error: "not delivered before its expires_at".into(),
+    }
+}
+
 fn report(
     n: &Claimed,
     clock: &dyn Clock,
@@ -186,6 +203,9 @@ fn next_round(
                 .unwrap_or(policy.idle_recheck)
         };
         let at = now.plus(wait);
+        if n.deliver_by.is_some_and(|by| at >= by) {
+            return expired();
+        }
         if at > n.expires_at {
             return Completion::Dead {
                 error: "expired: no provider was available before its maximum age".into(),
@@ -205,6 +225,9 @@ fn next_round(
         };
     }
     let at = now.plus(policy.backoff.delay(rounds, rng));
+    if n.deliver_by.is_some_and(|by| at >= by) {
+        return expired();
+    }
     if at > n.expires_at {
         return Completion::Dead {
             error: format!("expired after {rounds} rounds; last error: {last}"),
@@ -257,6 +280,7 @@ mod tests {
             expires_at: now.plus(Duration::from_secs(3600)),
             lease: LeaseToken(7),
             lease_until: now.plus(Duration::from_secs(30)),
+            deliver_by: None,
         }
     }
 
