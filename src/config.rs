@@ -38,6 +38,7 @@ pub struct Config {
     pub role: Role,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
+    pub http: HttpConfig,
     pub sqlite: SqliteOptions,
     pub postgres: PostgresOptions,
     pub retention: RetentionConfig,
@@ -68,6 +69,33 @@ impl Role {
 
     pub fn dispatches(self) -> bool {
         matches!(self, Role::All | Role::Worker)
+    }
+}
+
+/// What a client may hold of the HTTP server, and for how long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A request's head (request line and headers) must arrive within this
+    /// of its first byte, or of the connection's opening.
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request under way is closed after this.
+    pub idle_timeout_ms: u64,
+    /// A request (reading its body and answering) that takes longer gets 503.
+    pub request_timeout_ms: u64,
+    /// Connections open at once; beyond it new ones get a 503 and are closed
+    /// at once. Keep it below the open-file limit (`ulimit -n`).
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            request_timeout_ms: 30_000,
+            max_connections: 1024,
+        }
     }
 }
 
@@ -176,6 +204,7 @@ impl Default for Config {
             store: "sqlite://herald.db".into(),
             role: Role::default(),
             body_limit_bytes: 64 * 1024,
+            http: HttpConfig::default(),
             sqlite: SqliteOptions::default(),
             postgres: PostgresOptions::default(),
             retention: RetentionConfig::default(),
@@ -347,6 +376,14 @@ impl Config {
                 "retention.purge_interval_secs",
                 "must be at least 1",
             ));
+        }
+        let h = &self.http;
+        if h.header_read_timeout_ms == 0
+            || h.idle_timeout_ms == 0
+            || h.request_timeout_ms == 0
+            || h.max_connections == 0
+        {
+            return Err(invalid("http", "every setting must be at least 1"));
         }
         if self.dispatch.poll_interval_ms == 0 {
             return Err(invalid("dispatch.poll_interval_ms", "must be at least 1"));

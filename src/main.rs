@@ -20,6 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
+    ignore_file_size_signal();
     match cli.command {
         Command::Serve(args) => {
             let config = args.load().context("invalid configuration")?;
@@ -104,6 +105,18 @@ fn init_logging() {
         )
         .with(filter)
         .init();
+}
+
+/// A file size limit (`ulimit -f`) reached makes the write fail (EFBIG), as
+/// a full disk does, instead of killing the process mid-transaction: the
+/// store reports the failure and `/readyz` turns 503. PostgreSQL does the same.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: SIG_IGN installs no handler code; changing a disposition is
+    // one system call, safe from any thread.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.

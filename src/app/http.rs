@@ -1,4 +1,5 @@
-//! The HTTP server: the API, or only the health checks on a worker.
+//! The HTTP server: the API, or only the health checks on a worker; with
+//! a cap on connections and limits on how long a client may hold one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,18 +8,18 @@ use axum::Router;
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
 
+use super::connection::{self, Timeouts};
 use crate::api::problem::Problem;
 use crate::api::{self, ApiState};
-use crate::config::Config;
+use crate::config::{Config, HttpConfig};
 
 pub(super) struct HttpServer {
-    task: JoinHandle<std::io::Result<()>>,
-    /// Set once the task has ended (a finished task is not awaited twice).
-    ended: Option<std::io::Result<()>>,
+    task: JoinHandle<()>,
+    ended: bool,
 }
 
 impl HttpServer {
@@ -28,50 +29,112 @@ impl HttpServer {
         config: &Config,
         listener: TcpListener,
         state: Arc<ApiState>,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
     ) -> Self {
         let router = routes(config, state);
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-        Self {
-            task: tokio::spawn(server.into_future()),
-            ended: None,
-        }
+        let task = tokio::spawn(accept_loop(listener, router, config.http.clone(), stop));
+        Self { task, ended: false }
     }
 
-    /// Resolves if the server ends by itself (it failed).
+    /// Resolves if the server ends by itself (a bug: it panicked).
     pub async fn ended(&mut self) {
-        if self.ended.is_some() {
+        if self.ended {
             return std::future::pending().await;
         }
-        // Aborted or panicked: nothing more to report than the log has.
-        self.ended = Some((&mut self.task).await.unwrap_or(Ok(())));
+        let _ = (&mut self.task).await;
+        tracing::error!("the HTTP server stopped; stopping");
+        self.ended = true;
     }
 
     /// Waits for the server to finish (it was told to stop already): a
     /// client that keeps a connection busy gets 503s until `limit`, then is
     /// cut off.
-    pub async fn stop(mut self, limit: Duration) -> Result<(), std::io::Error> {
-        if let Some(ended) = self.ended {
-            return ended;
-        }
-        match tokio::time::timeout(limit, &mut self.task).await {
-            Ok(served) => served.unwrap_or(Ok(())),
-            Err(_) => {
-                self.task.abort();
-                Ok(())
-            }
+    pub async fn stop(mut self, limit: Duration) {
+        if !self.ended && tokio::time::timeout(limit, &mut self.task).await.is_err() {
+            // Dropping the connections' tasks closes them.
+            self.task.abort();
         }
     }
 }
 
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let timeouts = Timeouts {
+        header_read: Duration::from_millis(limits.header_read_timeout_ms),
+        idle: Duration::from_millis(limits.idle_timeout_ms),
+    };
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before
+                    // it was accepted: the listener itself is fine. Pausing
+                    // keeps a lack of descriptors from spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = stopped(&mut stop) => break,
+        };
+        match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => {
+                connections.spawn(connection::serve(
+                    stream,
+                    router.clone(),
+                    timeouts,
+                    stop.clone(),
+                    slot,
+                ));
+            }
+            Err(_) => refuse(stream),
+        }
+    }
+    // No new connections; those open finish their request and close.
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Over the cap: a 503 if the socket takes it at once, then closed. Never
+/// queued, never waited on.
+fn refuse(stream: TcpStream) {
+    const BODY: &str = r#"{"type":"/problems/too-many-connections","title":"Too many connections","status":503,"detail":"this instance has as many connections open as it allows; try again or try another"}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = stream.try_write(answer.as_bytes());
+    tracing::debug!("refused a connection over http.max_connections");
+}
+
 fn routes(config: &Config, state: Arc<ApiState>) -> Router {
     let router = api::router(state);
-    if config.role.serves_api() {
+    let router = if config.role.serves_api() {
         router
     } else {
         router.layer(middleware::from_fn(health_only))
+    };
+    let limit = Duration::from_millis(config.http.request_timeout_ms);
+    router.layer(middleware::from_fn(move |request, next| {
+        within(limit, request, next)
+    }))
+}
+
+/// A request that takes longer than `limit` is answered 503 (its handler
+/// is dropped where it stands).
+async fn within(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::request_timeout(limit).into_response(),
     }
 }
 
@@ -81,4 +144,9 @@ async fn health_only(request: Request, next: Next) -> Response {
         "/healthz" | "/readyz" => next.run(request).await,
         _ => Problem::not_found("such route on a worker-only instance").into_response(),
     }
+}
+
+/// Resolves once `stop` is true (the guard `wait_for` returns is not Send).
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }

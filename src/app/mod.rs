@@ -6,6 +6,7 @@
 //! database), `worker` only the dispatcher and the retention purge, with an
 //! HTTP server that answers just `/healthz` and `/readyz`.
 
+mod connection;
 mod delivery;
 mod http;
 mod providers;
@@ -37,8 +38,6 @@ pub enum AppError {
     },
     #[error("invalid provider")]
     Provider(#[from] TransportError),
-    #[error("the HTTP server failed")]
-    Serve(#[source] std::io::Error),
     #[error("invalid retry settings")]
     Retry(#[from] crate::dispatch::backoff::BackoffError),
     #[error("the dispatcher failed (see the log above); nothing accepted is lost")]
@@ -84,18 +83,14 @@ pub async fn serve(
     tracing::info!("shutting down: refusing new work, draining");
     state.draining.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    let served = http.stop(drain_timeout).await;
-    if let Err(e) = &served {
-        tracing::error!(error = %crate::error::chain(e), "the HTTP server failed");
-    }
+    http.stop(drain_timeout).await;
     let dispatcher_failed = delivery.stop(drain_timeout + Duration::from_secs(1)).await;
     store.close().await;
     tracing::info!("stopped");
-    match served {
-        Err(e) => Err(AppError::Serve(e)),
-        Ok(()) if dispatcher_failed => Err(AppError::DispatcherFailed),
-        Ok(()) => Ok(()),
+    if dispatcher_failed {
+        return Err(AppError::DispatcherFailed);
     }
+    Ok(())
 }
 
 async fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {

@@ -216,7 +216,8 @@ pub trait Store: Send + Sync {
     /// last updated before `before`; returns how many.
     async fn purge(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError>;
 
-    /// The store answers.
+    /// The store answers and can commit a write: a one-row probe, cheap
+    /// enough for every readiness check (a full disk fails it).
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Asks to be poked through `wake` when another process stores ready

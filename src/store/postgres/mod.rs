@@ -458,7 +458,14 @@ impl Store for PostgresStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client.simple_query("SELECT 1").await.map_err(pg)?;
+        client
+            .execute(
+                "INSERT INTO health_probe (id, at) VALUES (1, $1)
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                &[&UnixMillis::now().0],
+            )
+            .await
+            .map_err(pg)?;
         Ok(())
     }
 

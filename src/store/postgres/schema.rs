@@ -60,6 +60,12 @@ CREATE INDEX attempts_by_notification ON attempts (notification_id, seq);
         // X-Message-Id, an SMTP queue reply), to match its later reports.
         "ALTER TABLE attempts ADD COLUMN provider_message_id text;",
     ),
+    (
+        3,
+        // One row that readiness checks rewrite: a write that cannot commit
+        // (a full disk, a read-only database) makes the instance not ready.
+        "CREATE TABLE health_probe (id integer PRIMARY KEY, at bigint NOT NULL);",
+    ),
 ];
 
 /// Applies every migration this database lacks; returns how many.

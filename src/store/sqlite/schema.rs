@@ -51,6 +51,12 @@ CREATE INDEX attempts_by_notification ON attempts (notification_id);
         // X-Message-Id, an SMTP queue reply), to match its later reports.
         "ALTER TABLE attempts ADD COLUMN provider_message_id TEXT;",
     ),
+    (
+        3,
+        // One row that readiness checks rewrite: a write that cannot commit
+        // (a full disk) makes the instance not ready.
+        "CREATE TABLE health_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);",
+    ),
 ];
 
 /// The version a database has once every migration is applied.
