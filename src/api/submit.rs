@@ -91,6 +91,7 @@ async fn accept(
     state: &ApiState,
     validated: Result<Message, Vec<FieldError>>,
 ) -> Result<Response, Problem> {
+    let started = tokio::time::Instant::now();
     let message = validated.map_err(Problem::invalid)?;
     let now = UnixMillis::now();
     // The id carries the creation time exactly (retention relies on it).
@@ -109,6 +110,7 @@ async fn accept(
         tracing::error!(error = %crate::error::chain(&e), "could not store a notification");
         return Err(Problem::store_unavailable());
     }
+    crate::metrics::metrics().accepted(message.channel().as_str(), started.elapsed());
     let status = match handover {
         Some(handover) => {
             handover.send();

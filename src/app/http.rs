@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio::net::{TcpListener, TcpStream};
@@ -124,9 +124,23 @@ fn routes(config: &Config, state: Arc<ApiState>) -> Router {
         router.layer(middleware::from_fn(health_only))
     };
     let limit = Duration::from_millis(config.http.request_timeout_ms);
-    router.layer(middleware::from_fn(move |request, next| {
-        within(limit, request, next)
-    }))
+    router
+        .layer(middleware::from_fn(move |request, next| {
+            within(limit, request, next)
+        }))
+        .layer(middleware::from_fn(count))
+}
+
+/// Counts every answer by route (the pattern, never the id in the path)
+/// and status.
+async fn count(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    crate::metrics::metrics().http_request(&route, response.status().as_u16());
+    response
 }
 
 /// A request that takes longer than `limit` is answered 503 (its handler
@@ -138,10 +152,10 @@ async fn within(limit: Duration, request: Request, next: Next) -> Response {
     }
 }
 
-/// A worker's HTTP server answers only its health checks.
+/// A worker's HTTP server answers only its health checks and metrics.
 async fn health_only(request: Request, next: Next) -> Response {
     match request.uri().path() {
-        "/healthz" | "/readyz" => next.run(request).await,
+        "/healthz" | "/readyz" | "/metrics" => next.run(request).await,
         _ => Problem::not_found("such route on a worker-only instance").into_response(),
     }
 }

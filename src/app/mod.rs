@@ -6,6 +6,7 @@
 //! database), `worker` only the dispatcher and the retention purge, with an
 //! HTTP server that answers just `/healthz` and `/readyz`.
 
+mod backlog;
 mod connection;
 mod delivery;
 mod http;
@@ -70,6 +71,7 @@ pub async fn serve(
     let (stop_tx, stop) = watch::channel(false);
     let mut delivery = delivery.start(stop.clone());
     let mut http = HttpServer::start(&config, listener, Arc::clone(&state), stop);
+    let backlog = backlog::start(Arc::clone(&store));
 
     tokio::select! {
         () = shutdown => {}
@@ -85,6 +87,7 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     http.stop(drain_timeout).await;
     let dispatcher_failed = delivery.stop(drain_timeout + Duration::from_secs(1)).await;
+    backlog.abort();
     store.close().await;
     tracing::info!("stopped");
     if dispatcher_failed {

@@ -12,8 +12,9 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::domain::{NotificationId, UnixMillis};
+use crate::domain::{Channel, NotificationId, UnixMillis};
 use crate::error::chain;
+use crate::store::Completion;
 use crate::store::{LeaseToken, RoundReport, Store};
 
 /// How long a finished round waits for others to share its write.
@@ -30,6 +31,7 @@ pub(super) fn lock(held: &Held) -> std::sync::MutexGuard<'_, HashMap<Notificatio
 /// A round's result, with what it holds until written.
 pub(super) struct Finished {
     pub report: RoundReport,
+    pub channel: Channel,
     pub lease_until: UnixMillis,
     /// The round's dispatcher capacity, given back when this is dropped.
     pub _permit: OwnedSemaphorePermit,
@@ -80,8 +82,11 @@ async fn write(store: &dyn Store, held: &Held, batch: &mut Vec<Finished>) {
         let e = match store.complete(reports).await {
             Ok(results) => {
                 for (finished, result) in batch.iter().zip(results) {
-                    if let Err(lost) = result {
-                        tracing::warn!(id = %finished.report.id, "{lost}; another claim owns this notification");
+                    match result {
+                        Ok(()) => count_outcome(finished),
+                        Err(lost) => {
+                            tracing::warn!(id = %finished.report.id, "{lost}; another claim owns this notification");
+                        }
                     }
                 }
                 return;
@@ -107,4 +112,16 @@ async fn write(store: &dyn Store, held: &Held, batch: &mut Vec<Finished>) {
             pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
+}
+
+/// A written round that ended its notification counts once, by outcome.
+fn count_outcome(finished: &Finished) {
+    let outcome = match &finished.report.completion {
+        Completion::Delivered { .. } => "delivered",
+        Completion::Failed { .. } => "failed",
+        Completion::Dead { error } if error.starts_with("expired") => "expired",
+        Completion::Dead { .. } => "dead",
+        Completion::Retry { .. } | Completion::Released => return,
+    };
+    crate::metrics::metrics().notification(finished.channel.as_str(), outcome);
 }

@@ -68,6 +68,7 @@ pub async fn run_round(pool: &ChannelPool, policy: &RetryPolicy, n: &Claimed) ->
         let started = Instant::now();
         let verdict = provider.send(&outgoing).await;
         let duration = started.elapsed();
+        crate::metrics::metrics().attempt(provider.name(), verdict.outcome.as_str(), duration);
         let signal = match verdict.outcome {
             AttemptOutcome::Delivered => Signal::Success,
             // The provider answered: it is healthy, the message is at fault.

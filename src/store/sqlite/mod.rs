@@ -232,7 +232,10 @@ fn writer_loop(
             }
         }
         let closing = batch.iter().any(|c| matches!(c, Command::Close(_)));
-        if !run_batch(&conn, batch.drain(..)) {
+        let (started, writes) = (std::time::Instant::now(), batch.len());
+        let committed = run_batch(&conn, batch.drain(..));
+        crate::metrics::metrics().store_commit(started.elapsed(), writes);
+        if !committed {
             last_failure.store(UnixMillis::now().0, Ordering::Relaxed);
         }
         if closing {
@@ -745,6 +748,26 @@ impl Store for SqliteStore {
         self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached("SELECT status, COUNT(*) FROM notifications GROUP BY status")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(backend)?;
+            rows.map(|row| {
+                let (status, n) = row.map_err(backend)?;
+                Ok((status_from(&status)?, n as u64))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn backlog(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT status, COUNT(*) FROM notifications INDEXED BY notifications_due
+                      WHERE status IN ('queued', 'retrying', 'sending') GROUP BY status",
+                )
                 .map_err(backend)?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
