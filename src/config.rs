@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::dispatch::backoff::Backoff;
 use crate::dispatch::breaker::BreakerConfig;
 use crate::domain::Channel;
+use crate::logging::LogConfig;
 use crate::store::{PostgresOptions, SqliteOptions, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,7 @@ pub struct Config {
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
     pub http: HttpConfig,
+    pub log: LogConfig,
     pub sqlite: SqliteOptions,
     pub postgres: PostgresOptions,
     pub retention: RetentionConfig,
@@ -205,6 +207,7 @@ impl Default for Config {
             role: Role::default(),
             body_limit_bytes: 64 * 1024,
             http: HttpConfig::default(),
+            log: LogConfig::default(),
             sqlite: SqliteOptions::default(),
             postgres: PostgresOptions::default(),
             retention: RetentionConfig::default(),
@@ -375,6 +378,12 @@ impl Config {
             return Err(invalid(
                 "retention.purge_interval_secs",
                 "must be at least 1",
+            ));
+        }
+        if self.log.level.parse::<tracing::Level>().is_err() {
+            return Err(invalid(
+                "log.level",
+                "must be error, warn, info, debug or trace",
             ));
         }
         let h = &self.http;

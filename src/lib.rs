@@ -20,6 +20,7 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod error;
+pub mod logging;
 pub mod metrics;
 pub mod provider;
 pub mod simulator;

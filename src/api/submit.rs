@@ -111,6 +111,12 @@ async fn accept(
         return Err(Problem::store_unavailable());
     }
     crate::metrics::metrics().accepted(message.channel().as_str(), started.elapsed());
+    tracing::info!(
+        id = %id,
+        channel = message.channel().as_str(),
+        to = %crate::logging::recipients(&message),
+        "accepted"
+    );
     let status = match handover {
         Some(handover) => {
             handover.send();

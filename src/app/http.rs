@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tracing::Instrument;
 
 use super::connection::{self, Timeouts};
 use crate::api::problem::Problem;
@@ -129,6 +131,30 @@ fn routes(config: &Config, state: Arc<ApiState>) -> Router {
             within(limit, request, next)
         }))
         .layer(middleware::from_fn(count))
+        .layer(middleware::from_fn(request_id))
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// Every log line of a request carries its id: the caller's `X-Request-Id`
+/// when it is a sane token, a fresh one otherwise; echoed in the answer.
+async fn request_id(request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        });
+    let id = given.map_or_else(|| format!("{:032x}", fastrand::u128(..)), str::to_owned);
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = next.run(request).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
 }
 
 /// Counts every answer by route (the pattern, never the id in the path)

@@ -124,4 +124,12 @@ fn count_outcome(finished: &Finished) {
         Completion::Retry { .. } | Completion::Released => return,
     };
     crate::metrics::metrics().notification(finished.channel.as_str(), outcome);
+    // The error stays out: a provider's may quote the message. The record
+    // (GET /v1/notifications/{id}) has it.
+    tracing::info!(
+        id = %finished.report.id,
+        channel = finished.channel.as_str(),
+        attempts_this_round = finished.report.attempts.len(),
+        "{outcome}"
+    );
 }

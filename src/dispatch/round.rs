@@ -92,7 +92,7 @@ pub async fn run_round(pool: &ChannelPool, policy: &RetryPolicy, n: &Claimed) ->
             );
         }
         admission.record(signal, verdict.pause.map(|p| p.min(policy.retry_after_max)));
-        tracing::debug!(
+        tracing::info!(
             id = %n.id,
             provider = provider.name(),
             outcome = verdict.outcome.as_str(),
