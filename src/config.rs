@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::dispatch::backoff::Backoff;
 use crate::dispatch::breaker::BreakerConfig;
 use crate::domain::Channel;
+use crate::logging::LogConfig;
 use crate::store::{PostgresOptions, SqliteOptions, StoreOptions};
 use crate::{provider, secret};
 
@@ -40,6 +41,8 @@ pub struct Config {
     pub role: Role,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
+    pub http: HttpConfig,
+    pub log: LogConfig,
     pub sqlite: SqliteOptions,
     pub postgres: PostgresOptions,
     pub retention: RetentionConfig,
@@ -71,6 +74,33 @@ impl Role {
 
     pub fn dispatches(self) -> bool {
         matches!(self, Role::All | Role::Worker)
+    }
+}
+
+/// What a client may hold of the HTTP server, and for how long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A request's head (request line and headers) must arrive within this
+    /// of its first byte, or of the connection's opening.
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request under way is closed after this.
+    pub idle_timeout_ms: u64,
+    /// A request (reading its body and answering) that takes longer gets 503.
+    pub request_timeout_ms: u64,
+    /// Connections open at once; beyond it new ones get a 503 and are closed
+    /// at once. Keep it below the open-file limit (`ulimit -n`).
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            request_timeout_ms: 30_000,
+            max_connections: 1024,
+        }
     }
 }
 
@@ -365,6 +395,8 @@ impl Default for Config {
             store: "sqlite://herald.db".into(),
             role: Role::default(),
             body_limit_bytes: 64 * 1024,
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
             sqlite: SqliteOptions::default(),
             postgres: PostgresOptions::default(),
             retention: RetentionConfig::default(),
@@ -536,6 +568,20 @@ impl Config {
         }
         if self.accept.batch_max_items == 0 {
             return Err(invalid("accept.batch_max_items", "must be at least 1"));
+        }
+        if self.log.level.parse::<tracing::Level>().is_err() {
+            return Err(invalid(
+                "log.level",
+                "must be error, warn, info, debug or trace",
+            ));
+        }
+        let h = &self.http;
+        if h.header_read_timeout_ms == 0
+            || h.idle_timeout_ms == 0
+            || h.request_timeout_ms == 0
+            || h.max_connections == 0
+        {
+            return Err(invalid("http", "every setting must be at least 1"));
         }
         if self.dispatch.poll_interval_ms == 0 {
             return Err(invalid("dispatch.poll_interval_ms", "must be at least 1"));

@@ -54,6 +54,7 @@ pub async fn batch(
         }
     };
 
+    let started = tokio::time::Instant::now();
     let now = UnixMillis::now();
     let limits = OptionLimits {
         now,
@@ -95,6 +96,10 @@ pub async fn batch(
     }
 
     let answer = json!({"results": results});
+    let accepted: Vec<_> = prepared
+        .iter()
+        .map(|p| (p.notification.id, p.notification.channel))
+        .collect();
     let (notifications, handovers): (Vec<_>, Vec<_>) = prepared
         .into_iter()
         .map(|p| (p.notification, p.handover))
@@ -120,6 +125,11 @@ pub async fn batch(
         }
         Ok(Some((fingerprint, first))) => return replay(&fingerprint, first),
         Ok(None) => {}
+    }
+    let took = started.elapsed();
+    for (id, channel) in accepted {
+        crate::metrics::metrics().accepted(channel.as_str(), took);
+        tracing::info!(id = %id, channel = channel.as_str(), "accepted");
     }
     for handover in handovers {
         hand_over(&state, handover);

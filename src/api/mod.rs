@@ -3,6 +3,7 @@
 mod batch;
 mod health;
 mod idempotency;
+mod metrics;
 mod notifications;
 pub mod problem;
 mod providers;
@@ -82,6 +83,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        // Scraped while draining too: the drain is worth watching.
+        .route("/metrics", get(metrics::scrape))
         .merge(work)
         .fallback(|| async { Problem::not_found("such route") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })

@@ -159,6 +159,7 @@ async fn accept(
     options: RawOptions,
     keyed: Option<Keyed>,
 ) -> Result<Response, Problem> {
+    let started = tokio::time::Instant::now();
     let now = UnixMillis::now();
     let limits = OptionLimits {
         now,
@@ -166,6 +167,8 @@ async fn accept(
     };
     let (message, options) = validate(validated, options, limits).map_err(Problem::invalid)?;
     refuse_unsendable(state, &message).map_err(Problem::invalid)?;
+    let channel = message.channel();
+    let to = crate::logging::recipients(&message);
     let prepared = prepare(state, message, options, now);
     let id = prepared.notification.id;
     let answer = json!({"id": id, "status": prepared.status});
@@ -196,6 +199,8 @@ async fn accept(
         Ok(Some((fingerprint, first))) => return replay(&fingerprint, first),
         Ok(None) => {}
     }
+    crate::metrics::metrics().accepted(channel.as_str(), started.elapsed());
+    tracing::info!(id = %id, channel = channel.as_str(), to = %to, "accepted");
     hand_over(state, prepared.handover);
     Ok((
         StatusCode::ACCEPTED,

@@ -207,9 +207,11 @@ impl Dispatcher {
         let clock = Arc::clone(&self.clock);
         let results = running.results.clone();
         running.rounds.spawn(async move {
+            let _counted = InFlight::start();
             let report = run_round(providers.channel(n.channel), &policy, &*clock, &n).await;
             let finished = Finished {
                 report,
+                channel: n.channel,
                 lease_until: n.lease_until,
                 _permit: permit,
             };
@@ -302,6 +304,22 @@ fn log_join(joined: Result<(), tokio::task::JoinError>) {
         && e.is_panic()
     {
         tracing::error!(error = %e, "a delivery round panicked; its lease will lapse");
+    }
+}
+
+/// Counts a round in `herald_in_flight` for as long as it runs, however it ends.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        crate::metrics::metrics().round_started();
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        crate::metrics::metrics().round_ended();
     }
 }
 

@@ -13,8 +13,9 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::JoinHandle;
 
 use super::clock::{Clock, SharedClock};
-use crate::domain::{NotificationId, UnixMillis};
+use crate::domain::{Channel, NotificationId, UnixMillis};
 use crate::error::chain;
+use crate::store::Completion;
 use crate::store::{LeaseToken, RoundReport, Store};
 
 /// How long a finished round waits for others to share its write.
@@ -31,6 +32,7 @@ pub(super) fn lock(held: &Held) -> std::sync::MutexGuard<'_, HashMap<Notificatio
 /// A round's result, with what it holds until written.
 pub(super) struct Finished {
     pub report: RoundReport,
+    pub channel: Channel,
     pub lease_until: UnixMillis,
     /// The round's dispatcher capacity, given back when this is dropped.
     pub _permit: OwnedSemaphorePermit,
@@ -83,8 +85,11 @@ async fn write(store: &dyn Store, held: &Held, clock: &dyn Clock, batch: &mut Ve
         let e = match store.complete(reports).await {
             Ok(results) => {
                 for (finished, result) in batch.iter().zip(results) {
-                    if let Err(lost) = result {
-                        tracing::warn!(id = %finished.report.id, "{lost}; another claim owns this notification");
+                    match result {
+                        Ok(()) => count_outcome(finished),
+                        Err(lost) => {
+                            tracing::warn!(id = %finished.report.id, "{lost}; another claim owns this notification");
+                        }
                     }
                 }
                 return;
@@ -110,6 +115,26 @@ async fn write(store: &dyn Store, held: &Held, clock: &dyn Clock, batch: &mut Ve
             pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
+}
+
+/// A written round that ended its notification counts once, by outcome.
+fn count_outcome(finished: &Finished) {
+    let outcome = match &finished.report.completion {
+        Completion::Delivered { .. } => "delivered",
+        Completion::Failed { .. } => "failed",
+        Completion::Expired { .. } => "expired",
+        Completion::Dead { .. } => "dead",
+        Completion::Retry { .. } | Completion::Released => return,
+    };
+    crate::metrics::metrics().notification(finished.channel.as_str(), outcome);
+    // The error stays out: a provider's may quote the message. The record
+    // (GET /v1/notifications/{id}) has it.
+    tracing::info!(
+        id = %finished.report.id,
+        channel = finished.channel.as_str(),
+        attempts_this_round = finished.report.attempts.len(),
+        "{outcome}"
+    );
 }
 
 #[cfg(test)]
@@ -145,6 +170,7 @@ mod tests {
                 completion: Completion::Released,
                 at: clock.now(),
             },
+            channel: Channel::Sms,
             lease_until: clock.now().plus(Duration::from_secs(5)),
             _permit: Arc::clone(&capacity).try_acquire_owned().unwrap(),
         };

@@ -90,6 +90,7 @@ pub async fn run_round(
         let started = Instant::now();
         let verdict = provider.send(&outgoing).await;
         let duration = started.elapsed();
+        crate::metrics::metrics().attempt(provider.name(), verdict.outcome.as_str(), duration);
         let signal = match verdict.outcome {
             AttemptOutcome::Delivered => Signal::Success,
             // The provider answered: it is healthy, the message is at fault.
@@ -113,7 +114,7 @@ pub async fn run_round(
             );
         }
         admission.record(signal, verdict.pause.map(|p| p.min(policy.retry_after_max)));
-        tracing::debug!(
+        tracing::info!(
             id = %n.id,
             provider = provider.name(),
             outcome = verdict.outcome.as_str(),

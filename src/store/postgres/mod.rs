@@ -472,6 +472,22 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn backlog(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT status, COUNT(*) FROM notifications
+                  WHERE status IN ('scheduled', 'queued', 'retrying', 'sending')
+                  GROUP BY status",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|row| Ok((status_from(row.get(0))?, row.get::<_, i64>(1) as u64)))
+            .collect()
+    }
+
     async fn purge(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
         let client = self.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -515,7 +531,14 @@ impl Store for PostgresStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client.simple_query("SELECT 1").await.map_err(pg)?;
+        client
+            .execute(
+                "INSERT INTO health_probe (id, at) VALUES (1, $1)
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                &[&UnixMillis::now().0],
+            )
+            .await
+            .map_err(pg)?;
         Ok(())
     }
 

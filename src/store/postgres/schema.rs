@@ -94,6 +94,12 @@ CREATE TABLE idempotency_keys (
 CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
 ",
     ),
+    (
+        5,
+        // One row that readiness checks rewrite: a write that cannot commit
+        // (a full disk, a read-only database) makes the instance not ready.
+        "CREATE TABLE health_probe (id integer PRIMARY KEY, at bigint NOT NULL);",
+    ),
 ];
 
 /// Applies every migration this database lacks; returns how many.

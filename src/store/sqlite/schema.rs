@@ -81,6 +81,12 @@ CREATE TABLE idempotency_keys (
 CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
 ",
     ),
+    (
+        5,
+        // One row that readiness checks rewrite: a write that cannot commit
+        // (a full disk) makes the instance not ready.
+        "CREATE TABLE health_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);",
+    ),
 ];
 
 /// The version a database has once every migration is applied.
