@@ -43,6 +43,7 @@ pub struct Config {
     pub body_limit_bytes: usize,
     pub http: HttpConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     pub sqlite: SqliteOptions,
     pub postgres: PostgresOptions,
     pub retention: RetentionConfig,
@@ -75,6 +76,15 @@ impl Role {
     pub fn dispatches(self) -> bool {
         matches!(self, Role::All | Role::Worker)
     }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serves `/metrics` on this address of its own (for a scraper on a
+    /// private network) instead of on `listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
 }
 
 /// What a client may hold of the HTTP server, and for how long.
@@ -397,6 +407,7 @@ impl Default for Config {
             body_limit_bytes: 64 * 1024,
             http: HttpConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
             sqlite: SqliteOptions::default(),
             postgres: PostgresOptions::default(),
             retention: RetentionConfig::default(),

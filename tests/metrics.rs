@@ -139,3 +139,41 @@ async fn metrics_count_the_work_done(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// With `metrics.listen`, `/metrics` is served there and not on the API's
+/// address.
+#[tokio::test]
+async fn metrics_on_an_address_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::new(Backend::Sqlite).await.unwrap();
+    let sim = Sim::start(0.0, Duration::ZERO).await;
+    let config = format!(
+        "{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        sim.herald_config(&store.url, "")
+    );
+    let herald = Herald::start(dir.path(), &config);
+    assert_eq!(herald.client().get("/metrics").await.status, 404);
+    // The address it got is in the log.
+    let until = Instant::now() + Duration::from_secs(10);
+    let addr = loop {
+        let found = herald.logs().lines().find_map(|l| {
+            let rest = l.split("metrics listening").nth(1)?;
+            let addr = rest.split("addr=").nth(1)?.split_whitespace().next()?;
+            addr.parse::<std::net::SocketAddr>().ok()
+        });
+        if let Some(addr) = found {
+            break addr;
+        }
+        assert!(Instant::now() < until, "{}", herald.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(herald.client().sms("counted").await.status, 202);
+    let text = scrape(&support::Client::new(addr)).await;
+    assert!(
+        value(
+            &text,
+            r#"herald_notifications_total{channel="sms",outcome="accepted"}"#
+        ) >= Some(1.0),
+        "{text}"
+    );
+}

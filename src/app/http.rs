@@ -33,7 +33,26 @@ impl HttpServer {
         state: Arc<ApiState>,
         stop: watch::Receiver<bool>,
     ) -> Self {
-        let router = routes(config, state);
+        Self::start_with(config, listener, routes(config, state), stop)
+    }
+
+    /// Serves `/metrics` alone on `listener`, with the same limits.
+    pub fn start_metrics(
+        config: &Config,
+        listener: TcpListener,
+        state: Arc<ApiState>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        let router = api::metrics_router(state).layer(middleware::from_fn(count));
+        Self::start_with(config, listener, router, stop)
+    }
+
+    fn start_with(
+        config: &Config,
+        listener: TcpListener,
+        router: Router,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
         let task = tokio::spawn(accept_loop(listener, router, config.http.clone(), stop));
         Self { task, ended: false }
     }
@@ -119,7 +138,7 @@ fn refuse(stream: TcpStream) {
 }
 
 fn routes(config: &Config, state: Arc<ApiState>) -> Router {
-    let router = api::router(state);
+    let router = api::router(state, config.metrics.listen.is_none());
     let router = if config.role.serves_api() {
         router
     } else {

@@ -39,6 +39,12 @@ pub enum AppError {
     },
     #[error("invalid provider")]
     Provider(#[from] BuildError),
+    #[error("could not listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid retry settings")]
     Retry(#[from] crate::dispatch::backoff::BackoffError),
     #[error("the dispatcher failed (see the log above); nothing accepted is lost")]
@@ -73,6 +79,21 @@ pub async fn serve(
     });
 
     let (stop_tx, stop) = watch::channel(false);
+    let metrics = match config.metrics.listen {
+        Some(addr) => {
+            let (listener, local) = bind(addr)
+                .await
+                .map_err(|source| AppError::Bind { addr, source })?;
+            tracing::info!(addr = %local, "metrics listening");
+            Some(HttpServer::start_metrics(
+                &config,
+                listener,
+                Arc::clone(&state),
+                stop.clone(),
+            ))
+        }
+        None => None,
+    };
     let mut delivery = delivery.start(stop.clone());
     let mut http = HttpServer::start(&config, listener, Arc::clone(&state), stop);
     let backlog = backlog::start(Arc::clone(&store));
@@ -90,6 +111,9 @@ pub async fn serve(
     state.draining.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     http.stop(drain_timeout).await;
+    if let Some(metrics) = metrics {
+        metrics.stop(drain_timeout).await;
+    }
     let dispatcher_failed = delivery.stop(drain_timeout + Duration::from_secs(1)).await;
     backlog.abort();
     store.close().await;
