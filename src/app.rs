@@ -23,9 +23,10 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::dispatch::dispatcher::{Dispatcher, DispatcherSettings};
 use crate::dispatch::pool::{ChannelPool, ProviderSlot, Providers};
+use crate::dispatch::rate::TokenBucket;
 use crate::dispatch::round::RetryPolicy;
 use crate::domain::{Channel, UnixMillis};
-use crate::provider::{ContractProvider, TransportError};
+use crate::provider::{self, BuildError};
 use crate::store::{self, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +38,7 @@ pub enum AppError {
         source: StoreError,
     },
     #[error("invalid provider")]
-    Provider(#[from] TransportError),
+    Provider(#[from] BuildError),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
     #[error("invalid retry settings")]
@@ -53,20 +54,21 @@ fn build_providers(config: &Config) -> Result<Providers, AppError> {
             .for_channel(channel)
             .iter()
             .map(|p| {
-                let provider = ContractProvider::new(
-                    &p.name,
-                    channel,
-                    &p.url,
-                    Duration::from_millis(p.timeout_ms),
-                    p.max_in_flight,
-                    p.ca_file.as_deref(),
-                )?;
-                Ok(ProviderSlot::new(
-                    Arc::new(provider),
-                    p.weight,
-                    p.max_in_flight,
+                let slot = ProviderSlot::new(
+                    provider::build(p, channel)?,
+                    p.common.weight,
+                    p.common.max_in_flight,
                     config.breaker(),
-                ))
+                );
+                Ok(match p.common.rate_per_sec {
+                    Some(rate) => slot.with_rate_limit(
+                        rate,
+                        p.common
+                            .burst
+                            .unwrap_or_else(|| TokenBucket::default_burst(rate)),
+                    ),
+                    None => slot,
+                })
             })
             .collect::<Result<Vec<_>, AppError>>()?;
         Ok(ChannelPool::new(channel, slots))

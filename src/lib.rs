@@ -21,6 +21,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod error;
 pub mod provider;
+pub mod secret;
 pub mod simulator;
 pub mod store;
 pub mod tls;

@@ -8,8 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use herald::config::ProviderConfig;
 use herald::domain::{AttemptOutcome, Channel, Email, Message, NotificationId};
-use herald::provider::{ContractProvider, Outgoing, Provider};
+use herald::provider::{Outgoing, Provider};
 use support::Herald;
 use support::tls::{HttpsFixture, TestCa};
 
@@ -18,6 +19,8 @@ fn email(subject: &str) -> Outgoing {
         subject: subject.to_owned(),
         body: "body".to_owned(),
         recipients: vec!["a@example.com".to_owned()],
+        html: None,
+        reply_to: None,
     });
     Outgoing {
         id: NotificationId::new(),
@@ -26,16 +29,10 @@ fn email(subject: &str) -> Outgoing {
     }
 }
 
-fn provider(url: &str, ca_file: Option<&std::path::Path>) -> ContractProvider {
-    ContractProvider::new(
-        "tls",
-        Channel::Email,
-        url,
-        Duration::from_secs(5),
-        4,
-        ca_file,
-    )
-    .unwrap()
+fn provider(url: &str, ca_file: Option<&std::path::Path>) -> std::sync::Arc<dyn Provider> {
+    let mut config = ProviderConfig::contract("tls".into(), url.into());
+    config.common.ca_file = ca_file.map(Into::into);
+    herald::provider::build(&config, Channel::Email).unwrap()
 }
 
 #[tokio::test]

@@ -92,6 +92,21 @@ async fn accept(
     validated: Result<Message, Vec<FieldError>>,
 ) -> Result<Response, Problem> {
     let message = validated.map_err(Problem::invalid)?;
+    if !state
+        .providers
+        .channel(message.channel())
+        .can_send(&message)
+    {
+        // Stored, it could only ever fail.
+        let field = match message {
+            Message::Sms(_) => "phone",
+            Message::Email(_) => "recipients",
+        };
+        return Err(Problem::invalid(vec![FieldError {
+            field: field.into(),
+            message: "no provider configured for this channel can send to it".into(),
+        }]));
+    }
     let now = UnixMillis::now();
     // The id carries the creation time exactly (retention relies on it).
     let id = NotificationId::new_at(now);

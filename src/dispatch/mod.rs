@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod dispatcher;
 pub mod handoff;
 pub mod pool;
+pub mod rate;
 mod results;
 pub mod round;
 pub mod router;

@@ -58,6 +58,15 @@ pub async fn run_round(pool: &ChannelPool, policy: &RetryPolicy, n: &Claimed) ->
             lease_ran_short = true;
             break;
         };
+        // Wait for the rate limit's token no longer than the lease allows;
+        // a provider with none free in time is passed over this round.
+        let Some(wait) = slot.reserve(room) else {
+            continue;
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        let room = room.saturating_sub(wait);
         let Ok(Ok(_in_flight)) =
             tokio::time::timeout(room, slot.in_flight.clone().acquire_owned()).await
         else {

@@ -5,11 +5,12 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderMap, RETRY_AFTER};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use hyper::http::uri::{Scheme, Uri};
-use hyper::{Request, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -36,6 +37,16 @@ impl HttpAnswer {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()))
+    }
+
+    /// The body as JSON of the shape `T`, if it is that.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// A header's value, if it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     /// The start of the body, for the attempt history of failures.
@@ -116,8 +127,14 @@ impl HttpTransport {
             })
             .ok_or_else(|| TransportError::BadUrl {
                 name: name.to_owned(),
-                url: url.to_owned(),
+                url: crate::store::redacted(url),
             })
+    }
+
+    /// A provider's base URL (perhaps with a path prefix of its own)
+    /// followed by an API path.
+    pub fn endpoint(name: &str, base: &str, path: &str) -> Result<Uri, TransportError> {
+        Self::parse_url(name, &format!("{}{path}", base.trim_end_matches('/')))
     }
 
     /// Sends `request` and reads the whole answer, within the timeout (TLS
@@ -154,6 +171,45 @@ impl HttpTransport {
         })
     }
 }
+
+/// A POST of `body` to `uri`, asking for JSON back.
+pub fn post(uri: &Uri, content_type: &'static str, body: Bytes) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = uri.clone();
+    let headers = request.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    request
+}
+
+/// Adds `value` as the request's `Authorization`, marked sensitive so that
+/// hyper never shows it.
+pub fn authorize(request: &mut Request<Full<Bytes>>, mut value: HeaderValue) {
+    value.set_sensitive(true);
+    request.headers_mut().insert(AUTHORIZATION, value);
+}
+
+/// HTTP Basic credentials.
+pub fn basic_auth(user: &str, password: &str) -> HeaderValue {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    HeaderValue::try_from(format!("Basic {encoded}")).expect("base64 is a valid header value")
+}
+
+/// `Bearer TOKEN`; `None` when the token holds what a header cannot.
+pub fn bearer(token: &str) -> Option<HeaderValue> {
+    HeaderValue::try_from(format!("Bearer {token}")).ok()
+}
+
+/// `application/x-www-form-urlencoded` of `pairs`.
+pub fn form<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Bytes {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.extend_pairs(pairs);
+    Bytes::from(form.finish())
+}
+
+pub const FORM: &str = "application/x-www-form-urlencoded";
+pub const JSON: &str = "application/json";
 
 /// `Retry-After` is either delta-seconds or an HTTP date.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
@@ -241,6 +297,25 @@ mod tests {
             text.contains("could not read the CA file /nonexistent/ca.pem"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn endpoints_join_base_and_path() {
+        let uri = HttpTransport::endpoint("p", "http://127.0.0.1:9/", "/v3/mail/send").unwrap();
+        assert_eq!(uri.to_string(), "http://127.0.0.1:9/v3/mail/send");
+        let uri = HttpTransport::endpoint("p", "http://127.0.0.1:9/prefix", "/sms/json").unwrap();
+        assert_eq!(uri.path(), "/prefix/sms/json");
+    }
+
+    #[test]
+    fn basic_credentials_are_base64() {
+        // RFC 7617's own example.
+        assert_eq!(
+            basic_auth("Aladdin", "open sesame"),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+        assert!(bearer("SG.good-token").is_some());
+        assert!(bearer("bad\ntoken").is_none());
     }
 
     #[test]
