@@ -220,7 +220,7 @@ pub enum ProviderKind {
     Vonage(provider::vonage::VonageConfig),
     Sendgrid(provider::sendgrid::SendgridConfig),
     Mailgun(provider::mailgun::MailgunConfig),
-    // `Smtp(provider::smtp::SmtpConfig)` goes here.
+    Smtp(provider::smtp::SmtpConfig),
 }
 
 impl ProviderKind {
@@ -231,6 +231,7 @@ impl ProviderKind {
             ProviderKind::Vonage(_) => "vonage",
             ProviderKind::Sendgrid(_) => "sendgrid",
             ProviderKind::Mailgun(_) => "mailgun",
+            ProviderKind::Smtp(_) => "smtp",
         }
     }
 }
