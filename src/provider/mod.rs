@@ -209,3 +209,79 @@ pub fn http_error(status: u16, excerpt: &str) -> String {
         format!("HTTP {status}: {excerpt}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Format as _;
+
+    fn config(toml: &str) -> ProviderConfig {
+        let table: serde_json::Value =
+            figment::Figment::from(figment::providers::Toml::string(toml))
+                .extract()
+                .unwrap();
+        serde_json::from_value(table).unwrap()
+    }
+
+    #[test]
+    fn every_kind_builds_with_its_default_url() {
+        let kinds = [
+            (
+                Channel::Sms,
+                "kind = \"twilio\"\naccount_sid = \"AC1\"\nauth_token = \"t\"\nfrom = \"+15005550006\"",
+            ),
+            (
+                Channel::Sms,
+                "kind = \"vonage\"\napi_key = \"k\"\napi_secret = \"s\"\nfrom = \"Herald\"",
+            ),
+            (
+                Channel::Email,
+                "kind = \"sendgrid\"\napi_key = \"SG.k\"\nfrom = \"Herald <a@example.test>\"",
+            ),
+            (
+                Channel::Email,
+                "kind = \"mailgun\"\ndomain = \"mg.example.test\"\napi_key = \"k\"\nfrom = \"a@mg.example.test\"",
+            ),
+        ];
+        for (channel, kind) in kinds {
+            let c = config(&format!("name = \"p\"\n{kind}"));
+            let p = build(&c, channel).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            assert_eq!(p.kind(), c.kind.name());
+            assert_eq!(p.channel(), channel);
+            let other = match channel {
+                Channel::Sms => Channel::Email,
+                Channel::Email => Channel::Sms,
+            };
+            assert!(matches!(
+                build(&c, other),
+                Err(BuildError::WrongChannel { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_at_start_up() {
+        for bad in [
+            // Neither or both senders.
+            "kind = \"twilio\"\naccount_sid = \"AC1\"\nauth_token = \"t\"",
+            "kind = \"twilio\"\naccount_sid = \"AC1\"\nauth_token = \"t\"\nfrom = \"x\"\nmessaging_service_sid = \"MG1\"",
+            "kind = \"twilio\"\naccount_sid = \"AC/1\"\nauth_token = \"t\"\nfrom = \"x\"",
+            "kind = \"sendgrid\"\napi_key = \"k\"\nfrom = \"not an address\"",
+            "kind = \"mailgun\"\ndomain = \"a/b\"\napi_key = \"k\"\nfrom = \"a@b.io\"",
+            "kind = \"twilio\"\nurl = \"ftp://x\"\naccount_sid = \"AC1\"\nauth_token = \"t\"\nfrom = \"x\"",
+        ] {
+            let c = config(&format!("name = \"p\"\n{bad}"));
+            let channel = match c.kind {
+                ProviderKind::Sendgrid(_) | ProviderKind::Mailgun(_) => Channel::Email,
+                _ => Channel::Sms,
+            };
+            assert!(
+                matches!(
+                    build(&c, channel),
+                    Err(BuildError::Invalid { .. } | BuildError::Url(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+}
