@@ -764,6 +764,45 @@ mod tests {
     }
 
     #[test]
+    fn the_examples_real_providers_build_once_uncommented() {
+        let text = include_str!("../herald.example.toml");
+        let start = text
+            .find("# [[providers.sms]]\n# name = \"twilio\"")
+            .unwrap();
+        let toml: String = text[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .collect::<Vec<_>>()
+            .join("\n");
+        Jail::expect_with(|jail| {
+            jail.create_file("real.toml", &toml)?;
+            for var in [
+                "TWILIO_AUTH_TOKEN",
+                "VONAGE_API_SECRET",
+                "SENDGRID_API_KEY",
+                "MAILGUN_API_KEY",
+            ] {
+                jail.set_env(var, "x");
+            }
+            let c = Config::load(Some(Path::new("real.toml")), &Overrides::default()).unwrap();
+            let kinds: Vec<&str> = c
+                .providers
+                .sms
+                .iter()
+                .chain(&c.providers.email)
+                .map(|p| p.kind.name())
+                .collect();
+            assert_eq!(kinds, ["twilio", "vonage", "sendgrid", "mailgun"]);
+            for channel in Channel::ALL {
+                for p in c.providers.for_channel(channel) {
+                    provider::build(p, channel).unwrap();
+                }
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn the_example_file_lists_the_defaults() {
         let text = include_str!("../herald.example.toml");
         let parsed: Config = Figment::new().merge(Toml::string(text)).extract().unwrap();
