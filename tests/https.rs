@@ -5,6 +5,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,8 +30,9 @@ fn email(subject: &str) -> Outgoing {
     }
 }
 
-fn provider(url: &str, ca_file: Option<&std::path::Path>) -> std::sync::Arc<dyn Provider> {
+fn provider(url: &str, ca_file: Option<&std::path::Path>) -> Arc<dyn Provider> {
     let mut config = ProviderConfig::contract("tls".into(), url.into());
+    config.common.max_in_flight = 4;
     config.common.ca_file = ca_file.map(Into::into);
     herald::provider::build(&config, Channel::Email).unwrap()
 }
