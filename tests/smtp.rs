@@ -126,6 +126,7 @@ async fn smtp_delivers_retries_a_451_and_fails_a_550() {
     assert_eq!(m["text"], "plain body");
     assert_eq!(m["html"], "<p>html body</p>");
     assert_eq!(m["tls"], false);
+    assert!(m["message_id"].as_str().unwrap().starts_with('<'), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,6 +166,9 @@ impl SmtpProvider {
     fn render(&self, email: &Email) -> Result<lettre::Message, String> {
         let mut builder = lettre::Message::builder()
             .from(self.from.clone())
+            // A random Message-ID at this host: RFC 5322 asks for one, and
+            // spam filters frown on mail without.
+            .message_id(None)
             .subject(email.subject.clone());
         for to in &email.recipients {
             let to: Mailbox = to.parse().map_err(|e| format!("recipient {to:?}: {e}"))?;
