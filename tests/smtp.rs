@@ -191,3 +191,38 @@ async fn sendgrid_failing_beside_smtp_every_email_is_delivered_by_failover() {
         (0..6).map(|i| format!("mixed-{i}")).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn an_smtp_server_that_is_not_there_is_transient_and_unreachable() {
+    use figment::providers::Format as _;
+    use herald::config::ProviderConfig;
+    use herald::domain::{AttemptOutcome, Channel, Email, Message, NotificationId};
+    use herald::provider::Outgoing;
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let toml = format!(
+        "name = \"smtp\"\nkind = \"smtp\"\nurl = \"smtp://127.0.0.1:{port}\"\nfrom = \"noreply@example.test\"\ntimeout_ms = 2000\n"
+    );
+    let config: ProviderConfig = figment::Figment::from(figment::providers::Toml::string(&toml))
+        .extract()
+        .unwrap();
+    let provider = herald::provider::build(&config, Channel::Email).unwrap();
+    let message = Message::Email(Email {
+        subject: "s".into(),
+        body: "b".into(),
+        recipients: vec!["ok@example.test".into()],
+        html: None,
+        reply_to: None,
+    });
+    let verdict = provider
+        .send(&Outgoing {
+            id: NotificationId::new(),
+            payload: message.to_provider_json().into(),
+            message,
+        })
+        .await;
+    assert_eq!(verdict.outcome, AttemptOutcome::Transient, "{verdict:?}");
+    assert!(verdict.unreachable, "{verdict:?}");
+}
