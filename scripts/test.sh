@@ -27,5 +27,12 @@ if [[ -z "${HERALD_TEST_PG_URL:-}" ]]; then
     echo "a throwaway cluster at $HERALD_TEST_PG_URL (TLS, CA $HERALD_TEST_PG_CA)"
 fi
 
+# The SMTP tests run a real SMTP server: Python's aiosmtpd.
+if ! python3 -c "import aiosmtpd" 2>/dev/null; then
+    echo "== aiosmtpd"
+    python3 -m pip install --quiet aiosmtpd ||
+        python3 -m pip install --quiet --break-system-packages aiosmtpd
+fi
+
 echo "== tests"
 cargo test --all-targets --locked

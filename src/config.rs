@@ -239,8 +239,8 @@ pub struct ProviderCommon {
     /// second's worth of `rate_per_sec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
-    /// For `https://` URLs: trust only the CAs in this PEM file instead of
-    /// the public roots (a private CA, the tests' throwaway one).
+    /// For TLS (https://, SMTP): trust only the CAs in this PEM file instead
+    /// of the public roots (a private CA, the tests' throwaway one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
 }
@@ -287,7 +287,7 @@ pub enum ProviderKind {
     Vonage(provider::vonage::VonageConfig),
     Sendgrid(provider::sendgrid::SendgridConfig),
     Mailgun(provider::mailgun::MailgunConfig),
-    // `Smtp(provider::smtp::SmtpConfig)` goes here.
+    Smtp(provider::smtp::SmtpConfig),
 }
 
 impl ProviderKind {
@@ -298,6 +298,7 @@ impl ProviderKind {
             ProviderKind::Vonage(_) => "vonage",
             ProviderKind::Sendgrid(_) => "sendgrid",
             ProviderKind::Mailgun(_) => "mailgun",
+            ProviderKind::Smtp(_) => "smtp",
         }
     }
 }

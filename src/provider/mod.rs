@@ -10,6 +10,7 @@
 pub mod contract;
 pub mod mailgun;
 pub mod sendgrid;
+pub mod smtp;
 mod transport;
 pub mod twilio;
 pub mod vonage;
@@ -41,6 +42,12 @@ pub enum BuildError {
     },
     #[error("provider {name}: {reason}")]
     Invalid { name: String, reason: String },
+    #[error("provider {name}: cannot set up TLS")]
+    Tls {
+        name: String,
+        #[source]
+        source: crate::tls::TlsError,
+    },
 }
 
 impl BuildError {
@@ -85,11 +92,16 @@ pub fn build(config: &ProviderConfig, channel: Channel) -> Result<Arc<dyn Provid
         ProviderKind::Mailgun(c) => {
             only(Channel::Email)?;
             Arc::new(mailgun::Mailgun::new(common, c)?)
-        } // The `smtp` kind (src/provider/smtp.rs) takes its arm here.
+        }
+        ProviderKind::Smtp(c) => {
+            only(Channel::Email)?;
+            Arc::new(smtp::SmtpProvider::new(common, c)?)
+        }
     })
 }
 
-/// The HTTP client of one provider, sized by its settings.
+/// The HTTP client of one provider, sized by its settings; fails when its
+/// `ca_file` cannot be read.
 fn http_transport(common: &ProviderCommon) -> Result<HttpTransport, TransportError> {
     HttpTransport::new(
         &common.name,

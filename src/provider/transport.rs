@@ -282,6 +282,24 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_ca_file_is_refused_with_the_provider_named() {
+        let err = HttpTransport::new(
+            "billing-sms",
+            Duration::from_secs(1),
+            1,
+            Some(Path::new("/nonexistent/ca.pem")),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(&err, TransportError::Tls { name, .. } if name == "billing-sms"));
+        let text = crate::error::chain(&err);
+        assert!(
+            text.contains("could not read the CA file /nonexistent/ca.pem"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn endpoints_join_base_and_path() {
         let uri = HttpTransport::endpoint("p", "http://127.0.0.1:9/", "/v3/mail/send").unwrap();
         assert_eq!(uri.to_string(), "http://127.0.0.1:9/v3/mail/send");
@@ -298,24 +316,6 @@ mod tests {
         );
         assert!(bearer("SG.good-token").is_some());
         assert!(bearer("bad\ntoken").is_none());
-    }
-
-    #[test]
-    fn an_unreadable_ca_file_is_refused_with_the_provider_named() {
-        let err = HttpTransport::new(
-            "billing-sms",
-            Duration::from_secs(1),
-            1,
-            Some(Path::new("/nonexistent/ca.pem")),
-        )
-        .err()
-        .unwrap();
-        assert!(matches!(&err, TransportError::Tls { name, .. } if name == "billing-sms"));
-        let text = crate::error::chain(&err);
-        assert!(
-            text.contains("could not read the CA file /nonexistent/ca.pem"),
-            "{text}"
-        );
     }
 
     #[test]

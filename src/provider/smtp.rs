@@ -1,0 +1,303 @@
+//! `kind = "smtp"`: email through an SMTP server (lettre, rustls).
+//!
+//! `smtp://host:port` upgrades with STARTTLS when the server offers it
+//! (`?tls=required` refuses a server that does not, `?tls=none` never
+//! tries); `smtps://host:port` is TLS from the first byte. The message is
+//! RFC 5322: From, To (the recipients, also the envelope), Reply-To,
+//! Subject, the text body, or `multipart/alternative` with the HTML part.
+//!
+//! Replies: 2xx delivers (the server's queue reply is the message id);
+//! 530/534/535/538 (authentication) are the provider's fault; other 5xx
+//! reject the message; 4xx are transient; no reply at all (refused,
+//! timed out, TLS failed) is transient and unreachable.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
+use lettre::transport::smtp::{self as lettre_smtp, PoolConfig};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+
+use super::{BuildError, Outgoing, Provider, Verdict};
+use crate::config::ProviderCommon;
+use crate::domain::{AttemptOutcome, Channel, Email, Message};
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// `smtp://host:port[?tls=required|none]` or `smtps://host:port`.
+    pub url: String,
+    /// `Name <address>` or an address.
+    pub from: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+}
+
+/// How the connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Security {
+    /// STARTTLS when offered.
+    Opportunistic,
+    /// STARTTLS or fail.
+    Required,
+    /// Plain text.
+    None,
+    /// TLS from the start (smtps).
+    Implicit,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Endpoint {
+    host: String,
+    port: u16,
+    security: Security,
+}
+
+fn parse_url(url: &str) -> Result<Endpoint, String> {
+    let (rest, implicit) = if let Some(rest) = url.strip_prefix("smtps://") {
+        (rest, true)
+    } else if let Some(rest) = url.strip_prefix("smtp://") {
+        (rest, false)
+    } else {
+        return Err(format!("{url:?} is not an smtp:// or smtps:// URL"));
+    };
+    let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let authority = authority.trim_end_matches('/');
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => (
+            host,
+            port.parse::<u16>()
+                .map_err(|_| format!("{url:?} has an invalid port"))?,
+        ),
+        None => (authority, if implicit { 465 } else { 25 }),
+    };
+    if host.is_empty() || host.contains(['/', '@']) {
+        return Err(format!("{url:?} has no valid host"));
+    }
+    let security = match (implicit, query) {
+        (true, "") => Security::Implicit,
+        (false, "") => Security::Opportunistic,
+        (false, "tls=required") => Security::Required,
+        (false, "tls=none") => Security::None,
+        _ => {
+            return Err(format!(
+                "{url:?}: the only option is ?tls=required or ?tls=none, on smtp://"
+            ));
+        }
+    };
+    Ok(Endpoint {
+        host: host.to_owned(),
+        port,
+        security,
+    })
+}
+
+pub struct SmtpProvider {
+    name: String,
+    from: Mailbox,
+    timeout: Duration,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+}
+
+impl SmtpProvider {
+    pub fn new(common: &ProviderCommon, config: &SmtpConfig) -> Result<Self, BuildError> {
+        let invalid = |reason: String| BuildError::invalid(common, reason);
+        let endpoint = parse_url(&config.url).map_err(invalid)?;
+        let from: Mailbox = config
+            .from
+            .parse()
+            .map_err(|e| invalid(format!("from {:?}: {e}", config.from)))?;
+        let mut tls = TlsParameters::builder(endpoint.host.clone());
+        if let Some(path) = &common.ca_file {
+            tls = tls.certificate_store(CertificateStore::None);
+            let certs = crate::tls::read_ca_file(path).map_err(|e| BuildError::Tls {
+                name: common.name.clone(),
+                source: e,
+            })?;
+            for der in certs {
+                let cert = Certificate::from_der(der.to_vec())
+                    .map_err(|e| invalid(format!("ca_file: {e}")))?;
+                tls = tls.add_root_certificate(cert);
+            }
+        }
+        let tls = tls
+            .build_rustls()
+            .map_err(|e| invalid(format!("TLS settings: {e}")))?;
+        let tls = match endpoint.security {
+            Security::Opportunistic => Tls::Opportunistic(tls),
+            Security::Required => Tls::Required(tls),
+            Security::None => Tls::None,
+            Security::Implicit => Tls::Wrapper(tls),
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&endpoint.host)
+            .port(endpoint.port)
+            .tls(tls)
+            .timeout(Some(common.timeout()))
+            .pool_config(
+                PoolConfig::new().max_size(common.max_in_flight.min(u32::MAX as usize) as u32),
+            );
+        match (&config.username, &config.password) {
+            (Some(user), Some(password)) => {
+                builder = builder.credentials(Credentials::new(
+                    user.expose().to_owned(),
+                    password.expose().to_owned(),
+                ));
+            }
+            (None, None) => {}
+            _ => return Err(invalid("username and password go together".into())),
+        }
+        Ok(Self {
+            name: common.name.clone(),
+            from,
+            timeout: common.timeout(),
+            transport: builder.build(),
+        })
+    }
+
+    /// The RFC 5322 message; an address that does not parse is the
+    /// message's fault.
+    fn render(&self, email: &Email) -> Result<lettre::Message, String> {
+        let mut builder = lettre::Message::builder()
+            .from(self.from.clone())
+            // A random Message-ID at this host: RFC 5322 asks for one, and
+            // spam filters frown on mail without.
+            .message_id(None)
+            .subject(email.subject.clone());
+        for to in &email.recipients {
+            let to: Mailbox = to.parse().map_err(|e| format!("recipient {to:?}: {e}"))?;
+            builder = builder.to(to);
+        }
+        if let Some(reply_to) = &email.reply_to {
+            let reply_to: Mailbox = reply_to
+                .parse()
+                .map_err(|e| format!("reply_to {reply_to:?}: {e}"))?;
+            builder = builder.reply_to(reply_to);
+        }
+        let built = match &email.html {
+            Some(html) => builder.multipart(MultiPart::alternative_plain_html(
+                email.body.clone(),
+                html.clone(),
+            )),
+            None => builder.singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_PLAIN)
+                    .body(email.body.clone()),
+            ),
+        };
+        built.map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait]
+impl Provider for SmtpProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "smtp"
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::Email
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn can_send(&self, message: &Message) -> bool {
+        matches!(message, Message::Email(_))
+    }
+
+    async fn send(&self, outgoing: &Outgoing) -> Verdict {
+        let Message::Email(email) = &outgoing.message else {
+            return Verdict::failed(
+                AttemptOutcome::Rejected,
+                None,
+                "an SMTP provider sends only email".into(),
+            );
+        };
+        let message = match self.render(email) {
+            Ok(message) => message,
+            Err(e) => return Verdict::failed(AttemptOutcome::Rejected, None, e),
+        };
+        match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
+            Ok(Ok(reply)) => {
+                let text = reply.message().collect::<Vec<_>>().join(" ");
+                Verdict::delivered(None, (!text.is_empty()).then_some(text))
+            }
+            Ok(Err(e)) => classify(&e),
+            Err(_) => unreachable(format!(
+                "the SMTP server did not answer within {:?}",
+                self.timeout
+            )),
+        }
+    }
+}
+
+/// What an SMTP failure means.
+fn classify(e: &lettre_smtp::Error) -> Verdict {
+    let text = crate::error::chain(e);
+    match e.status().map(u16::from) {
+        Some(530 | 534 | 535 | 538) => Verdict::failed(AttemptOutcome::ProviderFault, None, text),
+        Some(_) if e.is_permanent() => Verdict::failed(AttemptOutcome::Rejected, None, text),
+        Some(_) => Verdict::failed(AttemptOutcome::Transient, None, text),
+        // Set-up the server cannot do (STARTTLS required but not offered,
+        // no common authentication mechanism): the operator's to fix.
+        None if e.is_client() => Verdict::failed(AttemptOutcome::ProviderFault, None, text),
+        None => unreachable(text),
+    }
+}
+
+fn unreachable(error: String) -> Verdict {
+    Verdict {
+        unreachable: true,
+        ..Verdict::failed(AttemptOutcome::Transient, None, error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let e = parse_url("smtp://127.0.0.1:2525").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.security),
+            ("127.0.0.1", 2525, Security::Opportunistic)
+        );
+        assert_eq!(
+            parse_url("smtp://mail.example.com?tls=required").unwrap(),
+            Endpoint {
+                host: "mail.example.com".into(),
+                port: 25,
+                security: Security::Required
+            }
+        );
+        assert_eq!(
+            parse_url("smtp://h:26/?tls=none").unwrap().security,
+            Security::None
+        );
+        let e = parse_url("smtps://smtp.example.com").unwrap();
+        assert_eq!((e.port, e.security), (465, Security::Implicit));
+        for bad in [
+            "http://h",
+            "smtp://",
+            "smtp://h:x",
+            "smtp://h?tls=maybe",
+            "smtps://h?tls=none",
+            "smtp://u@h",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+}
