@@ -266,6 +266,7 @@ async fn health_and_readiness(backend: Backend) {
     let providers = app.client.get("/v1/providers").await.body;
     assert_eq!(providers.as_array().unwrap().len(), 6);
     assert_eq!(providers[0]["breaker"], "closed");
+    assert_eq!(providers[0]["kind"], "contract");
 
     app.stop.take().unwrap().send(()).unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(10), &mut app.task).await;

@@ -13,6 +13,8 @@ use crate::domain::Channel;
 #[derive(Serialize)]
 pub struct ProviderHealth {
     name: String,
+    /// `contract`, `twilio`, …
+    kind: &'static str,
     channel: Channel,
     weight: u32,
     /// `closed`, `open` or `half_open`.
@@ -29,6 +31,7 @@ pub async fn list(State(state): State<Arc<ApiState>>) -> Json<Vec<ProviderHealth
             let (breaker, samples, failures) = slot.health();
             out.push(ProviderHealth {
                 name: slot.provider.name().to_owned(),
+                kind: slot.provider.kind(),
                 channel,
                 weight: slot.weight,
                 breaker: match breaker {

@@ -250,6 +250,7 @@ mod tests {
     use super::*;
     use crate::dispatch::breaker::BreakerState;
     use crate::dispatch::clock::TokioClock;
+    use crate::dispatch::pool::ProviderSlot;
     use crate::dispatch::scripted::{Scripted, delivered, failing, lenient_breaker, pool};
     use crate::domain::{Channel, NotificationId, Sms};
     use crate::provider::Verdict;
@@ -482,5 +483,50 @@ mod tests {
         let r = run_round(&pool, &policy(), &clock, &n).await;
         assert!(matches!(r.completion, Completion::Failed { .. }));
         assert!(p.sent().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limit_is_waited_for_only_as_long_as_the_lease_allows() {
+        let clock = TokioClock::starting_at(T0);
+        let limited = Arc::new(Scripted::new("limited", [delivered("x")]));
+        let slot = ProviderSlot::new(
+            Arc::clone(&limited) as Arc<dyn crate::provider::Provider>,
+            1,
+            8,
+            lenient_breaker(),
+        )
+        .with_rate_limit(1.0, 1);
+        let pool = ChannelPool::new(Channel::Sms, vec![slot]);
+        // A 3 s lease leaves 1.7 s of waiting before a 1 s request (a margin
+        // of 0.3 s is kept to write the result): the second round waits 1 s
+        // for its token; the third would wait 2 s, so it sends nothing and
+        // gives the round back without using it up.
+        let with_lease = || {
+            let mut n = claimed(&clock, "01712345678");
+            n.lease_until = clock.now().plus(Duration::from_secs(3));
+            n
+        };
+        let (a, b, c) = (with_lease(), with_lease(), with_lease());
+        let policy = policy();
+        let (a, b, c) = tokio::join!(
+            run_round(&pool, &policy, &clock, &a),
+            run_round(&pool, &policy, &clock, &b),
+            run_round(&pool, &policy, &clock, &c),
+        );
+        assert_eq!(limited.sent().len(), 2);
+        let delivered = [&a, &b, &c]
+            .iter()
+            .filter(|r| matches!(r.completion, Completion::Delivered { .. }))
+            .count();
+        assert_eq!(delivered, 2);
+        let passed = [a, b, c]
+            .into_iter()
+            .find(|r| r.attempts.is_empty())
+            .expect("one round was passed over");
+        assert!(
+            matches!(passed.completion, Completion::Retry { counted: false, .. }),
+            "{:?}",
+            passed.completion
+        );
     }
 }
