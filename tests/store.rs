@@ -610,6 +610,118 @@ async fn postgres_migrations_run_once_under_concurrent_starts() {
     assert_eq!(versions, expected);
 }
 
+/// A database written by main before this work (schema versions 1 and 2)
+/// is upgraded in place: its rows are read back intact and still delivered.
+#[tokio::test]
+async fn sqlite_databases_of_earlier_versions_are_upgraded_in_place() {
+    for version in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let now = UnixMillis::now();
+        let id = NotificationId::new_at(now);
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            for (_, sql) in &store::SQLITE_MIGRATIONS[..version] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(&format!("PRAGMA user_version = {version};"))
+                .unwrap();
+            conn.execute(
+                "INSERT INTO notifications (id, channel, payload, status, due_at, rounds,
+                     created_at, updated_at, expires_at, last_error)
+                 VALUES (?1, 'sms', '{\"phone\":\"01712345678\",\"text\":\"old\"}',
+                         'retrying', ?2, 2, ?2, ?2, ?3, 'HTTP 500')",
+                rusqlite::params![&id.as_bytes()[..], now.0, now.0 + 3_600_000],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO attempts (notification_id, started_at, provider, duration_ms, outcome,
+                     http_status, error)
+                 VALUES (?1, ?2, 'sms-provider1', 4, 'transient', 500, 'HTTP 500')",
+                rusqlite::params![&id.as_bytes()[..], now.0],
+            )
+            .unwrap();
+        }
+        let store = store::open(
+            &format!("sqlite://{}", path.display()),
+            &StoreOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_upgraded(&*store, id, now).await;
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_databases_of_earlier_versions_are_upgraded_in_place() {
+    for version in [1, 2] {
+        let Some(test) = TestStore::new(Backend::Postgres).await else {
+            return;
+        };
+        let now = UnixMillis::now();
+        let id = NotificationId::new_at(now);
+        let (client, connection) = tokio_postgres::connect(&test.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let driver = tokio::spawn(connection);
+        client
+            .batch_execute(
+                "CREATE TABLE herald_migrations (
+                     version integer PRIMARY KEY,
+                     applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await
+            .unwrap();
+        for (v, sql) in &store::POSTGRES_MIGRATIONS[..version] {
+            client.batch_execute(sql).await.unwrap();
+            client
+                .execute("INSERT INTO herald_migrations (version) VALUES ($1)", &[v])
+                .await
+                .unwrap();
+        }
+        client
+            .execute(
+                "INSERT INTO notifications (id, channel, payload, status, due_at, rounds,
+                     created_at, updated_at, expires_at, last_error)
+                 VALUES ($1, 'sms', '{\"phone\":\"01712345678\",\"text\":\"old\"}',
+                         'retrying', $2, 2, $2, $2, $3, 'HTTP 500')",
+                &[&id.as_uuid(), &now.0, &(now.0 + 3_600_000)],
+            )
+            .await
+            .unwrap();
+        client
+            .execute(
+                "INSERT INTO attempts (notification_id, started_at, provider, duration_ms, outcome,
+                     http_status, error)
+                 VALUES ($1, $2, 'sms-provider1', 4, 'transient', 500, 'HTTP 500')",
+                &[&id.as_uuid(), &now.0],
+            )
+            .await
+            .unwrap();
+        drop(client);
+        let _ = driver.await;
+        let store = test.open().await;
+        assert_upgraded(&*store, id, now).await;
+        store.close().await;
+    }
+}
+
+async fn assert_upgraded(store: &dyn store::Store, id: NotificationId, now: UnixMillis) {
+    let rec = store.get(id).await.unwrap().expect("the old row is kept");
+    assert_eq!(rec.status, Status::Retrying);
+    assert_eq!(rec.priority, Priority::Normal);
+    assert_eq!(rec.rounds, 2);
+    assert_eq!(rec.expires_at, None, "no client deadline");
+    assert_eq!(rec.retry_until, UnixMillis(now.0 + 3_600_000));
+    assert_eq!(rec.message["text"], "old");
+    assert_eq!(rec.attempts.len(), 1);
+    assert_eq!(rec.attempts[0].http_status, Some(500));
+    let claimed = store.claim(now, 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1, "still claimed after the upgrade");
+    assert_eq!(claimed[0].id, id);
+}
+
 /// A notification stored by one instance wakes the dispatcher of another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_new_work_wakes_other_instances() {

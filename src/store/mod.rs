@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use crate::domain::{Attempt, Channel, NotificationId, Priority, Status, UnixMillis};
 
 pub use postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PostgresOptions, PostgresStore};
-pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+pub use sqlite::{MIGRATIONS as SQLITE_MIGRATIONS, SqliteOptions, SqliteStore, Synchronous};
 
 use crate::error::BoxError;
 

@@ -8,6 +8,8 @@
 
 mod schema;
 
+pub use schema::MIGRATIONS;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
