@@ -13,7 +13,7 @@ use herald::domain::{
 };
 use herald::store::{
     self, CancelOutcome, Completion, IdempotencyKey, KeyedInsert, Lease, LeaseLost, LeaseToken,
-    NewNotification, ReplayOutcome, RoundReport, StoreOptions,
+    ListFilter, NewNotification, ReplayOutcome, RoundReport, StoreOptions,
 };
 use support::{Backend, TestStore};
 
@@ -36,6 +36,7 @@ store_matrix!(
     cancel_takes_back_only_what_has_not_started,
     high_priority_is_not_delayed_by_a_low_backlog,
     an_idempotency_key_stores_once_even_when_raced,
+    listings_filter_and_page_stably_under_inserts,
 );
 
 fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
@@ -369,10 +370,13 @@ async fn dead_letters_are_listed_and_replayed(backend: Backend) {
             .all(Result::is_ok)
     );
 
-    let page1 = store.list(Status::Dead, None, 3).await.unwrap();
+    let page1 = store
+        .list(ListFilter::status(Status::Dead), None, 3)
+        .await
+        .unwrap();
     assert_eq!(page1.len(), 3);
     let page2 = store
-        .list(Status::Dead, Some(page1[2].id), 3)
+        .list(ListFilter::status(Status::Dead), Some(page1[2].id), 3)
         .await
         .unwrap();
     assert_eq!(page2.len(), 1);
@@ -1122,4 +1126,70 @@ async fn an_idempotency_key_stores_once_even_when_raced(backend: Backend) {
             .unwrap(),
         KeyedInsert::Replayed(_)
     ));
+}
+
+async fn listings_filter_and_page_stably_under_inserts(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    let t0 = UnixMillis::now();
+    let mut made = Vec::new();
+    for i in 0..10i64 {
+        let at = UnixMillis(t0.0 + i * 10);
+        let mut n = new_sms(at, &format!("list-{i}"));
+        if i % 2 == 1 {
+            n.channel = Channel::Email;
+            n.payload = r#"{"subject":"s","body":"b","recipients":["a@b.io"]}"#.into();
+        }
+        if i >= 5 {
+            n.priority = Priority::High;
+        }
+        store.insert(n.clone()).await.unwrap();
+        made.push(n.id);
+    }
+    let all = |f: ListFilter| {
+        let store = Arc::clone(&store);
+        async move {
+            let mut ids = Vec::new();
+            let mut after = None;
+            for _ in 0..20 {
+                let page = store.list(f, after, 3).await.unwrap();
+                ids.extend(page.iter().map(|n| n.id));
+                if page.len() < 3 {
+                    return ids;
+                }
+                after = page.last().map(|n| n.id);
+                // A newer notification arriving mid-listing comes after
+                // every page already read.
+                store
+                    .insert(new_sms(UnixMillis(t0.0 + 100_000), "late"))
+                    .await
+                    .unwrap();
+            }
+            ids
+        }
+    };
+    let email = ListFilter {
+        channel: Some(Channel::Email),
+        created_before: Some(UnixMillis(t0.0 + 100)),
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        all(email).await,
+        [made[1], made[3], made[5], made[7], made[9]]
+    );
+    let high_sms = ListFilter {
+        channel: Some(Channel::Sms),
+        priority: Some(Priority::High),
+        ..ListFilter::default()
+    };
+    assert_eq!(all(high_sms).await, [made[6], made[8]]);
+    let window = ListFilter {
+        status: Some(Status::Queued),
+        created_from: Some(UnixMillis(t0.0 + 20)),
+        created_before: Some(UnixMillis(t0.0 + 50)),
+        ..ListFilter::default()
+    };
+    assert_eq!(all(window).await, made[2..5]);
 }

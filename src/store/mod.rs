@@ -205,6 +205,87 @@ pub struct NotificationSummary {
     pub last_error: Option<String>,
 }
 
+/// What a listing selects; every field given must match.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    pub status: Option<Status>,
+    pub channel: Option<Channel>,
+    pub priority: Option<Priority>,
+    /// Created at or after this.
+    pub created_from: Option<UnixMillis>,
+    /// Created before this.
+    pub created_before: Option<UnixMillis>,
+}
+
+impl ListFilter {
+    pub fn status(status: Status) -> Self {
+        Self {
+            status: Some(status),
+            ..Self::default()
+        }
+    }
+
+    /// The listing's query with its parameters, for an engine whose n-th
+    /// placeholder is `placeholder(n)`. Creation bounds are id bounds (ids
+    /// carry their creation time), so a listing walks the primary key, or
+    /// the `(status, id)` index when a status is given, in id order.
+    pub(crate) fn query(
+        &self,
+        after: Option<NotificationId>,
+        limit: usize,
+        placeholder: fn(usize) -> String,
+    ) -> (String, Vec<ListParam>) {
+        let mut conditions = Vec::new();
+        let mut params = Vec::new();
+        let mut add = |condition: &str, param: ListParam| {
+            params.push(param);
+            conditions.push(condition.replace('?', &placeholder(params.len())));
+        };
+        if let Some(status) = self.status {
+            add("status = ?", ListParam::Text(status.as_str()));
+        }
+        if let Some(channel) = self.channel {
+            add("channel = ?", ListParam::Text(channel.as_str()));
+        }
+        if let Some(priority) = self.priority {
+            add("priority = ?", ListParam::Rank(priority.rank()));
+        }
+        if let Some(after) = after {
+            add("id > ?", ListParam::Id(after));
+        }
+        if let Some(from) = self.created_from {
+            add("id >= ?", ListParam::Id(NotificationId::first_at(from)));
+        }
+        if let Some(before) = self.created_before {
+            add("id < ?", ListParam::Id(NotificationId::first_at(before)));
+        }
+        add("TRUE LIMIT ?", ListParam::Limit(limit as i64));
+        let limit = conditions.pop().unwrap_or_default();
+        let filter = if conditions.is_empty() {
+            "TRUE".to_owned()
+        } else {
+            conditions.join(" AND ")
+        };
+        (
+            format!(
+                "SELECT {} FROM notifications WHERE {filter} ORDER BY id {}",
+                rows::SUMMARY_COLUMNS,
+                limit.trim_start_matches("TRUE ")
+            ),
+            params,
+        )
+    }
+}
+
+/// A parameter of a listing's query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListParam {
+    Text(&'static str),
+    Rank(i16),
+    Id(NotificationId),
+    Limit(i64),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplayOutcome {
     Requeued,
@@ -291,10 +372,12 @@ pub trait Store: Send + Sync {
 
     async fn get(&self, id: NotificationId) -> Result<Option<NotificationRecord>, StoreError>;
 
-    /// Oldest first, after the `after` id when given.
+    /// The notifications `filter` selects, oldest first, after the `after`
+    /// id when given (ids grow with creation time, so a page boundary is
+    /// stable under inserts).
     async fn list(
         &self,
-        status: Status,
+        filter: ListFilter,
         after: Option<NotificationId>,
         limit: usize,
     ) -> Result<Vec<NotificationSummary>, StoreError>;

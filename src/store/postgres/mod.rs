@@ -32,13 +32,12 @@ use tokio_postgres::Row;
 
 use self::writer::Command;
 use super::rows::{
-    ATTEMPT_COLUMNS, AttemptRow, ClaimedRow, RECORD_COLUMNS, RecordRow, SUMMARY_COLUMNS,
-    SummaryRow, status_from,
+    ATTEMPT_COLUMNS, AttemptRow, ClaimedRow, RECORD_COLUMNS, RecordRow, SummaryRow, status_from,
 };
 use super::{
     CancelOutcome, Claimed, EXPIRED_UNSENT, IdempotencyKey, KeyedInsert, LeaseLost, LeaseToken,
-    NewNotification, NotificationRecord, NotificationSummary, ReplayOutcome, RoundReport, Store,
-    StoreError,
+    ListFilter, ListParam, NewNotification, NotificationRecord, NotificationSummary, ReplayOutcome,
+    RoundReport, Store, StoreError,
 };
 use crate::domain::{NotificationId, Status, UnixMillis};
 
@@ -359,26 +358,29 @@ impl Store for PostgresStore {
 
     async fn list(
         &self,
-        status: Status,
+        filter: ListFilter,
         after: Option<NotificationId>,
         limit: usize,
     ) -> Result<Vec<NotificationSummary>, StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {SUMMARY_COLUMNS}
-                   FROM notifications
-                  WHERE status = $1 AND id > $2
-                  ORDER BY id LIMIT $3"
-            ))
-            .await
-            .map_err(pg)?;
-        let after = after.map_or(uuid::Uuid::nil(), |a| a.as_uuid());
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client
-            .query(&stmt, &[&status.as_str(), &after, &limit])
-            .await
-            .map_err(pg)?;
+        let (sql, params) = filter.query(after, limit, |n| format!("${n}"));
+        let stmt = client.prepare_cached(&sql).await.map_err(pg)?;
+        let values: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = params
+            .into_iter()
+            .map(|p| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+                match p {
+                    ListParam::Text(t) => Box::new(t),
+                    ListParam::Rank(r) => Box::new(r),
+                    ListParam::Id(id) => Box::new(id.as_uuid()),
+                    ListParam::Limit(n) => Box::new(n),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
+            .iter()
+            .map(|v| v.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let rows = client.query(&stmt, &refs).await.map_err(pg)?;
         rows.iter().map(|row| summary_row(row).decode()).collect()
     }
 

@@ -20,13 +20,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::rows::{
-    ATTEMPT_COLUMNS, AttemptRow, ClaimedRow, RECORD_COLUMNS, RecordRow, SUMMARY_COLUMNS,
-    SummaryRow, id_from_bytes, status_from,
+    ATTEMPT_COLUMNS, AttemptRow, ClaimedRow, RECORD_COLUMNS, RecordRow, SummaryRow, id_from_bytes,
+    status_from,
 };
 use super::{
     CancelOutcome, Claimed, EXPIRED_UNSENT, IdempotencyKey, KeyedInsert, LeaseLost, LeaseToken,
-    NewNotification, NotificationRecord, NotificationSummary, ReplayOutcome, RoundReport, Store,
-    StoreError, StoredAnswer,
+    ListFilter, ListParam, NewNotification, NotificationRecord, NotificationSummary, ReplayOutcome,
+    RoundReport, Store, StoreError, StoredAnswer,
 };
 use crate::domain::{NotificationId, Status, UnixMillis};
 
@@ -794,22 +794,24 @@ impl Store for SqliteStore {
 
     async fn list(
         &self,
-        status: Status,
+        filter: ListFilter,
         after: Option<NotificationId>,
         limit: usize,
     ) -> Result<Vec<NotificationSummary>, StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {SUMMARY_COLUMNS}
-                       FROM notifications
-                      WHERE status = ?1 AND id > ?2
-                      ORDER BY id LIMIT ?3"
-                ))
-                .map_err(backend)?;
-            let after = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+            let (sql, params) = filter.query(after, limit, |n| format!("?{n}"));
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            let values: Vec<rusqlite::types::Value> = params
+                .into_iter()
+                .map(|p| match p {
+                    ListParam::Text(t) => rusqlite::types::Value::Text(t.to_owned()),
+                    ListParam::Rank(r) => rusqlite::types::Value::Integer(r.into()),
+                    ListParam::Id(id) => rusqlite::types::Value::Blob(id.as_bytes().to_vec()),
+                    ListParam::Limit(n) => rusqlite::types::Value::Integer(n),
+                })
+                .collect();
             let rows = stmt
-                .query_map(params![status.as_str(), after, limit as i64], summary_row)
+                .query_map(rusqlite::params_from_iter(values), summary_row)
                 .map_err(backend)?;
             rows.map(|row| {
                 let (id, row) = row.map_err(backend)?;
