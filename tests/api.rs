@@ -398,7 +398,7 @@ async fn batches_store_every_valid_item_and_name_the_bad_ones(backend: Backend) 
         {"channel": "sms", "phone": "01712345678", "text": "one"},
         {"channel": "sms", "phone": "12", "text": ""},
         {"channel": "email", "subject": "two", "body": "b", "recipients": ["a@b.io"],
-         "priority": "low"},
+         "priority": "low", "metadata": {"campaign": "autumn"}},
         {"channel": "fax"},
         "not an object",
         {"channel": "sms", "phone": "01712345678", "text": "three",
@@ -463,6 +463,13 @@ async fn batches_store_every_valid_item_and_name_the_bad_ones(backend: Backend) 
     let items = low.body["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["id"], results[2]["id"]);
+    let tagged = c
+        .get("/v1/notifications?metadata_key=campaign&metadata_value=autumn")
+        .await;
+    assert_eq!(tagged.body["items"][0]["id"], results[2]["id"]);
+    let id = results[2]["id"].as_str().unwrap();
+    let rec = c.get(&format!("/v1/notifications/{id}")).await.body;
+    assert_eq!(rec["metadata"], json!({"campaign": "autumn"}));
     let mut seen = 0;
     let mut path = "/v1/notifications?status=delivered&channel=sms&limit=40".to_owned();
     for _ in 0..10 {

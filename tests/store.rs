@@ -49,6 +49,7 @@ fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
         deliver_by: None,
         send_at: None,
         priority: Priority::Normal,
+        metadata: Default::default(),
         lease: None,
     }
 }
@@ -1145,6 +1146,10 @@ async fn listings_filter_and_page_stably_under_inserts(backend: Backend) {
         if i >= 5 {
             n.priority = Priority::High;
         }
+        if i % 3 == 0 {
+            n.metadata.insert("campaign".into(), "autumn".into());
+            n.metadata.insert("order".into(), format!("o-{i}"));
+        }
         store.insert(n.clone()).await.unwrap();
         made.push(n.id);
     }
@@ -1154,7 +1159,7 @@ async fn listings_filter_and_page_stably_under_inserts(backend: Backend) {
             let mut ids = Vec::new();
             let mut after = None;
             for _ in 0..20 {
-                let page = store.list(f, after, 3).await.unwrap();
+                let page = store.list(f.clone(), after, 3).await.unwrap();
                 ids.extend(page.iter().map(|n| n.id));
                 if page.len() < 3 {
                     return ids;
@@ -1192,4 +1197,26 @@ async fn listings_filter_and_page_stably_under_inserts(backend: Backend) {
         ..ListFilter::default()
     };
     assert_eq!(all(window).await, made[2..5]);
+    let autumn = ListFilter {
+        metadata: Some(("campaign".into(), "autumn".into())),
+        ..ListFilter::default()
+    };
+    assert_eq!(all(autumn).await, [made[0], made[3], made[6], made[9]]);
+    let one_order = ListFilter {
+        metadata: Some(("order".into(), "o-6".into())),
+        priority: Some(Priority::High),
+        ..ListFilter::default()
+    };
+    assert_eq!(all(one_order).await, [made[6]]);
+    let rec = store.get(made[3]).await.unwrap().unwrap();
+    assert_eq!(rec.metadata["order"], "o-3");
+    assert!(
+        store
+            .get(made[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .metadata
+            .is_empty()
+    );
 }

@@ -47,6 +47,9 @@ pub struct ListQuery {
     priority: Option<String>,
     created_after: Option<String>,
     created_before: Option<String>,
+    /// One metadata entry to match: `metadata_key` and `metadata_value`.
+    metadata_key: Option<String>,
+    metadata_value: Option<String>,
     /// The `next` of the previous page (`after` is its older name).
     cursor: Option<String>,
     after: Option<String>,
@@ -88,7 +91,17 @@ pub async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = query.map_err(|e| Problem::bad_query(e.body_text()))?;
+    let metadata = match (q.metadata_key, q.metadata_value) {
+        (Some(k), Some(v)) => Some((k, v)),
+        (None, None) => None,
+        _ => {
+            return Err(Problem::bad_query(
+                "metadata_key and metadata_value go together".into(),
+            ));
+        }
+    };
     let filter = ListFilter {
+        metadata,
         status: one_of(
             "status",
             q.status.as_deref(),

@@ -13,6 +13,7 @@ mod postgres;
 mod rows;
 mod sqlite;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +75,8 @@ pub struct NewNotification {
     /// Stored `scheduled`, due at this time; `None`: due at once.
     pub send_at: Option<UnixMillis>,
     pub priority: Priority,
+    /// The client's labels (bounded by validation).
+    pub metadata: BTreeMap<String, String>,
     /// Stored already `sending` under this lease, for a dispatcher that was
     /// handed it in memory; `None`: stored `queued` (or `scheduled`).
     pub lease: Option<Lease>,
@@ -188,6 +191,8 @@ pub struct NotificationRecord {
     pub rounds: u32,
     pub delivered_by: Option<String>,
     pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
     pub message: serde_json::Value,
     pub attempts: Vec<Attempt>,
 }
@@ -206,8 +211,10 @@ pub struct NotificationSummary {
 }
 
 /// What a listing selects; every field given must match.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListFilter {
+    /// One metadata entry, key and value.
+    pub metadata: Option<(String, String)>,
     pub status: Option<Status>,
     pub channel: Option<Channel>,
     pub priority: Option<Priority>,
@@ -237,29 +244,55 @@ impl ListFilter {
     ) -> (String, Vec<ListParam>) {
         let mut conditions = Vec::new();
         let mut params = Vec::new();
-        let mut add = |condition: &str, param: ListParam| {
-            params.push(param);
-            conditions.push(condition.replace('?', &placeholder(params.len())));
+        // Each `?` of a condition takes the next parameter.
+        let mut add = |condition: &str, given: Vec<ListParam>| {
+            let mut parts = condition.split('?');
+            let mut sql = parts.next().unwrap_or_default().to_owned();
+            for (part, param) in parts.zip(given) {
+                params.push(param);
+                sql.push_str(&placeholder(params.len()));
+                sql.push_str(part);
+            }
+            conditions.push(sql);
         };
         if let Some(status) = self.status {
-            add("status = ?", ListParam::Text(status.as_str()));
+            add(
+                "status = ?",
+                vec![ListParam::Text(status.as_str().to_owned())],
+            );
         }
         if let Some(channel) = self.channel {
-            add("channel = ?", ListParam::Text(channel.as_str()));
+            add(
+                "channel = ?",
+                vec![ListParam::Text(channel.as_str().to_owned())],
+            );
         }
         if let Some(priority) = self.priority {
-            add("priority = ?", ListParam::Rank(priority.rank()));
+            add("priority = ?", vec![ListParam::Rank(priority.rank())]);
+        }
+        if let Some((key, value)) = &self.metadata {
+            add(
+                "id IN (SELECT notification_id FROM notification_metadata
+                         WHERE key = ? AND value = ?)",
+                vec![ListParam::Text(key.clone()), ListParam::Text(value.clone())],
+            );
         }
         if let Some(after) = after {
-            add("id > ?", ListParam::Id(after));
+            add("id > ?", vec![ListParam::Id(after)]);
         }
         if let Some(from) = self.created_from {
-            add("id >= ?", ListParam::Id(NotificationId::first_at(from)));
+            add(
+                "id >= ?",
+                vec![ListParam::Id(NotificationId::first_at(from))],
+            );
         }
         if let Some(before) = self.created_before {
-            add("id < ?", ListParam::Id(NotificationId::first_at(before)));
+            add(
+                "id < ?",
+                vec![ListParam::Id(NotificationId::first_at(before))],
+            );
         }
-        add("TRUE LIMIT ?", ListParam::Limit(limit as i64));
+        add("TRUE LIMIT ?", vec![ListParam::Limit(limit as i64)]);
         let limit = conditions.pop().unwrap_or_default();
         let filter = if conditions.is_empty() {
             "TRUE".to_owned()
@@ -278,9 +311,9 @@ impl ListFilter {
 }
 
 /// A parameter of a listing's query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ListParam {
-    Text(&'static str),
+    Text(String),
     Rank(i16),
     Id(NotificationId),
     Limit(i64),

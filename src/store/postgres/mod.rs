@@ -338,6 +338,16 @@ impl Store for PostgresStore {
             .iter()
             .map(|row| attempt_row(row).decode())
             .collect::<Result<Vec<_>, _>>()?;
+        let metadata = tx
+            .query(
+                "SELECT key, value FROM notification_metadata WHERE notification_id = $1",
+                &[&key],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         tx.commit().await.map_err(pg)?;
         let row = RecordRow {
             channel: row.get(0),
@@ -353,7 +363,7 @@ impl Store for PostgresStore {
             last_error: row.get(10),
             payload: row.get(11),
         };
-        row.decode(id, attempts).map(Some)
+        row.decode(id, attempts, metadata).map(Some)
     }
 
     async fn list(
@@ -480,7 +490,10 @@ impl Store for PostgresStore {
                                     LIMIT $2)
                      RETURNING id),
                  attempts_gone AS (
-                     DELETE FROM attempts WHERE notification_id IN (SELECT id FROM gone))
+                     DELETE FROM attempts WHERE notification_id IN (SELECT id FROM gone)),
+                 metadata_gone AS (
+                     DELETE FROM notification_metadata
+                      WHERE notification_id IN (SELECT id FROM gone))
                  SELECT COUNT(*) FROM gone",
             )
             .await

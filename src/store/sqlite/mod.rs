@@ -339,6 +339,18 @@ fn insert(conn: &Connection, n: &NewNotification) -> Result<(), StoreError> {
         n.priority.rank()
     ])
     .map_err(backend)?;
+    if !n.metadata.is_empty() {
+        let mut add = conn
+            .prepare_cached(
+                "INSERT INTO notification_metadata (notification_id, key, value)
+                 VALUES (?1, ?2, ?3)",
+            )
+            .map_err(backend)?;
+        for (key, value) in &n.metadata {
+            add.execute(params![&n.id.as_bytes()[..], key, value])
+                .map_err(backend)?;
+        }
+    }
     Ok(())
 }
 
@@ -662,8 +674,12 @@ fn purge(conn: &Connection, before: UnixMillis, limit: usize) -> Result<u64, Sto
     let mut attempts = conn
         .prepare_cached("DELETE FROM attempts WHERE notification_id = ?1")
         .map_err(backend)?;
+    let mut metadata = conn
+        .prepare_cached("DELETE FROM notification_metadata WHERE notification_id = ?1")
+        .map_err(backend)?;
     for id in &ids {
         attempts.execute([id]).map_err(backend)?;
+        metadata.execute([id]).map_err(backend)?;
     }
     Ok(ids.len() as u64)
 }
@@ -719,7 +735,16 @@ fn read_record(
         .map_err(backend)?
         .map(|row| row.map_err(backend)?.decode())
         .collect::<Result<Vec<_>, StoreError>>()?;
-    row.decode(id, attempts).map(Some)
+    let metadata = conn
+        .prepare_cached("SELECT key, value FROM notification_metadata WHERE notification_id = ?1")
+        .map_err(backend)?
+        .query_map([key], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .map_err(backend)?
+        .collect::<Result<_, _>>()
+        .map_err(backend)?;
+    row.decode(id, attempts, metadata).map(Some)
 }
 
 fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, SummaryRow)> {
@@ -804,7 +829,7 @@ impl Store for SqliteStore {
             let values: Vec<rusqlite::types::Value> = params
                 .into_iter()
                 .map(|p| match p {
-                    ListParam::Text(t) => rusqlite::types::Value::Text(t.to_owned()),
+                    ListParam::Text(t) => rusqlite::types::Value::Text(t),
                     ListParam::Rank(r) => rusqlite::types::Value::Integer(r.into()),
                     ListParam::Id(id) => rusqlite::types::Value::Blob(id.as_bytes().to_vec()),
                     ListParam::Limit(n) => rusqlite::types::Value::Integer(n),
