@@ -6,7 +6,9 @@
 #
 # The integration tests run against both stores: SQLite always, PostgreSQL
 # through HERALD_TEST_PG_URL, which this script sets. Set it yourself to use
-# a server of your own (each test creates a fresh database there).
+# a server of your own (each test creates a fresh database there), and
+# HERALD_TEST_PG_CA to the CA that signed its certificate if it has TLS on
+# (the TLS tests need it: scripts/pg-cluster.sh ca DIR prints the cluster's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +22,9 @@ if [[ -z "${HERALD_TEST_PG_URL:-}" ]]; then
     pg_dir=$(mktemp -d "${TMPDIR:-/tmp}/herald-test-pg.XXXXXX")
     trap 'scripts/pg-cluster.sh stop "$pg_dir/pg" || true; rm -rf "$pg_dir"' EXIT
     HERALD_TEST_PG_URL=$(scripts/pg-cluster.sh start "$pg_dir/pg")
-    export HERALD_TEST_PG_URL
-    echo "a throwaway cluster at $HERALD_TEST_PG_URL"
+    HERALD_TEST_PG_CA=$(scripts/pg-cluster.sh ca "$pg_dir/pg")
+    export HERALD_TEST_PG_URL HERALD_TEST_PG_CA
+    echo "a throwaway cluster at $HERALD_TEST_PG_URL (TLS, CA $HERALD_TEST_PG_CA)"
 fi
 
 echo "== tests"

@@ -5,17 +5,20 @@
 //! `HERALD_RETRY__BASE_MS=500` sets `retry.base_ms`.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::dispatch::backoff::Backoff;
 use crate::dispatch::breaker::BreakerConfig;
 use crate::domain::Channel;
+use crate::logging::LogConfig;
 use crate::store::{PostgresOptions, SqliteOptions, StoreOptions};
+use crate::{provider, secret};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,6 +41,9 @@ pub struct Config {
     pub role: Role,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
     pub sqlite: SqliteOptions,
     pub postgres: PostgresOptions,
     pub retention: RetentionConfig,
@@ -69,6 +75,42 @@ impl Role {
 
     pub fn dispatches(self) -> bool {
         matches!(self, Role::All | Role::Worker)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serves `/metrics` on this address of its own (for a scraper on a
+    /// private network) instead of on `listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// What a client may hold of the HTTP server, and for how long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A request's head (request line and headers) must arrive within this
+    /// of its first byte, or of the connection's opening.
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request under way is closed after this.
+    pub idle_timeout_ms: u64,
+    /// A request (reading its body and answering) that takes longer gets 503.
+    pub request_timeout_ms: u64,
+    /// Connections open at once; beyond it new ones get a 503 and are closed
+    /// at once. Keep it below the open-file limit (`ulimit -n`).
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            request_timeout_ms: 30_000,
+            max_connections: 1024,
+        }
     }
 }
 
@@ -166,17 +208,177 @@ pub struct HealthConfig {
     pub half_open_probes: u32,
 }
 
+/// One provider: the settings every kind shares, and its kind's own.
+///
+/// In the file both sit in one table, `kind` naming the kind (`contract`
+/// when absent). Unknown keys are an error. String values may hold
+/// `${ENV_VAR}` references, read from the environment at start-up.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProviderConfig {
+    #[serde(flatten)]
+    pub common: ProviderCommon,
+    #[serde(flatten)]
+    pub kind: ProviderKind,
+}
+
+/// What every kind of provider has.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProviderConfig {
+pub struct ProviderCommon {
     pub name: String,
-    pub url: String,
     #[serde(default = "default_weight")]
     pub weight: u32,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     #[serde(default = "default_provider_in_flight")]
     pub max_in_flight: usize,
+    /// Requests per second this provider is sent at most (a token bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_sec: Option<f64>,
+    /// Requests that may go at once after a quiet spell; defaults to one
+    /// second's worth of `rate_per_sec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// For `https://` URLs: trust only the CAs in this PEM file instead of
+    /// the public roots (a private CA, the tests' throwaway one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ProviderCommon {
+    /// The keys of [`ProviderCommon`]: the rest of a provider's table is its
+    /// kind's. (serde's `flatten` cannot be combined with
+    /// `deny_unknown_fields`, so the table is split by hand.)
+    const KEYS: &'static [&'static str] = &[
+        "name",
+        "weight",
+        "timeout_ms",
+        "max_in_flight",
+        "rate_per_sec",
+        "burst",
+        "ca_file",
+    ];
+
+    fn new(name: String) -> Self {
+        Self {
+            name,
+            weight: default_weight(),
+            timeout_ms: default_timeout_ms(),
+            max_in_flight: default_provider_in_flight(),
+            rate_per_sec: None,
+            burst: None,
+            ca_file: None,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// Each kind's own settings; the kind's file in `src/provider/` holds them
+/// and [`crate::provider::build`] turns them into a provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// The provider contract's JSON over HTTP.
+    Contract(provider::contract::ContractConfig),
+    Twilio(provider::twilio::TwilioConfig),
+    Vonage(provider::vonage::VonageConfig),
+    Sendgrid(provider::sendgrid::SendgridConfig),
+    Mailgun(provider::mailgun::MailgunConfig),
+    // `Smtp(provider::smtp::SmtpConfig)` goes here.
+}
+
+impl ProviderKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProviderKind::Contract(_) => "contract",
+            ProviderKind::Twilio(_) => "twilio",
+            ProviderKind::Vonage(_) => "vonage",
+            ProviderKind::Sendgrid(_) => "sendgrid",
+            ProviderKind::Mailgun(_) => "mailgun",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ProviderConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let table = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        // Checked as written first, so that an error about a value's type
+        // quotes `${VAR}`, never the secret it stands for.
+        ProviderConfig::from_table(table.clone()).map_err(D::Error::custom)?;
+        let mut expanded = serde_json::Value::Object(table);
+        expand_strings(&mut expanded, &secret::from_env).map_err(|missing| {
+            let name = expanded_name(&expanded);
+            D::Error::custom(format!("provider {name}: {missing}"))
+        })?;
+        let serde_json::Value::Object(table) = expanded else {
+            unreachable!("expanding keeps the table a table")
+        };
+        ProviderConfig::from_table(table).map_err(D::Error::custom)
+    }
+}
+
+impl ProviderConfig {
+    /// A contract provider at `url` with the default settings.
+    pub fn contract(name: String, url: String) -> Self {
+        Self {
+            common: ProviderCommon::new(name),
+            kind: ProviderKind::Contract(provider::contract::ContractConfig { url }),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.common.name
+    }
+
+    fn from_table(mut table: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        let mut common = serde_json::Map::new();
+        for key in ProviderCommon::KEYS {
+            if let Some(value) = table.remove(*key) {
+                common.insert((*key).to_owned(), value);
+            }
+        }
+        let common: ProviderCommon = serde_json::from_value(serde_json::Value::Object(common))
+            .map_err(|e| format!("a provider: {e}"))?;
+        table
+            .entry("kind")
+            .or_insert_with(|| serde_json::Value::String("contract".into()));
+        let kind = serde_json::from_value(serde_json::Value::Object(table))
+            .map_err(|e| format!("provider {}: {e}", common.name))?;
+        Ok(Self { common, kind })
+    }
+}
+
+fn expanded_name(table: &serde_json::Value) -> String {
+    table
+        .get("name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("?")
+        .to_owned()
+}
+
+/// Replaces `${VAR}` in every string of `value`, however deep.
+fn expand_strings(
+    value: &mut serde_json::Value,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), secret::MissingVar> {
+    match value {
+        serde_json::Value::String(s) => *s = secret::expand(s, lookup)?,
+        serde_json::Value::Array(items) => {
+            for item in items {
+                expand_strings(item, lookup)?;
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for item in map.values_mut() {
+                expand_strings(item, lookup)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +405,9 @@ impl Default for Config {
             store: "sqlite://herald.db".into(),
             role: Role::default(),
             body_limit_bytes: 64 * 1024,
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
             sqlite: SqliteOptions::default(),
             postgres: PostgresOptions::default(),
             retention: RetentionConfig::default(),
@@ -277,12 +482,8 @@ impl ProvidersConfig {
     ) -> Self {
         let make = |channel: Channel, urls: Box<dyn Iterator<Item = String> + '_>| {
             urls.enumerate()
-                .map(|(i, url)| ProviderConfig {
-                    name: format!("{channel}-provider{}", i + 1),
-                    url,
-                    weight: default_weight(),
-                    timeout_ms: default_timeout_ms(),
-                    max_in_flight: default_provider_in_flight(),
+                .map(|(i, url)| {
+                    ProviderConfig::contract(format!("{channel}-provider{}", i + 1), url)
                 })
                 .collect()
         };
@@ -379,6 +580,20 @@ impl Config {
         if self.accept.batch_max_items == 0 {
             return Err(invalid("accept.batch_max_items", "must be at least 1"));
         }
+        if self.log.level.parse::<tracing::Level>().is_err() {
+            return Err(invalid(
+                "log.level",
+                "must be error, warn, info, debug or trace",
+            ));
+        }
+        let h = &self.http;
+        if h.header_read_timeout_ms == 0
+            || h.idle_timeout_ms == 0
+            || h.request_timeout_ms == 0
+            || h.max_connections == 0
+        {
+            return Err(invalid("http", "every setting must be at least 1"));
+        }
         if self.dispatch.poll_interval_ms == 0 {
             return Err(invalid("dispatch.poll_interval_ms", "must be at least 1"));
         }
@@ -387,13 +602,13 @@ impl Config {
             if providers.is_empty() {
                 return Err(invalid("providers", "every channel needs a provider"));
             }
-            if providers.iter().all(|p| p.weight == 0) {
+            if providers.iter().all(|p| p.common.weight == 0) {
                 return Err(invalid(
                     "providers",
                     "a channel's weights must not all be 0",
                 ));
             }
-            for p in providers {
+            for p in providers.iter().map(|p| &p.common) {
                 if p.timeout_ms == 0 || p.max_in_flight == 0 {
                     return Err(invalid(
                         "providers",
@@ -406,8 +621,17 @@ impl Config {
                         "must be longer than every provider's timeout_ms",
                     ));
                 }
+                if p.rate_per_sec.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                    return Err(invalid("providers", "rate_per_sec must be above 0"));
+                }
+                if p.burst == Some(0) || (p.burst.is_some() && p.rate_per_sec.is_none()) {
+                    return Err(invalid(
+                        "providers",
+                        "burst must be at least 1, and goes with rate_per_sec",
+                    ));
+                }
             }
-            let mut names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+            let mut names: Vec<&str> = providers.iter().map(|p| p.name()).collect();
             names.sort_unstable();
             if names.windows(2).any(|w| w[0] == w[1]) {
                 return Err(invalid("providers", "provider names must be unique"));
@@ -461,8 +685,10 @@ mod tests {
             assert_eq!(c.body_limit_bytes, 65_536);
             assert_eq!(c.providers.sms.len(), 3);
             assert_eq!(
-                c.providers.email[2].url,
-                "http://127.0.0.1:8093/api/email/provider3"
+                c.providers.email[2].kind,
+                ProviderKind::Contract(provider::contract::ContractConfig {
+                    url: "http://127.0.0.1:8093/api/email/provider3".into()
+                })
             );
             Ok(())
         });
@@ -521,9 +747,83 @@ mod tests {
             );
             let c = Config::load(None, &Overrides::default()).unwrap();
             assert_eq!(c.providers.sms.len(), 1);
-            assert_eq!(c.providers.sms[0].weight, 3);
-            assert_eq!(c.providers.sms[0].timeout_ms, 5_000);
+            assert_eq!(c.providers.sms[0].common.weight, 3);
+            assert_eq!(c.providers.sms[0].common.timeout_ms, 5_000);
+            assert_eq!(c.providers.sms[0].kind.name(), "contract");
             assert_eq!(c.providers.email.len(), 3);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn provider_kinds_with_secrets_from_the_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "kinds.toml",
+                r#"
+                [[providers.sms]]
+                name = "twilio"
+                kind = "twilio"
+                url = "http://127.0.0.1:9"
+                account_sid = "AC123"
+                auth_token = "${TEST_TWILIO_TOKEN}"
+                from = "+15005550006"
+                rate_per_sec = 1.5
+                "#,
+            )?;
+            jail.set_env("TEST_TWILIO_TOKEN", "tok-very-secret");
+            let c = Config::load(Some(Path::new("kinds.toml")), &Overrides::default()).unwrap();
+            let p = &c.providers.sms[0];
+            assert_eq!(p.common.rate_per_sec, Some(1.5));
+            let ProviderKind::Twilio(t) = &p.kind else {
+                panic!("{p:?}")
+            };
+            assert_eq!(t.auth_token.expose(), "tok-very-secret");
+            assert_eq!(t.account_sid, "AC123");
+            assert!(!format!("{c:?}").contains("tok-very-secret"));
+
+            // A missing variable is named, and its neighbours' values are not shown.
+            jail.create_file(
+                "missing.toml",
+                r#"
+                [[providers.sms]]
+                name = "twilio"
+                kind = "twilio"
+                account_sid = "AC123"
+                auth_token = "${TEST_TWILIO_TOKEN}"
+                from = "${TEST_UNSET_VARIABLE}"
+                "#,
+            )?;
+            let err =
+                Config::load(Some(Path::new("missing.toml")), &Overrides::default()).unwrap_err();
+            let text = crate::error::chain(&err);
+            assert!(text.contains("TEST_UNSET_VARIABLE is not set"), "{text}");
+            assert!(!text.contains("tok-very-secret"), "{text}");
+
+            // Unknown keys are refused, per kind and in common.
+            for (file, body) in [
+                (
+                    "typo1.toml",
+                    "name = \"c\"\nurl = \"http://127.0.0.1:9\"\ntimeout = 5\n",
+                ),
+                (
+                    "typo2.toml",
+                    "name = \"c\"\nkind = \"twilio\"\naccount_sid = \"A\"\nauth_token = \"t\"\nfrom = \"x\"\napi_key = \"k\"\n",
+                ),
+                ("typo3.toml", "name = \"c\"\nkind = \"pigeon\"\n"),
+                (
+                    "typo4.toml",
+                    "name = \"c\"\nkind = \"twilio\"\nauth_token = \"t\"\n",
+                ),
+            ] {
+                jail.create_file(file, &format!("[[providers.sms]]\n{body}"))?;
+                let err = Config::load(Some(Path::new(file)), &Overrides::default()).unwrap_err();
+                let text = crate::error::chain(&err);
+                assert!(
+                    text.contains("provider c") || text.contains("a provider"),
+                    "{file}: {text}"
+                );
+            }
             Ok(())
         });
     }

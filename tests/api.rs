@@ -58,6 +58,68 @@ async fn start(backend: Backend, failure_rate: f64) -> Option<App> {
     })
 }
 
+/// Numbers beyond the contract's are accepted only where some provider of
+/// the channel can send to them; elsewhere they are refused, never stored.
+#[tokio::test]
+async fn international_numbers_need_a_provider_that_takes_them() {
+    // The contract's providers only: Bangladeshi numbers only.
+    let Some(app) = start(Backend::Sqlite, 0.0).await else {
+        return;
+    };
+    let c = &app.client;
+    let sms = |phone: &str| json!({"phone": phone, "text": "t"});
+    let refused = c.post("/v1/sms", &sms("+14155552671")).await;
+    assert_eq!(bad_fields(&refused), ["phone"]);
+    assert!(
+        refused.body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no provider")
+    );
+    for bad in [
+        "14155552671",
+        "+1415555267",
+        "+1 415 555 2671",
+        "+12345678901234567",
+    ] {
+        assert_eq!(
+            bad_fields(&c.post("/v1/sms", &sms(bad)).await),
+            ["phone"],
+            "{bad}"
+        );
+    }
+    assert_eq!(c.post("/v1/sms", &sms("+8801712345678")).await.status, 202);
+    assert!(c.wait_until_settled(Duration::from_secs(20)).await);
+    assert_eq!(
+        c.stats().await.values().sum::<u64>(),
+        1,
+        "only the one accepted is stored"
+    );
+
+    // With a Twilio provider beside them, any E.164 number is taken.
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::new(Backend::Sqlite).await.unwrap();
+    let sim = Sim::start(0.0, Duration::ZERO).await;
+    let path = dir.path().join("herald.toml");
+    let toml = format!(
+        "{}\n[[providers.sms]]\nname = \"twilio\"\nkind = \"twilio\"\nurl = \"http://127.0.0.1:9\"\naccount_sid = \"AC1\"\nauth_token = \"t\"\nfrom = \"+15005550006\"\ntimeout_ms = 1000\n",
+        sim.herald_config(&store.url, "")
+    );
+    std::fs::write(&path, toml).unwrap();
+    let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+    assert_eq!(config.providers.sms.len(), 4);
+    let (listener, addr) = herald::app::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    tokio::spawn(herald::app::serve(config, listener, std::future::pending()));
+    let c = Client::new(addr);
+    assert_eq!(c.post("/v1/sms", &sms("+14155552671")).await.status, 202);
+    assert_eq!(
+        bad_fields(&c.post("/v1/sms", &sms("+1415555267")).await),
+        ["phone"]
+    );
+}
+
 fn assert_problem(a: &support::Answer, status: u16) -> &Value {
     assert_eq!(a.status, status, "{}", a.body);
     assert_eq!(a.headers["content-type"], "application/problem+json");

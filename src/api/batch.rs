@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 
 use super::ApiState;
 use super::problem::Problem;
-use super::submit::{Keyed, hand_over, parse_object, prepare, read_body, replay, validate};
+use super::submit::{
+    Keyed, hand_over, parse_object, prepare, read_body, refuse_unsendable, replay, validate,
+};
 use crate::domain::options::{OptionLimits, RawOptions};
 use crate::domain::validation::{FieldError, RawEmail, RawSms, validate_email, validate_sms};
 use crate::domain::{Message, UnixMillis};
@@ -52,6 +54,7 @@ pub async fn batch(
         }
     };
 
+    let started = tokio::time::Instant::now();
     let now = UnixMillis::now();
     let limits = OptionLimits {
         now,
@@ -60,7 +63,10 @@ pub async fn batch(
     let mut results = Vec::with_capacity(items.len());
     let mut prepared = Vec::new();
     for item in items {
-        match validate_item(item, limits) {
+        let valid = validate_item(item, limits).and_then(|(message, options)| {
+            refuse_unsendable(&state, &message).map(|()| (message, options))
+        });
+        match valid {
             Ok((message, options)) => {
                 let p = prepare(&state, message, options, now);
                 results.push(json!({"id": p.notification.id, "status": p.status}));
@@ -90,6 +96,10 @@ pub async fn batch(
     }
 
     let answer = json!({"results": results});
+    let accepted: Vec<_> = prepared
+        .iter()
+        .map(|p| (p.notification.id, p.notification.channel))
+        .collect();
     let (notifications, handovers): (Vec<_>, Vec<_>) = prepared
         .into_iter()
         .map(|p| (p.notification, p.handover))
@@ -115,6 +125,11 @@ pub async fn batch(
         }
         Ok(Some((fingerprint, first))) => return replay(&fingerprint, first),
         Ok(None) => {}
+    }
+    let took = started.elapsed();
+    for (id, channel) in accepted {
+        crate::metrics::metrics().accepted(channel.as_str(), took);
+        tracing::info!(id = %id, channel = channel.as_str(), "accepted");
     }
     for handover in handovers {
         hand_over(&state, handover);

@@ -3,6 +3,7 @@
 mod batch;
 mod health;
 mod idempotency;
+mod metrics;
 mod notifications;
 pub mod problem;
 mod providers;
@@ -54,7 +55,8 @@ impl ApiState {
     }
 }
 
-pub fn router(state: Arc<ApiState>) -> Router {
+/// The API; with `/metrics` too unless `metrics.listen` serves it apart.
+pub fn router(state: Arc<ApiState>, with_metrics: bool) -> Router {
     let limit = state.body_limit;
     let batch_limit = state.batch_body_limit;
     let work = Router::new()
@@ -79,13 +81,26 @@ pub fn router(state: Arc<ApiState>) -> Router {
             Arc::clone(&state),
             refuse_while_draining,
         ));
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route("/readyz", get(health::readyz));
+    if with_metrics {
+        // Scraped while draining too: the drain is worth watching.
+        router = router.route("/metrics", get(metrics::scrape));
+    }
+    router
         .merge(work)
         .fallback(|| async { Problem::not_found("such route") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// `/metrics` alone, for its own address (`metrics.listen`).
+pub fn metrics_router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::scrape))
+        .fallback(|| async { Problem::not_found("such route on the metrics address") })
         .with_state(state)
 }
 

@@ -155,6 +155,21 @@ impl Problem {
         )
     }
 
+    /// The request did not finish in time; one that carried a notification
+    /// may or may not have been stored.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "/problems/request-timeout",
+            "The request took too long",
+            format!(
+                "it did not finish within {} ms (http.request_timeout_ms); \
+                 a notification it carried may have been stored",
+                limit.as_millis()
+            ),
+        )
+    }
+
     pub fn draining() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

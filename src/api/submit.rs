@@ -159,12 +159,16 @@ async fn accept(
     options: RawOptions,
     keyed: Option<Keyed>,
 ) -> Result<Response, Problem> {
+    let started = tokio::time::Instant::now();
     let now = UnixMillis::now();
     let limits = OptionLimits {
         now,
         horizon: state.schedule_horizon,
     };
     let (message, options) = validate(validated, options, limits).map_err(Problem::invalid)?;
+    refuse_unsendable(state, &message).map_err(Problem::invalid)?;
+    let channel = message.channel();
+    let to = crate::logging::recipients(&message);
     let prepared = prepare(state, message, options, now);
     let id = prepared.notification.id;
     let answer = json!({"id": id, "status": prepared.status});
@@ -195,6 +199,8 @@ async fn accept(
         Ok(Some((fingerprint, first))) => return replay(&fingerprint, first),
         Ok(None) => {}
     }
+    crate::metrics::metrics().accepted(channel.as_str(), started.elapsed());
+    tracing::info!(id = %id, channel = channel.as_str(), to = %to, "accepted");
     hand_over(state, prepared.handover);
     Ok((
         StatusCode::ACCEPTED,
@@ -202,6 +208,25 @@ async fn accept(
         Json(answer),
     )
         .into_response())
+}
+
+/// A message no provider of its channel can take is refused: stored, it
+/// could only ever fail.
+pub(super) fn refuse_unsendable(
+    state: &ApiState,
+    message: &Message,
+) -> Result<(), Vec<FieldError>> {
+    if state.providers.channel(message.channel()).can_send(message) {
+        return Ok(());
+    }
+    let field = match message {
+        Message::Sms(_) => "phone",
+        Message::Email(_) => "recipients",
+    };
+    Err(vec![FieldError {
+        field: field.into(),
+        message: "no provider configured for this channel can send to it".into(),
+    }])
 }
 
 /// A valid notification, ready to store, and its hand-over to this

@@ -3,10 +3,14 @@
 
 pub mod backoff;
 pub mod breaker;
+pub mod clock;
 pub mod dispatcher;
 pub mod handoff;
 pub mod pool;
+pub mod rate;
 mod results;
 pub mod round;
 pub mod router;
+#[cfg(test)]
+mod scripted;
 pub mod window;

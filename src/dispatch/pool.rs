@@ -7,6 +7,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::breaker::{Breaker, BreakerConfig, BreakerState, Permit, Signal};
+use super::rate::TokenBucket;
 use super::router::pick_weighted;
 use crate::domain::Channel;
 use crate::provider::Provider;
@@ -21,6 +22,8 @@ pub struct ProviderSlot {
     breaker: Mutex<Breaker>,
     /// Caps requests in flight to this provider.
     pub in_flight: Arc<Semaphore>,
+    /// Caps requests per second, when the provider has a rate limit.
+    rate: Option<Mutex<TokenBucket>>,
 }
 
 impl ProviderSlot {
@@ -35,7 +38,25 @@ impl ProviderSlot {
             weight,
             breaker: Mutex::new(Breaker::new(breaker)),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            rate: None,
         }
+    }
+
+    /// At most `rate` requests a second, `burst` at once.
+    pub fn with_rate_limit(mut self, rate: f64, burst: u32) -> Self {
+        self.rate = Some(Mutex::new(TokenBucket::new(rate, burst, Instant::now())));
+        self
+    }
+
+    /// Takes a request's token from the rate limit if one is free within
+    /// `max_wait`, and says how long to wait before sending; `None` (and
+    /// nothing taken) when no token is free in time.
+    pub fn reserve(&self, max_wait: Duration) -> Option<Duration> {
+        let Some(rate) = &self.rate else {
+            return Some(Duration::ZERO);
+        };
+        let mut bucket = rate.lock().unwrap_or_else(|p| p.into_inner());
+        bucket.reserve(Instant::now(), max_wait)
     }
 
     fn breaker(&self) -> MutexGuard<'_, Breaker> {
@@ -206,18 +227,12 @@ impl Providers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::ContractProvider;
+    use crate::config::ProviderConfig;
 
     fn pool(probes: u32) -> ChannelPool {
         // Never called: the tests only exercise admission.
-        let provider = ContractProvider::new(
-            "p",
-            Channel::Sms,
-            "http://127.0.0.1:9/",
-            Duration::from_secs(1),
-            1,
-        )
-        .unwrap();
+        let config = ProviderConfig::contract("p".into(), "http://127.0.0.1:9/".into());
+        let provider = crate::provider::build(&config, Channel::Sms).unwrap();
         let breaker = BreakerConfig {
             consecutive_failures: 1,
             half_open_probes: probes,
@@ -225,7 +240,7 @@ mod tests {
         };
         ChannelPool::new(
             Channel::Sms,
-            vec![ProviderSlot::new(Arc::new(provider), 1, 1, breaker)],
+            vec![ProviderSlot::new(provider, 1, 1, breaker)],
         )
     }
 

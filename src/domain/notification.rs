@@ -275,12 +275,25 @@ pub struct Sms {
     pub text: String,
 }
 
-/// The provider contract's email body.
+/// An email: the provider contract's body, plus what real email providers
+/// also carry. The extras are stored only when given, so an email without
+/// them is stored as exactly the contract's body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Email {
     pub subject: String,
+    /// The text body.
     pub body: String,
     pub recipients: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+}
+
+impl Email {
+    pub fn has_extras(&self) -> bool {
+        self.html.is_some() || self.reply_to.is_some()
+    }
 }
 
 /// A validated message, ready to be stored and sent.
@@ -431,6 +444,8 @@ mod tests {
             subject: "s".into(),
             body: "b".into(),
             recipients: vec!["a@b.c".into()],
+            html: None,
+            reply_to: None,
         });
         assert_eq!(
             email.to_provider_json(),

@@ -58,6 +58,31 @@ pub fn is_valid_phone(phone: &str) -> bool {
         && b[3..].iter().all(u8::is_ascii_digit)
 }
 
+/// An international number in E.164 form: `+`, a country code, at most 15
+/// digits in all, and a number that country actually assigns (libphonenumber's
+/// metadata, through the `phonenumber` crate).
+pub fn is_e164(phone: &str) -> bool {
+    let Some(digits) = phone.strip_prefix('+') else {
+        return false;
+    };
+    (1..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && phonenumber::parse(None, phone).is_ok_and(|n| phonenumber::is_valid(&n))
+}
+
+/// Any number Herald accepts, in E.164 form: the contract's Bangladeshi
+/// forms gain their country code (`01712345678` is `+8801712345678`).
+pub fn to_e164(phone: &str) -> Option<String> {
+    if is_valid_phone(phone) {
+        let local = &phone[phone.len() - 11..];
+        Some(format!("+88{local}"))
+    } else if is_e164(phone) {
+        Some(phone.to_owned())
+    } else {
+        None
+    }
+}
+
 /// `^[^\s@]+@[^\s@]+\.[^\s@]+$`: no white space, exactly one `@` with
 /// something before it, and a domain with a dot that is neither its first
 /// nor its last character.
@@ -91,6 +116,8 @@ pub struct RawEmail {
     pub subject: Option<Value>,
     pub body: Option<Value>,
     pub recipients: Option<Value>,
+    pub html: Option<Value>,
+    pub reply_to: Option<Value>,
 }
 
 fn required_text(
@@ -126,11 +153,11 @@ fn required_text(
 pub fn validate_sms(raw: RawSms) -> Result<Message, Vec<FieldError>> {
     let mut errors = Vec::new();
     let phone = match raw.phone {
-        Some(Value::String(p)) if is_valid_phone(&p) => Some(p),
+        Some(Value::String(p)) if is_valid_phone(&p) || is_e164(&p) => Some(p),
         Some(Value::String(_)) => {
             errors.push(FieldError::new(
                 "phone",
-                "must be a Bangladeshi mobile number such as 01712345678, 8801712345678 or +8801712345678",
+                "must be a Bangladeshi mobile number such as 01712345678, 8801712345678 or +8801712345678, or an international number in E.164 form such as +14155552671",
             ));
             None
         }
@@ -202,12 +229,31 @@ pub fn validate_email(raw: RawEmail) -> Result<Message, Vec<FieldError>> {
             None
         }
     };
+    let html = match raw.html {
+        None | Some(Value::Null) => None,
+        value => required_text(&mut errors, "html", value, MAX_EMAIL_BODY_CHARS),
+    };
+    let reply_to = match raw.reply_to {
+        None | Some(Value::Null) => None,
+        Some(Value::String(a)) if a.chars().count() <= MAX_ADDRESS_CHARS && is_valid_email(&a) => {
+            Some(a)
+        }
+        Some(_) => {
+            errors.push(FieldError::new(
+                "reply_to",
+                "must be an email address such as name@example.com",
+            ));
+            None
+        }
+    };
     match (subject, body, recipients) {
         (Some(subject), Some(body), Some(recipients)) if errors.is_empty() => {
             Ok(Message::Email(Email {
                 subject,
                 body,
                 recipients,
+                html,
+                reply_to,
             }))
         }
         _ => Err(errors),
@@ -251,6 +297,35 @@ mod tests {
         for p in bad {
             assert!(!is_valid_phone(p), "{p:?} should be invalid");
         }
+    }
+
+    #[test]
+    fn international_numbers() {
+        for p in [
+            "+14155552671",
+            "+447911123456",
+            "+8801712345678",
+            "+4915123456789",
+        ] {
+            assert!(is_e164(p), "{p} should be valid");
+        }
+        for p in [
+            "14155552671",       // no +
+            "+1 415 555 2671",   // spaces
+            "+1415555267",       // too short for its country
+            "+1234567890123456", // 16 digits
+            "+",
+            "+0123456789",    // no country code 0
+            "+8801212345678", // no such Bangladeshi operator
+            "++14155552671",
+        ] {
+            assert!(!is_e164(p), "{p:?} should be invalid");
+        }
+        assert_eq!(to_e164("01712345678").as_deref(), Some("+8801712345678"));
+        assert_eq!(to_e164("8801712345678").as_deref(), Some("+8801712345678"));
+        assert_eq!(to_e164("+8801712345678").as_deref(), Some("+8801712345678"));
+        assert_eq!(to_e164("+14155552671").as_deref(), Some("+14155552671"));
+        assert_eq!(to_e164("0171"), None);
     }
 
     #[test]
@@ -357,6 +432,21 @@ mod tests {
                 json!({"subject": "", "body": "b", "recipients": ["a@b.c", "bad", 3]})
             )),
             ["subject", "recipients[1]", "recipients[2]"]
+        );
+        let extras = json!({"subject": "s", "body": "b", "recipients": ["a@b.c"],
+            "html": "<p>b</p>", "reply_to": "r@b.c"});
+        let Ok(Message::Email(e)) = email(extras) else {
+            panic!("html and reply_to are accepted")
+        };
+        assert_eq!(
+            (e.html.as_deref(), e.reply_to.as_deref()),
+            (Some("<p>b</p>"), Some("r@b.c"))
+        );
+        assert_eq!(
+            fields(email(
+                json!({"subject": "s", "body": "b", "recipients": ["a@b.c"], "html": " ", "reply_to": "nope"})
+            )),
+            ["html", "reply_to"]
         );
         let many: Vec<String> = (0..=MAX_RECIPIENTS).map(|i| format!("u{i}@x.io")).collect();
         assert_eq!(

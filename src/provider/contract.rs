@@ -6,15 +6,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::http::uri::Uri;
-use hyper::{Method, Request};
 
-use super::transport::{HttpAnswer, HttpTransport, TransportError};
-use super::{Outgoing, Provider, Verdict, http_error};
+use serde::{Deserialize, Serialize};
+
+use super::transport::{self, HttpAnswer, HttpTransport, TransportError};
+use super::{Outgoing, Provider, Verdict, http_error, http_transport};
+use crate::config::ProviderCommon;
 use crate::domain::validation::is_valid_phone;
 use crate::domain::{AttemptOutcome, Channel, Message};
+
+/// `kind = "contract"` (the default): the JSON body is POSTed to `url`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractConfig {
+    pub url: String,
+}
 
 pub struct ContractProvider {
     name: String,
@@ -25,17 +32,15 @@ pub struct ContractProvider {
 
 impl ContractProvider {
     pub fn new(
-        name: &str,
+        common: &ProviderCommon,
+        config: &ContractConfig,
         channel: Channel,
-        url: &str,
-        timeout: Duration,
-        max_in_flight: usize,
     ) -> Result<Self, TransportError> {
         Ok(Self {
-            name: name.to_owned(),
+            name: common.name.clone(),
             channel,
-            uri: HttpTransport::parse_url(name, url)?,
-            transport: HttpTransport::new(timeout, max_in_flight),
+            uri: HttpTransport::parse_url(&common.name, &config.url)?,
+            transport: http_transport(common)?,
         })
     }
 }
@@ -67,12 +72,7 @@ impl Provider for ContractProvider {
     }
 
     async fn send(&self, outgoing: &Outgoing) -> Verdict {
-        let mut request = Request::new(Full::new(contract_body(outgoing)));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.uri.clone();
-        request
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let request = transport::post(&self.uri, transport::JSON, contract_body(outgoing));
         match self.transport.exchange(request).await {
             Ok(answer) => classify_contract(&answer),
             Err(err) => Verdict::no_answer(&err),
@@ -80,9 +80,20 @@ impl Provider for ContractProvider {
     }
 }
 
-/// The stored JSON is the contract's body already: sent without re-encoding.
+/// The stored JSON is the contract's body already, sent without
+/// re-encoding (the hot path), unless it holds fields the contract lacks.
 fn contract_body(outgoing: &Outgoing) -> Bytes {
-    outgoing.payload.clone()
+    match &outgoing.message {
+        Message::Email(email) if email.has_extras() => {
+            let body = serde_json::json!({
+                "subject": email.subject,
+                "body": email.body,
+                "recipients": email.recipients,
+            });
+            Bytes::from(body.to_string())
+        }
+        _ => outgoing.payload.clone(),
+    }
 }
 
 /// The contract's table, which is also plain HTTP's.
@@ -117,7 +128,7 @@ pub fn classify_contract(answer: &HttpAnswer) -> Verdict {
 mod tests {
     use super::*;
     use hyper::StatusCode;
-    use hyper::header::{HeaderMap, RETRY_AFTER};
+    use hyper::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 
     fn answered(status: u16, retry_after: Option<&str>) -> Verdict {
         let mut headers = HeaderMap::new();

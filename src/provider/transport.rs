@@ -1,18 +1,23 @@
 //! The HTTP client every HTTP provider kind shares: one pooled hyper client
-//! per provider, one deadline per exchange, the whole answer read.
+//! per provider, over plain HTTP or TLS (rustls), one deadline per exchange,
+//! the whole answer read.
 
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderMap, RETRY_AFTER};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use hyper::http::uri::{Scheme, Uri};
-use hyper::{Request, StatusCode};
+use hyper::{Method, Request, StatusCode};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::SendError;
+use crate::tls::{self, TlsError};
 
 /// How much of an error body is kept in the attempt history.
 const EXCERPT_BYTES: usize = 200;
@@ -34,6 +39,16 @@ impl HttpAnswer {
             .and_then(|v| parse_retry_after(v, SystemTime::now()))
     }
 
+    /// The body as JSON of the shape `T`, if it is that.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// A header's value, if it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
     /// The start of the body, for the attempt history of failures.
     pub fn excerpt(&self) -> String {
         let end = self.body.len().min(EXCERPT_BYTES);
@@ -48,31 +63,54 @@ impl HttpAnswer {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error(
-        "provider {name}: {url:?} is not a valid http:// URL (https is not supported by this build)"
-    )]
+    #[error("provider {name}: {url:?} is not a valid http:// or https:// URL")]
     BadUrl { name: String, url: String },
+    #[error("provider {name}: cannot set up TLS")]
+    Tls {
+        name: String,
+        #[source]
+        source: TlsError,
+    },
 }
 
 /// hyper's pooled HTTP/1.1 client, without reqwest's per-request work (URL
 /// parsing, proxy matching, header building): the profile showed it.
 pub struct HttpTransport {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
 }
 
 impl HttpTransport {
     /// One client, and so one keep-alive pool, per provider: a slow provider
-    /// cannot starve the others of connections.
-    pub fn new(timeout: Duration, max_in_flight: usize) -> Self {
+    /// cannot starve the others of connections. `https://` URLs are checked
+    /// against the public roots, or only against `ca_file`'s CAs when given
+    /// (see [`crate::tls`]); a CA file that cannot be read fails here, at
+    /// start-up, not at the first send.
+    pub fn new(
+        name: &str,
+        timeout: Duration,
+        max_in_flight: usize,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, TransportError> {
+        let tls = tls::client_config(ca_file).map_err(|source| TransportError::Tls {
+            name: name.to_owned(),
+            source,
+        })?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
+        // The TLS layer takes https:// URLs; the plain connector must let them through.
+        connector.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(max_in_flight)
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        Self { client, timeout }
+        Ok(Self { client, timeout })
     }
 
     pub fn timeout(&self) -> Duration {
@@ -84,15 +122,24 @@ impl HttpTransport {
         url.parse::<Uri>()
             .ok()
             .filter(|u| {
-                u.scheme() == Some(&Scheme::HTTP) && u.host().is_some_and(|h| !h.is_empty())
+                matches!(u.scheme(), Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS)
+                    && u.host().is_some_and(|h| !h.is_empty())
             })
             .ok_or_else(|| TransportError::BadUrl {
                 name: name.to_owned(),
-                url: url.to_owned(),
+                url: crate::store::redacted(url),
             })
     }
 
-    /// Sends `request` and reads the whole answer, within the timeout.
+    /// A provider's base URL (perhaps with a path prefix of its own)
+    /// followed by an API path.
+    pub fn endpoint(name: &str, base: &str, path: &str) -> Result<Uri, TransportError> {
+        Self::parse_url(name, &format!("{}{path}", base.trim_end_matches('/')))
+    }
+
+    /// Sends `request` and reads the whole answer, within the timeout (TLS
+    /// handshake included). A handshake that fails (an untrusted
+    /// certificate, say) is a connect error: nothing was sent.
     pub async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<HttpAnswer, SendError> {
         tokio::time::timeout(self.timeout, self.exchange_unbounded(request))
             .await
@@ -125,6 +172,45 @@ impl HttpTransport {
     }
 }
 
+/// A POST of `body` to `uri`, asking for JSON back.
+pub fn post(uri: &Uri, content_type: &'static str, body: Bytes) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = uri.clone();
+    let headers = request.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    request
+}
+
+/// Adds `value` as the request's `Authorization`, marked sensitive so that
+/// hyper never shows it.
+pub fn authorize(request: &mut Request<Full<Bytes>>, mut value: HeaderValue) {
+    value.set_sensitive(true);
+    request.headers_mut().insert(AUTHORIZATION, value);
+}
+
+/// HTTP Basic credentials.
+pub fn basic_auth(user: &str, password: &str) -> HeaderValue {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    HeaderValue::try_from(format!("Basic {encoded}")).expect("base64 is a valid header value")
+}
+
+/// `Bearer TOKEN`; `None` when the token holds what a header cannot.
+pub fn bearer(token: &str) -> Option<HeaderValue> {
+    HeaderValue::try_from(format!("Bearer {token}")).ok()
+}
+
+/// `application/x-www-form-urlencoded` of `pairs`.
+pub fn form<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Bytes {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.extend_pairs(pairs);
+    Bytes::from(form.finish())
+}
+
+pub const FORM: &str = "application/x-www-form-urlencoded";
+pub const JSON: &str = "application/json";
+
 /// `Retry-After` is either delta-seconds or an HTTP date.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
@@ -153,7 +239,7 @@ mod tests {
         // Accepts connections and never answers.
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/api/sms/provider1", silent.local_addr().unwrap());
-        let t = HttpTransport::new(Duration::from_millis(200), 1);
+        let t = HttpTransport::new("p", Duration::from_millis(200), 1, None).unwrap();
         let held = tokio::spawn(async move {
             let mut open = Vec::new();
             while let Ok((socket, _)) = silent.accept().await {
@@ -168,19 +254,21 @@ mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/api/sms/provider1", closed.local_addr().unwrap());
         drop(closed);
-        let t = HttpTransport::new(Duration::from_secs(1), 1);
+        let t = HttpTransport::new("p", Duration::from_secs(1), 1, None).unwrap();
         let sent = t.exchange(post(&url)).await;
         assert!(matches!(sent, Err(SendError::Connect(_))), "{sent:?}");
     }
 
     #[test]
-    fn only_plain_http_urls() {
+    fn http_and_https_urls_only() {
         assert!(HttpTransport::parse_url("p", "http://127.0.0.1:8071/api/sms/provider1").is_ok());
+        assert!(HttpTransport::parse_url("p", "https://api.twilio.com").is_ok());
         for bad in [
-            "https://sms.example.com/send",
             "ftp://x/y",
+            "smtp://127.0.0.1:25",
             "127.0.0.1:8071",
             "http://",
+            "https://",
             "",
         ] {
             assert!(
@@ -191,6 +279,43 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn endpoints_join_base_and_path() {
+        let uri = HttpTransport::endpoint("p", "http://127.0.0.1:9/", "/v3/mail/send").unwrap();
+        assert_eq!(uri.to_string(), "http://127.0.0.1:9/v3/mail/send");
+        let uri = HttpTransport::endpoint("p", "http://127.0.0.1:9/prefix", "/sms/json").unwrap();
+        assert_eq!(uri.path(), "/prefix/sms/json");
+    }
+
+    #[test]
+    fn basic_credentials_are_base64() {
+        // RFC 7617's own example.
+        assert_eq!(
+            basic_auth("Aladdin", "open sesame"),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+        assert!(bearer("SG.good-token").is_some());
+        assert!(bearer("bad\ntoken").is_none());
+    }
+
+    #[test]
+    fn an_unreadable_ca_file_is_refused_with_the_provider_named() {
+        let err = HttpTransport::new(
+            "billing-sms",
+            Duration::from_secs(1),
+            1,
+            Some(Path::new("/nonexistent/ca.pem")),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(&err, TransportError::Tls { name, .. } if name == "billing-sms"));
+        let text = crate::error::chain(&err);
+        assert!(
+            text.contains("could not read the CA file /nonexistent/ca.pem"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -436,6 +436,11 @@ pub trait Store: Send + Sync {
     /// How many notifications are in each status.
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError>;
 
+    /// How many notifications are unfinished (queued, retrying, sending):
+    /// read through the index of unfinished rows, so its cost follows the
+    /// backlog, not the table.
+    async fn backlog(&self) -> Result<Vec<(Status, u64)>, StoreError>;
+
     /// Deletes up to `limit` delivered notifications (and their attempts)
     /// last updated before `before`; returns how many.
     async fn purge(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError>;
@@ -444,7 +449,8 @@ pub trait Store: Send + Sync {
     /// returns how many.
     async fn purge_keys(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError>;
 
-    /// The store answers.
+    /// The store answers and can commit a write: a one-row probe, cheap
+    /// enough for every readiness check (a full disk fails it).
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Asks to be poked through `wake` when another process stores ready

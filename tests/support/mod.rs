@@ -22,7 +22,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod tls;
+
 use herald::domain::Channel;
+
+pub mod fixture;
 use herald::simulator::{Delivery, Simulator, SimulatorConfig};
 use serde_json::Value;
 
@@ -121,6 +125,12 @@ impl Herald {
     /// Like [`Herald::start`], in the given role (`all`, `api`, `worker`);
     /// each instance gets a config file of its own.
     pub fn start_as(dir: &Path, config: &str, role: &str) -> Self {
+        Self::start_with_env(dir, config, role, &[("RUST_LOG", "info")])
+    }
+
+    /// Like [`Herald::start_as`], with extra environment variables (which
+    /// may set `RUST_LOG`).
+    pub fn start_with_env(dir: &Path, config: &str, role: &str, env: &[(&str, &str)]) -> Self {
         let config_path = dir.join(format!("herald-{}.toml", fastrand::u64(..)));
         std::fs::write(&config_path, config).unwrap();
         let log = dir.join(format!("herald-{}.log", fastrand::u64(..)));
@@ -133,6 +143,7 @@ impl Herald {
             .arg("--role")
             .arg(role)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

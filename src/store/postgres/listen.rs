@@ -11,14 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::NOTIFY_CHANNEL;
 
-pub async fn run(config: tokio_postgres::Config, wake: Arc<Notify>) {
+pub async fn run(config: tokio_postgres::Config, tls: MakeRustlsConnect, wake: Arc<Notify>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match listen(&config, &wake).await {
+        match listen(&config, &tls, &wake).await {
             Ok(()) => tracing::warn!("the LISTEN connection closed; reconnecting"),
             Err(e) => tracing::warn!(
                 error = %crate::error::chain(&e),
@@ -32,9 +33,10 @@ pub async fn run(config: tokio_postgres::Config, wake: Arc<Notify>) {
 
 async fn listen(
     config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
     wake: &Notify,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls.clone()).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     // The connection must be polled for the LISTEN to complete, and for
     // notifications to arrive at all.

@@ -17,6 +17,7 @@
 
 mod listen;
 mod schema;
+mod tls;
 mod writer;
 
 use std::sync::{Arc, Mutex};
@@ -27,8 +28,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 use tokio_postgres::Row;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use self::writer::Command;
 use super::rows::{
@@ -92,6 +93,7 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 pub struct PostgresStore {
     pool: Pool,
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     commands: Mutex<Option<mpsc::Sender<Command>>>,
     writers: Mutex<Vec<JoinHandle<()>>>,
     listener: Mutex<Option<JoinHandle<()>>>,
@@ -100,9 +102,12 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connects, applies missing migrations, starts the writer.
     pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        let (url, tls) = tls::split_url(url)
+            .map_err(|e| StoreError::BadUrl(format!("{}: {e}", super::redacted(url))))?;
+        let tls = tls::connector(&tls).map_err(|e| StoreError::Backend(Box::new(e)))?;
         let mut config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| StoreError::BadUrl(format!("{url}: {e}")))?;
+            .map_err(|e| StoreError::BadUrl(format!("{}: {e}", super::redacted(&url))))?;
         let timeout = Duration::from_millis(options.connect_timeout_ms.max(1));
         config
             .application_name("herald")
@@ -116,7 +121,7 @@ impl PostgresStore {
 
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -149,6 +154,7 @@ impl PostgresStore {
         Ok(Self {
             pool,
             config,
+            tls,
             commands: Mutex::new(Some(tx)),
             writers: Mutex::new(writers),
             listener: Mutex::new(None),
@@ -478,6 +484,22 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn backlog(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT status, COUNT(*) FROM notifications
+                  WHERE status IN ('scheduled', 'queued', 'retrying', 'sending')
+                  GROUP BY status",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|row| Ok((status_from(row.get(0))?, row.get::<_, i64>(1) as u64)))
+            .collect()
+    }
+
     async fn purge(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
         let client = self.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -524,12 +546,19 @@ impl Store for PostgresStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client.simple_query("SELECT 1").await.map_err(pg)?;
+        client
+            .execute(
+                "INSERT INTO health_probe (id, at) VALUES (1, $1)
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                &[&UnixMillis::now().0],
+            )
+            .await
+            .map_err(pg)?;
         Ok(())
     }
 
     fn subscribe(&self, wake: Arc<Notify>) {
-        let task = tokio::spawn(listen::run(self.config.clone(), wake));
+        let task = tokio::spawn(listen::run(self.config.clone(), self.tls.clone(), wake));
         if let Some(old) = self
             .listener
             .lock()

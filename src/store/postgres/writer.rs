@@ -83,7 +83,13 @@ async fn write_batch(pool: &Pool, batch: Vec<Command>) {
         }
     }
     let reports: Vec<&RoundReport> = completes.iter().flat_map(|(r, _)| r.iter()).collect();
-    match transact(pool, &inserts, &keyed, &reports).await {
+    let started = tokio::time::Instant::now();
+    let written = transact(pool, &inserts, &keyed, &reports).await;
+    crate::metrics::metrics().store_commit(
+        started.elapsed(),
+        inserts.len() + keyed.len() + reports.len(),
+    );
+    match written {
         Ok((outcomes, keyed_outcomes)) => {
             for (_, reply) in inserts {
                 let _ = reply.send(Ok(()));

@@ -11,6 +11,7 @@ mod schema;
 pub use schema::MIGRATIONS;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -139,9 +140,15 @@ fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
+/// A failed write this recent still makes [`Store::ping`] fail: with a full
+/// disk, the small probe may find room that real writes do not.
+const RECENT_FAILURE_MS: i64 = 5_000;
+
 pub struct SqliteStore {
     commands: mpsc::Sender<Command>,
     reader: Arc<Mutex<Connection>>,
+    /// When a transaction last failed to commit (ms since the epoch; 0: never).
+    last_failure: Arc<AtomicI64>,
 }
 
 impl SqliteStore {
@@ -175,13 +182,16 @@ impl SqliteStore {
 
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
         let max_batch = options.max_batch.max(1);
+        let last_failure = Arc::new(AtomicI64::new(0));
+        let failures = Arc::clone(&last_failure);
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx, max_batch, options.synchronous))
+            .spawn(move || writer_loop(writer, rx, max_batch, options.synchronous, &failures))
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         Ok(Self {
             commands: tx,
             reader: Arc::new(Mutex::new(reader)),
+            last_failure,
         })
     }
 
@@ -213,6 +223,7 @@ fn writer_loop(
     mut rx: mpsc::Receiver<Command>,
     max_batch: usize,
     synchronous: Synchronous,
+    last_failure: &AtomicI64,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut syncing = true;
@@ -239,7 +250,12 @@ fn writer_loop(
             }
         }
         let closing = batch.iter().any(|c| matches!(c, Command::Close(_)));
-        run_batch(&conn, batch.drain(..));
+        let (started, writes) = (std::time::Instant::now(), batch.len());
+        let committed = run_batch(&conn, batch.drain(..));
+        crate::metrics::metrics().store_commit(started.elapsed(), writes);
+        if !committed {
+            last_failure.store(UnixMillis::now().0, Ordering::Relaxed);
+        }
         if closing {
             break;
         }
@@ -262,7 +278,8 @@ fn must_sync(cmd: &Command) -> bool {
     )
 }
 
-fn run_batch(conn: &Connection, commands: impl Iterator<Item = Command>) {
+/// Runs `commands` in one transaction; returns whether it committed.
+fn run_batch(conn: &Connection, commands: impl Iterator<Item = Command>) -> bool {
     let begun = conn.execute_batch("BEGIN IMMEDIATE");
     let answers: Vec<Answer> = commands
         .map(|cmd| execute(conn, cmd, begun.is_ok()))
@@ -279,6 +296,7 @@ fn run_batch(conn: &Connection, commands: impl Iterator<Item = Command>) {
     for answer in answers {
         answer(failure);
     }
+    committed.is_ok()
 }
 
 /// Runs one command inside the open transaction (`open`), or not at all.
@@ -313,8 +331,20 @@ fn execute(conn: &Connection, cmd: Command, open: bool) -> Answer {
             limit,
             reply,
         } => answer(reply, open.then(|| purge_keys(conn, before, limit))),
-        Command::Ping(reply) | Command::Close(reply) => answer(reply, open.then_some(Ok(()))),
+        Command::Ping(reply) => answer(reply, open.then(|| probe(conn))),
+        Command::Close(reply) => answer(reply, open.then_some(Ok(()))),
     }
+}
+
+/// The smallest write that still has to reach the file.
+fn probe(conn: &Connection) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO health_probe (id, at) VALUES (1, ?1)
+         ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+    )
+    .and_then(|mut stmt| stmt.execute([UnixMillis::now().0]))
+    .map_err(backend)?;
+    Ok(())
 }
 
 fn insert(conn: &Connection, n: &NewNotification) -> Result<(), StoreError> {
@@ -891,6 +921,27 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn backlog(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT status, COUNT(*) FROM notifications INDEXED BY notifications_claim
+                      WHERE status IN ('scheduled', 'queued', 'retrying', 'sending')
+                      GROUP BY status",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(backend)?;
+            rows.map(|row| {
+                let (status, n) = row.map_err(backend)?;
+                Ok((status_from(&status)?, n as u64))
+            })
+            .collect()
+        })
+        .await
+    }
+
     async fn purge(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
         self.call(|reply| Command::Purge {
             before,
@@ -910,7 +961,14 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.call(Command::Ping).await
+        self.call(Command::Ping).await?;
+        let ago = UnixMillis::now().0 - self.last_failure.load(Ordering::Relaxed);
+        if ago < RECENT_FAILURE_MS {
+            return Err(StoreError::Backend(Box::new(CommitFailed(format!(
+                "a transaction failed {ago} ms ago"
+            )))));
+        }
+        Ok(())
     }
 
     async fn close(&self) {

@@ -83,6 +83,12 @@ CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
     ),
     (
         5,
+        // One row that readiness checks rewrite: a write that cannot commit
+        // (a full disk) makes the instance not ready.
+        "CREATE TABLE health_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);",
+    ),
+    (
+        6,
         // A client's metadata: a small string map per notification, one row
         // per entry so that a listing can filter by one key through an index.
         "

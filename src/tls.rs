@@ -1,0 +1,143 @@
+//! TLS for every connection Herald makes (HTTPS providers, SMTP, PostgreSQL):
+//! rustls with the `ring` provider, no OpenSSL.
+//!
+//! Trust anchors are the public web roots compiled in from `webpki-roots`,
+//! unless a CA file (PEM) is given: then exactly the certificates in that
+//! file, as PostgreSQL's `sslrootcert` does. Compiled-in roots behave the
+//! same in every container image, with or without a `ca-certificates`
+//! package, and are the ones lettre uses for SMTP too.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use rustls::{ClientConfig, RootCertStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("could not read the CA file {path}")]
+    ReadCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the CA file {path} is not valid PEM")]
+    BadPem {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("the CA file {path} holds no certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("the CA file {path} holds a certificate that cannot be a trust anchor")]
+    BadCertificate {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("TLS settings refused")]
+    Config(#[source] rustls::Error),
+}
+
+/// The one crypto provider: ring (aws-lc-rs would need cmake and a C
+/// toolchain's worth of build time).
+pub fn crypto() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificates of a PEM file, in order; at least one.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::ReadCa {
+        path: path.to_owned(),
+        source,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::BadPem {
+            path: path.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The public roots, or the CA file's certificates instead.
+pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
+    let Some(path) = ca_file else {
+        return Ok(RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        });
+    };
+    let mut store = RootCertStore::empty();
+    for cert in read_ca_file(path)? {
+        store.add(cert).map_err(|source| TlsError::BadCertificate {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(store)
+}
+
+/// A client that checks the server's chain against [`roots`] and its name
+/// against the host it was asked for.
+pub fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(crypto())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .with_root_certificates(roots(ca_file)?)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_roots_by_default() {
+        assert!(roots(None).unwrap().len() > 50);
+        client_config(None).unwrap();
+    }
+
+    #[test]
+    fn a_ca_file_replaces_the_public_roots() {
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".into()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, ca.cert.pem()).unwrap();
+        assert_eq!(roots(Some(&path)).unwrap().len(), 1);
+        client_config(Some(&path)).unwrap();
+    }
+
+    #[test]
+    fn unreadable_or_empty_ca_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = client_config(Some(&missing)).unwrap_err();
+        assert!(matches!(err, TlsError::ReadCa { .. }), "{err:?}");
+        assert!(err.to_string().contains("missing.pem"));
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        assert!(matches!(
+            client_config(Some(&empty)),
+            Err(TlsError::NoCertificate { .. })
+        ));
+
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            client_config(Some(&broken)),
+            Err(TlsError::BadPem { .. })
+        ));
+    }
+}
