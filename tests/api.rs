@@ -461,7 +461,7 @@ async fn batches_store_every_valid_item_and_name_the_bad_ones(backend: Backend) 
         {"channel": "sms", "phone": "01712345678", "text": "one"},
         {"channel": "sms", "phone": "12", "text": ""},
         {"channel": "email", "subject": "two", "body": "b", "recipients": ["a@b.io"],
-         "priority": "low"},
+         "priority": "low", "metadata": {"campaign": "autumn"}},
         {"channel": "fax"},
         "not an object",
         {"channel": "sms", "phone": "01712345678", "text": "three",
@@ -519,4 +519,38 @@ async fn batches_store_every_valid_item_and_name_the_bad_ones(backend: Backend) 
     assert_eq!(bulk.body["results"].as_array().unwrap().len(), 100);
     assert!(c.wait_until_settled(Duration::from_secs(30)).await);
     assert_eq!(c.stats().await["delivered"], 102);
+
+    // Listing: filters, and a cursor through every page.
+    let low = c.get("/v1/notifications?channel=email&priority=low").await;
+    assert_eq!(low.status, 200, "{}", low.body);
+    let items = low.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["id"], results[2]["id"]);
+    let tagged = c
+        .get("/v1/notifications?metadata_key=campaign&metadata_value=autumn")
+        .await;
+    assert_eq!(tagged.body["items"][0]["id"], results[2]["id"]);
+    let id = results[2]["id"].as_str().unwrap();
+    let rec = c.get(&format!("/v1/notifications/{id}")).await.body;
+    assert_eq!(rec["metadata"], json!({"campaign": "autumn"}));
+    let mut seen = 0;
+    let mut path = "/v1/notifications?status=delivered&channel=sms&limit=40".to_owned();
+    for _ in 0..10 {
+        let page = c.get(&path).await.body;
+        seen += page["items"].as_array().unwrap().len();
+        match page["next"].as_str() {
+            Some(next) => {
+                path =
+                    format!("/v1/notifications?status=delivered&channel=sms&limit=40&cursor={next}")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, 101);
+    assert_problem(&c.get("/v1/notifications?priority=urgent").await, 400);
+    assert_problem(
+        &c.get("/v1/notifications?created_after=yesterday").await,
+        400,
+    );
+    assert_problem(&c.get("/v1/notifications?cursor=xyz").await, 400);
 }

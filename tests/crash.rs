@@ -2,16 +2,19 @@
 
 mod support;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herald::domain::Channel;
-use support::{Backend, Herald, Sim, TestStore, send_many};
+use serde_json::json;
+use support::{Backend, Client, Herald, Sim, TestStore, send_many};
 
 store_matrix!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     kill_9_then_restart_loses_nothing,
     sigterm_under_load_drains_and_exits_cleanly,
+    kill_storm_with_retrying_clients_stores_each_notification_once,
 );
 
 /// Providers answer slowly enough that many sends are in flight at the kill.
@@ -105,4 +108,105 @@ async fn sigterm_under_load_drains_and_exits_cleanly(backend: Backend) {
     assert_eq!(client.stats().await["delivered"], accepted.len() as u64);
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
     assert_eq!(duplicates, 0, "a clean drain sends nothing twice");
+}
+
+/// Clients that retry with their `Idempotency-Key` whenever an answer is
+/// lost (the connection died with Herald, or Herald was down) while Herald
+/// is killed again and again: every notification is stored exactly once, so
+/// no duplicate comes from a client's retry; the only sends that may repeat
+/// are those in flight at a kill.
+async fn kill_storm_with_retrying_clients_stores_each_notification_once(backend: Backend) {
+    const COUNT: usize = 600;
+    const SENDERS: usize = 8;
+    const KILLS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    let sim = Sim::start(0.5, LATENCY).await;
+    let config = sim.herald_config(&store.url, "").replace(
+        "[dispatch]",
+        &format!("[dispatch]\nmax_in_flight = {IN_FLIGHT}"),
+    );
+    let mut herald = Herald::start(dir.path(), &config);
+    let addr = Arc::new(Mutex::new(herald.addr));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lost_answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..SENDERS {
+        let addr = Arc::clone(&addr);
+        let next = Arc::clone(&next);
+        let lost = Arc::clone(&lost_answers);
+        senders.spawn(async move {
+            let mut ids = Vec::new();
+            let mut client: Option<(SocketAddr, Client)> = None;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= COUNT {
+                    return ids;
+                }
+                let body = json!({"phone": "01712345678", "text": format!("storm-{i}")});
+                let key = format!("storm-key-{i}");
+                // Retry until accepted, bounded: the kills end well before.
+                let until = Instant::now() + Duration::from_secs(60);
+                loop {
+                    assert!(Instant::now() < until, "storm-{i} was never accepted");
+                    let current = *addr.lock().unwrap();
+                    if client.as_ref().is_none_or(|(a, _)| *a != current) {
+                        client = Some((current, Client::new(current)));
+                    }
+                    let (_, c) = client.as_ref().unwrap();
+                    let a = c.post_keyed("/v1/sms", &key, &body).await;
+                    if a.status == 202 {
+                        ids.push((i, a.body["id"].as_str().unwrap().to_owned()));
+                        break;
+                    }
+                    lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+    }
+
+    for kill in 0..KILLS {
+        let until = Instant::now() + Duration::from_secs(30);
+        let target = (kill + 1) * COUNT / (KILLS + 2);
+        while next.load(std::sync::atomic::Ordering::Relaxed) < target && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        herald.kill9();
+        herald = Herald::start(dir.path(), &config);
+        *addr.lock().unwrap() = herald.addr;
+    }
+    let mut accepted = Vec::new();
+    while let Some(ids) = senders.join_next().await {
+        accepted.extend(ids.unwrap());
+    }
+    assert_eq!(accepted.len(), COUNT);
+
+    let client = herald.client();
+    assert!(
+        client.wait_until_settled(Duration::from_secs(120)).await,
+        "{:?}",
+        client.stats().await
+    );
+    let stats = client.stats().await;
+    let stored: u64 = stats.values().sum();
+    let counts = sim.counts_by_key();
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    let retries = lost_answers.load(std::sync::atomic::Ordering::Relaxed);
+    println!("{KILLS} kills: {retries} client retries, {stored} stored, {duplicates} sent twice");
+    assert!(retries > 0, "the kills cut some answers short");
+    // Not one notification more than the clients meant to send.
+    assert_eq!(stored, COUNT as u64, "{stats:?}");
+    assert_eq!(stats["delivered"], COUNT as u64);
+    for i in 0..COUNT {
+        assert!(
+            counts.contains_key(&format!("storm-{i}")),
+            "storm-{i} never sent"
+        );
+    }
+    // What repeats is only what was in flight at a kill.
+    assert!(duplicates <= KILLS * IN_FLIGHT, "{duplicates} duplicates");
 }

@@ -54,6 +54,7 @@ async fn verify_full_with_the_servers_ca_connects_and_works() {
             deliver_by: None,
             send_at: None,
             priority: herald::domain::Priority::Normal,
+            metadata: Default::default(),
             lease: None,
         })
         .await

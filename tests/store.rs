@@ -13,7 +13,7 @@ use herald::domain::{
 };
 use herald::store::{
     self, CancelOutcome, Completion, IdempotencyKey, KeyedInsert, Lease, LeaseLost, LeaseToken,
-    NewNotification, ReplayOutcome, RoundReport, StoreOptions,
+    ListFilter, NewNotification, ReplayOutcome, RoundReport, StoreOptions,
 };
 use support::{Backend, TestStore};
 
@@ -36,6 +36,7 @@ store_matrix!(
     cancel_takes_back_only_what_has_not_started,
     high_priority_is_not_delayed_by_a_low_backlog,
     an_idempotency_key_stores_once_even_when_raced,
+    listings_filter_and_page_stably_under_inserts,
 );
 
 fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
@@ -48,6 +49,7 @@ fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
         deliver_by: None,
         send_at: None,
         priority: Priority::Normal,
+        metadata: Default::default(),
         lease: None,
     }
 }
@@ -369,10 +371,13 @@ async fn dead_letters_are_listed_and_replayed(backend: Backend) {
             .all(Result::is_ok)
     );
 
-    let page1 = store.list(Status::Dead, None, 3).await.unwrap();
+    let page1 = store
+        .list(ListFilter::status(Status::Dead), None, 3)
+        .await
+        .unwrap();
     assert_eq!(page1.len(), 3);
     let page2 = store
-        .list(Status::Dead, Some(page1[2].id), 3)
+        .list(ListFilter::status(Status::Dead), Some(page1[2].id), 3)
         .await
         .unwrap();
     assert_eq!(page2.len(), 1);
@@ -608,6 +613,118 @@ async fn postgres_migrations_run_once_under_concurrent_starts() {
         .collect();
     let expected: Vec<i32> = store::POSTGRES_MIGRATIONS.iter().map(|(v, _)| *v).collect();
     assert_eq!(versions, expected);
+}
+
+/// A database written by main before this work (schema versions 1 and 2)
+/// is upgraded in place: its rows are read back intact and still delivered.
+#[tokio::test]
+async fn sqlite_databases_of_earlier_versions_are_upgraded_in_place() {
+    for version in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let now = UnixMillis::now();
+        let id = NotificationId::new_at(now);
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            for (_, sql) in &store::SQLITE_MIGRATIONS[..version] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(&format!("PRAGMA user_version = {version};"))
+                .unwrap();
+            conn.execute(
+                "INSERT INTO notifications (id, channel, payload, status, due_at, rounds,
+                     created_at, updated_at, expires_at, last_error)
+                 VALUES (?1, 'sms', '{\"phone\":\"01712345678\",\"text\":\"old\"}',
+                         'retrying', ?2, 2, ?2, ?2, ?3, 'HTTP 500')",
+                rusqlite::params![&id.as_bytes()[..], now.0, now.0 + 3_600_000],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO attempts (notification_id, started_at, provider, duration_ms, outcome,
+                     http_status, error)
+                 VALUES (?1, ?2, 'sms-provider1', 4, 'transient', 500, 'HTTP 500')",
+                rusqlite::params![&id.as_bytes()[..], now.0],
+            )
+            .unwrap();
+        }
+        let store = store::open(
+            &format!("sqlite://{}", path.display()),
+            &StoreOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_upgraded(&*store, id, now).await;
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_databases_of_earlier_versions_are_upgraded_in_place() {
+    for version in [1, 2] {
+        let Some(test) = TestStore::new(Backend::Postgres).await else {
+            return;
+        };
+        let now = UnixMillis::now();
+        let id = NotificationId::new_at(now);
+        let (client, connection) = tokio_postgres::connect(&test.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let driver = tokio::spawn(connection);
+        client
+            .batch_execute(
+                "CREATE TABLE herald_migrations (
+                     version integer PRIMARY KEY,
+                     applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await
+            .unwrap();
+        for (v, sql) in &store::POSTGRES_MIGRATIONS[..version] {
+            client.batch_execute(sql).await.unwrap();
+            client
+                .execute("INSERT INTO herald_migrations (version) VALUES ($1)", &[v])
+                .await
+                .unwrap();
+        }
+        client
+            .execute(
+                "INSERT INTO notifications (id, channel, payload, status, due_at, rounds,
+                     created_at, updated_at, expires_at, last_error)
+                 VALUES ($1, 'sms', '{\"phone\":\"01712345678\",\"text\":\"old\"}',
+                         'retrying', $2, 2, $2, $2, $3, 'HTTP 500')",
+                &[&id.as_uuid(), &now.0, &(now.0 + 3_600_000)],
+            )
+            .await
+            .unwrap();
+        client
+            .execute(
+                "INSERT INTO attempts (notification_id, started_at, provider, duration_ms, outcome,
+                     http_status, error)
+                 VALUES ($1, $2, 'sms-provider1', 4, 'transient', 500, 'HTTP 500')",
+                &[&id.as_uuid(), &now.0],
+            )
+            .await
+            .unwrap();
+        drop(client);
+        let _ = driver.await;
+        let store = test.open().await;
+        assert_upgraded(&*store, id, now).await;
+        store.close().await;
+    }
+}
+
+async fn assert_upgraded(store: &dyn store::Store, id: NotificationId, now: UnixMillis) {
+    let rec = store.get(id).await.unwrap().expect("the old row is kept");
+    assert_eq!(rec.status, Status::Retrying);
+    assert_eq!(rec.priority, Priority::Normal);
+    assert_eq!(rec.rounds, 2);
+    assert_eq!(rec.expires_at, None, "no client deadline");
+    assert_eq!(rec.retry_until, UnixMillis(now.0 + 3_600_000));
+    assert_eq!(rec.message["text"], "old");
+    assert_eq!(rec.attempts.len(), 1);
+    assert_eq!(rec.attempts[0].http_status, Some(500));
+    let claimed = store.claim(now, 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1, "still claimed after the upgrade");
+    assert_eq!(claimed[0].id, id);
 }
 
 /// A notification stored by one instance wakes the dispatcher of another.
@@ -1010,4 +1127,96 @@ async fn an_idempotency_key_stores_once_even_when_raced(backend: Backend) {
             .unwrap(),
         KeyedInsert::Replayed(_)
     ));
+}
+
+async fn listings_filter_and_page_stably_under_inserts(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    let t0 = UnixMillis::now();
+    let mut made = Vec::new();
+    for i in 0..10i64 {
+        let at = UnixMillis(t0.0 + i * 10);
+        let mut n = new_sms(at, &format!("list-{i}"));
+        if i % 2 == 1 {
+            n.channel = Channel::Email;
+            n.payload = r#"{"subject":"s","body":"b","recipients":["a@b.io"]}"#.into();
+        }
+        if i >= 5 {
+            n.priority = Priority::High;
+        }
+        if i % 3 == 0 {
+            n.metadata.insert("campaign".into(), "autumn".into());
+            n.metadata.insert("order".into(), format!("o-{i}"));
+        }
+        store.insert(n.clone()).await.unwrap();
+        made.push(n.id);
+    }
+    let all = |f: ListFilter| {
+        let store = Arc::clone(&store);
+        async move {
+            let mut ids = Vec::new();
+            let mut after = None;
+            for _ in 0..20 {
+                let page = store.list(f.clone(), after, 3).await.unwrap();
+                ids.extend(page.iter().map(|n| n.id));
+                if page.len() < 3 {
+                    return ids;
+                }
+                after = page.last().map(|n| n.id);
+                // A newer notification arriving mid-listing comes after
+                // every page already read.
+                store
+                    .insert(new_sms(UnixMillis(t0.0 + 100_000), "late"))
+                    .await
+                    .unwrap();
+            }
+            ids
+        }
+    };
+    let email = ListFilter {
+        channel: Some(Channel::Email),
+        created_before: Some(UnixMillis(t0.0 + 100)),
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        all(email).await,
+        [made[1], made[3], made[5], made[7], made[9]]
+    );
+    let high_sms = ListFilter {
+        channel: Some(Channel::Sms),
+        priority: Some(Priority::High),
+        ..ListFilter::default()
+    };
+    assert_eq!(all(high_sms).await, [made[6], made[8]]);
+    let window = ListFilter {
+        status: Some(Status::Queued),
+        created_from: Some(UnixMillis(t0.0 + 20)),
+        created_before: Some(UnixMillis(t0.0 + 50)),
+        ..ListFilter::default()
+    };
+    assert_eq!(all(window).await, made[2..5]);
+    let autumn = ListFilter {
+        metadata: Some(("campaign".into(), "autumn".into())),
+        ..ListFilter::default()
+    };
+    assert_eq!(all(autumn).await, [made[0], made[3], made[6], made[9]]);
+    let one_order = ListFilter {
+        metadata: Some(("order".into(), "o-6".into())),
+        priority: Some(Priority::High),
+        ..ListFilter::default()
+    };
+    assert_eq!(all(one_order).await, [made[6]]);
+    let rec = store.get(made[3]).await.unwrap().unwrap();
+    assert_eq!(rec.metadata["order"], "o-3");
+    assert!(
+        store
+            .get(made[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .metadata
+            .is_empty()
+    );
 }

@@ -14,8 +14,8 @@ use serde_json::json;
 
 use super::ApiState;
 use super::problem::Problem;
-use crate::domain::{NotificationId, Status, UnixMillis};
-use crate::store::{CancelOutcome, ReplayOutcome};
+use crate::domain::{Channel, NotificationId, Priority, Status, UnixMillis};
+use crate::store::{CancelOutcome, ListFilter, ReplayOutcome};
 
 const MAX_PAGE: usize = 1_000;
 
@@ -42,36 +42,98 @@ pub async fn get(
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
-    status: String,
+    status: Option<String>,
+    channel: Option<String>,
+    priority: Option<String>,
+    created_after: Option<String>,
+    created_before: Option<String>,
+    /// One metadata entry to match: `metadata_key` and `metadata_value`.
+    metadata_key: Option<String>,
+    metadata_value: Option<String>,
+    /// The `next` of the previous page (`after` is its older name).
+    cursor: Option<String>,
     after: Option<String>,
     limit: Option<usize>,
 }
 
-/// `GET /v1/notifications?status=dead[&after=ID][&limit=N]`, oldest first;
-/// `next` is the `after` of the following page.
+fn one_of<T>(
+    name: &str,
+    raw: Option<&str>,
+    parse: fn(&str) -> Option<T>,
+    all: &[&str],
+) -> Result<Option<T>, Problem> {
+    raw.map(|v| {
+        parse(v).ok_or_else(|| {
+            Problem::bad_query(format!(
+                "{name} must be one of {}; not {v:?}",
+                all.join(", ")
+            ))
+        })
+    })
+    .transpose()
+}
+
+fn timestamp(name: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, Problem> {
+    raw.map(|v| {
+        crate::domain::rfc3339::parse(v)
+            .ok_or_else(|| Problem::bad_query(format!("{name} must be an RFC 3339 date-time")))
+    })
+    .transpose()
+}
+
+/// `GET /v1/notifications`, oldest first, filtered by any of `status`,
+/// `channel`, `priority`, `created_after` (inclusive) and `created_before`;
+/// `next` is the `cursor` of the following page (opaque to clients; pages
+/// never shift when new notifications arrive). `?status=dead` is the
+/// dead-letter view.
 pub async fn list(
     State(state): State<Arc<ApiState>>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = query.map_err(|e| Problem::bad_query(e.body_text()))?;
-    let status = Status::parse(&q.status).ok_or_else(|| {
-        Problem::bad_query(format!(
-            "status must be one of {}; not {:?}",
-            Status::ALL.map(Status::as_str).join(", "),
-            q.status
-        ))
-    })?;
-    let after = match q.after.as_deref() {
+    let metadata = match (q.metadata_key, q.metadata_value) {
+        (Some(k), Some(v)) => Some((k, v)),
+        (None, None) => None,
+        _ => {
+            return Err(Problem::bad_query(
+                "metadata_key and metadata_value go together".into(),
+            ));
+        }
+    };
+    let filter = ListFilter {
+        metadata,
+        status: one_of(
+            "status",
+            q.status.as_deref(),
+            Status::parse,
+            &Status::ALL.map(Status::as_str),
+        )?,
+        channel: one_of(
+            "channel",
+            q.channel.as_deref(),
+            Channel::parse,
+            &Channel::ALL.map(Channel::as_str),
+        )?,
+        priority: one_of(
+            "priority",
+            q.priority.as_deref(),
+            Priority::parse,
+            &Priority::ALL.map(Priority::as_str),
+        )?,
+        created_from: timestamp("created_after", q.created_after.as_deref())?,
+        created_before: timestamp("created_before", q.created_before.as_deref())?,
+    };
+    let after = match q.cursor.as_deref().or(q.after.as_deref()) {
         Some(a) => Some(
             a.parse::<NotificationId>()
-                .map_err(|e| Problem::bad_query(format!("after: {e}")))?,
+                .map_err(|_| Problem::bad_query("cursor: not a cursor this API gave".into()))?,
         ),
         None => None,
     };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let items = state
         .store
-        .list(status, after, limit)
+        .list(filter, after, limit)
         .await
         .map_err(store_problem)?;
     let next = (items.len() == limit)

@@ -261,6 +261,7 @@ pub(super) fn prepare<'a>(
         deliver_by: options.deliver_by,
         send_at: options.send_at,
         priority: options.priority,
+        metadata: options.metadata,
         lease: reservation.as_ref().map(|r| r.lease()),
     };
     let status = match reservation {

@@ -45,6 +45,18 @@ pub struct BenchArgs {
     /// What to send.
     #[arg(long, value_enum, default_value_t = ChannelMix::Sms)]
     pub channel: ChannelMix,
+    /// Send through `POST /v1/batch`, this many notifications per request
+    /// (--count still counts requests; accepted/s counts notifications).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch: Option<u32>,
+    /// The priority of every notification the load sends.
+    #[arg(long, value_parser = ["high", "normal", "low"])]
+    pub priority: Option<String>,
+    /// Before the load, store this many `low` notifications (in batches of
+    /// 1,000, not measured): the backlog a `--priority high` load must not
+    /// wait behind.
+    #[arg(long, default_value_t = 0)]
+    pub backlog_low: u64,
     /// After the load, wait up to this long for the backlog to drain
     /// (0s: don't wait).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::BenchError;
 use super::args::ChannelMix;
 use super::client::Conn;
 use super::histogram::Latencies;
-use super::messages::{Marker, request};
+use super::messages::{Marker, batch_request, request, with_priority};
 
 /// What every worker follows.
 pub struct Plan {
@@ -29,6 +30,9 @@ pub struct Plan {
     /// Keep `(seq, accepted at)` of every accepted request, to match
     /// deliveries against.
     pub keep_accepted: bool,
+    /// Notifications per request, through `POST /v1/batch`.
+    pub batch: Option<u32>,
+    pub priority: Option<String>,
 }
 
 impl Plan {
@@ -139,7 +143,22 @@ async fn worker(plan: Arc<Plan>, live: Arc<Live>) -> Outcome {
                 }
             },
         };
-        let (path, body) = request(&plan.marker, plan.mix, seq);
+        // A batch of n carries notifications seq·n … seq·n + n − 1.
+        let per_request = plan.batch.map_or(1, u64::from);
+        let (path, body) = match (plan.batch, plan.priority.as_deref()) {
+            (Some(n), priority) => batch_request(
+                &plan.marker,
+                plan.mix,
+                seq * u64::from(n),
+                n.into(),
+                priority,
+            ),
+            (None, Some(priority)) => {
+                let (path, body) = request(&plan.marker, plan.mix, seq);
+                (path, with_priority(body, priority))
+            }
+            (None, None) => request(&plan.marker, plan.mix, seq),
+        };
         let sent = Instant::now();
         out.sent += 1;
         let answer = c.post_json(path, body).await;
@@ -153,11 +172,13 @@ async fn worker(plan: Arc<Plan>, live: Arc<Live>) -> Outcome {
                         .record(now.saturating_duration_since(due));
                 }
                 if status.as_u16() == 202 {
-                    out.accepted += 1;
-                    live.accepted.fetch_add(1, Ordering::Relaxed);
+                    out.accepted += per_request;
+                    live.accepted.fetch_add(per_request, Ordering::Relaxed);
                     if plan.keep_accepted {
                         let at = now.saturating_duration_since(plan.start).as_micros();
-                        out.accepted_at.push((seq, at as u64));
+                        let first = seq * per_request;
+                        out.accepted_at
+                            .extend((first..first + per_request).map(|s| (s, at as u64)));
                     }
                 } else {
                     *out.statuses.entry(status.as_u16()).or_insert(0) += 1;
@@ -178,6 +199,27 @@ fn note_error(out: &mut Outcome, live: &Live, message: String) {
     out.first_error.get_or_insert(message);
 }
 
+/// Stores `count` low-priority notifications through `POST /v1/batch`,
+/// 1,000 at a time, under a marker of their own (not measured).
+pub async fn preload_low(addr: SocketAddr, mix: ChannelMix, count: u64) -> Result<(), BenchError> {
+    const PER_BATCH: u64 = 1_000;
+    let marker = Marker::random();
+    let mut conn = Conn::open(addr).await?;
+    let mut first = 0;
+    while first < count {
+        let n = PER_BATCH.min(count - first);
+        let (path, body) = batch_request(&marker, mix, first, n, Some("low"));
+        let status = conn.post_json(path, body).await?;
+        if status.as_u16() != 202 {
+            return Err(BenchError::Preload {
+                status: status.as_u16(),
+            });
+        }
+        first += n;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +236,8 @@ mod tests {
             deadline: start + Duration::from_secs(1),
             rate: Some(4_000),
             keep_accepted: false,
+            batch: None,
+            priority: None,
         };
         assert_eq!(plan.due(0, 4_000), start);
         assert_eq!(plan.due(1, 4_000) - start, Duration::from_micros(250));

@@ -68,6 +68,41 @@ pub fn request(marker: &Marker, mix: ChannelMix, seq: u64) -> (&'static str, Byt
     }
 }
 
+/// One notification of a batch: the single request's body with its
+/// channel (and priority) added.
+fn batch_item(marker: &Marker, mix: ChannelMix, seq: u64, priority: Option<&str>) -> String {
+    let (path, body) = request(marker, mix, seq);
+    let channel = if path == "/v1/sms" { "sms" } else { "email" };
+    let fields = std::str::from_utf8(&body[1..]).expect("bench bodies are UTF-8");
+    match priority {
+        Some(p) => format!(r#"{{"channel":"{channel}","priority":"{p}",{fields}"#),
+        None => format!(r#"{{"channel":"{channel}",{fields}"#),
+    }
+}
+
+/// `POST /v1/batch`'s body for requests `first..first + n`.
+pub fn batch_request(
+    marker: &Marker,
+    mix: ChannelMix,
+    first: u64,
+    n: u64,
+    priority: Option<&str>,
+) -> (&'static str, Bytes) {
+    let items: Vec<String> = (first..first + n)
+        .map(|seq| batch_item(marker, mix, seq, priority))
+        .collect();
+    (
+        "/v1/batch",
+        Bytes::from(format!(r#"{{"notifications":[{}]}}"#, items.join(","))),
+    )
+}
+
+/// A single request's body with a priority.
+pub fn with_priority(body: Bytes, priority: &str) -> Bytes {
+    let fields = std::str::from_utf8(&body[1..]).expect("bench bodies are UTF-8");
+    Bytes::from(format!(r#"{{"priority":"{priority}",{fields}"#))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +123,23 @@ mod tests {
             request(&m, ChannelMix::Sms, 1).1,
             request(&m, ChannelMix::Sms, 2).1
         );
+    }
+
+    #[test]
+    fn batches_carry_every_request_of_their_range() {
+        let m = Marker::new(7);
+        let (path, body) = batch_request(&m, ChannelMix::Mix, 10, 3, Some("high"));
+        assert_eq!(path, "/v1/batch");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let items = v["notifications"].as_array().unwrap();
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[0]["channel"], "sms");
+        assert_eq!(items[1]["channel"], "email");
+        assert_eq!(items[2]["priority"], "high");
+        assert_eq!(m.find_seq(&items[2].to_string()), Some(12));
+        let single = with_priority(request(&m, ChannelMix::Sms, 1).1, "low");
+        let v: serde_json::Value = serde_json::from_slice(&single).unwrap();
+        assert_eq!(v["priority"], "low");
     }
 
     #[test]

@@ -68,6 +68,8 @@ pub enum BenchError {
     },
     #[error("{what} did not start listening in time; its log: {}", log.display())]
     Start { what: &'static str, log: PathBuf },
+    #[error("storing the low-priority backlog was answered {status}")]
+    Preload { status: u16 },
     #[error("a bench task failed")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -131,6 +133,9 @@ async fn measure(
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let load_average_before = procfs::load_average();
     let time_limit = args.time_limit();
+    if args.backlog_low > 0 {
+        load::preload_low(addr, args.channel, args.backlog_low).await?;
+    }
     let stats_before = stats::read_once(addr, Instant::now()).await;
 
     let start = Instant::now();
@@ -148,6 +153,8 @@ async fn measure(
         deadline: start + time_limit,
         rate: args.rate,
         keep_accepted: spawned.is_some(),
+        batch: args.batch,
+        priority: args.priority.clone(),
     });
     let live = Arc::new(Live::default());
     let stop_polling = Arc::new(AtomicBool::new(false));

@@ -374,6 +374,7 @@ mod tests {
                         deliver_by: None,
                         send_at: None,
                         priority: Priority::Normal,
+                        metadata: Default::default(),
                         lease: None,
                     })
                     .await

@@ -1,6 +1,7 @@
 //! What a client may say about a notification beside its message: when to
 //! send it, until when it is worth sending, and how urgent it is.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -17,6 +18,7 @@ pub struct RawOptions {
     pub expires_at: Option<Value>,
     pub ttl_secs: Option<Value>,
     pub priority: Option<Value>,
+    pub metadata: Option<Value>,
 }
 
 /// The validated options.
@@ -27,6 +29,54 @@ pub struct DeliveryOptions {
     /// Not after this: undelivered by then, it ends `expired`.
     pub deliver_by: Option<UnixMillis>,
     pub priority: Priority,
+    /// The client's own labels, stored and returned as given.
+    pub metadata: BTreeMap<String, String>,
+}
+
+pub const MAX_METADATA_ENTRIES: usize = 16;
+pub const MAX_METADATA_KEY_CHARS: usize = 64;
+pub const MAX_METADATA_VALUE_CHARS: usize = 256;
+
+fn metadata(errors: &mut Vec<FieldError>, value: Option<Value>) -> BTreeMap<String, String> {
+    let map = match value {
+        None | Some(Value::Null) => return BTreeMap::new(),
+        Some(Value::Object(map)) if map.len() <= MAX_METADATA_ENTRIES => map,
+        Some(Value::Object(_)) => {
+            errors.push(FieldError::new(
+                "metadata",
+                format!("must hold at most {MAX_METADATA_ENTRIES} entries"),
+            ));
+            return BTreeMap::new();
+        }
+        Some(_) => {
+            errors.push(FieldError::new("metadata", "must be an object of strings"));
+            return BTreeMap::new();
+        }
+    };
+    let mut out = BTreeMap::new();
+    for (key, value) in map {
+        let key_ok = !key.is_empty()
+            && key.len() <= MAX_METADATA_KEY_CHARS
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        let field = format!("metadata.{key}");
+        match value {
+            _ if !key_ok => errors.push(FieldError::new(
+                field,
+                format!("keys must be 1 to {MAX_METADATA_KEY_CHARS} of A-Z a-z 0-9 _ . -"),
+            )),
+            Value::String(v) if v.chars().count() <= MAX_METADATA_VALUE_CHARS => {
+                out.insert(key, v);
+            }
+            Value::String(_) => errors.push(FieldError::new(
+                field,
+                format!("must be at most {MAX_METADATA_VALUE_CHARS} characters"),
+            )),
+            _ => errors.push(FieldError::new(field, "must be a string")),
+        }
+    }
+    out
 }
 
 /// How far ahead `send_at` and the delivery deadline may reach.
@@ -138,11 +188,14 @@ pub fn validate_options(
         }
     };
 
+    let metadata = metadata(&mut errors, raw.metadata);
+
     if errors.is_empty() {
         Ok(DeliveryOptions {
             send_at,
             deliver_by,
             priority,
+            metadata,
         })
     } else {
         Err(errors)
@@ -203,6 +256,30 @@ mod tests {
         assert_eq!(
             check(json!({"send_at": "2023-11-15T00:00:00Z", "expires_at": "2023-11-14T23:00:00Z"})),
             Err(vec!["expires_at".into()])
+        );
+    }
+
+    #[test]
+    fn metadata_is_a_small_map_of_strings() {
+        let ok = check(json!({"metadata": {"order": "4711", "team.name": "billing"}})).unwrap();
+        assert_eq!(ok.metadata["order"], "4711");
+        assert_eq!(
+            check(json!({"metadata": ["x"]})),
+            Err(vec!["metadata".into()])
+        );
+        assert_eq!(
+            check(json!({"metadata": {"n": 1, "bad key": "v", "ok": "x".repeat(257)}})),
+            Err(vec![
+                "metadata.bad key".into(),
+                "metadata.n".into(),
+                "metadata.ok".into()
+            ])
+        );
+        let many: serde_json::Map<String, Value> =
+            (0..17).map(|i| (format!("k{i}"), json!("v"))).collect();
+        assert_eq!(
+            check(json!({"metadata": many})),
+            Err(vec!["metadata".into()])
         );
     }
 

@@ -13,6 +13,7 @@ mod postgres;
 mod rows;
 mod sqlite;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use tokio::sync::Notify;
 use crate::domain::{Attempt, Channel, NotificationId, Priority, Status, UnixMillis};
 
 pub use postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PostgresOptions, PostgresStore};
-pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+pub use sqlite::{MIGRATIONS as SQLITE_MIGRATIONS, SqliteOptions, SqliteStore, Synchronous};
 
 use crate::error::BoxError;
 
@@ -74,6 +75,8 @@ pub struct NewNotification {
     /// Stored `scheduled`, due at this time; `None`: due at once.
     pub send_at: Option<UnixMillis>,
     pub priority: Priority,
+    /// The client's labels (bounded by validation).
+    pub metadata: BTreeMap<String, String>,
     /// Stored already `sending` under this lease, for a dispatcher that was
     /// handed it in memory; `None`: stored `queued` (or `scheduled`).
     pub lease: Option<Lease>,
@@ -188,6 +191,8 @@ pub struct NotificationRecord {
     pub rounds: u32,
     pub delivered_by: Option<String>,
     pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
     pub message: serde_json::Value,
     pub attempts: Vec<Attempt>,
 }
@@ -203,6 +208,115 @@ pub struct NotificationSummary {
     pub updated_at: UnixMillis,
     pub rounds: u32,
     pub last_error: Option<String>,
+}
+
+/// What a listing selects; every field given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// One metadata entry, key and value.
+    pub metadata: Option<(String, String)>,
+    pub status: Option<Status>,
+    pub channel: Option<Channel>,
+    pub priority: Option<Priority>,
+    /// Created at or after this.
+    pub created_from: Option<UnixMillis>,
+    /// Created before this.
+    pub created_before: Option<UnixMillis>,
+}
+
+impl ListFilter {
+    pub fn status(status: Status) -> Self {
+        Self {
+            status: Some(status),
+            ..Self::default()
+        }
+    }
+
+    /// The listing's query with its parameters, for an engine whose n-th
+    /// placeholder is `placeholder(n)`. Creation bounds are id bounds (ids
+    /// carry their creation time), so a listing walks the primary key, or
+    /// the `(status, id)` index when a status is given, in id order.
+    pub(crate) fn query(
+        &self,
+        after: Option<NotificationId>,
+        limit: usize,
+        placeholder: fn(usize) -> String,
+    ) -> (String, Vec<ListParam>) {
+        let mut conditions = Vec::new();
+        let mut params = Vec::new();
+        // Each `?` of a condition takes the next parameter.
+        let mut add = |condition: &str, given: Vec<ListParam>| {
+            let mut parts = condition.split('?');
+            let mut sql = parts.next().unwrap_or_default().to_owned();
+            for (part, param) in parts.zip(given) {
+                params.push(param);
+                sql.push_str(&placeholder(params.len()));
+                sql.push_str(part);
+            }
+            conditions.push(sql);
+        };
+        if let Some(status) = self.status {
+            add(
+                "status = ?",
+                vec![ListParam::Text(status.as_str().to_owned())],
+            );
+        }
+        if let Some(channel) = self.channel {
+            add(
+                "channel = ?",
+                vec![ListParam::Text(channel.as_str().to_owned())],
+            );
+        }
+        if let Some(priority) = self.priority {
+            add("priority = ?", vec![ListParam::Rank(priority.rank())]);
+        }
+        if let Some((key, value)) = &self.metadata {
+            add(
+                "id IN (SELECT notification_id FROM notification_metadata
+                         WHERE key = ? AND value = ?)",
+                vec![ListParam::Text(key.clone()), ListParam::Text(value.clone())],
+            );
+        }
+        if let Some(after) = after {
+            add("id > ?", vec![ListParam::Id(after)]);
+        }
+        if let Some(from) = self.created_from {
+            add(
+                "id >= ?",
+                vec![ListParam::Id(NotificationId::first_at(from))],
+            );
+        }
+        if let Some(before) = self.created_before {
+            add(
+                "id < ?",
+                vec![ListParam::Id(NotificationId::first_at(before))],
+            );
+        }
+        add("TRUE LIMIT ?", vec![ListParam::Limit(limit as i64)]);
+        let limit = conditions.pop().unwrap_or_default();
+        let filter = if conditions.is_empty() {
+            "TRUE".to_owned()
+        } else {
+            conditions.join(" AND ")
+        };
+        (
+            format!(
+                "SELECT {} FROM notifications WHERE {filter} ORDER BY id {}",
+                rows::SUMMARY_COLUMNS,
+                limit.trim_start_matches("TRUE ")
+            ),
+            params,
+        )
+    }
+}
+
+/// A parameter of a listing's query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ListParam {
+    Text(String),
+    Rank(i16),
+    Id(NotificationId),
+    Limit(i64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,10 +405,12 @@ pub trait Store: Send + Sync {
 
     async fn get(&self, id: NotificationId) -> Result<Option<NotificationRecord>, StoreError>;
 
-    /// Oldest first, after the `after` id when given.
+    /// The notifications `filter` selects, oldest first, after the `after`
+    /// id when given (ids grow with creation time, so a page boundary is
+    /// stable under inserts).
     async fn list(
         &self,
-        status: Status,
+        filter: ListFilter,
         after: Option<NotificationId>,
         limit: usize,
     ) -> Result<Vec<NotificationSummary>, StoreError>;

@@ -4,6 +4,8 @@
 //! and PostgreSQL differ in their integer and id types, nothing else); what
 //! the values mean, and which of them are invalid, is decided below.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 
 use super::{Claimed, LeaseToken, NotificationRecord, NotificationSummary, StoreError};
@@ -72,6 +74,7 @@ impl RecordRow {
         self,
         id: NotificationId,
         attempts: Vec<Attempt>,
+        metadata: BTreeMap<String, String>,
     ) -> Result<NotificationRecord, StoreError> {
         let status = status_from(&self.status)?;
         Ok(NotificationRecord {
@@ -94,6 +97,7 @@ impl RecordRow {
             rounds: count(self.rounds),
             delivered_by: self.delivered_by,
             last_error: self.last_error,
+            metadata,
             message: serde_json::from_str(&self.payload).map_err(|_| StoreError::Corrupt {
                 what: "payload is not JSON",
             })?,

@@ -33,13 +33,12 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use self::writer::Command;
 use super::rows::{
-    ATTEMPT_COLUMNS, AttemptRow, ClaimedRow, RECORD_COLUMNS, RecordRow, SUMMARY_COLUMNS,
-    SummaryRow, status_from,
+    ATTEMPT_COLUMNS, AttemptRow, ClaimedRow, RECORD_COLUMNS, RecordRow, SummaryRow, status_from,
 };
 use super::{
     CancelOutcome, Claimed, EXPIRED_UNSENT, IdempotencyKey, KeyedInsert, LeaseLost, LeaseToken,
-    NewNotification, NotificationRecord, NotificationSummary, ReplayOutcome, RoundReport, Store,
-    StoreError,
+    ListFilter, ListParam, NewNotification, NotificationRecord, NotificationSummary, ReplayOutcome,
+    RoundReport, Store, StoreError,
 };
 use crate::domain::{NotificationId, Status, UnixMillis};
 
@@ -345,6 +344,16 @@ impl Store for PostgresStore {
             .iter()
             .map(|row| attempt_row(row).decode())
             .collect::<Result<Vec<_>, _>>()?;
+        let metadata = tx
+            .query(
+                "SELECT key, value FROM notification_metadata WHERE notification_id = $1",
+                &[&key],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         tx.commit().await.map_err(pg)?;
         let row = RecordRow {
             channel: row.get(0),
@@ -360,31 +369,34 @@ impl Store for PostgresStore {
             last_error: row.get(10),
             payload: row.get(11),
         };
-        row.decode(id, attempts).map(Some)
+        row.decode(id, attempts, metadata).map(Some)
     }
 
     async fn list(
         &self,
-        status: Status,
+        filter: ListFilter,
         after: Option<NotificationId>,
         limit: usize,
     ) -> Result<Vec<NotificationSummary>, StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {SUMMARY_COLUMNS}
-                   FROM notifications
-                  WHERE status = $1 AND id > $2
-                  ORDER BY id LIMIT $3"
-            ))
-            .await
-            .map_err(pg)?;
-        let after = after.map_or(uuid::Uuid::nil(), |a| a.as_uuid());
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client
-            .query(&stmt, &[&status.as_str(), &after, &limit])
-            .await
-            .map_err(pg)?;
+        let (sql, params) = filter.query(after, limit, |n| format!("${n}"));
+        let stmt = client.prepare_cached(&sql).await.map_err(pg)?;
+        let values: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = params
+            .into_iter()
+            .map(|p| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+                match p {
+                    ListParam::Text(t) => Box::new(t),
+                    ListParam::Rank(r) => Box::new(r),
+                    ListParam::Id(id) => Box::new(id.as_uuid()),
+                    ListParam::Limit(n) => Box::new(n),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
+            .iter()
+            .map(|v| v.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let rows = client.query(&stmt, &refs).await.map_err(pg)?;
         rows.iter().map(|row| summary_row(row).decode()).collect()
     }
 
@@ -500,7 +512,10 @@ impl Store for PostgresStore {
                                     LIMIT $2)
                      RETURNING id),
                  attempts_gone AS (
-                     DELETE FROM attempts WHERE notification_id IN (SELECT id FROM gone))
+                     DELETE FROM attempts WHERE notification_id IN (SELECT id FROM gone)),
+                 metadata_gone AS (
+                     DELETE FROM notification_metadata
+                      WHERE notification_id IN (SELECT id FROM gone))
                  SELECT COUNT(*) FROM gone",
             )
             .await

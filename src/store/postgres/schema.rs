@@ -100,6 +100,21 @@ CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
         // (a full disk, a read-only database) makes the instance not ready.
         "CREATE TABLE health_probe (id integer PRIMARY KEY, at bigint NOT NULL);",
     ),
+    (
+        6,
+        // A client's metadata: a small string map per notification, one row
+        // per entry so that a listing can filter by one key through an index.
+        "
+CREATE TABLE notification_metadata (
+    notification_id uuid NOT NULL,
+    key             text NOT NULL,
+    value           text NOT NULL,
+    PRIMARY KEY (notification_id, key)
+);
+CREATE INDEX notification_metadata_by_value
+    ON notification_metadata (key, value, notification_id);
+",
+    ),
 ];
 
 /// Applies every migration this database lacks; returns how many.

@@ -200,6 +200,7 @@ async fn transact(
         )
         .await
         .map_err(pg)?;
+        add_metadata(&tx, &inserts).await?;
     }
 
     let mut outcomes = vec![Err(LeaseLost); reports.len()];
@@ -235,6 +236,37 @@ async fn transact(
     }
     tx.commit().await.map_err(pg)?;
     Ok((outcomes, keyed_outcomes))
+}
+
+/// The inserted notifications' metadata, one row per entry.
+async fn add_metadata(
+    tx: &deadpool_postgres::Transaction<'_>,
+    inserts: &[&NewNotification],
+) -> Result<(), StoreError> {
+    let mut ids: Vec<Uuid> = Vec::new();
+    let mut keys: Vec<&str> = Vec::new();
+    let mut values: Vec<&str> = Vec::new();
+    for n in inserts {
+        for (key, value) in &n.metadata {
+            ids.push(n.id.as_uuid());
+            keys.push(key);
+            values.push(value);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO notification_metadata (notification_id, key, value)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[])",
+        )
+        .await
+        .map_err(pg)?;
+    tx.execute(&stmt, &[&ids, &keys, &values])
+        .await
+        .map_err(pg)?;
+    Ok(())
 }
 
 /// Records `key` unless it is already stored (and not expired). `ON

@@ -8,6 +8,8 @@
 
 mod schema;
 
+pub use schema::MIGRATIONS;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,13 +21,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::rows::{
-    ATTEMPT_COLUMNS, AttemptRow, ClaimedRow, RECORD_COLUMNS, RecordRow, SUMMARY_COLUMNS,
-    SummaryRow, id_from_bytes, status_from,
+    ATTEMPT_COLUMNS, AttemptRow, ClaimedRow, RECORD_COLUMNS, RecordRow, SummaryRow, id_from_bytes,
+    status_from,
 };
 use super::{
     CancelOutcome, Claimed, EXPIRED_UNSENT, IdempotencyKey, KeyedInsert, LeaseLost, LeaseToken,
-    NewNotification, NotificationRecord, NotificationSummary, ReplayOutcome, RoundReport, Store,
-    StoreError, StoredAnswer,
+    ListFilter, ListParam, NewNotification, NotificationRecord, NotificationSummary, ReplayOutcome,
+    RoundReport, Store, StoreError, StoredAnswer,
 };
 use crate::domain::{NotificationId, Status, UnixMillis};
 
@@ -367,6 +369,18 @@ fn insert(conn: &Connection, n: &NewNotification) -> Result<(), StoreError> {
         n.priority.rank()
     ])
     .map_err(backend)?;
+    if !n.metadata.is_empty() {
+        let mut add = conn
+            .prepare_cached(
+                "INSERT INTO notification_metadata (notification_id, key, value)
+                 VALUES (?1, ?2, ?3)",
+            )
+            .map_err(backend)?;
+        for (key, value) in &n.metadata {
+            add.execute(params![&n.id.as_bytes()[..], key, value])
+                .map_err(backend)?;
+        }
+    }
     Ok(())
 }
 
@@ -690,8 +704,12 @@ fn purge(conn: &Connection, before: UnixMillis, limit: usize) -> Result<u64, Sto
     let mut attempts = conn
         .prepare_cached("DELETE FROM attempts WHERE notification_id = ?1")
         .map_err(backend)?;
+    let mut metadata = conn
+        .prepare_cached("DELETE FROM notification_metadata WHERE notification_id = ?1")
+        .map_err(backend)?;
     for id in &ids {
         attempts.execute([id]).map_err(backend)?;
+        metadata.execute([id]).map_err(backend)?;
     }
     Ok(ids.len() as u64)
 }
@@ -747,7 +765,16 @@ fn read_record(
         .map_err(backend)?
         .map(|row| row.map_err(backend)?.decode())
         .collect::<Result<Vec<_>, StoreError>>()?;
-    row.decode(id, attempts).map(Some)
+    let metadata = conn
+        .prepare_cached("SELECT key, value FROM notification_metadata WHERE notification_id = ?1")
+        .map_err(backend)?
+        .query_map([key], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .map_err(backend)?
+        .collect::<Result<_, _>>()
+        .map_err(backend)?;
+    row.decode(id, attempts, metadata).map(Some)
 }
 
 fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, SummaryRow)> {
@@ -822,22 +849,24 @@ impl Store for SqliteStore {
 
     async fn list(
         &self,
-        status: Status,
+        filter: ListFilter,
         after: Option<NotificationId>,
         limit: usize,
     ) -> Result<Vec<NotificationSummary>, StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {SUMMARY_COLUMNS}
-                       FROM notifications
-                      WHERE status = ?1 AND id > ?2
-                      ORDER BY id LIMIT ?3"
-                ))
-                .map_err(backend)?;
-            let after = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+            let (sql, params) = filter.query(after, limit, |n| format!("?{n}"));
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            let values: Vec<rusqlite::types::Value> = params
+                .into_iter()
+                .map(|p| match p {
+                    ListParam::Text(t) => rusqlite::types::Value::Text(t),
+                    ListParam::Rank(r) => rusqlite::types::Value::Integer(r.into()),
+                    ListParam::Id(id) => rusqlite::types::Value::Blob(id.as_bytes().to_vec()),
+                    ListParam::Limit(n) => rusqlite::types::Value::Integer(n),
+                })
+                .collect();
             let rows = stmt
-                .query_map(params![status.as_str(), after, limit as i64], summary_row)
+                .query_map(rusqlite::params_from_iter(values), summary_row)
                 .map_err(backend)?;
             rows.map(|row| {
                 let (id, row) = row.map_err(backend)?;

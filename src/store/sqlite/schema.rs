@@ -87,6 +87,21 @@ CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
         // (a full disk) makes the instance not ready.
         "CREATE TABLE health_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);",
     ),
+    (
+        6,
+        // A client's metadata: a small string map per notification, one row
+        // per entry so that a listing can filter by one key through an index.
+        "
+CREATE TABLE notification_metadata (
+    notification_id BLOB NOT NULL,
+    key             TEXT NOT NULL,
+    value           TEXT NOT NULL,
+    PRIMARY KEY (notification_id, key)
+);
+CREATE INDEX notification_metadata_by_value
+    ON notification_metadata (key, value, notification_id);
+",
+    ),
 ];
 
 /// The version a database has once every migration is applied.
