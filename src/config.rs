@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::dispatch::backoff::Backoff;
 use crate::dispatch::breaker::BreakerConfig;
 use crate::domain::Channel;
+use crate::logging::LogConfig;
 use crate::store::{PostgresOptions, SqliteOptions, StoreOptions};
 use crate::{provider, secret};
 
@@ -40,9 +41,13 @@ pub struct Config {
     pub role: Role,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
     pub sqlite: SqliteOptions,
     pub postgres: PostgresOptions,
     pub retention: RetentionConfig,
+    pub accept: AcceptConfig,
     pub dispatch: DispatchConfig,
     pub retry: RetryConfig,
     pub health: HealthConfig,
@@ -73,6 +78,42 @@ impl Role {
     }
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serves `/metrics` on this address of its own (for a scraper on a
+    /// private network) instead of on `listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// What a client may hold of the HTTP server, and for how long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A request's head (request line and headers) must arrive within this
+    /// of its first byte, or of the connection's opening.
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request under way is closed after this.
+    pub idle_timeout_ms: u64,
+    /// A request (reading its body and answering) that takes longer gets 503.
+    pub request_timeout_ms: u64,
+    /// Connections open at once; beyond it new ones get a 503 and are closed
+    /// at once. Keep it below the open-file limit (`ulimit -n`).
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            request_timeout_ms: 30_000,
+            max_connections: 1024,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
@@ -88,6 +129,32 @@ impl Default for RetentionConfig {
         Self {
             delivered_max_age_secs: 7 * 24 * 60 * 60,
             purge_interval_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcceptConfig {
+    /// How far ahead `send_at` may be; later ones are refused with 422.
+    pub schedule_horizon_secs: u64,
+    /// How long an `Idempotency-Key` is remembered; a retry within it gets
+    /// the first answer. Expired keys go with the retention purge.
+    pub idempotency_ttl_secs: u64,
+    /// Most notifications one `POST /v1/batch` may carry.
+    pub batch_max_items: usize,
+    /// Largest body of `POST /v1/batch`, in bytes (other requests:
+    /// `body_limit_bytes`).
+    pub batch_body_limit_bytes: usize,
+}
+
+impl Default for AcceptConfig {
+    fn default() -> Self {
+        Self {
+            schedule_horizon_secs: 30 * 24 * 60 * 60,
+            idempotency_ttl_secs: 24 * 60 * 60,
+            batch_max_items: 1_000,
+            batch_body_limit_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -339,9 +406,13 @@ impl Default for Config {
             store: "sqlite://herald.db".into(),
             role: Role::default(),
             body_limit_bytes: 64 * 1024,
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
             sqlite: SqliteOptions::default(),
             postgres: PostgresOptions::default(),
             retention: RetentionConfig::default(),
+            accept: AcceptConfig::default(),
             dispatch: DispatchConfig::default(),
             retry: RetryConfig::default(),
             health: HealthConfig::default(),
@@ -506,6 +577,23 @@ impl Config {
                 "retention.purge_interval_secs",
                 "must be at least 1",
             ));
+        }
+        if self.accept.batch_max_items == 0 {
+            return Err(invalid("accept.batch_max_items", "must be at least 1"));
+        }
+        if self.log.level.parse::<tracing::Level>().is_err() {
+            return Err(invalid(
+                "log.level",
+                "must be error, warn, info, debug or trace",
+            ));
+        }
+        let h = &self.http;
+        if h.header_read_timeout_ms == 0
+            || h.idle_timeout_ms == 0
+            || h.request_timeout_ms == 0
+            || h.max_connections == 0
+        {
+            return Err(invalid("http", "every setting must be at least 1"));
         }
         if self.dispatch.poll_interval_ms == 0 {
             return Err(invalid("dispatch.poll_interval_ms", "must be at least 1"));

@@ -20,6 +20,8 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod error;
+pub mod logging;
+pub mod metrics;
 pub mod provider;
 pub mod secret;
 pub mod simulator;

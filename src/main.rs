@@ -8,6 +8,7 @@ use clap::Parser;
 use herald::cli::{Cli, Command};
 use herald::config::ProvidersConfig;
 use herald::domain::Channel;
+use herald::logging::{LogConfig, LogFormat};
 use herald::{app, simulator};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
@@ -19,10 +20,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging();
+    ignore_file_size_signal();
     match cli.command {
         Command::Serve(args) => {
             let config = args.load().context("invalid configuration")?;
+            init_logging(&config.log);
             let (listener, addr) = app::bind(config.listen)
                 .await
                 .with_context(|| format!("could not listen on {}", config.listen))?;
@@ -31,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate(args) => {
             let config = args.load().context("invalid configuration")?;
+            init_logging(&config.log);
             app::migrate(&config).await?;
             eprintln!(
                 "the store at {} is up to date",
@@ -38,16 +41,21 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::MockProviders(args) => {
+            init_logging(&LogConfig::default());
             simulator::run(args.simulator_config(), shutdown_signal()).await?;
         }
         Command::Demo(args) => demo(args).await?,
-        Command::Bench(args) => herald::bench::main(args).await?,
+        Command::Bench(args) => {
+            init_logging(&LogConfig::default());
+            herald::bench::main(args).await?
+        }
     }
     Ok(())
 }
 
 async fn demo(args: herald::cli::DemoArgs) -> anyhow::Result<()> {
     let mut config = args.serve.load().context("invalid configuration")?;
+    init_logging(&config.log);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let sim = simulator::Simulator::start(args.mock.simulator_config(), tx)
         .await
@@ -91,19 +99,39 @@ fn announce(addr: std::net::SocketAddr, store: &str) {
     tracing::info!(%addr, store = %herald::store::redacted(store), "herald started");
 }
 
-fn init_logging() {
+/// Logs go to stderr, as text or JSON; `RUST_LOG` wins over `log.level`.
+fn init_logging(log: &LogConfig) {
+    let level = log.level.parse().unwrap_or(tracing::Level::INFO);
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|s| Targets::from_str(&s).ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+        .unwrap_or_else(|| Targets::new().with_default(level));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = match log.format {
+        LogFormat::Text => layer.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => layer
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+    };
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
+        .with(layer)
         .with(filter)
         .init();
+    herald::logging::show_personal_data(log.personal_data_for_debugging);
+}
+
+/// A file size limit (`ulimit -f`) reached makes the write fail (EFBIG), as
+/// a full disk does, instead of killing the process mid-transaction: the
+/// store reports the failure and `/readyz` turns 503. PostgreSQL does the same.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: SIG_IGN installs no handler code; changing a disposition is
+    // one system call, safe from any thread.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.

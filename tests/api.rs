@@ -15,6 +15,9 @@ store_matrix!(
     bad_input_gets_problem_details,
     health_and_readiness,
     dead_letters_can_be_listed_and_replayed,
+    scheduled_notifications_wait_and_can_be_canceled,
+    idempotency_keys_answer_retries_with_the_first_answer,
+    batches_store_every_valid_item_and_name_the_bad_ones,
 );
 
 struct App {
@@ -346,4 +349,173 @@ async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
         .await,
         404,
     );
+}
+
+async fn scheduled_notifications_wait_and_can_be_canceled(backend: Backend) {
+    let Some(app) = start(backend, 0.0).await else {
+        return;
+    };
+    let c = &app.client;
+    let an_hour = herald::domain::UnixMillis::now().plus(Duration::from_secs(3600));
+    let send_at = serde_json::to_value(an_hour).unwrap();
+    let a = c
+        .post(
+            "/v1/sms",
+            &json!({"phone": "01712345678", "text": "later", "send_at": send_at,
+                    "ttl_secs": 7200, "priority": "high"}),
+        )
+        .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    assert_eq!(a.body["status"], "scheduled");
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    let rec = c.get(&format!("/v1/notifications/{id}")).await.body;
+    assert_eq!(rec["status"], "scheduled");
+    assert_eq!(rec["priority"], "high");
+    assert_eq!(rec["next_attempt_at"], send_at);
+    assert!(rec["expires_at"].is_string() && rec["retry_until"].is_string());
+
+    let canceled = c.delete(&format!("/v1/notifications/{id}")).await;
+    assert_eq!(canceled.status, 200, "{}", canceled.body);
+    assert_eq!(canceled.body["status"], "canceled");
+    assert_problem(&c.delete(&format!("/v1/notifications/{id}")).await, 409);
+    assert_problem(
+        &c.delete("/v1/notifications/ntf_0190c3f5a1b27c3d8e4f5a6b7c8d9e0f")
+            .await,
+        404,
+    );
+
+    // A send_at in the past means now.
+    let now = c
+        .post(
+            "/v1/email",
+            &json!({"subject": "s", "body": "b", "recipients": ["a@b.io"],
+                    "send_at": "2020-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(now.status, 202);
+    assert_ne!(now.body["status"], "scheduled");
+    // Too far ahead, bad options: every bad field named with the message's.
+    let bad = c
+        .post(
+            "/v1/sms",
+            &json!({"phone": "1", "text": "x", "send_at": "2999-01-01T00:00:00Z",
+                    "ttl_secs": 0, "priority": "urgent"}),
+        )
+        .await;
+    assert_eq!(
+        bad_fields(&bad),
+        ["phone", "send_at", "ttl_secs", "priority"]
+    );
+    assert!(c.wait_until_settled(Duration::from_secs(20)).await);
+    let stats = c.stats().await;
+    assert_eq!(stats["canceled"], 1);
+    assert_eq!(stats["delivered"], 1);
+}
+
+async fn idempotency_keys_answer_retries_with_the_first_answer(backend: Backend) {
+    let Some(app) = start(backend, 0.0).await else {
+        return;
+    };
+    let c = &app.client;
+    let body = json!({"phone": "01712345678", "text": "once"});
+    let first = c.post_keyed("/v1/sms", "k-1", &body).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let again = c.post_keyed("/v1/sms", "k-1", &body).await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.body, first.body, "same id, same answer");
+    assert_eq!(again.headers["location"], first.headers["location"]);
+    // The reference service's path is the same request.
+    let alias = c.post_keyed("/api/sms", "k-1", &body).await;
+    assert_eq!(alias.body["id"], first.body["id"]);
+    // The same key with another body is refused, and stores nothing.
+    let other = json!({"phone": "01712345678", "text": "twice?"});
+    assert_problem(&c.post_keyed("/v1/sms", "k-1", &other).await, 409);
+    assert_problem(&c.post_keyed("/v1/sms", "bad key", &body).await, 400);
+    // Concurrent requests with one key: one notification.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let c = support::Client::new(c.base.strip_prefix("http://").unwrap().parse().unwrap());
+        tasks.spawn(async move {
+            let body = json!({"subject": "s", "body": "b", "recipients": ["a@b.io"]});
+            c.post_keyed("/v1/email", "k-2", &body).await
+        });
+    }
+    let mut ids = std::collections::HashSet::new();
+    while let Some(a) = tasks.join_next().await {
+        let a = a.unwrap();
+        assert_eq!(a.status, 202);
+        ids.insert(a.body["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1);
+    assert!(c.wait_until_settled(Duration::from_secs(20)).await);
+    assert_eq!(c.stats().await["delivered"], 2);
+}
+
+async fn batches_store_every_valid_item_and_name_the_bad_ones(backend: Backend) {
+    let Some(app) = start(backend, 0.0).await else {
+        return;
+    };
+    let c = &app.client;
+    let body = json!({"notifications": [
+        {"channel": "sms", "phone": "01712345678", "text": "one"},
+        {"channel": "sms", "phone": "12", "text": ""},
+        {"channel": "email", "subject": "two", "body": "b", "recipients": ["a@b.io"],
+         "priority": "low"},
+        {"channel": "fax"},
+        "not an object",
+        {"channel": "sms", "phone": "01712345678", "text": "three",
+         "send_at": "2999-01-01T00:00:00Z"},
+    ]});
+    let a = c.post_keyed("/v1/batch", "batch-1", &body).await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let results = a.body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6);
+    for i in [0, 2] {
+        assert!(
+            results[i]["id"].as_str().unwrap().starts_with("ntf_"),
+            "{}",
+            results[i]
+        );
+    }
+    let fields = |i: usize| -> Vec<String> {
+        results[i]["error"]["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(fields(1), ["phone", "text"]);
+    assert_eq!(results[1]["error"]["status"], 422);
+    assert_eq!(fields(3), ["channel"]);
+    assert_eq!(fields(4), ["notification"]);
+    assert_eq!(fields(5), ["send_at"]);
+    // Retried with its key: the same answer, nothing new stored.
+    let again = c.post_keyed("/v1/batch", "batch-1", &body).await;
+    assert_eq!(again.body, a.body);
+
+    let none_valid = c
+        .post("/v1/batch", &json!({"notifications": [{"channel": "sms"}]}))
+        .await;
+    assert_eq!(
+        bad_fields(&none_valid),
+        ["notifications[0].phone", "notifications[0].text"]
+    );
+    assert_eq!(
+        bad_fields(&c.post("/v1/batch", &json!({"notifications": []})).await),
+        ["notifications"]
+    );
+    assert_eq!(
+        bad_fields(&c.post("/v1/batch", &json!({})).await),
+        ["notifications"]
+    );
+    // Larger than the single-request body limit (2 KiB here): the batch has its own.
+    let many: Vec<Value> = (0..100)
+        .map(|i| json!({"channel": "sms", "phone": "01712345678", "text": format!("bulk-{i}")}))
+        .collect();
+    let bulk = c.post("/v1/batch", &json!({"notifications": many})).await;
+    assert_eq!(bulk.status, 202, "{}", bulk.body);
+    assert_eq!(bulk.body["results"].as_array().unwrap().len(), 100);
+    assert!(c.wait_until_settled(Duration::from_secs(30)).await);
+    assert_eq!(c.stats().await["delivered"], 102);
 }

@@ -51,6 +51,9 @@ async fn verify_full_with_the_servers_ca_connects_and_works() {
             payload: r#"{"phone":"01712345678","text":"tls"}"#.to_owned(),
             created_at: now,
             expires_at: now.plus(std::time::Duration::from_secs(60)),
+            deliver_by: None,
+            send_at: None,
+            priority: herald::domain::Priority::Normal,
             lease: None,
         })
         .await

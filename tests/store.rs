@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald::domain::{Attempt, AttemptOutcome, Channel, NotificationId, Status, UnixMillis};
+use herald::domain::{
+    Attempt, AttemptOutcome, Channel, NotificationId, Priority, Status, UnixMillis,
+};
 use herald::store::{
-    self, Completion, Lease, LeaseLost, LeaseToken, NewNotification, ReplayOutcome, RoundReport,
-    StoreOptions,
+    self, CancelOutcome, Completion, IdempotencyKey, KeyedInsert, Lease, LeaseLost, LeaseToken,
+    NewNotification, ReplayOutcome, RoundReport, StoreOptions,
 };
 use support::{Backend, TestStore};
 
@@ -29,6 +31,11 @@ store_matrix!(
     stale_and_repeated_reports_in_one_batch,
     concurrent_claims_never_share_work,
     delivered_notifications_are_purged_after_retention,
+    scheduled_work_is_claimed_no_earlier,
+    past_their_deadline_notifications_expire_unsent,
+    cancel_takes_back_only_what_has_not_started,
+    high_priority_is_not_delayed_by_a_low_backlog,
+    an_idempotency_key_stores_once_even_when_raced,
 );
 
 fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
@@ -38,6 +45,9 @@ fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
         payload: format!(r#"{{"phone":"01712345678","text":"{text}"}}"#),
         created_at: now,
         expires_at: now.plus(Duration::from_secs(3600)),
+        deliver_by: None,
+        send_at: None,
+        priority: Priority::Normal,
         lease: None,
     }
 }
@@ -211,6 +221,7 @@ async fn handed_off_inserts_are_leased_until_they_lapse(backend: Backend) {
         rounds: 0,
         created_at: now,
         expires_at: kept.expires_at,
+        deliver_by: None,
         lease: lease.token,
         lease_until: lease.until,
     };
@@ -705,4 +716,298 @@ async fn throughput() {
         );
         store.close().await;
     }
+}
+
+async fn scheduled_work_is_claimed_no_earlier(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    let now = UnixMillis::now();
+    let at = now.plus(Duration::from_secs(600));
+    let n = NewNotification {
+        send_at: Some(at),
+        ..new_sms(now, "later")
+    };
+    store.insert(n.clone()).await.unwrap();
+    let rec = store.get(n.id).await.unwrap().unwrap();
+    assert_eq!(rec.status, Status::Scheduled);
+    assert_eq!(rec.next_attempt_at, Some(at));
+    let just_before = UnixMillis(at.0 - 1);
+    assert!(
+        store
+            .claim(just_before, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = store.claim(at, 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, n.id);
+}
+
+async fn past_their_deadline_notifications_expire_unsent(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    let now = UnixMillis::now();
+    let by = now.plus(Duration::from_secs(300));
+    let late = NewNotification {
+        deliver_by: Some(by),
+        ..new_sms(now, "a code, useless after five minutes")
+    };
+    let fine = NewNotification {
+        deliver_by: Some(by),
+        ..new_sms(now, "claimed in time")
+    };
+    store.insert(fine.clone()).await.unwrap();
+    let claimed = store.claim(now, 1, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        claimed[0].deliver_by,
+        Some(by),
+        "the round knows the deadline"
+    );
+    // A round that ran past it reports it so.
+    let r = report(
+        &claimed[0],
+        Vec::new(),
+        Completion::Expired {
+            error: "late".into(),
+        },
+        now,
+    );
+    assert_eq!(store.complete(vec![r]).await.unwrap(), vec![Ok(())]);
+    assert_eq!(
+        store.get(fine.id).await.unwrap().unwrap().status,
+        Status::Expired
+    );
+    store.insert(late.clone()).await.unwrap();
+    // Found only after its deadline: ended, never handed to a round.
+    assert!(store.claim(by, 10, LEASE).await.unwrap().is_empty());
+    let rec = store.get(late.id).await.unwrap().unwrap();
+    assert_eq!(rec.status, Status::Expired);
+    assert_eq!(rec.expires_at, Some(by));
+    assert!(rec.last_error.is_some());
+    let far = by.plus(Duration::from_secs(3600));
+    assert!(store.claim(far, 10, LEASE).await.unwrap().is_empty());
+}
+
+async fn cancel_takes_back_only_what_has_not_started(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    let now = UnixMillis::now();
+    let scheduled = NewNotification {
+        send_at: Some(now.plus(Duration::from_secs(60))),
+        ..new_sms(now, "scheduled")
+    };
+    let queued = new_sms(now, "queued");
+    store.insert(scheduled.clone()).await.unwrap();
+    store.insert(queued.clone()).await.unwrap();
+    assert_eq!(
+        store.cancel(scheduled.id, now).await.unwrap(),
+        CancelOutcome::Canceled
+    );
+    let claimed = store.claim(now, 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, queued.id);
+    assert_eq!(
+        store.cancel(queued.id, now).await.unwrap(),
+        CancelOutcome::NotCancelable(Status::Sending)
+    );
+    assert_eq!(
+        store.cancel(scheduled.id, now).await.unwrap(),
+        CancelOutcome::NotCancelable(Status::Canceled)
+    );
+    assert_eq!(
+        store.cancel(NotificationId::new(), now).await.unwrap(),
+        CancelOutcome::NotFound
+    );
+    // Canceled work is never claimed, even long after its time (the
+    // queued one's lease lapsed by then, so it comes back).
+    let far = now.plus(Duration::from_secs(7200));
+    let late: Vec<NotificationId> = store
+        .claim(far, 10, LEASE)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(late, [queued.id]);
+    let rec = store.get(scheduled.id).await.unwrap().unwrap();
+    assert_eq!(rec.status, Status::Canceled);
+    assert_eq!(rec.next_attempt_at, None);
+
+    // A claim and a cancel racing on many rows: each row ends either
+    // claimed or canceled, never both.
+    let many: Vec<NewNotification> = (0..200)
+        .map(|i| new_sms(now, &format!("race-{i}")))
+        .collect();
+    for n in &many {
+        store.insert(n.clone()).await.unwrap();
+    }
+    let canceller = {
+        let store = Arc::clone(&store);
+        let ids: Vec<NotificationId> = many.iter().map(|n| n.id).collect();
+        tokio::spawn(async move {
+            let mut canceled = HashSet::new();
+            for id in ids {
+                if store.cancel(id, now).await.unwrap() == CancelOutcome::Canceled {
+                    canceled.insert(id);
+                }
+            }
+            canceled
+        })
+    };
+    let mut claimed = HashSet::new();
+    for _ in 0..50 {
+        for c in store.claim(now, 8, LEASE).await.unwrap() {
+            claimed.insert(c.id);
+        }
+    }
+    let canceled = canceller.await.unwrap();
+    assert!(claimed.is_disjoint(&canceled));
+    for c in store.claim(now, 1000, LEASE).await.unwrap() {
+        claimed.insert(c.id);
+    }
+    assert_eq!(claimed.len() + canceled.len(), many.len());
+}
+
+/// A claim takes higher priority first: one `high` notification stored
+/// behind a backlog of `low` ones is in the very next claim.
+async fn high_priority_is_not_delayed_by_a_low_backlog(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    let start = UnixMillis::now();
+    for i in 0..2_000 {
+        let at = UnixMillis(start.0 - 10_000 + i);
+        store
+            .insert(NewNotification {
+                priority: Priority::Low,
+                ..new_sms(at, &format!("newsletter-{i}"))
+            })
+            .await
+            .unwrap();
+    }
+    let normal = new_sms(start, "normal");
+    let urgent = NewNotification {
+        priority: Priority::High,
+        ..new_sms(start, "your code is 1234")
+    };
+    store.insert(normal.clone()).await.unwrap();
+    store.insert(urgent.clone()).await.unwrap();
+    let first = store.claim(start, 2, LEASE).await.unwrap();
+    let ids: Vec<NotificationId> = first.iter().map(|c| c.id).collect();
+    assert!(ids.contains(&urgent.id), "high first");
+    assert!(ids.contains(&normal.id), "then normal, before any low");
+    let next = store.claim(start, 3, LEASE).await.unwrap();
+    assert_eq!(next.len(), 3, "then the low ones");
+    let rec = store.get(urgent.id).await.unwrap().unwrap();
+    assert_eq!(rec.priority, Priority::High);
+}
+
+fn key(name: &str, fingerprint: &str, now: UnixMillis) -> IdempotencyKey {
+    IdempotencyKey {
+        scope: String::new(),
+        key: name.into(),
+        fingerprint: fingerprint.into(),
+        status_code: 202,
+        response: format!(r#"{{"first":"{fingerprint}"}}"#),
+        created_at: now,
+        expired_before: UnixMillis(now.0 - 86_400_000),
+    }
+}
+
+/// Concurrent requests with one key store exactly one notification; each
+/// other caller gets the first answer, and plain inserts committed in the
+/// same transactions are not disturbed.
+async fn an_idempotency_key_stores_once_even_when_raced(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    let now = UnixMillis::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            if i % 2 == 0 {
+                let n = new_sms(now, &format!("keyed-{i}"));
+                let outcome = store
+                    .insert_keyed(vec![n.clone()], key("order-1", "fp-a", now))
+                    .await
+                    .unwrap();
+                (Some(outcome), n.id)
+            } else {
+                let n = new_sms(now, &format!("plain-{i}"));
+                store.insert(n.clone()).await.unwrap();
+                (None, n.id)
+            }
+        });
+    }
+    let mut stored = Vec::new();
+    let mut plain = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined.unwrap() {
+            (Some(KeyedInsert::Stored), id) => stored.push(id),
+            (Some(KeyedInsert::Replayed(first)), id) => {
+                assert_eq!(first.fingerprint, "fp-a");
+                assert_eq!(first.status_code, 202);
+                assert!(
+                    store.get(id).await.unwrap().is_none(),
+                    "a retry stores nothing"
+                );
+            }
+            (None, id) => plain.push(id),
+        }
+    }
+    assert_eq!(stored.len(), 1, "exactly one keyed insert stored");
+    assert_eq!(plain.len(), 20);
+    for id in stored.iter().chain(&plain) {
+        assert!(store.get(*id).await.unwrap().is_some());
+    }
+    // Another scope may use the same key; an expired key is replaced.
+    let other = IdempotencyKey {
+        scope: "caller-b".into(),
+        ..key("order-1", "fp-b", now)
+    };
+    let n = new_sms(now, "other caller");
+    assert_eq!(
+        store.insert_keyed(vec![n], other).await.unwrap(),
+        KeyedInsert::Stored
+    );
+    let a_day_later = now.plus(Duration::from_secs(86_401));
+    assert_eq!(
+        store
+            .insert_keyed(
+                vec![new_sms(a_day_later, "fresh")],
+                key("order-1", "fp-c", a_day_later)
+            )
+            .await
+            .unwrap(),
+        KeyedInsert::Stored
+    );
+    // The purge removes keys past their age, and only those.
+    assert_eq!(
+        store
+            .purge_keys(now.plus(Duration::from_secs(1)), 10)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(matches!(
+        store
+            .insert_keyed(
+                vec![new_sms(now, "again")],
+                key("order-1", "fp-c", a_day_later)
+            )
+            .await
+            .unwrap(),
+        KeyedInsert::Replayed(_)
+    ));
 }

@@ -1,6 +1,9 @@
 //! The HTTP API: accepts notifications, answers questions about them.
 
+mod batch;
 mod health;
+mod idempotency;
+mod metrics;
 mod notifications;
 pub mod problem;
 mod providers;
@@ -37,6 +40,13 @@ pub struct ApiState {
     pub body_limit: usize,
     /// How long a notification may keep being retried.
     pub max_age: Duration,
+    /// How far ahead `send_at` may be.
+    pub schedule_horizon: Duration,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: Duration,
+    /// Most items one `POST /v1/batch` may carry, and its largest body.
+    pub batch_max_items: usize,
+    pub batch_body_limit: usize,
 }
 
 impl ApiState {
@@ -45,16 +55,25 @@ impl ApiState {
     }
 }
 
-pub fn router(state: Arc<ApiState>) -> Router {
+/// The API; with `/metrics` too unless `metrics.listen` serves it apart.
+pub fn router(state: Arc<ApiState>, with_metrics: bool) -> Router {
     let limit = state.body_limit;
+    let batch_limit = state.batch_body_limit;
     let work = Router::new()
         .route("/v1/sms", post(submit::sms))
         .route("/v1/email", post(submit::email))
         // The reference service's paths, so its clients can switch unchanged.
         .route("/api/sms", post(submit::sms))
         .route("/api/email", post(submit::email))
+        .route(
+            "/v1/batch",
+            post(batch::batch).layer(DefaultBodyLimit::max(batch_limit)),
+        )
         .route("/v1/notifications", get(notifications::list))
-        .route("/v1/notifications/{id}", get(notifications::get))
+        .route(
+            "/v1/notifications/{id}",
+            get(notifications::get).delete(notifications::cancel),
+        )
         .route("/v1/notifications/{id}/replay", post(notifications::replay))
         .route("/v1/stats", get(notifications::stats))
         .route("/v1/providers", get(providers::list))
@@ -62,13 +81,26 @@ pub fn router(state: Arc<ApiState>) -> Router {
             Arc::clone(&state),
             refuse_while_draining,
         ));
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route("/readyz", get(health::readyz));
+    if with_metrics {
+        // Scraped while draining too: the drain is worth watching.
+        router = router.route("/metrics", get(metrics::scrape));
+    }
+    router
         .merge(work)
         .fallback(|| async { Problem::not_found("such route") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// `/metrics` alone, for its own address (`metrics.listen`).
+pub fn metrics_router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::scrape))
+        .fallback(|| async { Problem::not_found("such route on the metrics address") })
         .with_state(state)
 }
 

@@ -15,7 +15,7 @@ use serde_json::json;
 use super::ApiState;
 use super::problem::Problem;
 use crate::domain::{NotificationId, Status, UnixMillis};
-use crate::store::ReplayOutcome;
+use crate::store::{CancelOutcome, ReplayOutcome};
 
 const MAX_PAGE: usize = 1_000;
 
@@ -56,7 +56,8 @@ pub async fn list(
     let Query(q) = query.map_err(|e| Problem::bad_query(e.body_text()))?;
     let status = Status::parse(&q.status).ok_or_else(|| {
         Problem::bad_query(format!(
-            "status must be one of queued, sending, retrying, delivered, failed, dead; not {:?}",
+            "status must be one of {}; not {:?}",
+            Status::ALL.map(Status::as_str).join(", "),
             q.status
         ))
     })?;
@@ -103,6 +104,29 @@ pub async fn replay(
         ReplayOutcome::NotFound => Err(Problem::not_found("notification with this id")),
         ReplayOutcome::NotReplayable(status) => Err(Problem::conflict(format!(
             "only dead or failed notifications can be replayed; this one is {status}"
+        ))),
+    }
+}
+
+/// `DELETE /v1/notifications/{id}`: takes back a notification that has not
+/// started sending; it becomes `canceled` and is never sent.
+pub async fn cancel(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let id = parse_id(&id)?;
+    let outcome = state
+        .store
+        .cancel(id, UnixMillis::now())
+        .await
+        .map_err(store_problem)?;
+    match outcome {
+        CancelOutcome::Canceled => {
+            Ok(Json(json!({"id": id, "status": "canceled"})).into_response())
+        }
+        CancelOutcome::NotFound => Err(Problem::not_found("notification with this id")),
+        CancelOutcome::NotCancelable(status) => Err(Problem::conflict(format!(
+            "only scheduled, queued or retrying notifications can be canceled; this one is {status}"
         ))),
     }
 }

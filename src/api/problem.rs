@@ -127,12 +127,46 @@ impl Problem {
         )
     }
 
+    pub fn bad_idempotency_key(detail: String) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "/problems/bad-idempotency-key",
+            "The Idempotency-Key header is invalid",
+            detail,
+        )
+    }
+
+    /// The key came with a different request before.
+    pub fn idempotency_key_reused() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "/problems/idempotency-key-reused",
+            "This Idempotency-Key was used for a different request",
+            "a retry must repeat the first request exactly; use a new key for a new request".into(),
+        )
+    }
+
     pub fn store_unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "/problems/store-unavailable",
             "The store is unavailable",
             "nothing was stored; try again".into(),
+        )
+    }
+
+    /// The request did not finish in time; one that carried a notification
+    /// may or may not have been stored.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "/problems/request-timeout",
+            "The request took too long",
+            format!(
+                "it did not finish within {} ms (http.request_timeout_ms); \
+                 a notification it carried may have been stored",
+                limit.as_millis()
+            ),
         )
     }
 

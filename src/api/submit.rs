@@ -11,19 +11,24 @@ use axum::response::{IntoResponse, Response};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::json;
 
-use super::ApiState;
 use super::problem::Problem;
+use super::{ApiState, idempotency};
+use crate::dispatch::handoff::Handover;
+use crate::domain::options::{DeliveryOptions, OptionLimits, RawOptions, validate_options};
 use crate::domain::validation::{FieldError, RawEmail, RawSms, validate_email, validate_sms};
 use crate::domain::{Message, NotificationId, Status, UnixMillis};
-use crate::store::NewNotification;
+use crate::store::{IdempotencyKey, KeyedInsert, NewNotification, StoredAnswer};
 
 pub async fn sms(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let raw: RawSms = read_json(&state, &headers, body)?;
-    accept(&state, validate_sms(raw)).await
+    let body = read_body(state.body_limit, &headers, body)?;
+    let keyed = Keyed::from_request(&headers, "sms", &body)?;
+    let raw: RawSms = parse_object(&body)?;
+    let options: RawOptions = parse_object(&body)?;
+    accept(&state, validate_sms(raw), options, keyed).await
 }
 
 pub async fn email(
@@ -31,8 +36,11 @@ pub async fn email(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let raw: RawEmail = read_json(&state, &headers, body)?;
-    accept(&state, validate_email(raw)).await
+    let body = read_body(state.body_limit, &headers, body)?;
+    let keyed = Keyed::from_request(&headers, "email", &body)?;
+    let raw: RawEmail = parse_object(&body)?;
+    let options: RawOptions = parse_object(&body)?;
+    accept(&state, validate_email(raw), options, keyed).await
 }
 
 /// `application/json`, or any `application/*+json`, with any parameters.
@@ -55,29 +63,33 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
 }
 
-fn read_json<T: DeserializeOwned>(
-    state: &ApiState,
+pub(super) fn read_body(
+    limit: usize,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<T, Problem> {
+) -> Result<Bytes, Problem> {
     if !is_json(headers) {
         return Err(Problem::unsupported_media_type());
     }
-    let body = body.map_err(|rejection| {
+    body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::too_large(state.body_limit)
+            Problem::too_large(limit)
         } else {
             Problem::bad_body(rejection.body_text())
         }
-    })?;
+    })
+}
+
+/// The body as `T`; only a JSON object counts.
+pub(super) fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         // Serde would read a struct from a JSON array too; only objects count.
-        return Err(match serde_json::from_slice::<IgnoredAny>(&body) {
+        return Err(match serde_json::from_slice::<IgnoredAny>(body) {
             Ok(_) => Problem::not_a_json_object("the body must be a JSON object".into()),
             Err(e) => Problem::malformed_json(e.to_string()),
         });
     }
-    serde_json::from_slice(&body).map_err(|e| {
+    serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             // Valid JSON that still does not fit, such as a repeated field.
             Problem::not_a_json_object(e.to_string())
@@ -87,61 +99,214 @@ fn read_json<T: DeserializeOwned>(
     })
 }
 
+/// The message and its options, every bad field of both named at once.
+pub(super) fn validate(
+    message: Result<Message, Vec<FieldError>>,
+    options: RawOptions,
+    limits: OptionLimits,
+) -> Result<(Message, DeliveryOptions), Vec<FieldError>> {
+    match (message, validate_options(options, limits)) {
+        (Ok(m), Ok(o)) => Ok((m, o)),
+        (m, o) => Err(m.err().into_iter().chain(o.err()).flatten().collect()),
+    }
+}
+
+/// A request's `Idempotency-Key`, whose it is, and what it asked for.
+pub(super) struct Keyed {
+    pub scope: String,
+    pub key: String,
+    pub fingerprint: String,
+}
+
+impl Keyed {
+    /// The request's key if it sent one, for a request of `kind`.
+    pub fn from_request(
+        headers: &HeaderMap,
+        kind: &str,
+        body: &[u8],
+    ) -> Result<Option<Self>, Problem> {
+        Ok(idempotency::key(headers)?.map(|key| Keyed {
+            scope: idempotency::caller_scope(headers),
+            key,
+            fingerprint: idempotency::fingerprint(kind, body),
+        }))
+    }
+
+    /// The key as stored, with the answer this request gets.
+    pub fn record(
+        &self,
+        state: &ApiState,
+        status: StatusCode,
+        answer: &serde_json::Value,
+        now: UnixMillis,
+    ) -> IdempotencyKey {
+        let ttl = i64::try_from(state.idempotency_ttl.as_millis()).unwrap_or(i64::MAX);
+        IdempotencyKey {
+            scope: self.scope.clone(),
+            key: self.key.clone(),
+            fingerprint: self.fingerprint.clone(),
+            status_code: status.as_u16(),
+            response: answer.to_string(),
+            created_at: now,
+            expired_before: UnixMillis(now.0.saturating_sub(ttl)),
+        }
+    }
+}
+
 async fn accept(
     state: &ApiState,
     validated: Result<Message, Vec<FieldError>>,
+    options: RawOptions,
+    keyed: Option<Keyed>,
 ) -> Result<Response, Problem> {
-    let message = validated.map_err(Problem::invalid)?;
-    if !state
-        .providers
-        .channel(message.channel())
-        .can_send(&message)
-    {
-        // Stored, it could only ever fail.
-        let field = match message {
-            Message::Sms(_) => "phone",
-            Message::Email(_) => "recipients",
-        };
-        return Err(Problem::invalid(vec![FieldError {
-            field: field.into(),
-            message: "no provider configured for this channel can send to it".into(),
-        }]));
-    }
+    let started = tokio::time::Instant::now();
     let now = UnixMillis::now();
+    let limits = OptionLimits {
+        now,
+        horizon: state.schedule_horizon,
+    };
+    let (message, options) = validate(validated, options, limits).map_err(Problem::invalid)?;
+    refuse_unsendable(state, &message).map_err(Problem::invalid)?;
+    let channel = message.channel();
+    let to = crate::logging::recipients(&message);
+    let prepared = prepare(state, message, options, now);
+    let id = prepared.notification.id;
+    let answer = json!({"id": id, "status": prepared.status});
+    let stored = match keyed {
+        None => state
+            .store
+            .insert(prepared.notification)
+            .await
+            .map(|()| None),
+        Some(k) => {
+            let key = k.record(state, StatusCode::ACCEPTED, &answer, now);
+            state
+                .store
+                .insert_keyed(vec![prepared.notification], key)
+                .await
+                .map(|outcome| match outcome {
+                    KeyedInsert::Stored => None,
+                    KeyedInsert::Replayed(first) => Some((k.fingerprint, first)),
+                })
+        }
+    };
+    match stored {
+        Err(e) => {
+            tracing::error!(error = %crate::error::chain(&e), "could not store a notification");
+            return Err(Problem::store_unavailable());
+        }
+        // A retry: nothing was stored; the reserved room goes back unused.
+        Ok(Some((fingerprint, first))) => return replay(&fingerprint, first),
+        Ok(None) => {}
+    }
+    crate::metrics::metrics().accepted(channel.as_str(), started.elapsed());
+    tracing::info!(id = %id, channel = channel.as_str(), to = %to, "accepted");
+    hand_over(state, prepared.handover);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location(&id.to_string()))],
+        Json(answer),
+    )
+        .into_response())
+}
+
+/// A message no provider of its channel can take is refused: stored, it
+/// could only ever fail.
+pub(super) fn refuse_unsendable(
+    state: &ApiState,
+    message: &Message,
+) -> Result<(), Vec<FieldError>> {
+    if state.providers.channel(message.channel()).can_send(message) {
+        return Ok(());
+    }
+    let field = match message {
+        Message::Sms(_) => "phone",
+        Message::Email(_) => "recipients",
+    };
+    Err(vec![FieldError {
+        field: field.into(),
+        message: "no provider configured for this channel can send to it".into(),
+    }])
+}
+
+/// A valid notification, ready to store, and its hand-over to this
+/// process's dispatcher when it has room.
+pub(super) struct Prepared<'a> {
+    pub notification: NewNotification,
+    pub handover: Option<Handover<'a>>,
+    /// What the answer says: `sending` when handed over, else as stored.
+    pub status: Status,
+}
+
+pub(super) fn prepare<'a>(
+    state: &'a ApiState,
+    message: Message,
+    options: DeliveryOptions,
+    now: UnixMillis,
+) -> Prepared<'a> {
     // The id carries the creation time exactly (retention relies on it).
     let id = NotificationId::new_at(now);
-    let reservation = state.handoff.as_ref().and_then(|h| h.reserve(now));
+    // Scheduled work waits for its time in the store; only what is due now
+    // may go straight to this process's dispatcher.
+    let reservation = match options.send_at {
+        None => state.handoff.as_ref().and_then(|h| h.reserve(now)),
+        Some(_) => None,
+    };
     let notification = NewNotification {
         id,
         channel: message.channel(),
         payload: message.to_provider_json(),
         created_at: now,
         expires_at: now.plus(state.max_age),
+        deliver_by: options.deliver_by,
+        send_at: options.send_at,
+        priority: options.priority,
         lease: reservation.as_ref().map(|r| r.lease()),
     };
-    let handover = reservation.map(|r| r.prepare(&notification));
-    if let Err(e) = state.store.insert(notification).await {
-        tracing::error!(error = %crate::error::chain(&e), "could not store a notification");
-        return Err(Problem::store_unavailable());
-    }
-    let status = match handover {
-        Some(handover) => {
-            handover.send();
-            Status::Sending
-        }
-        None => {
-            state.wake.notify_one();
-            Status::Queued
-        }
+    let status = match reservation {
+        Some(_) => Status::Sending,
+        None => notification.initial_status(),
     };
-    let location =
-        HeaderValue::try_from(format!("/v1/notifications/{id}")).expect("ids are URL-safe");
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(json!({"id": id, "status": status})),
-    )
-        .into_response())
+    let handover = reservation.map(|r| r.prepare(&notification));
+    Prepared {
+        notification,
+        handover,
+        status,
+    }
+}
+
+/// After the commit: hands the fresh work over, or wakes the dispatcher.
+pub(super) fn hand_over(state: &ApiState, handover: Option<Handover<'_>>) {
+    match handover {
+        Some(handover) => handover.send(),
+        None => state.wake.notify_one(),
+    }
+}
+
+fn location(id: &str) -> HeaderValue {
+    HeaderValue::try_from(format!("/v1/notifications/{id}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("/v1/notifications"))
+}
+
+/// The first answer to a request repeated with its key; 409 when the key
+/// came with a different request.
+pub(super) fn replay(fingerprint: &str, first: StoredAnswer) -> Result<Response, Problem> {
+    if first.fingerprint != fingerprint {
+        return Err(Problem::idempotency_key_reused());
+    }
+    let body: serde_json::Value =
+        serde_json::from_str(&first.response).map_err(|_| Problem::store_unavailable())?;
+    let status = StatusCode::from_u16(first.status_code).unwrap_or(StatusCode::ACCEPTED);
+    let mut response = (status, Json(&body)).into_response();
+    if let Some(id) = body.get("id").and_then(|v| v.as_str()) {
+        response
+            .headers_mut()
+            .insert(header::LOCATION, location(id));
+    }
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(response)
 }
 
 #[cfg(test)]

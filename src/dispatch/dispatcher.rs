@@ -8,11 +8,12 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use super::clock::SharedClock;
 use super::handoff::{Fresh, Handoff};
 use super::pool::Providers;
 use super::results::{self, Finished, Held, lock};
 use super::round::{RetryPolicy, run_round};
-use crate::domain::{NotificationId, UnixMillis};
+use crate::domain::NotificationId;
 use crate::error::chain;
 use crate::store::{Claimed, Completion, LeaseToken, RoundReport, Store};
 
@@ -36,6 +37,7 @@ pub struct Dispatcher {
     providers: Arc<Providers>,
     policy: Arc<RetryPolicy>,
     settings: DispatcherSettings,
+    clock: SharedClock,
     wake: Arc<Notify>,
     /// Rounds that may run at once; claims and hand-offs both take from it.
     capacity: Arc<Semaphore>,
@@ -50,6 +52,7 @@ impl Dispatcher {
         providers: Arc<Providers>,
         policy: RetryPolicy,
         settings: DispatcherSettings,
+        clock: SharedClock,
         wake: Arc<Notify>,
     ) -> Self {
         let (fresh_tx, fresh) = mpsc::unbounded_channel();
@@ -59,6 +62,7 @@ impl Dispatcher {
             policy: Arc::new(policy),
             capacity: Arc::new(Semaphore::new(settings.max_in_flight)),
             settings,
+            clock,
             wake,
             fresh_tx,
             fresh: Some(fresh),
@@ -83,6 +87,7 @@ impl Dispatcher {
             Arc::clone(&self.store),
             Arc::clone(&held),
             self.settings.claim_batch,
+            Arc::clone(&self.clock),
         );
         let mut running = Running {
             rounds: JoinSet::new(),
@@ -115,7 +120,7 @@ impl Dispatcher {
             if want > 0 {
                 match self
                     .store
-                    .claim(UnixMillis::now(), want, self.settings.lease)
+                    .claim(self.clock.now(), want, self.settings.lease)
                     .await
                 {
                     Ok(batch) => {
@@ -199,11 +204,14 @@ impl Dispatcher {
         lock(&running.held).insert(n.id, n.lease);
         let providers = Arc::clone(&self.providers);
         let policy = Arc::clone(&self.policy);
+        let clock = Arc::clone(&self.clock);
         let results = running.results.clone();
         running.rounds.spawn(async move {
-            let report = run_round(providers.channel(n.channel), &policy, &n).await;
+            let _counted = InFlight::start();
+            let report = run_round(providers.channel(n.channel), &policy, &*clock, &n).await;
             let finished = Finished {
                 report,
+                channel: n.channel,
                 lease_until: n.lease_until,
                 _permit: permit,
             };
@@ -253,7 +261,7 @@ impl Dispatcher {
 
     /// Gives leases back unfinished: the notifications are due again at once.
     async fn release(&self, leases: Vec<(NotificationId, LeaseToken)>) {
-        let now = UnixMillis::now();
+        let now = self.clock.now();
         let reports = leases
             .into_iter()
             .map(|(id, lease)| RoundReport {
@@ -296,5 +304,198 @@ fn log_join(joined: Result<(), tokio::task::JoinError>) {
         && e.is_panic()
     {
         tracing::error!(error = %e, "a delivery round panicked; its lease will lapse");
+    }
+}
+
+/// Counts a round in `herald_in_flight` for as long as it runs, however it ends.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        crate::metrics::metrics().round_started();
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        crate::metrics::metrics().round_ended();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::dispatch::backoff::Backoff;
+    use crate::dispatch::clock::{Clock, TokioClock};
+    use crate::dispatch::pool::ChannelPool;
+    use crate::dispatch::scripted::{Scripted, delivered, failing, lenient_breaker, pool, pool_of};
+    use crate::domain::{AttemptOutcome, Channel, Message, Priority, Sms, Status, UnixMillis};
+    use crate::store::{NewNotification, SqliteOptions, SqliteStore};
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        clock: TokioClock,
+    }
+
+    impl Rig {
+        async fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("herald.db");
+            let store = SqliteStore::open(path.to_str().unwrap(), SqliteOptions::default())
+                .await
+                .unwrap();
+            Self {
+                _dir: dir,
+                store: Arc::new(store),
+                clock: TokioClock::starting_at(UnixMillis::now()),
+            }
+        }
+
+        async fn queue(&self, count: usize) -> Vec<NotificationId> {
+            let mut ids = Vec::new();
+            for i in 0..count {
+                let now = self.clock.now();
+                let id = NotificationId::new_at(now);
+                let message = Message::Sms(Sms {
+                    phone: "01712345678".into(),
+                    text: format!("message {i}"),
+                });
+                self.store
+                    .insert(NewNotification {
+                        id,
+                        channel: Channel::Sms,
+                        payload: message.to_provider_json(),
+                        created_at: now,
+                        expires_at: now.plus(Duration::from_secs(3600)),
+                        deliver_by: None,
+                        send_at: None,
+                        priority: Priority::Normal,
+                        lease: None,
+                    })
+                    .await
+                    .unwrap();
+                ids.push(id);
+            }
+            ids
+        }
+
+        fn dispatcher(&self, sms: ChannelPool, settings: DispatcherSettings) -> Dispatcher {
+            let mail = Arc::new(Scripted::new("mail", [delivered("m")]));
+            let email = pool_of(Channel::Email, &[mail], lenient_breaker());
+            Dispatcher::new(
+                Arc::clone(&self.store),
+                Arc::new(Providers::new(sms, email)),
+                RetryPolicy {
+                    backoff: Backoff::try_new(
+                        Duration::from_millis(100),
+                        2.0,
+                        Duration::from_secs(1),
+                    )
+                    .unwrap(),
+                    max_rounds: 50,
+                    retry_after_max: Duration::from_secs(60),
+                    idle_recheck: Duration::from_millis(100),
+                },
+                settings,
+                Arc::new(self.clock),
+                Arc::new(Notify::new()),
+            )
+        }
+
+        async fn count(&self, status: Status) -> u64 {
+            let counts = self.store.counts().await.unwrap();
+            counts
+                .into_iter()
+                .find(|(s, _)| *s == status)
+                .map_or(0, |(_, n)| n)
+        }
+    }
+
+    fn settings() -> DispatcherSettings {
+        DispatcherSettings {
+            max_in_flight: 16,
+            claim_batch: 8,
+            poll_interval: Duration::from_millis(100),
+            lease: Duration::from_secs(300),
+            drain_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_is_delivered_once_each_through_a_failing_provider() {
+        let rig = Rig::new().await;
+        let ids = rig.queue(60).await;
+        let sick = Arc::new(Scripted::new(
+            "sick",
+            [failing(AttemptOutcome::Transient, 500)],
+        ));
+        let well = Arc::new(Scripted::new("well", [delivered("ok")]));
+        let sms = pool(&[Arc::clone(&sick), Arc::clone(&well)], lenient_breaker());
+        let (stop, stopped) = watch::channel(false);
+        let run = tokio::spawn(rig.dispatcher(sms, settings()).run(stopped));
+
+        for _ in 0..2_000 {
+            if rig.count(Status::Delivered).await == 60 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.send(true).unwrap();
+        run.await.unwrap();
+
+        assert_eq!(rig.count(Status::Delivered).await, 60);
+        let sent: HashSet<_> = well.sent().into_iter().collect();
+        assert_eq!(well.sent().len(), 60, "each delivered exactly once");
+        assert_eq!(sent, ids.iter().copied().collect());
+        // The sick provider's failures are in the history, not lost.
+        let mut failures = 0;
+        for id in &ids {
+            let rec = rig.store.get(*id).await.unwrap().unwrap();
+            assert_eq!(rec.delivered_by.as_deref(), Some("well"));
+            failures += rec
+                .attempts
+                .iter()
+                .filter(|a| a.outcome == AttemptOutcome::Transient)
+                .count();
+        }
+        assert_eq!(failures, sick.sent().len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_gives_back_the_leases_of_rounds_cut_short() {
+        let rig = Rig::new().await;
+        let ids = rig.queue(3).await;
+        let stuck = Arc::new(
+            Scripted::new("stuck", [delivered("late")])
+                .latency(Duration::from_secs(60))
+                .timeout(Duration::from_secs(120)),
+        );
+        let sms = pool(&[Arc::clone(&stuck)], lenient_breaker());
+        let (stop, stopped) = watch::channel(false);
+        let run = tokio::spawn(rig.dispatcher(sms, settings()).run(stopped));
+        for _ in 0..500 {
+            if stuck.sent().len() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stuck.sent().len(), 3);
+        assert_eq!(rig.count(Status::Sending).await, 3);
+
+        stop.send(true).unwrap();
+        let started = tokio::time::Instant::now();
+        run.await.unwrap();
+        // The drain timeout (1 s), not the provider's 60 s.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        for id in ids {
+            let rec = rig.store.get(id).await.unwrap().unwrap();
+            assert_eq!(rec.status, Status::Queued, "released, due again at once");
+            assert!(rec.attempts.is_empty());
+            assert_eq!(rec.rounds, 0);
+        }
     }
 }

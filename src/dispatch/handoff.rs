@@ -93,6 +93,7 @@ impl<'a> Reservation<'a> {
                     rounds: 0,
                     created_at: n.created_at,
                     expires_at: n.expires_at,
+                    deliver_by: n.deliver_by,
                     lease: self.lease.token,
                     lease_until: self.lease.until,
                 },

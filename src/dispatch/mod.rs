@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod breaker;
+pub mod clock;
 pub mod dispatcher;
 pub mod handoff;
 pub mod pool;
@@ -10,4 +11,6 @@ pub mod rate;
 mod results;
 pub mod round;
 pub mod router;
+#[cfg(test)]
+mod scripted;
 pub mod window;

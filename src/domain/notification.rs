@@ -149,38 +149,49 @@ impl fmt::Display for Channel {
     }
 }
 
-/// The life cycle: `queued` → `sending` → `delivered`, or → `retrying` →
-/// `sending` … → `dead` once retries are exhausted, or → `failed` when a
-/// provider refuses the message for good.
+/// The life cycle: (`scheduled` →) `queued` → `sending` → `delivered`, or
+/// → `retrying` → `sending` … → `dead` once retries are exhausted, or →
+/// `failed` when a provider refuses the message for good. A client may
+/// cancel what has not started sending (`canceled`); what is not delivered
+/// by the client's own deadline ends `expired`, never sent late.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    Scheduled,
     Queued,
     Sending,
     Retrying,
     Delivered,
     Failed,
     Dead,
+    Canceled,
+    Expired,
 }
 
 impl Status {
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 9] = [
+        Status::Scheduled,
         Status::Queued,
         Status::Sending,
         Status::Retrying,
         Status::Delivered,
         Status::Failed,
         Status::Dead,
+        Status::Canceled,
+        Status::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Scheduled => "scheduled",
             Status::Queued => "queued",
             Status::Sending => "sending",
             Status::Retrying => "retrying",
             Status::Delivered => "delivered",
             Status::Failed => "failed",
             Status::Dead => "dead",
+            Status::Canceled => "canceled",
+            Status::Expired => "expired",
         }
     }
 
@@ -189,7 +200,65 @@ impl Status {
     }
 
     pub fn is_final(self) -> bool {
-        matches!(self, Status::Delivered | Status::Failed | Status::Dead)
+        matches!(
+            self,
+            Status::Delivered | Status::Failed | Status::Dead | Status::Canceled | Status::Expired
+        )
+    }
+
+    /// Waiting for its turn, not yet handed to a provider: a client may
+    /// still take it back.
+    pub fn is_cancelable(self) -> bool {
+        matches!(self, Status::Scheduled | Status::Queued | Status::Retrying)
+    }
+}
+
+/// Which work a claim takes first: `high` (one-time codes) before `normal`
+/// before `low` (newsletters); within one priority, in due order.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// As stored: smaller is taken first, so an ascending index walk is the
+    /// claim order.
+    pub fn rank(self) -> i16 {
+        match self {
+            Priority::High => 0,
+            Priority::Normal => 1,
+            Priority::Low => 2,
+        }
+    }
+
+    pub fn from_rank(rank: i64) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| i64::from(p.rank()) == rank)
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -390,6 +459,13 @@ mod tests {
             assert_eq!(Status::parse(s.as_str()), Some(s));
         }
         assert!(Status::Dead.is_final() && !Status::Retrying.is_final());
+        assert!(Status::Canceled.is_final() && Status::Expired.is_final());
+        assert!(Status::Scheduled.is_cancelable() && !Status::Sending.is_cancelable());
+        for p in Priority::ALL {
+            assert_eq!(Priority::parse(p.as_str()), Some(p));
+            assert_eq!(Priority::from_rank(p.rank().into()), Some(p));
+        }
+        assert!(Priority::High.rank() < Priority::Low.rank());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! database); [`open`] picks one by the URL's scheme.
 
 mod postgres;
+mod rows;
 mod sqlite;
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::domain::{Attempt, Channel, NotificationId, Status, UnixMillis};
+use crate::domain::{Attempt, Channel, NotificationId, Priority, Status, UnixMillis};
 
 pub use postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
@@ -64,11 +65,39 @@ pub struct NewNotification {
     /// The provider body, JSON.
     pub payload: String,
     pub created_at: UnixMillis,
-    /// After this, no more rounds: the notification is dead.
+    /// Herald's own limit: after this, no more rounds; the notification is
+    /// `dead` (`retry.max_age_secs` after acceptance).
     pub expires_at: UnixMillis,
+    /// The client's deadline: not delivered by then, it ends `expired` and
+    /// is never sent late.
+    pub deliver_by: Option<UnixMillis>,
+    /// Stored `scheduled`, due at this time; `None`: due at once.
+    pub send_at: Option<UnixMillis>,
+    pub priority: Priority,
     /// Stored already `sending` under this lease, for a dispatcher that was
-    /// handed it in memory; `None`: stored `queued`, due at once.
+    /// handed it in memory; `None`: stored `queued` (or `scheduled`).
     pub lease: Option<Lease>,
+}
+
+impl NewNotification {
+    /// The status it is stored with.
+    pub fn initial_status(&self) -> Status {
+        match (self.lease, self.send_at) {
+            (Some(_), _) => Status::Sending,
+            (None, Some(_)) => Status::Scheduled,
+            (None, None) => Status::Queued,
+        }
+    }
+
+    /// When it is first due: its lease's end when handed off, else its
+    /// scheduled time or its creation.
+    pub fn due_at(&self) -> UnixMillis {
+        match (self.lease, self.send_at) {
+            (Some(lease), _) => lease.until,
+            (None, Some(at)) => at,
+            (None, None) => self.created_at,
+        }
+    }
 }
 
 /// Who holds a notification's round, and until when.
@@ -87,7 +116,10 @@ pub struct Claimed {
     /// Rounds already spent.
     pub rounds: u32,
     pub created_at: UnixMillis,
+    /// No more rounds after this (Herald's retry age).
     pub expires_at: UnixMillis,
+    /// The client's deadline: no attempt starts after it.
+    pub deliver_by: Option<UnixMillis>,
     pub lease: LeaseToken,
     pub lease_until: UnixMillis,
 }
@@ -111,6 +143,10 @@ pub enum Completion {
     },
     /// Out of rounds or past its age.
     Dead {
+        error: String,
+    },
+    /// Past the client's deadline before a provider took it.
+    Expired {
         error: String,
     },
     /// Given back unfinished (shutdown): ready again at once.
@@ -138,11 +174,17 @@ pub struct NotificationRecord {
     pub id: NotificationId,
     pub channel: Channel,
     pub status: Status,
+    pub priority: Priority,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
+    /// When it is next due: its scheduled time, or its next round.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<UnixMillis>,
-    pub expires_at: UnixMillis,
+    /// Herald's retry age: no rounds after this (then `dead`).
+    pub retry_until: UnixMillis,
+    /// The client's deadline: not delivered by then, `expired`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<UnixMillis>,
     pub rounds: u32,
     pub delivered_by: Option<String>,
     pub last_error: Option<String>,
@@ -156,6 +198,7 @@ pub struct NotificationSummary {
     pub id: NotificationId,
     pub channel: Channel,
     pub status: Status,
+    pub priority: Priority,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
     pub rounds: u32,
@@ -170,10 +213,66 @@ pub enum ReplayOutcome {
     NotReplayable(Status),
 }
 
+/// A client's `Idempotency-Key` and the answer its first request got,
+/// stored in the same transaction as that request's notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// Whose key it is: keys of different callers never meet.
+    pub scope: String,
+    pub key: String,
+    /// What the request asked for (its kind and body), to tell a retry
+    /// from a different request reusing the key.
+    pub fingerprint: String,
+    pub status_code: u16,
+    /// The JSON body of the first answer.
+    pub response: String,
+    pub created_at: UnixMillis,
+    /// A stored key created before this has expired and is replaced.
+    pub expired_before: UnixMillis,
+}
+
+/// The answer stored with a key that was already used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAnswer {
+    pub fingerprint: String,
+    pub status_code: u16,
+    pub response: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyedInsert {
+    /// The key was new: the notifications are stored with it.
+    Stored,
+    /// The key was used before (and has not expired): nothing was stored.
+    Replayed(StoredAnswer),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Canceled,
+    NotFound,
+    /// Only `scheduled`, `queued` and `retrying` notifications can be
+    /// canceled: a `sending` one may already be at a provider.
+    NotCancelable(Status),
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Returns once the notification is durably committed.
     async fn insert(&self, notification: NewNotification) -> Result<(), StoreError>;
+
+    /// Stores every one of `notifications` in one commit (a batch).
+    async fn insert_many(&self, notifications: Vec<NewNotification>) -> Result<(), StoreError>;
+
+    /// Stores `notifications` with `key`, all or nothing, unless the key is
+    /// already stored: then nothing is stored and the first answer comes
+    /// back. Concurrent calls with one key store exactly once (a unique
+    /// index); a repeated key never fails the other writes committed with it.
+    async fn insert_keyed(
+        &self,
+        notifications: Vec<NewNotification>,
+        key: IdempotencyKey,
+    ) -> Result<KeyedInsert, StoreError>;
 
     /// Claims up to `limit` notifications that are due at `now` (including
     /// ones whose lease lapsed), leasing each for `lease`.
@@ -209,14 +308,33 @@ pub trait Store: Send + Sync {
         expires_at: UnixMillis,
     ) -> Result<ReplayOutcome, StoreError>;
 
+    /// Takes back a notification that has not started sending: it becomes
+    /// `canceled` and is never sent. A claim that races it either took the
+    /// row first (then `NotCancelable(Sending)`) or never sees it.
+    async fn cancel(
+        &self,
+        id: NotificationId,
+        now: UnixMillis,
+    ) -> Result<CancelOutcome, StoreError>;
+
     /// How many notifications are in each status.
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError>;
+
+    /// How many notifications are unfinished (queued, retrying, sending):
+    /// read through the index of unfinished rows, so its cost follows the
+    /// backlog, not the table.
+    async fn backlog(&self) -> Result<Vec<(Status, u64)>, StoreError>;
 
     /// Deletes up to `limit` delivered notifications (and their attempts)
     /// last updated before `before`; returns how many.
     async fn purge(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError>;
 
-    /// The store answers.
+    /// Deletes up to `limit` idempotency keys created before `before`;
+    /// returns how many.
+    async fn purge_keys(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError>;
+
+    /// The store answers and can commit a write: a one-row probe, cheap
+    /// enough for every readiness check (a full disk fails it).
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Asks to be poked through `wake` when another process stores ready
@@ -264,6 +382,9 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// Written on rows a claim found past their client's deadline.
+pub(crate) const EXPIRED_UNSENT: &str = "expired before it could be delivered";
+
 /// A report's completion as the columns both engines write.
 pub(crate) struct CompletionColumns<'a> {
     /// `None`: queued or retrying, by whether a round was ever counted.
@@ -280,6 +401,7 @@ pub(crate) fn completion_columns(r: &RoundReport) -> CompletionColumns<'_> {
         r.completion,
         Completion::Retry { counted: true, .. }
             | Completion::Dead { .. }
+            | Completion::Expired { .. }
             | Completion::Failed { .. }
             | Completion::Delivered { .. }
     ) && !r.attempts.is_empty();
@@ -289,6 +411,7 @@ pub(crate) fn completion_columns(r: &RoundReport) -> CompletionColumns<'_> {
         }
         Completion::Failed { error } => (Some("failed"), None, None, Some(error.as_str())),
         Completion::Dead { error } => (Some("dead"), None, None, Some(error.as_str())),
+        Completion::Expired { error } => (Some("expired"), None, None, Some(error.as_str())),
         Completion::Retry {
             at,
             counted: true,

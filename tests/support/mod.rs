@@ -257,6 +257,28 @@ impl Client {
             .await
     }
 
+    /// A JSON POST with an `Idempotency-Key`.
+    pub async fn post_keyed(&self, path: &str, key: &str, body: &Value) -> Answer {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body.to_string())
+            .send()
+            .await;
+        Self::answer(resp).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Answer {
+        let resp = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await;
+        Self::answer(resp).await
+    }
+
     pub async fn get(&self, path: &str) -> Answer {
         let resp = self.http.get(format!("{}{path}", self.base)).send().await;
         Self::answer(resp).await

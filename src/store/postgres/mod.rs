@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -33,13 +32,22 @@ use tokio_postgres::Row;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use self::writer::Command;
-use super::{
-    Claimed, LeaseLost, LeaseToken, NewNotification, NotificationRecord, NotificationSummary,
-    ReplayOutcome, RoundReport, Store, StoreError,
+use super::rows::{
+    ATTEMPT_COLUMNS, AttemptRow, ClaimedRow, RECORD_COLUMNS, RecordRow, SUMMARY_COLUMNS,
+    SummaryRow, status_from,
 };
-use crate::domain::{Attempt, AttemptOutcome, Channel, NotificationId, Status, UnixMillis};
+use super::{
+    CancelOutcome, Claimed, EXPIRED_UNSENT, IdempotencyKey, KeyedInsert, LeaseLost, LeaseToken,
+    NewNotification, NotificationRecord, NotificationSummary, ReplayOutcome, RoundReport, Store,
+    StoreError,
+};
+use crate::domain::{NotificationId, Status, UnixMillis};
 
 pub use schema::MIGRATIONS;
+
+/// The claim's RETURNING list, in rows::ClaimedRow's order.
+const CLAIMED_COLUMNS_OF_N: &str =
+    "n.id, n.channel, n.payload, n.rounds, n.created_at, n.expires_at, n.deliver_by, n.status";
 
 /// The channel of the wake-up NOTIFY.
 const NOTIFY_CHANNEL: &str = "herald_work";
@@ -189,39 +197,49 @@ fn id_from(u: uuid::Uuid) -> NotificationId {
     NotificationId::from_bytes(*u.as_bytes())
 }
 
-fn channel_from(s: &str) -> Result<Channel, StoreError> {
-    Channel::parse(s).ok_or(StoreError::Corrupt {
-        what: "unknown channel",
-    })
-}
-
-fn status_from(s: &str) -> Result<Status, StoreError> {
-    Status::parse(s).ok_or(StoreError::Corrupt {
-        what: "unknown status",
-    })
-}
-
-fn attempt_from(row: &Row) -> Result<Attempt, StoreError> {
-    let outcome: &str = row.get(3);
-    Ok(Attempt {
+fn attempt_row(row: &Row) -> AttemptRow {
+    AttemptRow {
         provider: row.get(0),
-        started_at: UnixMillis(row.get(1)),
-        duration_ms: row.get::<_, i64>(2).max(0) as u64,
-        outcome: AttemptOutcome::parse(outcome).ok_or(StoreError::Corrupt {
-            what: "unknown attempt outcome",
-        })?,
-        http_status: row
-            .get::<_, Option<i32>>(4)
-            .and_then(|s| u16::try_from(s).ok()),
+        started_at: row.get(1),
+        duration_ms: row.get(2),
+        outcome: row.get(3),
+        http_status: row.get::<_, Option<i32>>(4).map(i64::from),
         error: row.get(5),
         provider_message_id: row.get(6),
-    })
+    }
+}
+
+fn summary_row(row: &Row) -> SummaryRow {
+    SummaryRow {
+        id: id_from(row.get(0)),
+        channel: row.get(1),
+        status: row.get(2),
+        priority: row.get::<_, i16>(3).into(),
+        created_at: row.get(4),
+        updated_at: row.get(5),
+        rounds: row.get::<_, i32>(6).into(),
+        last_error: row.get(7),
+    }
 }
 
 #[async_trait]
 impl Store for PostgresStore {
     async fn insert(&self, notification: NewNotification) -> Result<(), StoreError> {
         self.call(|reply| Command::Insert(notification, reply))
+            .await
+    }
+
+    async fn insert_many(&self, notifications: Vec<NewNotification>) -> Result<(), StoreError> {
+        self.call(|reply| Command::InsertMany(notifications, reply))
+            .await
+    }
+
+    async fn insert_keyed(
+        &self,
+        notifications: Vec<NewNotification>,
+        key: IdempotencyKey,
+    ) -> Result<KeyedInsert, StoreError> {
+        self.call(|reply| Command::InsertKeyed(notifications, key, reply))
             .await
     }
 
@@ -234,42 +252,54 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let token = LeaseToken::random();
         let lease_until = now.plus(lease);
+        // Highest priority first, each in due order, over the partial index
+        // on (priority, due_at). Rows past their client's deadline are ended
+        // `expired` here instead of being sent.
         let stmt = client
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "WITH due AS (
                      SELECT id FROM notifications
-                      WHERE status IN ('queued', 'retrying', 'sending') AND due_at <= $3
-                      ORDER BY due_at
+                      WHERE status IN ('scheduled', 'queued', 'retrying', 'sending')
+                        AND due_at <= $3
+                      ORDER BY priority, due_at
                       LIMIT $4
                       FOR UPDATE SKIP LOCKED)
                  UPDATE notifications AS n
-                    SET status = 'sending', lease_token = $1, due_at = $2, updated_at = $3
+                    SET status = CASE WHEN n.deliver_by <= $3 THEN 'expired' ELSE 'sending' END,
+                        lease_token = CASE WHEN n.deliver_by <= $3 THEN NULL ELSE $1::int8 END,
+                        due_at = CASE WHEN n.deliver_by <= $3 THEN NULL ELSE $2::int8 END,
+                        last_error = CASE WHEN n.deliver_by <= $3 THEN $5::text ELSE n.last_error END,
+                        updated_at = $3::int8
                    FROM due
                   WHERE n.id = due.id
-                 RETURNING n.id, n.channel, n.payload, n.rounds, n.created_at, n.expires_at",
-            )
+                 RETURNING {}",
+                CLAIMED_COLUMNS_OF_N
+            ))
             .await
             .map_err(pg)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = client
-            .query(&stmt, &[&token.0, &lease_until.0, &now.0, &limit])
+            .query(
+                &stmt,
+                &[&token.0, &lease_until.0, &now.0, &limit, &EXPIRED_UNSENT],
+            )
             .await
             .map_err(pg)?;
-        rows.iter()
-            .map(|row| {
-                let payload: String = row.get(2);
-                Ok(Claimed {
-                    id: id_from(row.get(0)),
-                    channel: channel_from(row.get(1))?,
-                    payload: Bytes::from(payload),
-                    rounds: row.get::<_, i32>(3).max(0) as u32,
-                    created_at: UnixMillis(row.get(4)),
-                    expires_at: UnixMillis(row.get(5)),
-                    lease: token,
-                    lease_until,
-                })
-            })
-            .collect()
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let row = ClaimedRow {
+                id: id_from(row.get(0)),
+                channel: row.get(1),
+                payload: row.get(2),
+                rounds: row.get::<_, i32>(3).into(),
+                created_at: row.get(4),
+                expires_at: row.get(5),
+                deliver_by: row.get(6),
+                status: row.get(7),
+            };
+            claimed.extend(row.decode(token, lease_until)?);
+        }
+        Ok(claimed)
     }
 
     async fn complete(
@@ -294,22 +324,18 @@ impl Store for PostgresStore {
             .map_err(pg)?;
         let key = id.as_uuid();
         let row_stmt = tx
-            .prepare_cached(
-                "SELECT channel, status, created_at, updated_at, due_at, expires_at, rounds,
-                        delivered_by, last_error, payload
-                   FROM notifications WHERE id = $1",
-            )
+            .prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM notifications WHERE id = $1"
+            ))
             .await
             .map_err(pg)?;
         let Some(row) = tx.query_opt(&row_stmt, &[&key]).await.map_err(pg)? else {
             return Ok(None);
         };
         let attempts_stmt = tx
-            .prepare_cached(
-                "SELECT provider, started_at, duration_ms, outcome, http_status, error,
-                        provider_message_id
-                   FROM attempts WHERE notification_id = $1 ORDER BY seq",
-            )
+            .prepare_cached(&format!(
+                "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE notification_id = $1 ORDER BY seq"
+            ))
             .await
             .map_err(pg)?;
         let attempts = tx
@@ -317,32 +343,24 @@ impl Store for PostgresStore {
             .await
             .map_err(pg)?
             .iter()
-            .map(attempt_from)
+            .map(|row| attempt_row(row).decode())
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await.map_err(pg)?;
-
-        let status = status_from(row.get(1))?;
-        let payload: &str = row.get(9);
-        Ok(Some(NotificationRecord {
-            id,
-            channel: channel_from(row.get(0))?,
-            status,
-            created_at: UnixMillis(row.get(2)),
-            updated_at: UnixMillis(row.get(3)),
-            // A sending row's due_at is its lease, not a planned attempt.
-            next_attempt_at: matches!(status, Status::Queued | Status::Retrying)
-                .then(|| row.get::<_, Option<i64>>(4))
-                .flatten()
-                .map(UnixMillis),
-            expires_at: UnixMillis(row.get(5)),
-            rounds: row.get::<_, i32>(6).max(0) as u32,
-            delivered_by: row.get(7),
-            last_error: row.get(8),
-            message: serde_json::from_str(payload).map_err(|_| StoreError::Corrupt {
-                what: "payload is not JSON",
-            })?,
-            attempts,
-        }))
+        let row = RecordRow {
+            channel: row.get(0),
+            status: row.get(1),
+            priority: row.get::<_, i16>(2).into(),
+            created_at: row.get(3),
+            updated_at: row.get(4),
+            due_at: row.get(5),
+            expires_at: row.get(6),
+            deliver_by: row.get(7),
+            rounds: row.get::<_, i32>(8).into(),
+            delivered_by: row.get(9),
+            last_error: row.get(10),
+            payload: row.get(11),
+        };
+        row.decode(id, attempts).map(Some)
     }
 
     async fn list(
@@ -353,12 +371,12 @@ impl Store for PostgresStore {
     ) -> Result<Vec<NotificationSummary>, StoreError> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached(
-                "SELECT id, channel, created_at, updated_at, rounds, last_error
+            .prepare_cached(&format!(
+                "SELECT {SUMMARY_COLUMNS}
                    FROM notifications
                   WHERE status = $1 AND id > $2
-                  ORDER BY id LIMIT $3",
-            )
+                  ORDER BY id LIMIT $3"
+            ))
             .await
             .map_err(pg)?;
         let after = after.map_or(uuid::Uuid::nil(), |a| a.as_uuid());
@@ -367,19 +385,7 @@ impl Store for PostgresStore {
             .query(&stmt, &[&status.as_str(), &after, &limit])
             .await
             .map_err(pg)?;
-        rows.iter()
-            .map(|row| {
-                Ok(NotificationSummary {
-                    id: id_from(row.get(0)),
-                    channel: channel_from(row.get(1))?,
-                    status,
-                    created_at: UnixMillis(row.get(2)),
-                    updated_at: UnixMillis(row.get(3)),
-                    rounds: row.get::<_, i32>(4).max(0) as u32,
-                    last_error: row.get(5),
-                })
-            })
-            .collect()
+        rows.iter().map(|row| summary_row(row).decode()).collect()
     }
 
     async fn replay(
@@ -421,11 +427,58 @@ impl Store for PostgresStore {
         Ok(ReplayOutcome::Requeued)
     }
 
+    async fn cancel(
+        &self,
+        id: NotificationId,
+        now: UnixMillis,
+    ) -> Result<CancelOutcome, StoreError> {
+        let client = self.client().await?;
+        let key = id.as_uuid();
+        // A claim holding the row (FOR UPDATE) makes this wait for its
+        // commit, after which the row is `sending` and no longer matches;
+        // a cancel that wins first leaves the claim nothing to see.
+        let stmt = client
+            .prepare_cached(
+                "UPDATE notifications
+                    SET status = 'canceled', due_at = NULL, lease_token = NULL, updated_at = $2
+                  WHERE id = $1 AND status IN ('scheduled', 'queued', 'retrying')",
+            )
+            .await
+            .map_err(pg)?;
+        if client.execute(&stmt, &[&key, &now.0]).await.map_err(pg)? == 1 {
+            return Ok(CancelOutcome::Canceled);
+        }
+        let row = client
+            .query_opt("SELECT status FROM notifications WHERE id = $1", &[&key])
+            .await
+            .map_err(pg)?;
+        match row {
+            Some(row) => Ok(CancelOutcome::NotCancelable(status_from(row.get(0))?)),
+            None => Ok(CancelOutcome::NotFound),
+        }
+    }
+
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT status, COUNT(*) FROM notifications GROUP BY status",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|row| Ok((status_from(row.get(0))?, row.get::<_, i64>(1) as u64)))
+            .collect()
+    }
+
+    async fn backlog(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT status, COUNT(*) FROM notifications
+                  WHERE status IN ('scheduled', 'queued', 'retrying', 'sending')
+                  GROUP BY status",
                 &[],
             )
             .await
@@ -462,9 +515,30 @@ impl Store for PostgresStore {
         Ok(row.get::<_, i64>(0) as u64)
     }
 
+    async fn purge_keys(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let gone = client
+            .execute(
+                "DELETE FROM idempotency_keys
+                  WHERE ctid IN (SELECT ctid FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
+                &[&before.0, &limit],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(gone)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client.simple_query("SELECT 1").await.map_err(pg)?;
+        client
+            .execute(
+                "INSERT INTO health_probe (id, at) VALUES (1, $1)
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                &[&UnixMillis::now().0],
+            )
+            .await
+            .map_err(pg)?;
         Ok(())
     }
 

@@ -60,6 +60,46 @@ CREATE INDEX attempts_by_notification ON attempts (notification_id, seq);
         // X-Message-Id, an SMTP queue reply), to match its later reports.
         "ALTER TABLE attempts ADD COLUMN provider_message_id text;",
     ),
+    (
+        3,
+        // Scheduling, cancel, the client's deadline and priorities.
+        // `expires_at` stays Herald's retry age (then `dead`); `deliver_by`
+        // is the client's deadline (then `expired`). Priority 0 is high, 1
+        // normal, 2 low: claims take them in that order, each in due order.
+        "
+ALTER TABLE notifications DROP CONSTRAINT notifications_status_check;
+ALTER TABLE notifications ADD CONSTRAINT notifications_status_check CHECK (status IN
+    ('scheduled', 'queued', 'sending', 'retrying', 'delivered', 'failed', 'dead',
+     'canceled', 'expired'));
+ALTER TABLE notifications ADD COLUMN deliver_by bigint;
+ALTER TABLE notifications ADD COLUMN priority smallint NOT NULL DEFAULT 1;
+DROP INDEX notifications_due;
+CREATE INDEX notifications_claim ON notifications (priority, due_at)
+    WHERE status IN ('scheduled', 'queued', 'retrying', 'sending');
+",
+    ),
+    (
+        4,
+        // Idempotency keys: a client's retry finds its first answer here.
+        "
+CREATE TABLE idempotency_keys (
+    scope       text NOT NULL,
+    key         text NOT NULL,
+    fingerprint text NOT NULL,
+    status_code integer NOT NULL,
+    response    text NOT NULL,
+    created_at  bigint NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+",
+    ),
+    (
+        5,
+        // One row that readiness checks rewrite: a write that cannot commit
+        // (a full disk, a read-only database) makes the instance not ready.
+        "CREATE TABLE health_probe (id integer PRIMARY KEY, at bigint NOT NULL);",
+    ),
 ];
 
 /// Applies every migration this database lacks; returns how many.

@@ -15,12 +15,17 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{NOTIFY_CHANNEL, pg};
-use crate::store::{Completion, LeaseLost, NewNotification, RoundReport, StoreError};
+use crate::store::{
+    Completion, IdempotencyKey, KeyedInsert, LeaseLost, NewNotification, RoundReport, StoreError,
+    StoredAnswer,
+};
 
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub enum Command {
     Insert(NewNotification, Reply<()>),
+    InsertMany(Vec<NewNotification>, Reply<()>),
+    InsertKeyed(Vec<NewNotification>, IdempotencyKey, Reply<KeyedInsert>),
     Complete(Vec<RoundReport>, Reply<Vec<Result<(), LeaseLost>>>),
 }
 
@@ -28,6 +33,7 @@ impl Command {
     fn rows(&self) -> usize {
         match self {
             Command::Insert(..) => 1,
+            Command::InsertKeyed(ns, ..) | Command::InsertMany(ns, _) => ns.len().max(1),
             Command::Complete(reports, _) => reports.len().max(1),
         }
     }
@@ -66,18 +72,30 @@ pub async fn run(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<Command>>>, max_bat
 
 async fn write_batch(pool: &Pool, batch: Vec<Command>) {
     let mut inserts = Vec::new();
+    let mut keyed = Vec::new();
     let mut completes = Vec::new();
     for cmd in batch {
         match cmd {
-            Command::Insert(n, reply) => inserts.push((n, reply)),
+            Command::Insert(n, reply) => inserts.push((vec![n], reply)),
+            Command::InsertMany(ns, reply) => inserts.push((ns, reply)),
+            Command::InsertKeyed(ns, key, reply) => keyed.push((ns, key, reply)),
             Command::Complete(reports, reply) => completes.push((reports, reply)),
         }
     }
     let reports: Vec<&RoundReport> = completes.iter().flat_map(|(r, _)| r.iter()).collect();
-    match transact(pool, &inserts, &reports).await {
-        Ok(outcomes) => {
+    let started = tokio::time::Instant::now();
+    let written = transact(pool, &inserts, &keyed, &reports).await;
+    crate::metrics::metrics().store_commit(
+        started.elapsed(),
+        inserts.len() + keyed.len() + reports.len(),
+    );
+    match written {
+        Ok((outcomes, keyed_outcomes)) => {
             for (_, reply) in inserts {
                 let _ = reply.send(Ok(()));
+            }
+            for ((_, _, reply), outcome) in keyed.into_iter().zip(keyed_outcomes) {
+                let _ = reply.send(Ok(outcome));
             }
             let mut outcomes = outcomes.into_iter();
             for (reports, reply) in completes {
@@ -92,6 +110,9 @@ async fn write_batch(pool: &Pool, batch: Vec<Command>) {
             for (_, reply) in inserts {
                 let _ = reply.send(Err(fail()));
             }
+            for (_, _, reply) in keyed {
+                let _ = reply.send(Err(fail()));
+            }
             for (_, reply) in completes {
                 let _ = reply.send(Err(fail()));
             }
@@ -99,17 +120,31 @@ async fn write_batch(pool: &Pool, batch: Vec<Command>) {
     }
 }
 
-/// Writes everything in one transaction; one outcome per report, in order.
+type KeyedCommand = (Vec<NewNotification>, IdempotencyKey, Reply<KeyedInsert>);
+
+/// Writes everything in one transaction; one outcome per report and per
+/// keyed insert, in order.
 async fn transact(
     pool: &Pool,
-    inserts: &[(NewNotification, Reply<()>)],
+    plain: &[(Vec<NewNotification>, Reply<()>)],
+    keyed: &[KeyedCommand],
     reports: &[&RoundReport],
-) -> Result<Vec<Result<(), LeaseLost>>, StoreError> {
+) -> Result<(Vec<Result<(), LeaseLost>>, Vec<KeyedInsert>), StoreError> {
     let mut client = pool
         .get()
         .await
         .map_err(|e| StoreError::Backend(Box::new(e)))?;
     let tx = client.transaction().await.map_err(pg)?;
+
+    let mut keyed_outcomes = Vec::with_capacity(keyed.len());
+    let mut inserts: Vec<&NewNotification> = plain.iter().flat_map(|(ns, _)| ns).collect();
+    for (ns, key, _) in keyed {
+        let outcome = claim_key(&tx, key).await?;
+        if outcome == KeyedInsert::Stored {
+            inserts.extend(ns.iter());
+        }
+        keyed_outcomes.push(outcome);
+    }
 
     if !inserts.is_empty() {
         let mut ids = Vec::with_capacity(inserts.len());
@@ -118,27 +153,33 @@ async fn transact(
         let mut created = Vec::with_capacity(inserts.len());
         let mut expires = Vec::with_capacity(inserts.len());
         let mut tokens: Vec<Option<i64>> = Vec::with_capacity(inserts.len());
-        let mut lease_ends: Vec<Option<i64>> = Vec::with_capacity(inserts.len());
-        for (n, _) in inserts {
+        let mut statuses = Vec::with_capacity(inserts.len());
+        let mut dues = Vec::with_capacity(inserts.len());
+        let mut deliver_by: Vec<Option<i64>> = Vec::with_capacity(inserts.len());
+        let mut priorities: Vec<i16> = Vec::with_capacity(inserts.len());
+        for n in &inserts {
             ids.push(n.id.as_uuid());
             channels.push(n.channel.as_str());
             payloads.push(n.payload.as_str());
             created.push(n.created_at.0);
             expires.push(n.expires_at.0);
             tokens.push(n.lease.map(|l| l.token.0));
-            lease_ends.push(n.lease.map(|l| l.until.0));
+            statuses.push(n.initial_status().as_str());
+            dues.push(n.due_at().0);
+            deliver_by.push(n.deliver_by.map(|t| t.0));
+            priorities.push(n.priority.rank());
         }
         let stmt = tx
             .prepare_cached(
                 "INSERT INTO notifications
                      (id, channel, payload, status, due_at, lease_token,
-                      created_at, updated_at, expires_at)
-                 SELECT id, channel, payload,
-                        CASE WHEN token IS NULL THEN 'queued' ELSE 'sending' END,
-                        COALESCE(lease_until, at), token, at, at, expires
+                      created_at, updated_at, expires_at, deliver_by, priority)
+                 SELECT id, channel, payload, status, due, token, at, at, expires, deliver_by,
+                        priority
                    FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::int8[],
-                               $6::int8[], $7::int8[])
-                     AS n(id, channel, payload, at, expires, token, lease_until)",
+                               $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::int2[])
+                     AS n(id, channel, payload, at, expires, token, status, due, deliver_by,
+                          priority)",
             )
             .await
             .map_err(pg)?;
@@ -151,7 +192,10 @@ async fn transact(
                 &created,
                 &expires,
                 &tokens,
-                &lease_ends,
+                &statuses,
+                &dues,
+                &deliver_by,
+                &priorities,
             ],
         )
         .await
@@ -178,7 +222,7 @@ async fn transact(
     add_attempts(&tx, reports, &won).await?;
 
     // Handed-off inserts are already in their dispatcher's hands.
-    let wakes = inserts.iter().any(|(n, _)| n.lease.is_none())
+    let wakes = inserts.iter().any(|n| n.lease.is_none())
         || reports
             .iter()
             .any(|r| matches!(r.completion, Completion::Released));
@@ -190,7 +234,64 @@ async fn transact(
             .map_err(pg)?;
     }
     tx.commit().await.map_err(pg)?;
-    Ok(outcomes)
+    Ok((outcomes, keyed_outcomes))
+}
+
+/// Records `key` unless it is already stored (and not expired). `ON
+/// CONFLICT DO NOTHING` never fails the transaction: a key another
+/// transaction is inserting makes this wait for its commit, then read it.
+async fn claim_key(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: &IdempotencyKey,
+) -> Result<KeyedInsert, StoreError> {
+    let expire = tx
+        .prepare_cached(
+            "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at < $3",
+        )
+        .await
+        .map_err(pg)?;
+    tx.execute(&expire, &[&key.scope, &key.key, &key.expired_before.0])
+        .await
+        .map_err(pg)?;
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO idempotency_keys
+                 (scope, key, fingerprint, status_code, response, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (scope, key) DO NOTHING",
+        )
+        .await
+        .map_err(pg)?;
+    let stored = tx
+        .execute(
+            &insert,
+            &[
+                &key.scope,
+                &key.key,
+                &key.fingerprint,
+                &i32::from(key.status_code),
+                &key.response,
+                &key.created_at.0,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    if stored == 1 {
+        return Ok(KeyedInsert::Stored);
+    }
+    let first = tx
+        .query_one(
+            "SELECT fingerprint, status_code, response FROM idempotency_keys
+              WHERE scope = $1 AND key = $2",
+            &[&key.scope, &key.key],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(KeyedInsert::Replayed(StoredAnswer {
+        fingerprint: first.get(0),
+        status_code: u16::try_from(first.get::<_, i32>(1)).unwrap_or(500),
+        response: first.get(2),
+    }))
 }
 
 /// Updates the rows of `pass` whose lease still holds; returns their

@@ -9,20 +9,25 @@
 mod schema;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    Claimed, LeaseLost, LeaseToken, NewNotification, NotificationRecord, NotificationSummary,
-    ReplayOutcome, RoundReport, Store, StoreError,
+use super::rows::{
+    ATTEMPT_COLUMNS, AttemptRow, ClaimedRow, RECORD_COLUMNS, RecordRow, SUMMARY_COLUMNS,
+    SummaryRow, id_from_bytes, status_from,
 };
-use crate::domain::{Attempt, AttemptOutcome, Channel, NotificationId, Status, UnixMillis};
+use super::{
+    CancelOutcome, Claimed, EXPIRED_UNSENT, IdempotencyKey, KeyedInsert, LeaseLost, LeaseToken,
+    NewNotification, NotificationRecord, NotificationSummary, ReplayOutcome, RoundReport, Store,
+    StoreError, StoredAnswer,
+};
+use crate::domain::{NotificationId, Status, UnixMillis};
 
 /// SQLite's `synchronous` setting: `full` fsyncs every commit that
 /// acknowledges something, so an accepted notification survives a power cut
@@ -70,6 +75,8 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Command {
     Insert(NewNotification, Reply<()>),
+    InsertMany(Vec<NewNotification>, Reply<()>),
+    InsertKeyed(Vec<NewNotification>, IdempotencyKey, Reply<KeyedInsert>),
     Claim {
         now: UnixMillis,
         limit: usize,
@@ -83,7 +90,17 @@ enum Command {
         expires_at: UnixMillis,
         reply: Reply<ReplayOutcome>,
     },
+    Cancel {
+        id: NotificationId,
+        now: UnixMillis,
+        reply: Reply<CancelOutcome>,
+    },
     Purge {
+        before: UnixMillis,
+        limit: usize,
+        reply: Reply<u64>,
+    },
+    PurgeKeys {
         before: UnixMillis,
         limit: usize,
         reply: Reply<u64>,
@@ -121,9 +138,15 @@ fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
+/// A failed write this recent still makes [`Store::ping`] fail: with a full
+/// disk, the small probe may find room that real writes do not.
+const RECENT_FAILURE_MS: i64 = 5_000;
+
 pub struct SqliteStore {
     commands: mpsc::Sender<Command>,
     reader: Arc<Mutex<Connection>>,
+    /// When a transaction last failed to commit (ms since the epoch; 0: never).
+    last_failure: Arc<AtomicI64>,
 }
 
 impl SqliteStore {
@@ -157,13 +180,16 @@ impl SqliteStore {
 
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
         let max_batch = options.max_batch.max(1);
+        let last_failure = Arc::new(AtomicI64::new(0));
+        let failures = Arc::clone(&last_failure);
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx, max_batch, options.synchronous))
+            .spawn(move || writer_loop(writer, rx, max_batch, options.synchronous, &failures))
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         Ok(Self {
             commands: tx,
             reader: Arc::new(Mutex::new(reader)),
+            last_failure,
         })
     }
 
@@ -195,6 +221,7 @@ fn writer_loop(
     mut rx: mpsc::Receiver<Command>,
     max_batch: usize,
     synchronous: Synchronous,
+    last_failure: &AtomicI64,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut syncing = true;
@@ -221,7 +248,12 @@ fn writer_loop(
             }
         }
         let closing = batch.iter().any(|c| matches!(c, Command::Close(_)));
-        run_batch(&conn, batch.drain(..));
+        let (started, writes) = (std::time::Instant::now(), batch.len());
+        let committed = run_batch(&conn, batch.drain(..));
+        crate::metrics::metrics().store_commit(started.elapsed(), writes);
+        if !committed {
+            last_failure.store(UnixMillis::now().0, Ordering::Relaxed);
+        }
         if closing {
             break;
         }
@@ -236,11 +268,16 @@ fn writer_loop(
 fn must_sync(cmd: &Command) -> bool {
     !matches!(
         cmd,
-        Command::Claim { .. } | Command::Complete(..) | Command::Purge { .. } | Command::Ping(_)
+        Command::Claim { .. }
+            | Command::Complete(..)
+            | Command::Purge { .. }
+            | Command::PurgeKeys { .. }
+            | Command::Ping(_)
     )
 }
 
-fn run_batch(conn: &Connection, commands: impl Iterator<Item = Command>) {
+/// Runs `commands` in one transaction; returns whether it committed.
+fn run_batch(conn: &Connection, commands: impl Iterator<Item = Command>) -> bool {
     let begun = conn.execute_batch("BEGIN IMMEDIATE");
     let answers: Vec<Answer> = commands
         .map(|cmd| execute(conn, cmd, begun.is_ok()))
@@ -257,12 +294,17 @@ fn run_batch(conn: &Connection, commands: impl Iterator<Item = Command>) {
     for answer in answers {
         answer(failure);
     }
+    committed.is_ok()
 }
 
 /// Runs one command inside the open transaction (`open`), or not at all.
 fn execute(conn: &Connection, cmd: Command, open: bool) -> Answer {
     match cmd {
         Command::Insert(n, reply) => answer(reply, open.then(|| insert(conn, &n))),
+        Command::InsertMany(ns, reply) => answer(reply, open.then(|| insert_many(conn, &ns))),
+        Command::InsertKeyed(ns, key, reply) => {
+            answer(reply, open.then(|| insert_keyed(conn, &ns, &key)))
+        }
         Command::Claim {
             now,
             limit,
@@ -276,13 +318,31 @@ fn execute(conn: &Connection, cmd: Command, open: bool) -> Answer {
             expires_at,
             reply,
         } => answer(reply, open.then(|| replay(conn, id, now, expires_at))),
+        Command::Cancel { id, now, reply } => answer(reply, open.then(|| cancel(conn, id, now))),
         Command::Purge {
             before,
             limit,
             reply,
         } => answer(reply, open.then(|| purge(conn, before, limit))),
-        Command::Ping(reply) | Command::Close(reply) => answer(reply, open.then_some(Ok(()))),
+        Command::PurgeKeys {
+            before,
+            limit,
+            reply,
+        } => answer(reply, open.then(|| purge_keys(conn, before, limit))),
+        Command::Ping(reply) => answer(reply, open.then(|| probe(conn))),
+        Command::Close(reply) => answer(reply, open.then_some(Ok(()))),
     }
+}
+
+/// The smallest write that still has to reach the file.
+fn probe(conn: &Connection) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO health_probe (id, at) VALUES (1, ?1)
+         ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+    )
+    .and_then(|mut stmt| stmt.execute([UnixMillis::now().0]))
+    .map_err(backend)?;
+    Ok(())
 }
 
 fn insert(conn: &Connection, n: &NewNotification) -> Result<(), StoreError> {
@@ -290,26 +350,117 @@ fn insert(conn: &Connection, n: &NewNotification) -> Result<(), StoreError> {
         .prepare_cached(
             "INSERT INTO notifications
                  (id, channel, payload, status, due_at, lease_token,
-                  created_at, updated_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+                  created_at, updated_at, expires_at, deliver_by, priority)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)",
         )
         .map_err(backend)?;
-    let (status, due_at, token) = match n.lease {
-        Some(lease) => ("sending", lease.until.0, Some(lease.token.0)),
-        None => ("queued", n.created_at.0, None),
-    };
     stmt.execute(params![
         &n.id.as_bytes()[..],
         n.channel.as_str(),
         n.payload,
-        status,
-        due_at,
-        token,
+        n.initial_status().as_str(),
+        n.due_at().0,
+        n.lease.map(|l| l.token.0),
         n.created_at.0,
-        n.expires_at.0
+        n.expires_at.0,
+        n.deliver_by.map(|t| t.0),
+        n.priority.rank()
     ])
     .map_err(backend)?;
     Ok(())
+}
+
+/// All or none, under a savepoint: a failure undoes only this command.
+fn insert_many(conn: &Connection, notifications: &[NewNotification]) -> Result<(), StoreError> {
+    conn.execute_batch("SAVEPOINT many").map_err(backend)?;
+    let result = notifications.iter().try_for_each(|n| insert(conn, n));
+    let end = match result {
+        Ok(()) => "RELEASE many",
+        Err(_) => "ROLLBACK TO many; RELEASE many",
+    };
+    conn.execute_batch(end).map_err(backend)?;
+    result
+}
+
+/// Inside the batch's transaction, under a savepoint of its own: a key
+/// already stored answers with its first answer and stores nothing, and
+/// nothing it does can undo the other commands of the batch.
+fn insert_keyed(
+    conn: &Connection,
+    notifications: &[NewNotification],
+    key: &IdempotencyKey,
+) -> Result<KeyedInsert, StoreError> {
+    conn.execute_batch("SAVEPOINT keyed").map_err(backend)?;
+    let result = insert_keyed_inner(conn, notifications, key);
+    let end = match result {
+        Ok(KeyedInsert::Stored) => "RELEASE keyed",
+        _ => "ROLLBACK TO keyed; RELEASE keyed",
+    };
+    conn.execute_batch(end).map_err(backend)?;
+    result
+}
+
+fn insert_keyed_inner(
+    conn: &Connection,
+    notifications: &[NewNotification],
+    key: &IdempotencyKey,
+) -> Result<KeyedInsert, StoreError> {
+    conn.prepare_cached(
+        "DELETE FROM idempotency_keys WHERE scope = ?1 AND key = ?2 AND created_at < ?3",
+    )
+    .map_err(backend)?
+    .execute(params![key.scope, key.key, key.expired_before.0])
+    .map_err(backend)?;
+    let stored = conn
+        .prepare_cached(
+            "INSERT INTO idempotency_keys
+                 (scope, key, fingerprint, status_code, response, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (scope, key) DO NOTHING",
+        )
+        .map_err(backend)?
+        .execute(params![
+            key.scope,
+            key.key,
+            key.fingerprint,
+            key.status_code,
+            key.response,
+            key.created_at.0
+        ])
+        .map_err(backend)?;
+    if stored == 0 {
+        let first = conn
+            .prepare_cached(
+                "SELECT fingerprint, status_code, response FROM idempotency_keys
+                  WHERE scope = ?1 AND key = ?2",
+            )
+            .map_err(backend)?
+            .query_row(params![key.scope, key.key], |r| {
+                Ok(StoredAnswer {
+                    fingerprint: r.get(0)?,
+                    status_code: r.get(1)?,
+                    response: r.get(2)?,
+                })
+            })
+            .map_err(backend)?;
+        return Ok(KeyedInsert::Replayed(first));
+    }
+    for n in notifications {
+        insert(conn, n)?;
+    }
+    Ok(KeyedInsert::Stored)
+}
+
+fn purge_keys(conn: &Connection, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
+    let gone = conn
+        .prepare_cached(
+            "DELETE FROM idempotency_keys
+              WHERE rowid IN (SELECT rowid FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)",
+        )
+        .map_err(backend)?
+        .execute(params![before.0, limit as i64])
+        .map_err(backend)?;
+    Ok(gone as u64)
 }
 
 fn claim(
@@ -321,46 +472,66 @@ fn claim(
     let token = LeaseToken::random();
     let lease_until = now.plus(lease);
     // Left to itself the planner walks the status index and sorts the whole
-    // backlog on every claim; the partial index on due_at is the only one
-    // that stays small and already in order.
+    // backlog on every claim. The partial index on (priority, due_at) holds
+    // only unfinished rows, already in order: one walk per priority, highest
+    // first, each stopping at the first row not yet due, so a backlog of
+    // low-priority work costs a high-priority claim nothing. Rows past their
+    // client's deadline are ended `expired` here instead of being sent.
     let mut stmt = conn
         .prepare_cached(
             "UPDATE notifications
-                SET status = 'sending', lease_token = ?1, due_at = ?2, updated_at = ?3
-              WHERE id IN (SELECT id FROM notifications INDEXED BY notifications_due
-                            WHERE status IN ('queued', 'retrying', 'sending') AND due_at <= ?3
-                            ORDER BY due_at LIMIT ?4)
-             RETURNING id, channel, payload, rounds, created_at, expires_at",
+                SET status = CASE WHEN deliver_by <= ?3 THEN 'expired' ELSE 'sending' END,
+                    lease_token = CASE WHEN deliver_by <= ?3 THEN NULL ELSE ?1 END,
+                    due_at = CASE WHEN deliver_by <= ?3 THEN NULL ELSE ?2 END,
+                    last_error = CASE WHEN deliver_by <= ?3 THEN ?5 ELSE last_error END,
+                    updated_at = ?3
+              WHERE id IN (
+                    SELECT id FROM (SELECT id FROM notifications INDEXED BY notifications_claim
+                                     WHERE priority = 0 AND due_at <= ?3
+                                       AND status IN ('scheduled', 'queued', 'retrying', 'sending')
+                                     ORDER BY due_at LIMIT ?4)
+                    UNION ALL
+                    SELECT id FROM (SELECT id FROM notifications INDEXED BY notifications_claim
+                                     WHERE priority = 1 AND due_at <= ?3
+                                       AND status IN ('scheduled', 'queued', 'retrying', 'sending')
+                                     ORDER BY due_at LIMIT ?4)
+                    UNION ALL
+                    SELECT id FROM (SELECT id FROM notifications INDEXED BY notifications_claim
+                                     WHERE priority = 2 AND due_at <= ?3
+                                       AND status IN ('scheduled', 'queued', 'retrying', 'sending')
+                                     ORDER BY due_at LIMIT ?4)
+                    LIMIT ?4)
+             RETURNING id, channel, payload, rounds, created_at, expires_at, deliver_by, status",
         )
         .map_err(backend)?;
     let rows = stmt
         .query_map(
-            params![token.0, lease_until.0, now.0, limit as i64],
-            |row| {
+            params![token.0, lease_until.0, now.0, limit as i64, EXPIRED_UNSENT],
+            |r| {
                 Ok((
-                    row.get::<_, Vec<u8>>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, i64>(4)?,
-                    row.get::<_, i64>(5)?,
+                    r.get::<_, Vec<u8>>(0)?,
+                    ClaimedRow {
+                        id: NotificationId::default(),
+                        channel: r.get(1)?,
+                        payload: r.get(2)?,
+                        rounds: r.get(3)?,
+                        created_at: r.get(4)?,
+                        expires_at: r.get(5)?,
+                        deliver_by: r.get(6)?,
+                        status: r.get(7)?,
+                    },
                 ))
             },
         )
         .map_err(backend)?;
     let mut claimed = Vec::with_capacity(limit.min(1024));
     for row in rows {
-        let (id, channel, payload, rounds, created_at, expires_at) = row.map_err(backend)?;
-        claimed.push(Claimed {
-            id: id_from(&id)?,
-            channel: channel_from(&channel)?,
-            payload: Bytes::from(payload),
-            rounds: rounds as u32,
-            created_at: UnixMillis(created_at),
-            expires_at: UnixMillis(expires_at),
-            lease: token,
-            lease_until,
-        });
+        let (id, row) = row.map_err(backend)?;
+        let row = ClaimedRow {
+            id: id_from_bytes(&id)?,
+            ..row
+        };
+        claimed.extend(row.decode(token, lease_until)?);
     }
     Ok(claimed)
 }
@@ -462,6 +633,38 @@ fn replay(
     Ok(ReplayOutcome::Requeued)
 }
 
+fn cancel(
+    conn: &Connection,
+    id: NotificationId,
+    now: UnixMillis,
+) -> Result<CancelOutcome, StoreError> {
+    let key = &id.as_bytes()[..];
+    let changed = conn
+        .prepare_cached(
+            "UPDATE notifications
+                SET status = 'canceled', due_at = NULL, lease_token = NULL, updated_at = ?2
+              WHERE id = ?1 AND status IN ('scheduled', 'queued', 'retrying')",
+        )
+        .map_err(backend)?
+        .execute(params![key, now.0])
+        .map_err(backend)?;
+    if changed == 1 {
+        return Ok(CancelOutcome::Canceled);
+    }
+    let status: Option<String> = conn
+        .query_row(
+            "SELECT status FROM notifications WHERE id = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    match status {
+        Some(status) => Ok(CancelOutcome::NotCancelable(status_from(&status)?)),
+        None => Ok(CancelOutcome::NotFound),
+    }
+}
+
 fn purge(conn: &Connection, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
     let mut gone = conn
         .prepare_cached(
@@ -493,131 +696,94 @@ fn purge(conn: &Connection, before: UnixMillis, limit: usize) -> Result<u64, Sto
     Ok(ids.len() as u64)
 }
 
-fn id_from(bytes: &[u8]) -> Result<NotificationId, StoreError> {
-    let arr: [u8; 16] = bytes.try_into().map_err(|_| StoreError::Corrupt {
-        what: "notification id is not 16 bytes",
-    })?;
-    Ok(NotificationId::from_bytes(arr))
-}
-
-fn channel_from(s: &str) -> Result<Channel, StoreError> {
-    Channel::parse(s).ok_or(StoreError::Corrupt {
-        what: "unknown channel",
-    })
-}
-
-fn status_from(s: &str) -> Result<Status, StoreError> {
-    Status::parse(s).ok_or(StoreError::Corrupt {
-        what: "unknown status",
-    })
-}
-
 fn read_record(
     conn: &Connection,
     id: NotificationId,
 ) -> Result<Option<NotificationRecord>, StoreError> {
     let key = &id.as_bytes()[..];
     let row = conn
-        .query_row(
-            "SELECT channel, status, created_at, updated_at, due_at, expires_at, rounds,
-                    delivered_by, last_error, payload
-               FROM notifications WHERE id = ?1",
-            [key],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, Option<String>>(7)?,
-                    r.get::<_, Option<String>>(8)?,
-                    r.get::<_, String>(9)?,
-                ))
-            },
-        )
+        .prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM notifications WHERE id = ?1"
+        ))
+        .map_err(backend)?
+        .query_row([key], |r| {
+            Ok(RecordRow {
+                channel: r.get(0)?,
+                status: r.get(1)?,
+                priority: r.get(2)?,
+                created_at: r.get(3)?,
+                updated_at: r.get(4)?,
+                due_at: r.get(5)?,
+                expires_at: r.get(6)?,
+                deliver_by: r.get(7)?,
+                rounds: r.get(8)?,
+                delivered_by: r.get(9)?,
+                last_error: r.get(10)?,
+                payload: r.get(11)?,
+            })
+        })
         .optional()
         .map_err(backend)?;
-    let Some((
-        channel,
-        status,
-        created,
-        updated,
-        due,
-        expires,
-        rounds,
-        delivered_by,
-        last_error,
-        payload,
-    )) = row
-    else {
+    let Some(row) = row else {
         return Ok(None);
     };
-    let status = status_from(&status)?;
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT provider, started_at, duration_ms, outcome, http_status, error,
-                    provider_message_id
-               FROM attempts WHERE notification_id = ?1 ORDER BY rowid",
-        )
+        .prepare_cached(&format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE notification_id = ?1 ORDER BY rowid"
+        ))
         .map_err(backend)?;
     let attempts = stmt
         .query_map([key], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<u16>>(4)?,
-                r.get::<_, Option<String>>(5)?,
-                r.get::<_, Option<String>>(6)?,
-            ))
-        })
-        .map_err(backend)?
-        .map(|row| {
-            let (provider, started, duration, outcome, http_status, error, provider_message_id) =
-                row.map_err(backend)?;
-            Ok(Attempt {
-                provider,
-                started_at: UnixMillis(started),
-                duration_ms: duration.max(0) as u64,
-                outcome: AttemptOutcome::parse(&outcome).ok_or(StoreError::Corrupt {
-                    what: "unknown attempt outcome",
-                })?,
-                http_status,
-                error,
-                provider_message_id,
+            Ok(AttemptRow {
+                provider: r.get(0)?,
+                started_at: r.get(1)?,
+                duration_ms: r.get(2)?,
+                outcome: r.get(3)?,
+                http_status: r.get(4)?,
+                error: r.get(5)?,
+                provider_message_id: r.get(6)?,
             })
         })
+        .map_err(backend)?
+        .map(|row| row.map_err(backend)?.decode())
         .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(Some(NotificationRecord {
-        id,
-        channel: channel_from(&channel)?,
-        status,
-        created_at: UnixMillis(created),
-        updated_at: UnixMillis(updated),
-        // A sending row's due_at is its lease, not a planned attempt.
-        next_attempt_at: matches!(status, Status::Queued | Status::Retrying)
-            .then_some(due)
-            .flatten()
-            .map(UnixMillis),
-        expires_at: UnixMillis(expires),
-        rounds: rounds as u32,
-        delivered_by,
-        last_error,
-        message: serde_json::from_str(&payload).map_err(|_| StoreError::Corrupt {
-            what: "payload is not JSON",
-        })?,
-        attempts,
-    }))
+    row.decode(id, attempts).map(Some)
+}
+
+fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, SummaryRow)> {
+    Ok((
+        r.get(0)?,
+        SummaryRow {
+            id: NotificationId::default(),
+            channel: r.get(1)?,
+            status: r.get(2)?,
+            priority: r.get(3)?,
+            created_at: r.get(4)?,
+            updated_at: r.get(5)?,
+            rounds: r.get(6)?,
+            last_error: r.get(7)?,
+        },
+    ))
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert(&self, notification: NewNotification) -> Result<(), StoreError> {
         self.call(|reply| Command::Insert(notification, reply))
+            .await
+    }
+
+    async fn insert_many(&self, notifications: Vec<NewNotification>) -> Result<(), StoreError> {
+        self.call(|reply| Command::InsertMany(notifications, reply))
+            .await
+    }
+
+    async fn insert_keyed(
+        &self,
+        notifications: Vec<NewNotification>,
+        key: IdempotencyKey,
+    ) -> Result<KeyedInsert, StoreError> {
+        self.call(|reply| Command::InsertKeyed(notifications, key, reply))
             .await
     }
 
@@ -662,37 +828,24 @@ impl Store for SqliteStore {
     ) -> Result<Vec<NotificationSummary>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, channel, created_at, updated_at, rounds, last_error
+                .prepare_cached(&format!(
+                    "SELECT {SUMMARY_COLUMNS}
                        FROM notifications
                       WHERE status = ?1 AND id > ?2
-                      ORDER BY id LIMIT ?3",
-                )
+                      ORDER BY id LIMIT ?3"
+                ))
                 .map_err(backend)?;
             let after = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
             let rows = stmt
-                .query_map(params![status.as_str(), after, limit as i64], |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, Option<String>>(5)?,
-                    ))
-                })
+                .query_map(params![status.as_str(), after, limit as i64], summary_row)
                 .map_err(backend)?;
             rows.map(|row| {
-                let (id, channel, created, updated, rounds, last_error) = row.map_err(backend)?;
-                Ok(NotificationSummary {
-                    id: id_from(&id)?,
-                    channel: channel_from(&channel)?,
-                    status,
-                    created_at: UnixMillis(created),
-                    updated_at: UnixMillis(updated),
-                    rounds: rounds as u32,
-                    last_error,
-                })
+                let (id, row) = row.map_err(backend)?;
+                SummaryRow {
+                    id: id_from_bytes(&id)?,
+                    ..row
+                }
+                .decode()
             })
             .collect()
         })
@@ -714,10 +867,39 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn cancel(
+        &self,
+        id: NotificationId,
+        now: UnixMillis,
+    ) -> Result<CancelOutcome, StoreError> {
+        self.call(|reply| Command::Cancel { id, now, reply }).await
+    }
+
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached("SELECT status, COUNT(*) FROM notifications GROUP BY status")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(backend)?;
+            rows.map(|row| {
+                let (status, n) = row.map_err(backend)?;
+                Ok((status_from(&status)?, n as u64))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn backlog(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT status, COUNT(*) FROM notifications INDEXED BY notifications_claim
+                      WHERE status IN ('scheduled', 'queued', 'retrying', 'sending')
+                      GROUP BY status",
+                )
                 .map_err(backend)?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
@@ -740,8 +922,24 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn purge_keys(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
+        self.call(|reply| Command::PurgeKeys {
+            before,
+            limit,
+            reply,
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
-        self.call(Command::Ping).await
+        self.call(Command::Ping).await?;
+        let ago = UnixMillis::now().0 - self.last_failure.load(Ordering::Relaxed);
+        if ago < RECENT_FAILURE_MS {
+            return Err(StoreError::Backend(Box::new(CommitFailed(format!(
+                "a transaction failed {ago} ms ago"
+            )))));
+        }
+        Ok(())
     }
 
     async fn close(&self) {

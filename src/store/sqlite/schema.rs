@@ -51,6 +51,42 @@ CREATE INDEX attempts_by_notification ON attempts (notification_id);
         // X-Message-Id, an SMTP queue reply), to match its later reports.
         "ALTER TABLE attempts ADD COLUMN provider_message_id TEXT;",
     ),
+    (
+        3,
+        // Scheduling, the client's deadline and priorities. `expires_at`
+        // stays Herald's retry age (then `dead`); `deliver_by` is the
+        // client's deadline (then `expired`). Priority 0 is high, 1 normal,
+        // 2 low: the claim walks each priority's due rows in due order.
+        "
+ALTER TABLE notifications ADD COLUMN deliver_by INTEGER;
+ALTER TABLE notifications ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+DROP INDEX notifications_due;
+CREATE INDEX notifications_claim ON notifications (priority, due_at)
+    WHERE status IN ('scheduled', 'queued', 'retrying', 'sending');
+",
+    ),
+    (
+        4,
+        // Idempotency keys: a client's retry finds its first answer here.
+        "
+CREATE TABLE idempotency_keys (
+    scope       TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status_code INTEGER NOT NULL,
+    response    TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+",
+    ),
+    (
+        5,
+        // One row that readiness checks rewrite: a write that cannot commit
+        // (a full disk) makes the instance not ready.
+        "CREATE TABLE health_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);",
+    ),
 ];
 
 /// The version a database has once every migration is applied.

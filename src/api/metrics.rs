@@ -1,0 +1,40 @@
+//! `GET /metrics`: the Prometheus text format.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use super::ApiState;
+use crate::dispatch::breaker::BreakerState;
+use crate::domain::Channel;
+use crate::metrics::metrics;
+
+pub async fn scrape(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+    let m = metrics();
+    // Breakers are read now, one lock each: as cheap as the counters.
+    for channel in Channel::ALL {
+        for slot in state.providers.channel(channel).slots() {
+            let (breaker, samples, failures) = slot.health();
+            let code = match breaker {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open => 2,
+            };
+            let ratio = if samples == 0 {
+                0.0
+            } else {
+                failures as f64 / samples as f64
+            };
+            m.provider_health(slot.provider.name(), code, ratio);
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.encode(),
+    )
+}

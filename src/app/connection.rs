@@ -1,0 +1,191 @@
+//! One client connection: served by hyper, watched for clients that hold
+//! it without using it.
+//!
+//! hyper's own header timeout also runs while a keep-alive connection sits
+//! idle, so the two limits could not differ; each connection instead tracks
+//! what it is doing (waiting for a head, answering, idle) and is closed once
+//! it has spent too long waiting.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::time::Instant;
+
+/// How long a connection may wait in each phase.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timeouts {
+    pub header_read: Duration,
+    pub idle: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for (the rest of) a request's head.
+    Head,
+    /// A request is being answered; the request timeout covers it.
+    Busy,
+    /// Between requests, no byte of the next one seen.
+    Idle,
+}
+
+/// What a connection is doing, and since when.
+struct Activity(Mutex<(Phase, Instant)>);
+
+impl Activity {
+    fn set(&self, phase: Phase) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (phase, Instant::now());
+    }
+
+    fn get(&self) -> (Phase, Instant) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes arrived: an idle connection now waits for the rest of a head.
+    fn saw_bytes(&self) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0 == Phase::Idle {
+            *state = (Phase::Head, Instant::now());
+        }
+    }
+
+    /// When the current phase runs out, if it does.
+    fn deadline(&self, timeouts: Timeouts) -> Option<Instant> {
+        match self.get() {
+            (Phase::Head, since) => Some(since + timeouts.header_read),
+            (Phase::Idle, since) => Some(since + timeouts.idle),
+            (Phase::Busy, _) => None,
+        }
+    }
+}
+
+/// Marks the connection idle when the answer is done (or abandoned).
+struct BusyGuard(Arc<Activity>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.set(Phase::Idle);
+    }
+}
+
+/// The socket, reporting what it reads to the connection's [`Activity`].
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.saw_bytes();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Serves `stream` until the client closes it, it waits too long, or `stop`
+/// turns true (then the request under way is finished first). `_slot` is
+/// the connection's place under the connection cap.
+pub(super) async fn serve(
+    stream: TcpStream,
+    router: Router,
+    timeouts: Timeouts,
+    mut stop: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+) {
+    // Small answers to small requests: never wait to fill a segment.
+    let _ = stream.set_nodelay(true);
+    // A fresh connection waits for its first head.
+    let activity = Arc::new(Activity(Mutex::new((Phase::Head, Instant::now()))));
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        activity: Arc::clone(&activity),
+    });
+    let app = TowerToHyperService::new(router);
+    let tracked = Arc::clone(&activity);
+    let service = hyper::service::service_fn(move |request| {
+        tracked.set(Phase::Busy);
+        let busy = BusyGuard(Arc::clone(&tracked));
+        let answer = hyper::service::Service::call(&app, request);
+        async move {
+            let answered = answer.await;
+            drop(busy);
+            answered
+        }
+    });
+    let conn = http1::Builder::new().serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut stopping = false;
+    // The phase may change while this sleeps: look again at least this often.
+    let tick = timeouts.header_read.min(timeouts.idle);
+    loop {
+        let next_look = Instant::now() + tick;
+        let wake_at = activity
+            .deadline(timeouts)
+            .map_or(next_look, |d| d.min(next_look));
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(wake_at) => {
+                let (phase, _) = activity.get();
+                if activity.deadline(timeouts).is_some_and(|d| d <= Instant::now()) {
+                    tracing::debug!(?phase, "closing a connection that waited too long");
+                    return;
+                }
+            }
+            () = super::http::stopped(&mut stop), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The HTTP server: the API, or only the health checks on a worker; with
+//! a cap on connections and limits on how long a client may hold one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::Instrument;
+
+use super::connection::{self, Timeouts};
+use crate::api::problem::Problem;
+use crate::api::{self, ApiState};
+use crate::config::{Config, HttpConfig};
+
+pub(super) struct HttpServer {
+    task: JoinHandle<()>,
+    ended: bool,
+}
+
+impl HttpServer {
+    /// Serves on `listener` until `stop` turns true; then finishes the
+    /// requests under way.
+    pub fn start(
+        config: &Config,
+        listener: TcpListener,
+        state: Arc<ApiState>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Self::start_with(config, listener, routes(config, state), stop)
+    }
+
+    /// Serves `/metrics` alone on `listener`, with the same limits.
+    pub fn start_metrics(
+        config: &Config,
+        listener: TcpListener,
+        state: Arc<ApiState>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        let router = api::metrics_router(state).layer(middleware::from_fn(count));
+        Self::start_with(config, listener, router, stop)
+    }
+
+    fn start_with(
+        config: &Config,
+        listener: TcpListener,
+        router: Router,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        let task = tokio::spawn(accept_loop(listener, router, config.http.clone(), stop));
+        Self { task, ended: false }
+    }
+
+    /// Resolves if the server ends by itself (a bug: it panicked).
+    pub async fn ended(&mut self) {
+        if self.ended {
+            return std::future::pending().await;
+        }
+        let _ = (&mut self.task).await;
+        tracing::error!("the HTTP server stopped; stopping");
+        self.ended = true;
+    }
+
+    /// Waits for the server to finish (it was told to stop already): a
+    /// client that keeps a connection busy gets 503s until `limit`, then is
+    /// cut off.
+    pub async fn stop(mut self, limit: Duration) {
+        if !self.ended && tokio::time::timeout(limit, &mut self.task).await.is_err() {
+            // Dropping the connections' tasks closes them.
+            self.task.abort();
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let timeouts = Timeouts {
+        header_read: Duration::from_millis(limits.header_read_timeout_ms),
+        idle: Duration::from_millis(limits.idle_timeout_ms),
+    };
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before
+                    // it was accepted: the listener itself is fine. Pausing
+                    // keeps a lack of descriptors from spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = stopped(&mut stop) => break,
+        };
+        match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => {
+                connections.spawn(connection::serve(
+                    stream,
+                    router.clone(),
+                    timeouts,
+                    stop.clone(),
+                    slot,
+                ));
+            }
+            Err(_) => refuse(stream),
+        }
+    }
+    // No new connections; those open finish their request and close.
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Over the cap: a 503 if the socket takes it at once, then closed. Never
+/// queued, never waited on.
+fn refuse(stream: TcpStream) {
+    const BODY: &str = r#"{"type":"/problems/too-many-connections","title":"Too many connections","status":503,"detail":"this instance has as many connections open as it allows; try again or try another"}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = stream.try_write(answer.as_bytes());
+    tracing::debug!("refused a connection over http.max_connections");
+}
+
+fn routes(config: &Config, state: Arc<ApiState>) -> Router {
+    let router = api::router(state, config.metrics.listen.is_none());
+    let router = if config.role.serves_api() {
+        router
+    } else {
+        router.layer(middleware::from_fn(health_only))
+    };
+    let limit = Duration::from_millis(config.http.request_timeout_ms);
+    router
+        .layer(middleware::from_fn(move |request, next| {
+            within(limit, request, next)
+        }))
+        .layer(middleware::from_fn(count))
+        .layer(middleware::from_fn(request_id))
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// Every log line of a request carries its id: the caller's `X-Request-Id`
+/// when it is a sane token, a fresh one otherwise; echoed in the answer.
+async fn request_id(request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        });
+    let id = given.map_or_else(|| format!("{:032x}", fastrand::u128(..)), str::to_owned);
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = next.run(request).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// Counts every answer by route (the pattern, never the id in the path)
+/// and status.
+async fn count(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    crate::metrics::metrics().http_request(&route, response.status().as_u16());
+    response
+}
+
+/// A request that takes longer than `limit` is answered 503 (its handler
+/// is dropped where it stands).
+async fn within(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::request_timeout(limit).into_response(),
+    }
+}
+
+/// A worker's HTTP server answers only its health checks and metrics.
+async fn health_only(request: Request, next: Next) -> Response {
+    match request.uri().path() {
+        "/healthz" | "/readyz" | "/metrics" => next.run(request).await,
+        _ => Problem::not_found("such route on a worker-only instance").into_response(),
+    }
+}
+
+/// Resolves once `stop` is true (the guard `wait_for` returns is not Send).
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

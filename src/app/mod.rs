@@ -1,0 +1,150 @@
+//! Wiring: builds the store, the providers, the dispatcher and the API from
+//! a [`Config`], runs them, and shuts them down in order.
+//!
+//! The [`Role`](crate::config::Role) decides which halves run: `all` both, `api` only the API
+//! (its notifications are delivered by other instances on the same
+//! database), `worker` only the dispatcher and the retention purge, with an
+//! HTTP server that answers just `/healthz` and `/readyz`.
+
+mod backlog;
+mod connection;
+mod delivery;
+mod http;
+mod providers;
+mod purge;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::api::ApiState;
+use crate::config::Config;
+use crate::provider::BuildError;
+use crate::store::{self, Store, StoreError};
+use delivery::Delivery;
+use http::HttpServer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("could not open the store {url}")]
+    Store {
+        url: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("invalid provider")]
+    Provider(#[from] BuildError),
+    #[error("could not listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid retry settings")]
+    Retry(#[from] crate::dispatch::backoff::BackoffError),
+    #[error("the dispatcher failed (see the log above); nothing accepted is lost")]
+    DispatcherFailed,
+}
+
+/// Runs the API and the dispatcher on `listener` until `shutdown` resolves,
+/// then drains: the API refuses new work with 503 at once, rounds in flight
+/// get the drain timeout to finish, and unfinished leases are given back.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let drain_timeout = Duration::from_millis(config.dispatch.drain_timeout_ms);
+    let store = open_store(&config).await?;
+    let providers = Arc::new(providers::build(&config)?);
+    let wake = Arc::new(Notify::new());
+    let delivery = Delivery::new(&config, &store, &providers, &wake)?;
+    let state = Arc::new(ApiState {
+        store: Arc::clone(&store),
+        providers: Arc::clone(&providers),
+        wake: Arc::clone(&wake),
+        handoff: delivery.handoff(),
+        draining: false.into(),
+        body_limit: config.body_limit_bytes,
+        max_age: Duration::from_secs(config.retry.max_age_secs),
+        schedule_horizon: Duration::from_secs(config.accept.schedule_horizon_secs),
+        idempotency_ttl: Duration::from_secs(config.accept.idempotency_ttl_secs),
+        batch_max_items: config.accept.batch_max_items,
+        batch_body_limit: config.accept.batch_body_limit_bytes,
+    });
+
+    let (stop_tx, stop) = watch::channel(false);
+    let metrics = match config.metrics.listen {
+        Some(addr) => {
+            let (listener, local) = bind(addr)
+                .await
+                .map_err(|source| AppError::Bind { addr, source })?;
+            tracing::info!(addr = %local, "metrics listening");
+            Some(HttpServer::start_metrics(
+                &config,
+                listener,
+                Arc::clone(&state),
+                stop.clone(),
+            ))
+        }
+        None => None,
+    };
+    let mut delivery = delivery.start(stop.clone());
+    let mut http = HttpServer::start(&config, listener, Arc::clone(&state), stop);
+    let backlog = backlog::start(Arc::clone(&store));
+
+    tokio::select! {
+        () = shutdown => {}
+        () = delivery.failed() => {}
+        () = http.ended() => {}
+    }
+
+    // The order of shutdown: refuse new work at once; let the HTTP server
+    // finish its requests and the dispatcher its rounds (both within the
+    // drain timeout); only then close the store they both write to.
+    tracing::info!("shutting down: refusing new work, draining");
+    state.draining.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    http.stop(drain_timeout).await;
+    if let Some(metrics) = metrics {
+        metrics.stop(drain_timeout).await;
+    }
+    let dispatcher_failed = delivery.stop(drain_timeout + Duration::from_secs(1)).await;
+    backlog.abort();
+    store.close().await;
+    tracing::info!("stopped");
+    if dispatcher_failed {
+        return Err(AppError::DispatcherFailed);
+    }
+    Ok(())
+}
+
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
+    store::open(&config.store, &config.store_options())
+        .await
+        .map_err(|source| AppError::Store {
+            url: store::redacted(&config.store),
+            source,
+        })
+}
+
+/// Creates the store's schema or brings it up to date, then returns: what
+/// `herald migrate` does. `serve` does it too on start; concurrent runs take
+/// turns (PostgreSQL: an advisory lock).
+pub async fn migrate(config: &Config) -> Result<(), AppError> {
+    let store = open_store(config).await?;
+    store.close().await;
+    Ok(())
+}
+
+/// Binds the configured address; logs and prints where the API listens.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}

@@ -1,0 +1,224 @@
+//! What a client may say about a notification beside its message: when to
+//! send it, until when it is worth sending, and how urgent it is.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::validation::FieldError;
+use super::{Priority, UnixMillis, rfc3339};
+
+/// The optional fields as they arrive, untyped, so that every bad one is
+/// named at once with the message's own.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawOptions {
+    pub send_at: Option<Value>,
+    pub expires_at: Option<Value>,
+    pub ttl_secs: Option<Value>,
+    pub priority: Option<Value>,
+}
+
+/// The validated options.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeliveryOptions {
+    /// Not before this; `None`: at once (a `send_at` in the past is "now").
+    pub send_at: Option<UnixMillis>,
+    /// Not after this: undelivered by then, it ends `expired`.
+    pub deliver_by: Option<UnixMillis>,
+    pub priority: Priority,
+}
+
+/// How far ahead `send_at` and the delivery deadline may reach.
+#[derive(Debug, Clone, Copy)]
+pub struct OptionLimits {
+    pub now: UnixMillis,
+    pub horizon: Duration,
+}
+
+fn timestamp(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    value: Option<Value>,
+) -> Option<UnixMillis> {
+    match value {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            let t = rfc3339::parse(&s);
+            if t.is_none() {
+                errors.push(FieldError::new(
+                    field,
+                    "must be an RFC 3339 date-time such as 2026-11-23T09:30:00Z",
+                ));
+            }
+            t
+        }
+        Some(_) => {
+            errors.push(FieldError::new(field, "must be a string (RFC 3339)"));
+            None
+        }
+    }
+}
+
+pub fn validate_options(
+    raw: RawOptions,
+    limits: OptionLimits,
+) -> Result<DeliveryOptions, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let horizon = limits.now.plus(limits.horizon);
+    let horizon_text = format!(
+        "must be at most {} ahead",
+        humantime::format_duration(limits.horizon)
+    );
+
+    let send_at = timestamp(&mut errors, "send_at", raw.send_at);
+    if send_at.is_some_and(|t| t > horizon) {
+        errors.push(FieldError::new("send_at", horizon_text.clone()));
+    }
+    let send_at = send_at.filter(|t| *t > limits.now);
+
+    let expires_at = timestamp(&mut errors, "expires_at", raw.expires_at);
+    let ttl = match raw.ttl_secs {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_u64().filter(|s| (1..=u32::MAX.into()).contains(s)) {
+            Some(secs) => Some(limits.now.plus(Duration::from_secs(secs))),
+            None => {
+                errors.push(FieldError::new(
+                    "ttl_secs",
+                    "must be a whole number of seconds, at least 1",
+                ));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(FieldError::new("ttl_secs", "must be a number of seconds"));
+            None
+        }
+    };
+    let deliver_by = match (expires_at, ttl) {
+        (Some(_), Some(_)) => {
+            errors.push(FieldError::new(
+                "ttl_secs",
+                "give expires_at or ttl_secs, not both",
+            ));
+            None
+        }
+        (at, ttl) => at.or(ttl),
+    };
+    if let Some(by) = deliver_by {
+        let field = if expires_at.is_some() {
+            "expires_at"
+        } else {
+            "ttl_secs"
+        };
+        let start = send_at.unwrap_or(limits.now);
+        if by <= start {
+            let after = if send_at.is_some() { "send_at" } else { "now" };
+            errors.push(FieldError::new(
+                field,
+                format!("must be later than {after}"),
+            ));
+        } else if by > horizon.plus(limits.horizon) {
+            errors.push(FieldError::new(
+                field,
+                horizon_text.replace("at most", "at most twice"),
+            ));
+        }
+    }
+
+    let priority = match raw.priority {
+        None | Some(Value::Null) => Priority::default(),
+        Some(Value::String(s)) => Priority::parse(&s).unwrap_or_else(|| {
+            errors.push(FieldError::new("priority", "must be high, normal or low"));
+            Priority::default()
+        }),
+        Some(_) => {
+            errors.push(FieldError::new("priority", "must be high, normal or low"));
+            Priority::default()
+        }
+    };
+
+    if errors.is_empty() {
+        Ok(DeliveryOptions {
+            send_at,
+            deliver_by,
+            priority,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: UnixMillis = UnixMillis(1_700_000_000_000);
+    const LIMITS: OptionLimits = OptionLimits {
+        now: NOW,
+        horizon: Duration::from_secs(30 * 86_400),
+    };
+
+    fn check(v: Value) -> Result<DeliveryOptions, Vec<String>> {
+        validate_options(serde_json::from_value(v).unwrap(), LIMITS)
+            .map_err(|errors| errors.into_iter().map(|e| e.field).collect())
+    }
+
+    #[test]
+    fn nothing_given_means_now_normal_and_no_deadline() {
+        assert_eq!(check(json!({})), Ok(DeliveryOptions::default()));
+    }
+
+    #[test]
+    fn send_at_in_the_past_is_now_and_beyond_the_horizon_is_refused() {
+        let past = check(json!({"send_at": "2023-11-14T00:00:00Z"})).unwrap();
+        assert_eq!(past.send_at, None);
+        let later = check(json!({"send_at": "2023-11-15T00:00:00Z"})).unwrap();
+        assert_eq!(later.send_at, Some(UnixMillis(1_700_006_400_000)));
+        assert_eq!(
+            check(json!({"send_at": "2024-01-01T00:00:00Z"})),
+            Err(vec!["send_at".into()])
+        );
+        assert_eq!(check(json!({"send_at": 17})), Err(vec!["send_at".into()]));
+    }
+
+    #[test]
+    fn a_deadline_from_expires_at_or_ttl() {
+        let ttl = check(json!({"ttl_secs": 300})).unwrap();
+        assert_eq!(ttl.deliver_by, Some(UnixMillis(NOW.0 + 300_000)));
+        let at = check(json!({"expires_at": "2023-11-15T00:00:00Z"})).unwrap();
+        assert_eq!(at.deliver_by, Some(UnixMillis(1_700_006_400_000)));
+        assert_eq!(
+            check(json!({"expires_at": "2023-11-15T00:00:00Z", "ttl_secs": 5})),
+            Err(vec!["ttl_secs".into()])
+        );
+        assert_eq!(check(json!({"ttl_secs": 0})), Err(vec!["ttl_secs".into()]));
+        assert_eq!(check(json!({"ttl_secs": -3})), Err(vec!["ttl_secs".into()]));
+        assert_eq!(
+            check(json!({"expires_at": "2023-11-14T00:00:00Z"})),
+            Err(vec!["expires_at".into()])
+        );
+        // A deadline before the scheduled time could never be met.
+        assert_eq!(
+            check(json!({"send_at": "2023-11-15T00:00:00Z", "expires_at": "2023-11-14T23:00:00Z"})),
+            Err(vec!["expires_at".into()])
+        );
+    }
+
+    #[test]
+    fn priorities() {
+        assert_eq!(
+            check(json!({"priority": "high"})).unwrap().priority,
+            Priority::High
+        );
+        assert_eq!(
+            check(json!({"priority": "urgent"})),
+            Err(vec!["priority".into()])
+        );
+        assert_eq!(
+            check(json!({"priority": 1, "send_at": "soon"})),
+            Err(vec!["send_at".into(), "priority".into()])
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! Prometheus metrics: counters and histograms updated as work happens, so a
+//! scrape costs only their encoding.
+//!
+//! One set per process ([`metrics`]), since they are recorded from every
+//! layer (the API, the dispatcher, the store's writers). Gauges that describe
+//! state are set just before encoding (breakers) or by a periodic query
+//! (backlog), never by counting rows at scrape time.
+
+use std::sync::LazyLock;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels1 = [(&'static str, String); 1];
+type Labels2 = [(&'static str, String); 2];
+
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<Labels2, Counter>,
+    accept_duration: Histogram,
+    notifications: Family<Labels2, Counter>,
+    attempts: Family<Labels2, Counter>,
+    provider_duration: Family<Labels1, Histogram>,
+    breaker_state: Family<Labels1, Gauge>,
+    window_failure_ratio: Family<Labels1, Gauge<f64, AtomicU64>>,
+    backlog: Family<Labels1, Gauge>,
+    in_flight: Gauge,
+    commit_duration: Histogram,
+    commit_batch: Histogram,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// This process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// Seconds, from 0.5 ms to ~16 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0005, 2.0, 16)
+}
+
+fn provider_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.005, 2.0, 14)
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("herald");
+        let http_requests = Family::<Labels2, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            http_requests.clone(),
+        );
+        let accept_duration = Histogram::new(latency_buckets());
+        registry.register(
+            "accept_duration_seconds",
+            "Time to store a valid notification, until its commit",
+            accept_duration.clone(),
+        );
+        let notifications = Family::<Labels2, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notifications by channel and outcome (accepted, delivered, failed, dead, expired)",
+            notifications.clone(),
+        );
+        let attempts = Family::<Labels2, Counter>::default();
+        registry.register(
+            "attempts",
+            "Provider requests by provider and outcome",
+            attempts.clone(),
+        );
+        let provider_duration = Family::<Labels1, Histogram>::new_with_constructor(|| {
+            Histogram::new(provider_buckets())
+        });
+        registry.register(
+            "provider_request_duration_seconds",
+            "Time a provider took to answer",
+            provider_duration.clone(),
+        );
+        let breaker_state = Family::<Labels1, Gauge>::default();
+        registry.register(
+            "provider_breaker_state",
+            "A provider's breaker: 0 closed, 1 half-open, 2 open",
+            breaker_state.clone(),
+        );
+        let window_failure_ratio = Family::<Labels1, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "provider_window_failure_ratio",
+            "Share of failures among a provider's recent outcomes",
+            window_failure_ratio.clone(),
+        );
+        let backlog = Family::<Labels1, Gauge>::default();
+        registry.register(
+            "backlog",
+            "Unfinished notifications by status (queued, retrying, sending), from a periodic query",
+            backlog.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight",
+            "Delivery rounds running in this process",
+            in_flight.clone(),
+        );
+        let commit_duration = Histogram::new(latency_buckets());
+        registry.register(
+            "store_commit_duration_seconds",
+            "Time of one store write transaction (group commit)",
+            commit_duration.clone(),
+        );
+        let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "store_commit_batch_size",
+            "Writes carried by one store transaction",
+            commit_batch.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            accept_duration,
+            notifications,
+            attempts,
+            provider_duration,
+            breaker_state,
+            window_failure_ratio,
+            backlog,
+            in_flight,
+            commit_duration,
+            commit_batch,
+        }
+    }
+
+    pub fn http_request(&self, route: &str, status: u16) {
+        self.http_requests
+            .get_or_create(&[("route", route.to_owned()), ("status", status.to_string())])
+            .inc();
+    }
+
+    pub fn accepted(&self, channel: &str, took: Duration) {
+        self.accept_duration.observe(took.as_secs_f64());
+        self.notification(channel, "accepted");
+    }
+
+    /// `outcome`: accepted, delivered, failed, dead, expired.
+    pub fn notification(&self, channel: &str, outcome: &str) {
+        self.notifications
+            .get_or_create(&[
+                ("channel", channel.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    pub fn attempt(&self, provider: &str, outcome: &str, took: Duration) {
+        self.attempts
+            .get_or_create(&[
+                ("provider", provider.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+        self.provider_duration
+            .get_or_create(&[("provider", provider.to_owned())])
+            .observe(took.as_secs_f64());
+    }
+
+    /// `state`: 0 closed, 1 half-open, 2 open.
+    pub fn provider_health(&self, provider: &str, state: i64, failure_ratio: f64) {
+        let label = [("provider", provider.to_owned())];
+        self.breaker_state.get_or_create(&label).set(state);
+        self.window_failure_ratio
+            .get_or_create(&label)
+            .set(failure_ratio);
+    }
+
+    pub fn backlog(&self, status: &str, count: u64) {
+        self.backlog
+            .get_or_create(&[("status", status.to_owned())])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn round_started(&self) {
+        self.in_flight.inc();
+    }
+
+    pub fn round_ended(&self) {
+        self.in_flight.dec();
+    }
+
+    pub fn store_commit(&self, took: Duration, writes: usize) {
+        self.commit_duration.observe(took.as_secs_f64());
+        self.commit_batch.observe(writes as f64);
+    }
+
+    /// The Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels_are_encoded() {
+        let m = Metrics::new();
+        m.http_request("/v1/sms", 202);
+        m.accepted("sms", Duration::from_millis(3));
+        m.attempt("sms-provider1", "delivered", Duration::from_millis(40));
+        m.provider_health("sms-provider1", 2, 0.5);
+        m.backlog("queued", 7);
+        m.store_commit(Duration::from_millis(1), 12);
+        let text = m.encode();
+        for line in [
+            r#"herald_http_requests_total{route="/v1/sms",status="202"} 1"#,
+            r#"herald_notifications_total{channel="sms",outcome="accepted"} 1"#,
+            r#"herald_attempts_total{provider="sms-provider1",outcome="delivered"} 1"#,
+            r#"herald_provider_breaker_state{provider="sms-provider1"} 2"#,
+            r#"herald_provider_window_failure_ratio{provider="sms-provider1"} 0.5"#,
+            r#"herald_backlog{status="queued"} 7"#,
+            "herald_accept_duration_seconds_count 1",
+            "herald_store_commit_batch_size_sum 12.0",
+            r#"herald_provider_request_duration_seconds_count{provider="sms-provider1"} 1"#,
+            "herald_in_flight 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The log of a run through the real binary: JSON lines, the request id on
+//! a request's lines, lifecycle events by notification id, and no phone
+//! number, address or message text.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Backend, Herald, Sim, TestStore};
+
+const PHONE: &str = "01799887766";
+const ADDRESS: &str = "alice.secret@example.com";
+const TEXT: &str = "secret-text-7f3a";
+const SUBJECT: &str = "secret-subject-91c2";
+const BODY: &str = "secret-body-4d8e";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_holds_ids_and_no_personal_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::new(Backend::Sqlite).await.unwrap();
+    // Failures too, so that retries and their attempts are logged.
+    let sim = Sim::start(0.5, Duration::ZERO).await;
+    let config = format!(
+        "{}\n[log]\nformat = \"json\"\n",
+        sim.herald_config(&store.url, "")
+    );
+    let herald = Herald::start(dir.path(), &config);
+    let client = herald.client();
+    let http = reqwest::Client::new();
+
+    let sms = http
+        .post(format!("{}/v1/sms", client.base))
+        .header("content-type", "application/json")
+        .header("x-request-id", "req-abc-123")
+        .body(json!({"phone": PHONE, "text": TEXT}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sms.status(), 202);
+    assert_eq!(sms.headers()["x-request-id"], "req-abc-123");
+    let sms_id = serde_json::from_slice::<Value>(&sms.bytes().await.unwrap()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let email = http
+        .post(format!("{}/v1/email", client.base))
+        .header("content-type", "application/json")
+        .body(json!({"subject": SUBJECT, "body": BODY, "recipients": [ADDRESS]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(email.status(), 202);
+    let generated = email.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(generated.len() >= 16, "a generated id: {generated}");
+    let email_id = serde_json::from_slice::<Value>(&email.bytes().await.unwrap()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A bad one is refused too, with its text in the body.
+    let bad = client
+        .post("/v1/sms", &json!({"phone": "12", "text": TEXT}))
+        .await;
+    assert_eq!(bad.status, 422);
+    assert!(client.wait_until_settled(Duration::from_secs(30)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let log = herald.logs();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    for secret in [PHONE, ADDRESS, "alice.secret", TEXT, SUBJECT, BODY] {
+        assert!(!log.contains(secret), "{secret} is in the log:\n{log}");
+    }
+    let event = |id: &str, message: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["id"] == id && l["fields"]["message"] == message)
+            .cloned()
+    };
+    let accepted = event(&sms_id, "accepted").expect("the SMS's acceptance is logged");
+    assert_eq!(accepted["fields"]["to"], "0179*****66");
+    assert_eq!(accepted["span"]["request_id"], "req-abc-123");
+    let accepted = event(&email_id, "accepted").expect("the email's acceptance is logged");
+    assert_eq!(accepted["fields"]["to"], "a***@example.com");
+    assert_eq!(accepted["span"]["request_id"], generated.as_str());
+    for id in [&sms_id, &email_id] {
+        let attempt = event(id, "attempt").expect("attempts are logged");
+        assert!(attempt["fields"]["provider"].is_string());
+        assert!(attempt["fields"]["outcome"].is_string());
+        assert!(attempt["fields"]["ms"].is_u64());
+        assert!(event(id, "delivered").is_some(), "delivery is logged");
+    }
+}
