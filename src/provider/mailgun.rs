@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::sendgrid::parse_mailbox;
 use super::transport::{self, HttpAnswer, HttpTransport};
-use super::{BuildError, Outgoing, Provider, Verdict, http_error, http_transport};
+use super::{BuildError, Outgoing, Provider, Verdict, email_of, http_error, http_transport};
 use crate::config::ProviderCommon;
 use crate::domain::{AttemptOutcome, Channel, Message};
 use crate::secret::Secret;
@@ -98,12 +98,9 @@ impl Provider for Mailgun {
     }
 
     async fn send(&self, outgoing: &Outgoing) -> Verdict {
-        let Message::Email(email) = &outgoing.message else {
-            return Verdict::failed(
-                AttemptOutcome::Rejected,
-                None,
-                "mailgun sends email only".into(),
-            );
+        let email = match email_of("mailgun", outgoing) {
+            Ok(email) => email,
+            Err(verdict) => return verdict,
         };
         let id = outgoing.id.to_string();
         let mut pairs = vec![("from", self.from.as_str())];

@@ -22,7 +22,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::config::{ProviderCommon, ProviderConfig, ProviderKind};
-use crate::domain::{AttemptOutcome, Channel, Message, NotificationId};
+use crate::domain::validation::to_e164;
+use crate::domain::{AttemptOutcome, Channel, Email, Message, NotificationId, Sms};
 
 pub use contract::{ContractProvider, classify_contract};
 pub use transport::{HttpAnswer, HttpTransport, TransportError, parse_retry_after};
@@ -211,6 +212,33 @@ impl Verdict {
             ..Self::failed(AttemptOutcome::Transient, None, crate::error::chain(err))
         }
     }
+}
+
+/// The message as an SMS with its number in E.164, for the kinds that send
+/// to E.164 numbers; anything else is rejected (the router offers such a
+/// kind nothing else: `can_send`).
+pub(crate) fn e164_sms<'a>(
+    kind: &str,
+    outgoing: &'a Outgoing,
+) -> Result<(&'a Sms, String), Verdict> {
+    let Message::Sms(sms) = &outgoing.message else {
+        return Err(wrong_message(format!("{kind} sends SMS only")));
+    };
+    let to = to_e164(&sms.phone)
+        .ok_or_else(|| wrong_message(format!("not a number {kind} can send to")))?;
+    Ok((sms, to))
+}
+
+/// The message as an email, for the email kinds.
+pub(crate) fn email_of<'a>(kind: &str, outgoing: &'a Outgoing) -> Result<&'a Email, Verdict> {
+    match &outgoing.message {
+        Message::Email(email) => Ok(email),
+        Message::Sms(_) => Err(wrong_message(format!("{kind} sends email only"))),
+    }
+}
+
+fn wrong_message(error: String) -> Verdict {
+    Verdict::failed(AttemptOutcome::Rejected, None, error)
 }
 
 /// "HTTP 400: <start of the body>", for the history.

@@ -22,7 +22,7 @@ use lettre::transport::smtp::{self as lettre_smtp, PoolConfig};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 
-use super::{BuildError, Outgoing, Provider, Verdict};
+use super::{BuildError, Outgoing, Provider, Verdict, email_of};
 use crate::config::ProviderCommon;
 use crate::domain::{AttemptOutcome, Channel, Email, Message};
 use crate::secret::Secret;
@@ -218,12 +218,9 @@ impl Provider for SmtpProvider {
     }
 
     async fn send(&self, outgoing: &Outgoing) -> Verdict {
-        let Message::Email(email) = &outgoing.message else {
-            return Verdict::failed(
-                AttemptOutcome::Rejected,
-                None,
-                "an SMTP provider sends only email".into(),
-            );
+        let email = match email_of("smtp", outgoing) {
+            Ok(email) => email,
+            Err(verdict) => return verdict,
         };
         let message = match self.render(email) {
             Ok(message) => message,

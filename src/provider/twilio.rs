@@ -13,7 +13,7 @@ use hyper::http::uri::Uri;
 use serde::{Deserialize, Serialize};
 
 use super::transport::{self, HttpAnswer, HttpTransport};
-use super::{BuildError, Outgoing, Provider, Verdict, http_error, http_transport};
+use super::{BuildError, Outgoing, Provider, Verdict, e164_sms, http_error, http_transport};
 use crate::config::ProviderCommon;
 use crate::domain::validation::to_e164;
 use crate::domain::{AttemptOutcome, Channel, Message};
@@ -105,19 +105,9 @@ impl Provider for Twilio {
     }
 
     async fn send(&self, outgoing: &Outgoing) -> Verdict {
-        let Message::Sms(sms) = &outgoing.message else {
-            return Verdict::failed(
-                AttemptOutcome::Rejected,
-                None,
-                "twilio sends SMS only".into(),
-            );
-        };
-        let Some(to) = to_e164(&sms.phone) else {
-            return Verdict::failed(
-                AttemptOutcome::Rejected,
-                None,
-                "not a number twilio can send to".into(),
-            );
+        let (sms, to) = match e164_sms("twilio", outgoing) {
+            Ok(found) => found,
+            Err(verdict) => return verdict,
         };
         let sender = match &self.sender {
             Sender::From(from) => ("From", from.as_str()),

@@ -12,7 +12,7 @@ use hyper::http::uri::Uri;
 use serde::{Deserialize, Serialize};
 
 use super::transport::{self, HttpAnswer, HttpTransport};
-use super::{BuildError, Outgoing, Provider, Verdict, http_error, http_transport};
+use super::{BuildError, Outgoing, Provider, Verdict, e164_sms, http_error, http_transport};
 use crate::config::ProviderCommon;
 use crate::domain::validation::to_e164;
 use crate::domain::{AttemptOutcome, Channel, Message};
@@ -85,19 +85,9 @@ impl Provider for Vonage {
     }
 
     async fn send(&self, outgoing: &Outgoing) -> Verdict {
-        let Message::Sms(sms) = &outgoing.message else {
-            return Verdict::failed(
-                AttemptOutcome::Rejected,
-                None,
-                "vonage sends SMS only".into(),
-            );
-        };
-        let Some(to) = to_e164(&sms.phone) else {
-            return Verdict::failed(
-                AttemptOutcome::Rejected,
-                None,
-                "not a number vonage can send to".into(),
-            );
+        let (sms, to) = match e164_sms("vonage", outgoing) {
+            Ok(found) => found,
+            Err(verdict) => return verdict,
         };
         let id = outgoing.id.to_string();
         let mut pairs = vec![
