@@ -100,6 +100,21 @@ CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
         // (a full disk, a read-only database) makes the instance not ready.
         "CREATE TABLE health_probe (id integer PRIMARY KEY, at bigint NOT NULL);",
     ),
+    (
+        6,
+        // API keys: only a SHA-256 of each; every instance reads them all.
+        "
+CREATE TABLE api_keys (
+    name         text PRIMARY KEY,
+    key_hash     bytea NOT NULL UNIQUE,
+    scopes       text NOT NULL,
+    rate_per_sec double precision,
+    burst        integer,
+    created_at   bigint NOT NULL,
+    revoked_at   bigint
+);
+",
+    ),
 ];
 
 /// Applies every migration this database lacks; returns how many.

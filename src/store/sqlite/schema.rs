@@ -87,6 +87,21 @@ CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
         // (a full disk) makes the instance not ready.
         "CREATE TABLE health_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);",
     ),
+    (
+        6,
+        // API keys: only a SHA-256 of each; every instance reads them all.
+        "
+CREATE TABLE api_keys (
+    name         TEXT PRIMARY KEY NOT NULL,
+    key_hash     BLOB NOT NULL UNIQUE,
+    scopes       TEXT NOT NULL,
+    rate_per_sec REAL,
+    burst        INTEGER,
+    created_at   INTEGER NOT NULL,
+    revoked_at   INTEGER
+);
+",
+    ),
 ];
 
 /// The version a database has once every migration is applied.
