@@ -31,6 +31,9 @@ pub enum Command {
     MockProviders(MockArgs),
     /// Run Herald and the provider simulator together, to try Herald out.
     Demo(DemoArgs),
+    /// Create, list and revoke API keys (stored in the store, seen by every
+    /// instance within auth.refresh_ms).
+    Keys(KeysArgs),
     /// Drive load against Herald (a running one, or one it starts) and
     /// report throughput, latency percentiles, backlog, CPU and memory.
     Bench(crate::bench::BenchArgs),
@@ -51,28 +54,65 @@ pub struct ServeArgs {
     /// [default: all].
     #[arg(long, value_enum)]
     pub role: Option<Role>,
+    /// Serve on a non-loopback address without API keys (something in
+    /// front of Herald must check callers then).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 impl ServeArgs {
     pub fn load(&self) -> Result<Config, ConfigError> {
-        Config::load(
+        let mut config = Config::load(
             self.config.as_deref(),
             &Overrides {
                 listen: self.listen,
                 store: self.store.clone(),
                 role: self.role,
             },
-        )
+        )?;
+        config.auth.insecure_no_auth = self.insecure_no_auth;
+        Ok(config)
     }
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    pub store: MigrateArgs,
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; it is printed once, as the last line, and never again.
+    Create {
+        /// Unique; names the key in `list`, `revoke` and the logs.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: send, read, admin.
+        #[arg(long)]
+        scopes: String,
+        /// Requests a second this key may make, per instance [default: no limit].
+        #[arg(long)]
+        rate_per_sec: Option<f64>,
+        /// Requests at once above the rate [default: one second's worth].
+        #[arg(long, requires = "rate_per_sec")]
+        burst: Option<u32>,
+    },
+    /// Every key: name, scopes, limits, created, revoked (never the key).
+    List,
+    /// Revoke a key by name: every instance refuses it within auth.refresh_ms.
+    Revoke { name: String },
 }
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     /// A TOML config file (see herald.example.toml).
-    #[arg(long, env = "HERALD_CONFIG")]
+    #[arg(long, env = "HERALD_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Store URL [default: sqlite://herald.db].
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub store: Option<String>,
 }
 
@@ -182,5 +222,21 @@ mod tests {
         let cli =
             Cli::try_parse_from(["herald", "migrate", "--store", "postgres://h@x/db"]).unwrap();
         assert!(matches!(cli.command, Command::Migrate(_)));
+        let cli = Cli::try_parse_from([
+            "herald",
+            "keys",
+            "create",
+            "--name",
+            "a",
+            "--scopes",
+            "send",
+            "--store",
+            "sqlite://k.db",
+        ])
+        .unwrap();
+        let Command::Keys(keys) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(keys.store.store.as_deref(), Some("sqlite://k.db"));
     }
 }

@@ -44,6 +44,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub auth: AuthConfig,
     pub sqlite: SqliteOptions,
     pub postgres: PostgresOptions,
     pub retention: RetentionConfig,
@@ -85,6 +86,38 @@ pub struct MetricsConfig {
     /// private network) instead of on `listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+}
+
+/// API keys (`herald keys create`) and the limits on their callers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Whether every request but the health checks needs an API key.
+    /// Unset: required whenever `listen` is not a loopback address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    /// Requests a second this instance lets through from all keys together,
+    /// to protect the store. Unset: no such limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global_rate_per_sec: Option<f64>,
+    /// How often each instance re-reads the keys from the store: a revoked
+    /// key stops working within this.
+    pub refresh_ms: u64,
+    /// `serve --insecure-no-auth`: run without keys on a non-loopback
+    /// address anyway. Only a flag, never a setting.
+    #[serde(skip)]
+    pub insecure_no_auth: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            required: None,
+            global_rate_per_sec: None,
+            refresh_ms: 2000,
+            insecure_no_auth: false,
+        }
+    }
 }
 
 /// What a client may hold of the HTTP server, and for how long.
@@ -409,6 +442,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            auth: AuthConfig::default(),
             sqlite: SqliteOptions::default(),
             postgres: PostgresOptions::default(),
             retention: RetentionConfig::default(),
@@ -547,6 +581,14 @@ impl Config {
         Ok(config)
     }
 
+    /// Whether callers need an API key: `auth.required`, else whether
+    /// `listen` reaches beyond this machine.
+    pub fn auth_required(&self) -> bool {
+        self.auth
+            .required
+            .unwrap_or(!self.listen.ip().is_loopback())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: &str| ConfigError::Invalid {
             key,
@@ -594,6 +636,16 @@ impl Config {
             || h.max_connections == 0
         {
             return Err(invalid("http", "every setting must be at least 1"));
+        }
+        if self.auth.refresh_ms == 0 {
+            return Err(invalid("auth.refresh_ms", "must be at least 1"));
+        }
+        if self
+            .auth
+            .global_rate_per_sec
+            .is_some_and(|r| !(r.is_finite() && r > 0.0))
+        {
+            return Err(invalid("auth.global_rate_per_sec", "must be above 0"));
         }
         if self.dispatch.poll_interval_ms == 0 {
             return Err(invalid("dispatch.poll_interval_ms", "must be at least 1"));

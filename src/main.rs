@@ -25,6 +25,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = args.load().context("invalid configuration")?;
             init_logging(&config.log);
+            app::refuse_exposure_without_keys(&config)?;
             let (listener, addr) = app::bind(config.listen)
                 .await
                 .with_context(|| format!("could not listen on {}", config.listen))?;
@@ -40,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
                 herald::store::redacted(&config.store)
             );
         }
+        Command::Keys(args) => keys(args).await?,
         Command::MockProviders(args) => {
             init_logging(&LogConfig::default());
             simulator::run(args.simulator_config(), shutdown_signal()).await?;
@@ -90,6 +92,51 @@ async fn demo(args: herald::cli::DemoArgs) -> anyhow::Result<()> {
     app::serve(config, listener, shutdown_signal()).await?;
     sim.shutdown().await;
     printer.await??;
+    Ok(())
+}
+
+async fn keys(args: herald::cli::KeysArgs) -> anyhow::Result<()> {
+    use herald::app::keys;
+    use herald::cli::KeysCommand;
+    let config = args.store.load().context("invalid configuration")?;
+    init_logging(&config.log);
+    match args.command {
+        KeysCommand::Create {
+            name,
+            scopes,
+            rate_per_sec,
+            burst,
+        } => {
+            let new = keys::NewKey {
+                name: &name,
+                scopes: &scopes,
+                rate_per_sec,
+                burst,
+            };
+            let key = keys::create(&config, new).await?;
+            println!("created API key {name:?} (scopes {scopes}); it is shown once, here:");
+            println!("{key}");
+        }
+        KeysCommand::List => {
+            println!("name\tscopes\trate_per_sec\tburst\tcreated\trevoked");
+            let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            for k in keys::list(&config).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    k.name,
+                    k.scopes,
+                    show(k.rate_per_sec.map(|r| r.to_string())),
+                    show(k.burst.map(|b| b.to_string())),
+                    k.created_at,
+                    show(k.revoked_at.map(|t| t.to_string())),
+                );
+            }
+        }
+        KeysCommand::Revoke { name } => {
+            keys::revoke(&config, &name).await?;
+            println!("revoked API key {name:?}");
+        }
+    }
     Ok(())
 }
 

@@ -12,8 +12,8 @@ use herald::domain::{
     Attempt, AttemptOutcome, Channel, NotificationId, Priority, Status, UnixMillis,
 };
 use herald::store::{
-    self, CancelOutcome, Completion, IdempotencyKey, KeyedInsert, Lease, LeaseLost, LeaseToken,
-    ListFilter, NewNotification, ReplayOutcome, RoundReport, StoreOptions,
+    self, ApiKeyRecord, CancelOutcome, Completion, IdempotencyKey, KeyedInsert, Lease, LeaseLost,
+    LeaseToken, ListFilter, NewNotification, ReplayOutcome, RoundReport, StoreOptions,
 };
 use support::{Backend, TestStore};
 
@@ -37,6 +37,7 @@ store_matrix!(
     high_priority_is_not_delayed_by_a_low_backlog,
     an_idempotency_key_stores_once_even_when_raced,
     listings_filter_and_page_stably_under_inserts,
+    api_keys_are_created_once_listed_and_revoked,
 );
 
 fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
@@ -1219,4 +1220,49 @@ async fn listings_filter_and_page_stably_under_inserts(backend: Backend) {
             .metadata
             .is_empty()
     );
+}
+
+async fn api_keys_are_created_once_listed_and_revoked(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    let key = |name: &str, hash: u8| ApiKeyRecord {
+        name: name.to_owned(),
+        key_hash: vec![hash; 32],
+        scopes: "send,read".to_owned(),
+        rate_per_sec: Some(2.5),
+        burst: Some(7),
+        created_at: UnixMillis(1_000),
+        revoked_at: None,
+    };
+    assert!(store.create_api_key(key("b", 2)).await.unwrap());
+    assert!(store.create_api_key(key("a", 1)).await.unwrap());
+    assert!(
+        !store.create_api_key(key("a", 3)).await.unwrap(),
+        "a name is taken once"
+    );
+    let mut unlimited = key("c", 4);
+    (unlimited.rate_per_sec, unlimited.burst) = (None, None);
+    assert!(store.create_api_key(unlimited.clone()).await.unwrap());
+    assert_eq!(
+        store.api_keys().await.unwrap(),
+        [key("a", 1), key("b", 2), unlimited]
+    );
+
+    assert!(store.revoke_api_key("a", UnixMillis(2_000)).await.unwrap());
+    assert!(!store.revoke_api_key("a", UnixMillis(3_000)).await.unwrap());
+    assert!(
+        !store
+            .revoke_api_key("nobody", UnixMillis(3_000))
+            .await
+            .unwrap()
+    );
+    store.close().await;
+    // Kept across a reopening, revocation time and all.
+    let store = test.open().await;
+    let keys = store.api_keys().await.unwrap();
+    assert_eq!(keys[0].revoked_at, Some(UnixMillis(2_000)));
+    assert_eq!(keys[1].revoked_at, None);
+    assert!(!store.create_api_key(key("a", 5)).await.unwrap());
 }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiState;
+use super::auth::CallerScope;
 use super::problem::Problem;
 use super::submit::{
     Keyed, hand_over, parse_object, prepare, read_body, refuse_unsendable, replay, validate,
@@ -30,11 +31,12 @@ struct RawBatch {
 
 pub async fn batch(
     State(state): State<Arc<ApiState>>,
+    caller: CallerScope,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let body = read_body(state.batch_body_limit, &headers, body)?;
-    let keyed = Keyed::from_request(&headers, "batch", &body)?;
+    let keyed = Keyed::from_request(&headers, &caller, "batch", &body)?;
     let raw: RawBatch = parse_object(&body)?;
     let items = match raw.notifications {
         Some(Value::Array(items)) if !items.is_empty() && items.len() <= state.batch_max_items => {

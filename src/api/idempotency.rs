@@ -8,10 +8,10 @@ use super::problem::Problem;
 const HEADER: &str = "idempotency-key";
 const MAX_KEY_CHARS: usize = 255;
 
-/// Whose keys these are. Every caller shares the anonymous scope until API
-/// keys exist; then the caller's key goes here, and nothing else changes.
-pub fn caller_scope(_headers: &HeaderMap) -> String {
-    String::new()
+/// Whose keys these are: the API key's name, so callers never meet each
+/// other's keys; the anonymous scope (empty) when keys are off.
+pub fn caller_scope(caller: &super::auth::CallerScope) -> String {
+    caller.0.clone()
 }
 
 /// The request's key, if it sent one: 1 to 255 visible ASCII characters.

@@ -1,5 +1,6 @@
 //! The HTTP API: accepts notifications, answers questions about them.
 
+pub mod auth;
 mod batch;
 mod health;
 mod idempotency;
@@ -47,6 +48,8 @@ pub struct ApiState {
     /// Most items one `POST /v1/batch` may carry, and its largest body.
     pub batch_max_items: usize,
     pub batch_body_limit: usize,
+    /// API keys and rate limits.
+    pub auth: Arc<auth::Auth>,
 }
 
 impl ApiState {
@@ -93,6 +96,10 @@ pub fn router(state: Arc<ApiState>, with_metrics: bool) -> Router {
         .fallback(|| async { Problem::not_found("such route") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::authorize,
+        ))
         .with_state(state)
 }
 

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::json;
 
+use super::auth::CallerScope;
 use super::problem::Problem;
 use super::{ApiState, idempotency};
 use crate::dispatch::handoff::Handover;
@@ -21,11 +22,12 @@ use crate::store::{IdempotencyKey, KeyedInsert, NewNotification, StoredAnswer};
 
 pub async fn sms(
     State(state): State<Arc<ApiState>>,
+    caller: CallerScope,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let body = read_body(state.body_limit, &headers, body)?;
-    let keyed = Keyed::from_request(&headers, "sms", &body)?;
+    let keyed = Keyed::from_request(&headers, &caller, "sms", &body)?;
     let raw: RawSms = parse_object(&body)?;
     let options: RawOptions = parse_object(&body)?;
     accept(&state, validate_sms(raw), options, keyed).await
@@ -33,11 +35,12 @@ pub async fn sms(
 
 pub async fn email(
     State(state): State<Arc<ApiState>>,
+    caller: CallerScope,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let body = read_body(state.body_limit, &headers, body)?;
-    let keyed = Keyed::from_request(&headers, "email", &body)?;
+    let keyed = Keyed::from_request(&headers, &caller, "email", &body)?;
     let raw: RawEmail = parse_object(&body)?;
     let options: RawOptions = parse_object(&body)?;
     accept(&state, validate_email(raw), options, keyed).await
@@ -122,11 +125,12 @@ impl Keyed {
     /// The request's key if it sent one, for a request of `kind`.
     pub fn from_request(
         headers: &HeaderMap,
+        caller: &CallerScope,
         kind: &str,
         body: &[u8],
     ) -> Result<Option<Self>, Problem> {
         Ok(idempotency::key(headers)?.map(|key| Keyed {
-            scope: idempotency::caller_scope(headers),
+            scope: idempotency::caller_scope(caller),
             key,
             fingerprint: idempotency::fingerprint(kind, body),
         }))

@@ -10,6 +10,7 @@ mod backlog;
 mod connection;
 mod delivery;
 mod http;
+pub mod keys;
 mod providers;
 mod purge;
 
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::api::ApiState;
+use crate::api::auth::Auth;
 use crate::config::Config;
 use crate::provider::BuildError;
 use crate::store::{self, Store, StoreError};
@@ -47,6 +49,12 @@ pub enum AppError {
     },
     #[error("invalid retry settings")]
     Retry(#[from] crate::dispatch::backoff::BackoffError),
+    #[error(
+        "refusing to serve on {addr} without API keys: anyone who reaches it could send \
+         on your providers' bill. Create keys (herald keys create) and set auth.required = true, \
+         or pass --insecure-no-auth if something in front of Herald checks callers"
+    )]
+    InsecureNoAuth { addr: SocketAddr },
     #[error("the dispatcher failed (see the log above); nothing accepted is lost")]
     DispatcherFailed,
 }
@@ -60,7 +68,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let drain_timeout = Duration::from_millis(config.dispatch.drain_timeout_ms);
+    refuse_exposure_without_keys(&config)?;
+    let auth_required = config.auth_required();
     let store = open_store(&config).await?;
+    let auth = Arc::new(Auth::new(auth_required, config.auth.global_rate_per_sec));
+    if auth_required {
+        auth.refresh(store.as_ref())
+            .await
+            .map_err(|source| AppError::Store {
+                url: store::redacted(&config.store),
+                source,
+            })?;
+    }
     let providers = Arc::new(providers::build(&config)?);
     let wake = Arc::new(Notify::new());
     let delivery = Delivery::new(&config, &store, &providers, &wake)?;
@@ -76,6 +95,7 @@ pub async fn serve(
         idempotency_ttl: Duration::from_secs(config.accept.idempotency_ttl_secs),
         batch_max_items: config.accept.batch_max_items,
         batch_body_limit: config.accept.batch_body_limit_bytes,
+        auth: Arc::clone(&auth),
     });
 
     let (stop_tx, stop) = watch::channel(false);
@@ -97,6 +117,13 @@ pub async fn serve(
     let mut delivery = delivery.start(stop.clone());
     let mut http = HttpServer::start(&config, listener, Arc::clone(&state), stop);
     let backlog = backlog::start(Arc::clone(&store));
+    let keys = auth_required.then(|| {
+        keys::start(
+            Arc::clone(&auth),
+            Arc::clone(&store),
+            Duration::from_millis(config.auth.refresh_ms),
+        )
+    });
 
     tokio::select! {
         () = shutdown => {}
@@ -116,10 +143,25 @@ pub async fn serve(
     }
     let dispatcher_failed = delivery.stop(drain_timeout + Duration::from_secs(1)).await;
     backlog.abort();
+    if let Some(keys) = keys {
+        keys.abort();
+    }
     store.close().await;
     tracing::info!("stopped");
     if dispatcher_failed {
         return Err(AppError::DispatcherFailed);
+    }
+    Ok(())
+}
+
+/// A non-loopback `listen` without API keys is refused unless
+/// `--insecure-no-auth` says so: checked before binding, too.
+pub fn refuse_exposure_without_keys(config: &Config) -> Result<(), AppError> {
+    if !config.auth_required() && !config.listen.ip().is_loopback() && !config.auth.insecure_no_auth
+    {
+        return Err(AppError::InsecureNoAuth {
+            addr: config.listen,
+        });
     }
     Ok(())
 }

@@ -43,6 +43,23 @@ impl TokenBucket {
         }
     }
 
+    /// At most this many at once.
+    pub fn burst(&self) -> u32 {
+        self.burst as u32
+    }
+
+    /// Takes a token if one is free now: `Ok` with the whole tokens left,
+    /// or `Err` with how long until one is (nothing taken). For callers
+    /// that are answered rather than made to wait.
+    pub fn take(&mut self, now: Instant) -> Result<u32, Duration> {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(self.tokens.max(0.0) as u32);
+        }
+        Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+    }
+
     /// Takes a token if one is free within `max_wait`, and says how long to
     /// wait before using it; takes nothing (`None`) when none is.
     pub fn reserve(&mut self, now: Instant, max_wait: Duration) -> Option<Duration> {
@@ -65,6 +82,16 @@ mod tests {
     use super::*;
 
     const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn take_answers_at_once() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(2.0, 2, t0);
+        assert_eq!(b.take(t0), Ok(1));
+        assert_eq!(b.take(t0), Ok(0));
+        assert_eq!(b.take(t0), Err(Duration::from_millis(500)));
+        assert_eq!(b.take(t0 + SEC / 2), Ok(0));
+    }
 
     #[test]
     fn a_full_bucket_lets_its_burst_through_at_once() {

@@ -110,10 +110,17 @@ impl UnixMillis {
     }
 }
 
+impl std::fmt::Display for UnixMillis {
+    /// RFC 3339, in UTC, to the millisecond.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = UNIX_EPOCH + Duration::from_millis(self.0.max(0) as u64);
+        humantime::format_rfc3339_millis(t).fmt(f)
+    }
+}
+
 impl Serialize for UnixMillis {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let t = UNIX_EPOCH + Duration::from_millis(self.0.max(0) as u64);
-        s.collect_str(&humantime::format_rfc3339_millis(t))
+        s.collect_str(self)
     }
 }
 

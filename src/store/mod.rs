@@ -370,6 +370,21 @@ pub enum CancelOutcome {
     NotCancelable(Status),
 }
 
+/// An API key as stored: its SHA-256, never the key itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRecord {
+    /// Unique; what `herald keys revoke` names and idempotency keys are
+    /// scoped by.
+    pub name: String,
+    pub key_hash: Vec<u8>,
+    /// Comma-separated: `send`, `read`, `admin`.
+    pub scopes: String,
+    pub rate_per_sec: Option<f64>,
+    pub burst: Option<u32>,
+    pub created_at: UnixMillis,
+    pub revoked_at: Option<UnixMillis>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Returns once the notification is durably committed.
@@ -448,6 +463,17 @@ pub trait Store: Send + Sync {
     /// Deletes up to `limit` idempotency keys created before `before`;
     /// returns how many.
     async fn purge_keys(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError>;
+
+    /// Stores a new API key; `false` when one with its name exists already
+    /// (revoked or not: a name is never reused).
+    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<bool, StoreError>;
+
+    /// Revokes the key named `name` as of `at`; `false` when there is no
+    /// such key or it was revoked already.
+    async fn revoke_api_key(&self, name: &str, at: UnixMillis) -> Result<bool, StoreError>;
+
+    /// Every API key, revoked ones too, by name.
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
 
     /// The store answers and can commit a write: a one-row probe, cheap
     /// enough for every readiness check (a full disk fails it).

@@ -36,9 +36,9 @@ use super::rows::{
     ATTEMPT_COLUMNS, AttemptRow, ClaimedRow, RECORD_COLUMNS, RecordRow, SummaryRow, status_from,
 };
 use super::{
-    CancelOutcome, Claimed, EXPIRED_UNSENT, IdempotencyKey, KeyedInsert, LeaseLost, LeaseToken,
-    ListFilter, ListParam, NewNotification, NotificationRecord, NotificationSummary, ReplayOutcome,
-    RoundReport, Store, StoreError,
+    ApiKeyRecord, CancelOutcome, Claimed, EXPIRED_UNSENT, IdempotencyKey, KeyedInsert, LeaseLost,
+    LeaseToken, ListFilter, ListParam, NewNotification, NotificationRecord, NotificationSummary,
+    ReplayOutcome, RoundReport, Store, StoreError,
 };
 use crate::domain::{NotificationId, Status, UnixMillis};
 
@@ -542,6 +542,66 @@ impl Store for PostgresStore {
             .await
             .map_err(pg)?;
         Ok(gone)
+    }
+
+    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let burst = key.burst.map(|b| i32::try_from(b).unwrap_or(i32::MAX));
+        let stored = client
+            .execute(
+                "INSERT INTO api_keys
+                     (name, key_hash, scopes, rate_per_sec, burst, created_at, revoked_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &key.name,
+                    &key.key_hash,
+                    &key.scopes,
+                    &key.rate_per_sec,
+                    &burst,
+                    &key.created_at.0,
+                    &key.revoked_at.map(|t| t.0),
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(stored == 1)
+    }
+
+    async fn revoke_api_key(&self, name: &str, at: UnixMillis) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let changed = client
+            .execute(
+                "UPDATE api_keys SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL",
+                &[&name, &at.0],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(changed == 1)
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT name, key_hash, scopes, rate_per_sec, burst, created_at, revoked_at
+                   FROM api_keys ORDER BY name",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| ApiKeyRecord {
+                name: r.get(0),
+                key_hash: r.get(1),
+                scopes: r.get(2),
+                rate_per_sec: r.get(3),
+                burst: r.get::<_, Option<i32>>(4).map(|b| b.max(0) as u32),
+                created_at: UnixMillis(r.get(5)),
+                revoked_at: r.get::<_, Option<i64>>(6).map(UnixMillis),
+            })
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -115,6 +115,21 @@ CREATE INDEX notification_metadata_by_value
     ON notification_metadata (key, value, notification_id);
 ",
     ),
+    (
+        7,
+        // API keys: only a SHA-256 of each; every instance reads them all.
+        "
+CREATE TABLE api_keys (
+    name         text PRIMARY KEY,
+    key_hash     bytea NOT NULL UNIQUE,
+    scopes       text NOT NULL,
+    rate_per_sec double precision,
+    burst        integer,
+    created_at   bigint NOT NULL,
+    revoked_at   bigint
+);
+",
+    ),
 ];
 
 /// Applies every migration this database lacks; returns how many.

@@ -6,6 +6,7 @@
 //! each caller is answered only after that commit. Reads use their own
 //! connection, which WAL lets run beside the writer.
 
+mod api_keys;
 mod schema;
 
 pub use schema::MIGRATIONS;
@@ -25,9 +26,9 @@ use super::rows::{
     status_from,
 };
 use super::{
-    CancelOutcome, Claimed, EXPIRED_UNSENT, IdempotencyKey, KeyedInsert, LeaseLost, LeaseToken,
-    ListFilter, ListParam, NewNotification, NotificationRecord, NotificationSummary, ReplayOutcome,
-    RoundReport, Store, StoreError, StoredAnswer,
+    ApiKeyRecord, CancelOutcome, Claimed, EXPIRED_UNSENT, IdempotencyKey, KeyedInsert, LeaseLost,
+    LeaseToken, ListFilter, ListParam, NewNotification, NotificationRecord, NotificationSummary,
+    ReplayOutcome, RoundReport, Store, StoreError, StoredAnswer,
 };
 use crate::domain::{NotificationId, Status, UnixMillis};
 
@@ -107,6 +108,7 @@ enum Command {
         limit: usize,
         reply: Reply<u64>,
     },
+    Key(api_keys::KeyWrite, Reply<bool>),
     Ping(Reply<()>),
     Close(Reply<()>),
 }
@@ -331,6 +333,7 @@ fn execute(conn: &Connection, cmd: Command, open: bool) -> Answer {
             limit,
             reply,
         } => answer(reply, open.then(|| purge_keys(conn, before, limit))),
+        Command::Key(change, reply) => answer(reply, open.then(|| api_keys::write(conn, &change))),
         Command::Ping(reply) => answer(reply, open.then(|| probe(conn))),
         Command::Close(reply) => answer(reply, open.then_some(Ok(()))),
     }
@@ -958,6 +961,21 @@ impl Store for SqliteStore {
             reply,
         })
         .await
+    }
+
+    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<bool, StoreError> {
+        self.call(|reply| Command::Key(api_keys::KeyWrite::Create(key), reply))
+            .await
+    }
+
+    async fn revoke_api_key(&self, name: &str, at: UnixMillis) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.call(|reply| Command::Key(api_keys::KeyWrite::Revoke { name, at }, reply))
+            .await
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.read(api_keys::all).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -102,6 +102,21 @@ CREATE INDEX notification_metadata_by_value
     ON notification_metadata (key, value, notification_id);
 ",
     ),
+    (
+        7,
+        // API keys: only a SHA-256 of each; every instance reads them all.
+        "
+CREATE TABLE api_keys (
+    name         TEXT PRIMARY KEY NOT NULL,
+    key_hash     BLOB NOT NULL UNIQUE,
+    scopes       TEXT NOT NULL,
+    rate_per_sec REAL,
+    burst        INTEGER,
+    created_at   INTEGER NOT NULL,
+    revoked_at   INTEGER
+);
+",
+    ),
 ];
 
 /// The version a database has once every migration is applied.

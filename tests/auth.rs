@@ -1,0 +1,294 @@
+//! API keys through the real binary: `herald keys` against the store a
+//! running `herald serve` uses, and what the API answers each key.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use support::{Backend, Herald, Sim, TestStore};
+
+store_matrix!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    keys_and_scopes_guard_the_api,
+);
+
+/// Runs `herald keys ARGS --store URL`; its stdout.
+fn keys(store: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("keys")
+        .args(args)
+        .args(["--store", store])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "herald keys {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Creates a key; the last line of the output is the key.
+fn create(store: &str, args: &[&str]) -> String {
+    let out = keys(store, &[&["create"], args].concat());
+    out.lines().last().unwrap().trim().to_owned()
+}
+
+struct Call {
+    status: u16,
+    headers: HeaderMap,
+    body: Value,
+}
+
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    auth: Option<(&str, &str)>,
+    body: Option<Value>,
+) -> Call {
+    let mut req = http.request(method, url);
+    if let Some((name, value)) = auth {
+        req = req.header(name, value);
+    }
+    if let Some(body) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.unwrap_or_default();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Call {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn keys_and_scopes_guard_the_api(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    let url = store.url.clone();
+    // The keys table exists once the store is migrated.
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["migrate", "--store", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let sender = create(&url, &["--name", "sender", "--scopes", "send"]);
+    let reader = create(&url, &["--name", "reader", "--scopes", "read"]);
+    let admin = create(&url, &["--name", "ops", "--scopes", "read,admin"]);
+    let slow = create(
+        &url,
+        &[
+            "--name",
+            "slow",
+            "--scopes",
+            "send",
+            "--rate-per-sec",
+            "0.01",
+            "--burst",
+            "1",
+        ],
+    );
+    assert!(sender.starts_with("hrd_") && sender != reader);
+    let listed = keys(&url, &["list"]);
+    assert!(listed.contains("sender\tsend\t") && listed.contains("slow\tsend\t0.01\t1\t"));
+    for key in [&sender, &reader, &admin, &slow] {
+        assert!(!listed.contains(key.as_str()), "list never shows a key");
+    }
+
+    let sim = Sim::start(0.0, Duration::ZERO).await;
+    let config = format!(
+        "{}\n[auth]\nrequired = true\nrefresh_ms = 100\n",
+        sim.herald_config(&url, "")
+    );
+    let herald = Herald::start(dir.path(), &config);
+    let base = herald.client().base;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let sms = || Some(json!({"phone": "01712345678", "text": "hi"}));
+    let bearer = |key: &str| format!("Bearer {key}");
+    let post = reqwest::Method::POST;
+    let get = reqwest::Method::GET;
+
+    // Health checks stay open.
+    let a = call(&http, get.clone(), format!("{base}/healthz"), None, None).await;
+    assert_eq!(a.status, 200);
+    // No key, an unknown key: 401, problem+json, WWW-Authenticate.
+    for auth in [None, Some(("authorization", "Bearer hrd_not-a-key"))] {
+        let a = call(&http, post.clone(), format!("{base}/v1/sms"), auth, sms()).await;
+        assert_eq!(a.status, 401);
+        assert_eq!(a.headers["www-authenticate"], "Bearer");
+        assert_eq!(a.headers["content-type"], "application/problem+json");
+        assert_eq!(a.body["status"], 401);
+    }
+    // The wrong scope: 403.
+    let a = call(
+        &http,
+        post.clone(),
+        format!("{base}/v1/sms"),
+        Some(("authorization", &bearer(&reader))),
+        sms(),
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert_eq!(a.headers["content-type"], "application/problem+json");
+    // The right one, in either header: 202.
+    let a = call(
+        &http,
+        post.clone(),
+        format!("{base}/v1/sms"),
+        Some(("authorization", &bearer(&sender))),
+        sms(),
+    )
+    .await;
+    assert_eq!(a.status, 202);
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    let a = call(
+        &http,
+        post.clone(),
+        format!("{base}/v1/sms"),
+        Some(("x-api-key", &sender)),
+        sms(),
+    )
+    .await;
+    assert_eq!(a.status, 202);
+    // Reading needs read; metrics need admin.
+    let read = format!("{base}/v1/notifications/{id}");
+    let a = call(
+        &http,
+        get.clone(),
+        read.clone(),
+        Some(("x-api-key", &sender)),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    let a = call(&http, get.clone(), read, Some(("x-api-key", &reader)), None).await;
+    assert_eq!(a.status, 200);
+    let metrics = format!("{base}/metrics");
+    let a = call(
+        &http,
+        get.clone(),
+        metrics.clone(),
+        Some(("x-api-key", &reader)),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    let a = call(
+        &http,
+        get.clone(),
+        metrics,
+        Some(("x-api-key", &admin)),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+
+    // A key's idempotency keys are its own.
+    let keyed = |key: String| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            let resp = http
+                .post(format!("{base}/v1/sms"))
+                .header("x-api-key", key)
+                .header("idempotency-key", "order-1")
+                .header("content-type", "application/json")
+                .body(json!({"phone": "01712345678", "text": "once"}).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 202);
+            let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+            body["id"].clone()
+        }
+    };
+    let first = keyed(sender.clone()).await;
+    assert_eq!(
+        keyed(sender.clone()).await,
+        first,
+        "a retry by the same key"
+    );
+    assert_ne!(
+        keyed(slow.clone()).await,
+        first,
+        "another key, another scope"
+    );
+
+    // The slow key spent its one token above: 429 with the headers.
+    let a = call(
+        &http,
+        post.clone(),
+        format!("{base}/v1/sms"),
+        Some(("x-api-key", &slow)),
+        sms(),
+    )
+    .await;
+    assert_eq!(a.status, 429);
+    assert_eq!(a.headers["content-type"], "application/problem+json");
+    let retry_after: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 1);
+    assert_eq!(a.headers["ratelimit-limit"], "1");
+    assert_eq!(a.headers["ratelimit-remaining"], "0");
+    assert!(a.headers.contains_key("ratelimit-reset"));
+
+    // Revoked: refused within the refresh interval (bounded wait).
+    keys(&url, &["revoke", "sender"]);
+    assert!(
+        keys(&url, &["list"])
+            .lines()
+            .any(|l| l.starts_with("sender\t") && !l.ends_with("\t-"))
+    );
+    let mut status = 0;
+    for _ in 0..100 {
+        status = call(
+            &http,
+            post.clone(),
+            format!("{base}/v1/sms"),
+            Some(("x-api-key", &sender)),
+            sms(),
+        )
+        .await
+        .status;
+        if status == 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 401, "a revoked key is refused");
+
+    // No key reaches the log.
+    let log = herald.logs();
+    for key in [&sender, &reader, &admin, &slow] {
+        assert!(!log.contains(key.as_str()), "a key in the log");
+    }
+}
+
+#[test]
+fn serving_beyond_loopback_without_keys_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("h.db").display());
+    // Refused before it binds: nothing listens on 0.0.0.0.
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--store", &store])
+        .env("HERALD_AUTH__REQUIRED", "false")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--insecure-no-auth"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+}
