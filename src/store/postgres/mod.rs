@@ -221,6 +221,17 @@ fn summary_row(row: &Row) -> SummaryRow {
     }
 }
 
+impl PostgresStore {
+    /// Runs a `SELECT status, COUNT(*) … GROUP BY status`.
+    async fn status_counts(&self, sql: &str) -> Result<Vec<(Status, u64)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query(sql, &[]).await.map_err(pg)?;
+        rows.iter()
+            .map(|row| Ok((status_from(row.get(0))?, row.get::<_, i64>(1) as u64)))
+            .collect()
+    }
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn insert(&self, notification: NewNotification) -> Result<(), StoreError> {
@@ -471,33 +482,17 @@ impl Store for PostgresStore {
     }
 
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT status, COUNT(*) FROM notifications GROUP BY status",
-                &[],
-            )
+        self.status_counts("SELECT status, COUNT(*) FROM notifications GROUP BY status")
             .await
-            .map_err(pg)?;
-        rows.iter()
-            .map(|row| Ok((status_from(row.get(0))?, row.get::<_, i64>(1) as u64)))
-            .collect()
     }
 
     async fn backlog(&self) -> Result<Vec<(Status, u64)>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT status, COUNT(*) FROM notifications
-                  WHERE status IN ('scheduled', 'queued', 'retrying', 'sending')
-                  GROUP BY status",
-                &[],
-            )
-            .await
-            .map_err(pg)?;
-        rows.iter()
-            .map(|row| Ok((status_from(row.get(0))?, row.get::<_, i64>(1) as u64)))
-            .collect()
+        self.status_counts(
+            "SELECT status, COUNT(*) FROM notifications
+              WHERE status IN ('scheduled', 'queued', 'retrying', 'sending')
+              GROUP BY status",
+        )
+        .await
     }
 
     async fn purge(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {

@@ -796,6 +796,19 @@ fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, SummaryRow)>
     ))
 }
 
+/// Runs a `SELECT status, COUNT(*) … GROUP BY status`.
+fn status_counts(conn: &Connection, sql: &str) -> Result<Vec<(Status, u64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(backend)?;
+    rows.map(|row| {
+        let (status, n) = row.map_err(backend)?;
+        Ok((status_from(&status)?, n as u64))
+    })
+    .collect()
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert(&self, notification: NewNotification) -> Result<(), StoreError> {
@@ -909,38 +922,22 @@ impl Store for SqliteStore {
 
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT status, COUNT(*) FROM notifications GROUP BY status")
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(backend)?;
-            rows.map(|row| {
-                let (status, n) = row.map_err(backend)?;
-                Ok((status_from(&status)?, n as u64))
-            })
-            .collect()
+            status_counts(
+                conn,
+                "SELECT status, COUNT(*) FROM notifications GROUP BY status",
+            )
         })
         .await
     }
 
     async fn backlog(&self) -> Result<Vec<(Status, u64)>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT status, COUNT(*) FROM notifications INDEXED BY notifications_claim
-                      WHERE status IN ('scheduled', 'queued', 'retrying', 'sending')
-                      GROUP BY status",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(backend)?;
-            rows.map(|row| {
-                let (status, n) = row.map_err(backend)?;
-                Ok((status_from(&status)?, n as u64))
-            })
-            .collect()
+            status_counts(
+                conn,
+                "SELECT status, COUNT(*) FROM notifications INDEXED BY notifications_claim
+                  WHERE status IN ('scheduled', 'queued', 'retrying', 'sending')
+                  GROUP BY status",
+            )
         })
         .await
     }
