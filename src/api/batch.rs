@@ -17,12 +17,11 @@ use super::ApiState;
 use super::auth::CallerScope;
 use super::problem::Problem;
 use super::submit::{
-    Keyed, hand_over, parse_object, prepare, read_body, refuse_unsendable, replay, validate,
+    Keyed, hand_over, parse_object, prepare, read_body, refuse_unsendable, store, validate,
 };
 use crate::domain::options::{OptionLimits, RawOptions};
 use crate::domain::validation::{FieldError, RawEmail, RawSms, validate_email, validate_sms};
 use crate::domain::{Message, UnixMillis};
-use crate::store::KeyedInsert;
 
 #[derive(Debug, Deserialize)]
 struct RawBatch {
@@ -106,27 +105,8 @@ pub async fn batch(
         .into_iter()
         .map(|p| (p.notification, p.handover))
         .unzip();
-    let stored = match keyed {
-        None => state.store.insert_many(notifications).await.map(|()| None),
-        Some(k) => {
-            let key = k.record(&state, StatusCode::ACCEPTED, &answer, now);
-            state
-                .store
-                .insert_keyed(notifications, key)
-                .await
-                .map(|outcome| match outcome {
-                    KeyedInsert::Stored => None,
-                    KeyedInsert::Replayed(first) => Some((k.fingerprint, first)),
-                })
-        }
-    };
-    match stored {
-        Err(e) => {
-            tracing::error!(error = %crate::error::chain(&e), "could not store a batch");
-            return Err(Problem::store_unavailable());
-        }
-        Ok(Some((fingerprint, first))) => return replay(&fingerprint, first),
-        Ok(None) => {}
+    if let Some(first) = store(&state, notifications, keyed, &answer, now).await? {
+        return Ok(first);
     }
     let took = started.elapsed();
     for (id, channel) in accepted {

@@ -176,32 +176,9 @@ async fn accept(
     let prepared = prepare(state, message, options, now);
     let id = prepared.notification.id;
     let answer = json!({"id": id, "status": prepared.status});
-    let stored = match keyed {
-        None => state
-            .store
-            .insert(prepared.notification)
-            .await
-            .map(|()| None),
-        Some(k) => {
-            let key = k.record(state, StatusCode::ACCEPTED, &answer, now);
-            state
-                .store
-                .insert_keyed(vec![prepared.notification], key)
-                .await
-                .map(|outcome| match outcome {
-                    KeyedInsert::Stored => None,
-                    KeyedInsert::Replayed(first) => Some((k.fingerprint, first)),
-                })
-        }
-    };
-    match stored {
-        Err(e) => {
-            tracing::error!(error = %crate::error::chain(&e), "could not store a notification");
-            return Err(Problem::store_unavailable());
-        }
+    if let Some(first) = store(state, vec![prepared.notification], keyed, &answer, now).await? {
         // A retry: nothing was stored; the reserved room goes back unused.
-        Ok(Some((fingerprint, first))) => return replay(&fingerprint, first),
-        Ok(None) => {}
+        return Ok(first);
     }
     crate::metrics::metrics().accepted(channel.as_str(), started.elapsed());
     tracing::info!(id = %id, channel = channel.as_str(), to = %to, "accepted");
@@ -212,6 +189,47 @@ async fn accept(
         Json(answer),
     )
         .into_response())
+}
+
+/// Stores what a request accepted, in one commit, under its idempotency key
+/// when it sent one. `Some`: the key came before, nothing was stored, and
+/// this is the answer to give (the first one, or 409 for another request).
+pub(super) async fn store(
+    state: &ApiState,
+    mut notifications: Vec<NewNotification>,
+    keyed: Option<Keyed>,
+    answer: &serde_json::Value,
+    now: UnixMillis,
+) -> Result<Option<Response>, Problem> {
+    let count = notifications.len();
+    let stored = match keyed {
+        // A lone notification takes the writer's single-insert path.
+        None if count == 1 => state
+            .store
+            .insert(notifications.remove(0))
+            .await
+            .map(|()| None),
+        None => state.store.insert_many(notifications).await.map(|()| None),
+        Some(k) => {
+            let key = k.record(state, StatusCode::ACCEPTED, answer, now);
+            state
+                .store
+                .insert_keyed(notifications, key)
+                .await
+                .map(|outcome| match outcome {
+                    KeyedInsert::Stored => None,
+                    KeyedInsert::Replayed(first) => Some((k.fingerprint, first)),
+                })
+        }
+    };
+    match stored {
+        Err(e) => {
+            tracing::error!(count, error = %crate::error::chain(&e), "could not store notifications");
+            Err(Problem::store_unavailable())
+        }
+        Ok(Some((fingerprint, first))) => replay(&fingerprint, first).map(Some),
+        Ok(None) => Ok(None),
+    }
 }
 
 /// A message no provider of its channel can take is refused: stored, it
@@ -295,7 +313,7 @@ fn location(id: &str) -> HeaderValue {
 
 /// The first answer to a request repeated with its key; 409 when the key
 /// came with a different request.
-pub(super) fn replay(fingerprint: &str, first: StoredAnswer) -> Result<Response, Problem> {
+fn replay(fingerprint: &str, first: StoredAnswer) -> Result<Response, Problem> {
     if first.fingerprint != fingerprint {
         return Err(Problem::idempotency_key_reused());
     }
