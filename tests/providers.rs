@@ -13,12 +13,15 @@ use support::fixture::{Fixture, Recorded, reply};
 use support::{Backend, Client, Herald, TestStore};
 
 /// Short timings, as the other end to end tests use, and `providers`.
+/// Their providers wait 10 s for an answer: the fixtures answer at once,
+/// and a timeout on a loaded CI machine would send twice (at least once is
+/// the guarantee), where these tests count what each fixture received.
 fn config(store: &TestStore, providers: &str) -> String {
     format!(
         r#"store = "{}"
 [dispatch]
 poll_interval_ms = 20
-lease_ms = 4000
+lease_ms = 15000
 drain_timeout_ms = 5000
 [retry]
 base_ms = 50
@@ -101,11 +104,11 @@ url = "{}"
 account_sid = "AC0123456789abcdef"
 auth_token = "${{HERALD_TEST_TWILIO_TOKEN}}"
 from = "+15005550006"
-timeout_ms = 1000
+timeout_ms = 10000
 [[providers.email]]
 name = "contract-email"
 url = "{}/api/email/provider1"
-timeout_ms = 1000
+timeout_ms = 10000
 "#,
         twilio.url(),
         email.url()
@@ -298,7 +301,7 @@ api_key = "k-bad"
 api_secret = "s-bad"
 from = "Herald"
 weight = 1000000
-timeout_ms = 1000
+timeout_ms = 10000
 [[providers.sms]]
 name = "vonage"
 kind = "vonage"
@@ -306,11 +309,11 @@ url = "{}"
 api_key = "k-123"
 api_secret = "${{HERALD_TEST_VONAGE_SECRET}}"
 from = "Herald"
-timeout_ms = 1000
+timeout_ms = 10000
 [[providers.email]]
 name = "contract-email"
 url = "{}/api/email/provider1"
-timeout_ms = 1000
+timeout_ms = 10000
 "#,
         refusing.url(),
         vonage.url(),
@@ -444,7 +447,7 @@ async fn sendgrid_failing_beside_mailgun_every_email_is_delivered() {
 [[providers.sms]]
 name = "contract-sms"
 url = "{}/api/sms/provider1"
-timeout_ms = 1000
+timeout_ms = 10000
 [[providers.email]]
 name = "sendgrid"
 kind = "sendgrid"
@@ -452,7 +455,7 @@ url = "{}"
 api_key = "${{HERALD_TEST_SENDGRID_KEY}}"
 from = "Herald <noreply@example.test>"
 weight = 1000000
-timeout_ms = 1000
+timeout_ms = 10000
 [[providers.email]]
 name = "mailgun"
 kind = "mailgun"
@@ -460,7 +463,7 @@ url = "{}"
 domain = "mg.example.test"
 api_key = "${{HERALD_TEST_MAILGUN_KEY}}"
 from = "Herald <noreply@mg.example.test>"
-timeout_ms = 1000
+timeout_ms = 10000
 "#,
         sms.url(),
         sendgrid.url(),
@@ -592,11 +595,11 @@ auth_token = "t"
 messaging_service_sid = "MG1"
 rate_per_sec = 5
 burst = 1
-timeout_ms = 1000
+timeout_ms = 10000
 [[providers.email]]
 name = "contract-email"
 url = "{}/api/email/provider1"
-timeout_ms = 1000
+timeout_ms = 10000
 "#,
         twilio.url(),
         email.url()

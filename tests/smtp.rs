@@ -18,7 +18,7 @@ fn config(dir: &Path, email: &str) -> String {
         r#"store = "sqlite://{}"
 [dispatch]
 poll_interval_ms = 20
-lease_ms = 6000
+lease_ms = 15000
 [retry]
 base_ms = 50
 cap_ms = 300
@@ -39,7 +39,7 @@ fn smtp_provider(url: &str, ca_file: Option<&Path>, weight: u32) -> String {
         format!("ca_file = \"{}\"\n", p.display())
     });
     format!(
-        "[[providers.email]]\nname = \"smtp\"\nkind = \"smtp\"\nurl = \"{url}\"\nfrom = \"Herald <noreply@example.test>\"\ntimeout_ms = 3000\nweight = {weight}\n{ca}"
+        "[[providers.email]]\nname = \"smtp\"\nkind = \"smtp\"\nurl = \"{url}\"\nfrom = \"Herald <noreply@example.test>\"\ntimeout_ms = 10000\nweight = {weight}\n{ca}"
     )
 }
 

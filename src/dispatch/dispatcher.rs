@@ -478,11 +478,13 @@ mod tests {
         let sms = pool(&[Arc::clone(&stuck)], lenient_breaker());
         let (stop, stopped) = watch::channel(false);
         let run = tokio::spawn(rig.dispatcher(sms, settings()).run(stopped));
-        for _ in 0..500 {
-            if stuck.sent().len() == 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // Each turn gives the store's own thread a real millisecond and
+        // moves paused time by one: bounded by count alone, paused time
+        // would race ahead while that thread answers the claim.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while stuck.sent().len() < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         assert_eq!(stuck.sent().len(), 3);
         assert_eq!(rig.count(Status::Sending).await, 3);
