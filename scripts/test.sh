@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 echo "== format"
 cargo fmt --all -- --check
 echo "== lint"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 if [[ -z "${HERALD_TEST_PG_URL:-}" ]]; then
     echo "== postgresql"
@@ -35,4 +35,4 @@ if ! python3 -c "import aiosmtpd" 2>/dev/null; then
 fi
 
 echo "== tests"
-cargo test --all-targets --locked
+cargo test --workspace --all-targets --locked

@@ -14,7 +14,6 @@
 
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
@@ -24,6 +23,5 @@ pub mod logging;
 pub mod metrics;
 pub mod provider;
 pub mod secret;
-pub mod simulator;
 pub mod store;
 pub mod tls;

@@ -4,12 +4,14 @@ use std::io::IsTerminal;
 use std::str::FromStr;
 
 use anyhow::Context;
-use clap::Parser;
-use herald::cli::{Cli, Command};
+use clap::{Args, Parser, Subcommand};
+use herald::app;
+use herald::cli::{Command as ServerCommand, ServeArgs};
 use herald::config::ProvidersConfig;
 use herald::domain::Channel;
 use herald::logging::{LogConfig, LogFormat};
-use herald::{app, simulator};
+use herald_bench::BenchArgs;
+use herald_sim::{self as simulator, MockArgs};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
@@ -17,12 +19,62 @@ use tracing_subscriber::prelude::*;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "A self-hosted notification gateway for SMS and email"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The server's subcommands, then its tools'.
+#[derive(Debug, Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Server(ServerCommand),
+    /// Run a simulator of the provider contract: six endpoints that fail at
+    /// random; prints one JSON line per successful send on stdout.
+    MockProviders(MockArgs),
+    /// Run Herald and the provider simulator together, to try Herald out.
+    Demo(DemoArgs),
+    /// Drive load against Herald (a running one, or one it starts) and
+    /// report throughput, latency percentiles, backlog, CPU and memory.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(flatten)]
+    mock: MockArgs,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     ignore_file_size_signal();
     match cli.command {
-        Command::Serve(args) => {
+        Command::Server(command) => server(command).await?,
+        Command::MockProviders(args) => {
+            init_logging(&LogConfig::default());
+            simulator::run(args.simulator_config(), shutdown_signal()).await?;
+        }
+        Command::Demo(args) => demo(args).await?,
+        Command::Bench(args) => {
+            init_logging(&LogConfig::default());
+            herald_bench::main(args).await?
+        }
+    }
+    Ok(())
+}
+
+async fn server(command: ServerCommand) -> anyhow::Result<()> {
+    match command {
+        ServerCommand::Serve(args) => {
             let config = args.load().context("invalid configuration")?;
             init_logging(&config.log);
             app::refuse_exposure_without_keys(&config)?;
@@ -32,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
             announce(addr, &config.store);
             app::serve(config, listener, shutdown_signal()).await?;
         }
-        Command::Migrate(args) => {
+        ServerCommand::Migrate(args) => {
             let config = args.load().context("invalid configuration")?;
             init_logging(&config.log);
             app::migrate(&config).await?;
@@ -41,21 +93,12 @@ async fn main() -> anyhow::Result<()> {
                 herald::store::redacted(&config.store)
             );
         }
-        Command::Keys(args) => keys(args).await?,
-        Command::MockProviders(args) => {
-            init_logging(&LogConfig::default());
-            simulator::run(args.simulator_config(), shutdown_signal()).await?;
-        }
-        Command::Demo(args) => demo(args).await?,
-        Command::Bench(args) => {
-            init_logging(&LogConfig::default());
-            herald::bench::main(args).await?
-        }
+        ServerCommand::Keys(args) => keys(args).await?,
     }
     Ok(())
 }
 
-async fn demo(args: herald::cli::DemoArgs) -> anyhow::Result<()> {
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let mut config = args.serve.load().context("invalid configuration")?;
     init_logging(&config.log);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -195,4 +238,48 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn mock_provider_flags() {
+        let cli = Cli::try_parse_from([
+            "herald",
+            "mock-providers",
+            "--failure-rate",
+            "0.25",
+            "--sms-ports",
+            "1,2",
+        ])
+        .unwrap();
+        let Command::MockProviders(args) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(args.failure_rate, 0.25);
+        assert_eq!(args.sms_ports, [1, 2]);
+        assert_eq!(args.email_ports, [8091, 8092, 8093]);
+        assert!(Cli::try_parse_from(["herald", "mock-providers", "--failure-rate", "2"]).is_err());
+    }
+
+    #[test]
+    fn server_and_tool_commands_share_one_command_line() {
+        let cli = Cli::try_parse_from(["herald", "serve", "--role", "api"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Server(ServerCommand::Serve(_))
+        ));
+        let cli = Cli::try_parse_from(["herald", "bench", "--spawn", "--duration", "1s"]).unwrap();
+        assert!(matches!(cli.command, Command::Bench(_)));
+        let cli = Cli::try_parse_from(["herald", "demo", "--listen", "127.0.0.1:0"]).unwrap();
+        assert!(matches!(cli.command, Command::Demo(_)));
+    }
 }

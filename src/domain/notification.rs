@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize, Serializer};
 use uuid::Uuid;
 
+pub use herald_contract::Channel;
+
 /// Notification ids are UUIDv7 (time-ordered, so inserts stay at the end of
 /// the index) shown with a prefix that says what they name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,38 +123,6 @@ impl std::fmt::Display for UnixMillis {
 impl Serialize for UnixMillis {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Channel {
-    Sms,
-    Email,
-}
-
-impl Channel {
-    pub const ALL: [Channel; 2] = [Channel::Sms, Channel::Email];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Sms => "sms",
-            Channel::Email => "email",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "sms" => Some(Channel::Sms),
-            "email" => Some(Channel::Email),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Channel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

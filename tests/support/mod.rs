@@ -28,7 +28,7 @@ pub mod tls;
 use herald::domain::Channel;
 
 pub mod fixture;
-use herald::simulator::{Delivery, Simulator, SimulatorConfig};
+use herald_sim::{Delivery, Simulator, SimulatorConfig};
 use serde_json::Value;
 
 /// The simulator, with every delivery it made kept for counting.

@@ -12,16 +12,19 @@
 //! so stopping it drops every socket it holds; `axum::serve` would not allow
 //! that.
 
+mod args;
 mod http;
 
 #[cfg(test)]
 mod tests;
 
+pub use args::{MockArgs, parse_rate};
+
 use std::future::Future;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -29,7 +32,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::domain::{Channel, UnixMillis};
+use herald_contract::Channel;
 
 use self::http::ProviderState;
 
@@ -69,13 +72,19 @@ impl Default for SimulatorConfig {
 /// `Sending sms via Provider N: {...}`, the ground truth of delivery.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Delivery {
-    pub ts: UnixMillis,
+    /// When it was sent: RFC 3339 in UTC, to the millisecond, in the line.
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub ts: SystemTime,
     pub channel: Channel,
     /// 1-based, as in the endpoint path.
     pub provider: u8,
     pub port: u16,
     /// The request body as parsed.
     pub body: serde_json::Value,
+}
+
+fn rfc3339_millis<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
 }
 
 /// A running set of simulated providers.

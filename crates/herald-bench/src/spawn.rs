@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::BenchError;
 use super::args::{BenchArgs, ScratchDir};
 use super::messages::Marker;
-use crate::domain::Channel;
+use herald_contract::Channel;
 
 /// How long a child may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -296,7 +296,7 @@ mod tests {
 
     #[test]
     fn reads_the_simulators_listening_lines() {
-        let line = "2026-11-22T20:50:04.123Z  INFO herald::simulator: sms provider 2 listening on http://127.0.0.1:40123/api/sms/provider2";
+        let line = "2026-11-22T20:50:04.123Z  INFO herald_sim: sms provider 2 listening on http://127.0.0.1:40123/api/sms/provider2";
         assert_eq!(
             parse_listening_line(line),
             Some((

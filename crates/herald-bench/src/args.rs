@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::BenchError;
-use crate::cli::parse_rate;
+use herald_sim::parse_rate;
 
 /// Longest run `--count` alone may take: every load loop is bounded in time.
 pub const DEFAULT_TIME_CAP: Duration = Duration::from_secs(600);

@@ -1,4 +1,4 @@
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -666,7 +666,7 @@ async fn urls_and_bad_configs() {
 #[test]
 fn delivery_lines() {
     let d = Delivery {
-        ts: UnixMillis(1_700_000_000_123),
+        ts: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
         channel: Channel::Email,
         provider: 2,
         port: 8092,

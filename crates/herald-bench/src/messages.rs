@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::args::ChannelMix;
-use crate::domain::Channel;
+use herald_contract::Channel;
 
 /// Tags every text of one run: `hb<run id in hex>-<sequence number>`.
 #[derive(Debug, Clone)]
@@ -106,7 +106,7 @@ pub fn with_priority(body: Bytes, priority: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::validation::{RawEmail, RawSms, validate_email, validate_sms};
+    use herald::domain::validation::{RawEmail, RawSms, validate_email, validate_sms};
 
     #[test]
     fn bodies_are_valid_and_unique() {
