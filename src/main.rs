@@ -43,6 +43,10 @@ enum Command {
     /// Drive load against Herald (a running one, or one it starts) and
     /// report throughput, latency percentiles, backlog, CPU and memory.
     Bench(BenchArgs),
+    /// Herald's HTTP stack with no-op handlers, on a free loopback port:
+    /// the floor `herald bench --floor` measures Herald against.
+    #[command(hide = true)]
+    NoopServer,
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
             init_logging(&LogConfig::default());
             herald_bench::main(args).await?
         }
+        Command::NoopServer => herald_bench::noop::run(shutdown_signal()).await?,
     }
     Ok(())
 }

@@ -73,6 +73,17 @@ pub struct BenchArgs {
     /// With --spawn: keep the temporary directory (config, store, logs).
     #[arg(long, requires = "spawn")]
     pub keep: bool,
+    /// Before the load, measure the floor: the same load against a no-op
+    /// server of Herald's HTTP stack (`herald noop-server`), and hyper's
+    /// pooled client against it for the provider side; the report gives
+    /// Herald's CPU per notification as multiples of them.
+    #[arg(long)]
+    pub floor: bool,
+    /// With --spawn: Herald (and the no-op server) on CPU 0, the simulator
+    /// and the bench on CPU 1 (util-linux's `taskset`); the report adds each
+    /// core's use.
+    #[arg(long, requires = "spawn")]
+    pub pin: bool,
     /// Write the report as JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,
