@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::dispatch::backoff::Backoff;
 use crate::dispatch::breaker::BreakerConfig;
+use crate::dispatch::hedge::{ChannelHedge, HedgeAfter, HedgeWhen, Hedging};
 use crate::domain::Channel;
 use crate::logging::LogConfig;
 use crate::store::{PostgresOptions, SqliteOptions, StoreOptions};
@@ -52,6 +53,7 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     pub retry: RetryConfig,
     pub health: HealthConfig,
+    pub hedge: HedgeConfig,
     pub providers: ProvidersConfig,
 }
 
@@ -239,6 +241,35 @@ pub struct HealthConfig {
     pub cooldown_max_ms: u64,
     /// Requests let through at once while half-open.
     pub half_open_probes: u32,
+}
+
+/// Hedged sends, per channel (`dispatch/hedge.rs`): which notifications,
+/// and after how long alone in flight a request gets a second provider
+/// beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HedgeConfig {
+    /// `never`, `asked` (sent with `"hedge": true`) or `all`.
+    pub sms: HedgeWhen,
+    /// Milliseconds, or `"p90"`: the provider's recent p90 latency.
+    pub sms_after_ms: HedgeAfter,
+    pub email: HedgeWhen,
+    pub email_after_ms: HedgeAfter,
+}
+
+impl HedgeConfig {
+    pub fn hedging(&self) -> Hedging {
+        Hedging {
+            sms: ChannelHedge {
+                when: self.sms,
+                after: self.sms_after_ms,
+            },
+            email: ChannelHedge {
+                when: self.email,
+                after: self.email_after_ms,
+            },
+        }
+    }
 }
 
 /// One provider: the settings every kind shares, and its kind's own.
@@ -450,6 +481,7 @@ impl Default for Config {
             dispatch: DispatchConfig::default(),
             retry: RetryConfig::default(),
             health: HealthConfig::default(),
+            hedge: HedgeConfig::default(),
             providers: ProvidersConfig::default(),
         }
     }
@@ -787,6 +819,28 @@ mod tests {
             )
             .unwrap();
             assert_eq!(c.role, Role::Api);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn hedging_from_the_file_and_the_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file("h.toml", "[hedge]\nsms = \"all\"\nsms_after_ms = 250\n")?;
+            jail.set_env("HERALD_HEDGE__EMAIL_AFTER_MS", "p90");
+            jail.set_env("HERALD_HEDGE__EMAIL", "never");
+            let c = Config::load(Some(Path::new("h.toml")), &Overrides::default()).unwrap();
+            let h = c.hedge.hedging();
+            assert_eq!(h.sms.when, HedgeWhen::All);
+            assert_eq!(h.sms.after, HedgeAfter::Millis(250));
+            assert_eq!(h.email.when, HedgeWhen::Never);
+            assert_eq!(h.email.after, HedgeAfter::P90);
+            jail.set_env("HERALD_HEDGE__SMS_AFTER_MS", "120");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.hedge.sms_after_ms, HedgeAfter::Millis(120));
+            assert_eq!(c.hedge.sms, HedgeWhen::Asked);
+            jail.create_file("bad.toml", "[hedge]\nsms = \"sometimes\"\n")?;
+            assert!(Config::load(Some(Path::new("bad.toml")), &Overrides::default()).is_err());
             Ok(())
         });
     }

@@ -26,6 +26,7 @@ pub struct Metrics {
     accept_duration: Histogram,
     notifications: Family<Labels2, Counter>,
     attempts: Family<Labels2, Counter>,
+    hedges: Family<Labels1, Counter>,
     provider_duration: Family<Labels1, Histogram>,
     breaker_state: Family<Labels1, Gauge>,
     window_failure_ratio: Family<Labels1, Gauge<f64, AtomicU64>>,
@@ -78,6 +79,12 @@ impl Metrics {
             "Provider requests by provider and outcome",
             attempts.clone(),
         );
+        let hedges = Family::<Labels1, Counter>::default();
+        registry.register(
+            "hedges",
+            "Rounds that hedged, by outcome (won_by_hedge, won_by_first, both_failed)",
+            hedges.clone(),
+        );
         let provider_duration = Family::<Labels1, Histogram>::new_with_constructor(|| {
             Histogram::new(provider_buckets())
         });
@@ -128,6 +135,7 @@ impl Metrics {
             accept_duration,
             notifications,
             attempts,
+            hedges,
             provider_duration,
             breaker_state,
             window_failure_ratio,
@@ -169,6 +177,14 @@ impl Metrics {
         self.provider_duration
             .get_or_create(&[("provider", provider.to_owned())])
             .observe(took.as_secs_f64());
+    }
+
+    /// A round that sent a hedge ended: `won_by_hedge`, `won_by_first` or
+    /// `both_failed`.
+    pub fn hedge(&self, outcome: &'static str) {
+        self.hedges
+            .get_or_create(&[("outcome", outcome.to_owned())])
+            .inc();
     }
 
     /// `state`: 0 closed, 1 half-open, 2 open.
@@ -221,6 +237,7 @@ mod tests {
         m.provider_health("sms-provider1", 2, 0.5);
         m.backlog("queued", 7);
         m.store_commit(Duration::from_millis(1), 12);
+        m.hedge("won_by_hedge");
         let text = m.encode();
         for line in [
             r#"herald_http_requests_total{route="/v1/sms",status="202"} 1"#,
@@ -233,6 +250,7 @@ mod tests {
             "herald_store_commit_batch_size_sum 12.0",
             r#"herald_provider_request_duration_seconds_count{provider="sms-provider1"} 1"#,
             "herald_in_flight 0",
+            r#"herald_hedges_total{outcome="won_by_hedge"} 1"#,
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

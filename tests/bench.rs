@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Runs `herald bench ARGS --json --quiet`, killed if it has not finished
-/// within `limit`; answers its report.
-fn bench(args: &[&str], limit: Duration) -> Value {
+/// Runs `herald bench ARGS --json --quiet` (with `env`, which the Herald it
+/// spawns inherits), killed if it has not finished within `limit`; answers
+/// its report.
+fn bench(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Value {
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
         .arg("bench")
         .args(args)
+        .envs(env.iter().copied())
         .args(["--json", "--quiet"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -66,6 +68,7 @@ fn the_floor_and_pinning_are_reported_beside_heralds_figures() {
             "--drain-timeout",
             "20s",
         ],
+        &[],
         Duration::from_secs(120),
     );
     let accepted = report["accepted"].as_u64().unwrap();
@@ -90,5 +93,37 @@ fn the_floor_and_pinning_are_reported_beside_heralds_figures() {
     assert_eq!(
         cores.len(),
         report["machine"]["cores"].as_u64().unwrap() as usize
+    );
+}
+
+#[test]
+fn hedged_loads_reach_heralds_hedging_past_a_slow_provider() {
+    let report = bench(
+        &[
+            "--spawn",
+            "--slow",
+            "sms:1=1000",
+            "--hedge",
+            "--failure-rate",
+            "0",
+            "--duration",
+            "1s",
+            "--concurrency",
+            "4",
+            "--drain-timeout",
+            "20s",
+        ],
+        &[("HERALD_HEDGE__SMS_AFTER_MS", "100")],
+        Duration::from_secs(120),
+    );
+    assert!(report["accepted"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["delivery"]["undelivered"], 0, "{report}");
+    // A third of the rounds start at the slow provider and are hedged.
+    assert!(report["hedged_rounds"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["delivery"]["accept_to_delivered"]["p99_us"]
+            .as_u64()
+            .unwrap()
+            > 0
     );
 }

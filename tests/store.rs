@@ -38,6 +38,7 @@ store_matrix!(
     an_idempotency_key_stores_once_even_when_raced,
     listings_filter_and_page_stably_under_inserts,
     api_keys_are_created_once_listed_and_revoked,
+    the_hedge_flag_is_kept_claimed_and_read_back,
 );
 
 fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
@@ -51,6 +52,7 @@ fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
         send_at: None,
         priority: Priority::Normal,
         metadata: Default::default(),
+        hedge: false,
         lease: None,
     }
 }
@@ -225,6 +227,7 @@ async fn handed_off_inserts_are_leased_until_they_lapse(backend: Backend) {
         created_at: now,
         expires_at: kept.expires_at,
         deliver_by: None,
+        hedge: false,
         lease: lease.token,
         lease_until: lease.until,
     };
@@ -862,6 +865,29 @@ async fn scheduled_work_is_claimed_no_earlier(backend: Backend) {
     let claimed = store.claim(at, 10, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].id, n.id);
+}
+
+async fn the_hedge_flag_is_kept_claimed_and_read_back(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    let now = UnixMillis::now();
+    let hedged = NewNotification {
+        hedge: true,
+        ..new_sms(now, "hedged")
+    };
+    let plain = new_sms(now, "plain");
+    store
+        .insert_many(vec![hedged.clone(), plain.clone()])
+        .await
+        .unwrap();
+    assert!(store.get(hedged.id).await.unwrap().unwrap().hedge);
+    assert!(!store.get(plain.id).await.unwrap().unwrap().hedge);
+    let claimed = store.claim(now, 10, LEASE).await.unwrap();
+    let flag = |id| claimed.iter().find(|c| c.id == id).map(|c| c.hedge);
+    assert_eq!(flag(hedged.id), Some(true));
+    assert_eq!(flag(plain.id), Some(false));
 }
 
 async fn past_their_deadline_notifications_expire_unsent(backend: Backend) {

@@ -284,6 +284,7 @@ pub(super) fn prepare<'a>(
         send_at: options.send_at,
         priority: options.priority,
         metadata: options.metadata,
+        hedge: options.hedge,
         lease: reservation.as_ref().map(|r| r.lease()),
     };
     let status = match reservation {

@@ -38,6 +38,7 @@ impl Delivery {
             max_rounds: config.retry.max_rounds,
             retry_after_max: Duration::from_millis(config.retry.retry_after_max_ms),
             idle_recheck: Duration::from_millis(config.dispatch.poll_interval_ms),
+            hedging: config.hedge.hedging(),
         };
         let settings = DispatcherSettings {
             max_in_flight: config.dispatch.max_in_flight,

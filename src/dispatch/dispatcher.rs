@@ -375,6 +375,7 @@ mod tests {
                         send_at: None,
                         priority: Priority::Normal,
                         metadata: Default::default(),
+                        hedge: false,
                         lease: None,
                     })
                     .await
@@ -400,6 +401,7 @@ mod tests {
                     max_rounds: 50,
                     retry_after_max: Duration::from_secs(60),
                     idle_recheck: Duration::from_millis(100),
+                    hedging: Default::default(),
                 },
                 settings,
                 Arc::new(self.clock),

@@ -7,6 +7,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::breaker::{Breaker, BreakerConfig, BreakerState, Permit, Signal};
+use super::hedge::{ChannelHedge, LatencyWindow};
 use super::rate::TokenBucket;
 use super::router::pick_weighted;
 use crate::domain::Channel;
@@ -24,6 +25,8 @@ pub struct ProviderSlot {
     pub in_flight: Arc<Semaphore>,
     /// Caps requests per second, when the provider has a rate limit.
     rate: Option<Mutex<TokenBucket>>,
+    /// Its latest answers' latencies, for hedging after its p90.
+    latencies: Mutex<LatencyWindow>,
 }
 
 impl ProviderSlot {
@@ -39,6 +42,7 @@ impl ProviderSlot {
             breaker: Mutex::new(Breaker::new(breaker)),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             rate: None,
+            latencies: Mutex::default(),
         }
     }
 
@@ -57,6 +61,20 @@ impl ProviderSlot {
         };
         let mut bucket = rate.lock().unwrap_or_else(|p| p.into_inner());
         bucket.reserve(Instant::now(), max_wait)
+    }
+
+    /// Notes how long an answered request took.
+    pub fn record_latency(&self, latency: Duration) {
+        self.latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(latency);
+    }
+
+    /// How long a request to this provider is left alone before it is
+    /// hedged; `None`: not hedged.
+    pub fn hedge_delay(&self, hedge: ChannelHedge) -> Option<Duration> {
+        hedge.delay(&self.latencies.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn breaker(&self) -> MutexGuard<'_, Breaker> {

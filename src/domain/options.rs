@@ -19,6 +19,7 @@ pub struct RawOptions {
     pub ttl_secs: Option<Value>,
     pub priority: Option<Value>,
     pub metadata: Option<Value>,
+    pub hedge: Option<Value>,
 }
 
 /// The validated options.
@@ -31,6 +32,9 @@ pub struct DeliveryOptions {
     pub priority: Priority,
     /// The client's own labels, stored and returned as given.
     pub metadata: BTreeMap<String, String>,
+    /// Asked to be hedged: sent to a second provider too when the first is
+    /// slow (`dispatch/hedge.rs`).
+    pub hedge: bool,
 }
 
 pub const MAX_METADATA_ENTRIES: usize = 16;
@@ -190,12 +194,22 @@ pub fn validate_options(
 
     let metadata = metadata(&mut errors, raw.metadata);
 
+    let hedge = match raw.hedge {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => b,
+        Some(_) => {
+            errors.push(FieldError::new("hedge", "must be true or false"));
+            false
+        }
+    };
+
     if errors.is_empty() {
         Ok(DeliveryOptions {
             send_at,
             deliver_by,
             priority,
             metadata,
+            hedge,
         })
     } else {
         Err(errors)
@@ -281,6 +295,14 @@ mod tests {
             check(json!({"metadata": many})),
             Err(vec!["metadata".into()])
         );
+    }
+
+    #[test]
+    fn hedging_is_asked_for_with_a_boolean() {
+        assert!(check(json!({"hedge": true})).unwrap().hedge);
+        assert!(!check(json!({"hedge": false})).unwrap().hedge);
+        assert!(!check(json!({"hedge": null})).unwrap().hedge);
+        assert_eq!(check(json!({"hedge": "yes"})), Err(vec!["hedge".into()]));
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct NewNotification {
     pub priority: Priority,
     /// The client's labels (bounded by validation).
     pub metadata: BTreeMap<String, String>,
+    /// The client asked for hedged sends.
+    pub hedge: bool,
     /// Stored already `sending` under this lease, for a dispatcher that was
     /// handed it in memory; `None`: stored `queued` (or `scheduled`).
     pub lease: Option<Lease>,
@@ -123,6 +125,8 @@ pub struct Claimed {
     pub expires_at: UnixMillis,
     /// The client's deadline: no attempt starts after it.
     pub deliver_by: Option<UnixMillis>,
+    /// The client asked for hedged sends.
+    pub hedge: bool,
     pub lease: LeaseToken,
     pub lease_until: UnixMillis,
 }
@@ -193,6 +197,8 @@ pub struct NotificationRecord {
     pub last_error: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// The client asked for hedged sends.
+    pub hedge: bool,
     pub message: serde_json::Value,
     pub attempts: Vec<Attempt>,
 }

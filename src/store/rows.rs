@@ -15,7 +15,7 @@ use crate::domain::{
 
 /// The columns of a notification that [`RecordRow`] reads, in order.
 pub(crate) const RECORD_COLUMNS: &str = "channel, status, priority, created_at, updated_at, \
-     due_at, expires_at, deliver_by, rounds, delivered_by, last_error, payload";
+     due_at, expires_at, deliver_by, rounds, delivered_by, last_error, payload, hedge";
 
 /// The columns of an attempt that [`AttemptRow`] reads, in order.
 pub(crate) const ATTEMPT_COLUMNS: &str =
@@ -67,6 +67,7 @@ pub(crate) struct RecordRow {
     pub delivered_by: Option<String>,
     pub last_error: Option<String>,
     pub payload: String,
+    pub hedge: bool,
 }
 
 impl RecordRow {
@@ -98,6 +99,7 @@ impl RecordRow {
             delivered_by: self.delivered_by,
             last_error: self.last_error,
             metadata,
+            hedge: self.hedge,
             message: serde_json::from_str(&self.payload).map_err(|_| StoreError::Corrupt {
                 what: "payload is not JSON",
             })?,
@@ -159,7 +161,7 @@ impl SummaryRow {
 }
 
 /// What a claim returns, in this order: id, channel, payload, rounds,
-/// created_at, expires_at, deliver_by, status.
+/// created_at, expires_at, deliver_by, status, hedge.
 pub(crate) struct ClaimedRow {
     pub id: NotificationId,
     pub channel: String,
@@ -169,6 +171,7 @@ pub(crate) struct ClaimedRow {
     pub expires_at: i64,
     pub deliver_by: Option<i64>,
     pub status: String,
+    pub hedge: bool,
 }
 
 impl ClaimedRow {
@@ -189,6 +192,7 @@ impl ClaimedRow {
             created_at: UnixMillis(self.created_at),
             expires_at: UnixMillis(self.expires_at),
             deliver_by: self.deliver_by.map(UnixMillis),
+            hedge: self.hedge,
             lease,
             lease_until,
         }))

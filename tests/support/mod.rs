@@ -39,14 +39,18 @@ pub struct Sim {
 
 impl Sim {
     pub async fn start(failure_rate: f64, latency: Duration) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let cfg = SimulatorConfig {
+        Self::start_with(SimulatorConfig {
             failure_rate,
             latency,
             sms_ports: vec![0, 0, 0],
             email_ports: vec![0, 0, 0],
             ..SimulatorConfig::default()
-        };
+        })
+        .await
+    }
+
+    pub async fn start_with(cfg: SimulatorConfig) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let sim = Simulator::start(cfg, tx).await.expect("simulator starts");
         let deliveries = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&deliveries);

@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// The priority of every notification the load sends.
     #[arg(long, value_parser = ["high", "normal", "low"])]
     pub priority: Option<String>,
+    /// Every notification the load sends asks to be hedged (`"hedge":
+    /// true`); the delay is the spawned Herald's `hedge.*_after_ms`
+    /// (`HERALD_HEDGE__SMS_AFTER_MS=100`, say).
+    #[arg(long)]
+    pub hedge: bool,
     /// Before the load, store this many `low` notifications (in batches of
     /// 1,000, not measured): the backlog a `--priority high` load must not
     /// wait behind.
@@ -67,6 +72,10 @@ pub struct BenchArgs {
     /// With --spawn: the simulator's delay before answering, in ms.
     #[arg(long, default_value_t = 0, requires = "spawn")]
     pub simulator_latency_ms: u64,
+    /// With --spawn: one simulated provider slower than the rest, as
+    /// `CHANNEL:N=MS` (`sms:1=2000`); repeat for more.
+    #[arg(long, requires = "spawn", value_parser = herald_sim::parse_slow)]
+    pub slow: Vec<herald_sim::Slow>,
     /// With --spawn: the simulator's share of valid requests answered 500.
     #[arg(long, default_value_t = 0.5, requires = "spawn", value_parser = parse_rate)]
     pub failure_rate: f64,

@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::args::{BenchArgs, ChannelMix};
 use super::histogram::{Latencies, Percentiles};
 use super::load::{self, Live, Plan};
-use super::messages::{Marker, request};
+use super::messages::{Marker, options, request};
 use super::pin::Pinning;
 use super::report::Report;
 use super::{BenchError, noop, procfs, spawn};
@@ -105,7 +105,7 @@ async fn inbound(args: &BenchArgs, addr: SocketAddr, pid: u32) -> FloorRun {
         rate: args.rate,
         keep_accepted: false,
         batch: args.batch,
-        priority: args.priority.clone(),
+        options: options(args.priority.as_deref(), args.hedge),
     });
     let before = procfs::sample(pid);
     let outcome = load::run(plan, Arc::new(Live::default()), args.concurrency).await;

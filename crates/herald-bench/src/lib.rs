@@ -103,6 +103,8 @@ pub async fn main(args: BenchArgs) -> Result<(), BenchError> {
 
 /// Herald's counter of provider requests, by provider and outcome.
 const ATTEMPTS: &str = "herald_attempts_total";
+/// Herald's counter of rounds that sent a hedge, by outcome.
+const HEDGES: &str = "herald_hedges_total";
 
 /// How long after Herald starts the idle RSS is read.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -176,6 +178,7 @@ async fn measure(
     }
     let stats_before = stats::read_once(addr, Instant::now()).await;
     let attempts_before = stats::read_counter(addr, ATTEMPTS).await;
+    let hedges_before = stats::read_counter(addr, HEDGES).await;
 
     let start = Instant::now();
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
@@ -194,7 +197,7 @@ async fn measure(
         rate: args.rate,
         keep_accepted: spawned.is_some(),
         batch: args.batch,
-        priority: args.priority.clone(),
+        options: messages::options(args.priority.as_deref(), args.hedge),
     });
     let live = Arc::new(Live::default());
     let stop_polling = Arc::new(AtomicBool::new(false));
@@ -239,6 +242,7 @@ async fn measure(
     let cpu_after = pids.map(|(h, s)| (procfs::sample(h), procfs::sample(s)));
     let stats_end = stats::read_once(addr, start).await;
     let attempts_end = stats::read_counter(addr, ATTEMPTS).await;
+    let hedges_end = stats::read_counter(addr, HEDGES).await;
     stop_polling.store(true, Ordering::Relaxed);
     let samples = poller.await?;
 
@@ -343,6 +347,9 @@ async fn measure(
         delivery,
         provider_attempts: attempts_before
             .zip(attempts_end)
+            .map(|(a, b)| b.saturating_sub(a)),
+        hedged_rounds: hedges_before
+            .zip(hedges_end)
             .map(|(a, b)| b.saturating_sub(a)),
         backlog,
         herald_process,

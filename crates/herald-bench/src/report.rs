@@ -42,6 +42,8 @@ pub struct Report {
     /// Provider requests Herald made over the load and the drain (its
     /// `herald_attempts_total`), when its `/metrics` could be read.
     pub provider_attempts: Option<u64>,
+    /// Rounds that sent a hedge over the same span (`herald_hedges_total`).
+    pub hedged_rounds: Option<u64>,
     pub backlog: Backlog,
     /// Only when the bench started Herald itself.
     pub herald_process: Option<ProcessReport>,
@@ -249,11 +251,15 @@ impl Report {
         if let Some(n) = self.provider_attempts {
             let _ = writeln!(
                 s,
-                "  {n} provider requests{}",
+                "  {n} provider requests{}{}",
                 if d.delivered > 0 {
                     format!(" ({:.2} per delivered)", n as f64 / d.delivered as f64)
                 } else {
                     String::new()
+                },
+                match self.hedged_rounds {
+                    Some(h) if h > 0 => format!("; {h} rounds hedged"),
+                    _ => String::new(),
                 }
             );
         }
@@ -464,6 +470,7 @@ mod tests {
             simulator_process: None,
             bench_process: ProcessReport::new(7, ProcReadings::default(), 10.0, 10.0),
             provider_attempts: Some(1980),
+            hedged_rounds: Some(12),
             pinning: Some(Pinning {
                 herald_cpu: 0,
                 others_cpu: 1,
@@ -535,7 +542,7 @@ mod tests {
             "5.05ms CPU per delivered (2.00 provider requests each): 126.3× its floor of 40µs",
             "delivered/s 0.98× the no-op requests/s",
             "per core: cpu0 98%, cpu1 52% (pinned: herald on cpu0, simulator and bench on cpu1)",
-            "1980 provider requests (2.00 per delivered)",
+            "1980 provider requests (2.00 per delivered); 12 rounds hedged",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

@@ -64,6 +64,11 @@ pub fn start(
         .arg(args.failure_rate.to_string())
         .arg("--latency-ms")
         .arg(args.simulator_latency_ms.to_string())
+        .args(
+            args.slow
+                .iter()
+                .flat_map(|s| ["--slow".to_owned(), s.to_string()]),
+        )
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

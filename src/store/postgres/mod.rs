@@ -45,8 +45,8 @@ use crate::domain::{NotificationId, Status, UnixMillis};
 pub use schema::MIGRATIONS;
 
 /// The claim's RETURNING list, in rows::ClaimedRow's order.
-const CLAIMED_COLUMNS_OF_N: &str =
-    "n.id, n.channel, n.payload, n.rounds, n.created_at, n.expires_at, n.deliver_by, n.status";
+const CLAIMED_COLUMNS_OF_N: &str = "n.id, n.channel, n.payload, n.rounds, n.created_at, n.expires_at, n.deliver_by, n.status, \
+     n.hedge";
 
 /// The channel of the wake-up NOTIFY.
 const NOTIFY_CHANNEL: &str = "herald_work";
@@ -306,6 +306,7 @@ impl Store for PostgresStore {
                 expires_at: row.get(5),
                 deliver_by: row.get(6),
                 status: row.get(7),
+                hedge: row.get(8),
             };
             claimed.extend(row.decode(token, lease_until)?);
         }
@@ -379,6 +380,7 @@ impl Store for PostgresStore {
             delivered_by: row.get(9),
             last_error: row.get(10),
             payload: row.get(11),
+            hedge: row.get(12),
         };
         row.decode(id, attempts, metadata).map(Some)
     }

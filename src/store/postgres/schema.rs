@@ -130,6 +130,12 @@ CREATE TABLE api_keys (
 );
 ",
     ),
+    (
+        8,
+        // The client asked for hedged sends (a second provider when the
+        // first is slow).
+        "ALTER TABLE notifications ADD COLUMN hedge boolean NOT NULL DEFAULT false;",
+    ),
 ];
 
 /// Applies every migration this database lacks; returns how many.

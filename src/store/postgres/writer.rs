@@ -157,6 +157,7 @@ async fn transact(
         let mut dues = Vec::with_capacity(inserts.len());
         let mut deliver_by: Vec<Option<i64>> = Vec::with_capacity(inserts.len());
         let mut priorities: Vec<i16> = Vec::with_capacity(inserts.len());
+        let mut hedges: Vec<bool> = Vec::with_capacity(inserts.len());
         for n in &inserts {
             ids.push(n.id.as_uuid());
             channels.push(n.channel.as_str());
@@ -168,18 +169,20 @@ async fn transact(
             dues.push(n.due_at().0);
             deliver_by.push(n.deliver_by.map(|t| t.0));
             priorities.push(n.priority.rank());
+            hedges.push(n.hedge);
         }
         let stmt = tx
             .prepare_cached(
                 "INSERT INTO notifications
                      (id, channel, payload, status, due_at, lease_token,
-                      created_at, updated_at, expires_at, deliver_by, priority)
+                      created_at, updated_at, expires_at, deliver_by, priority, hedge)
                  SELECT id, channel, payload, status, due, token, at, at, expires, deliver_by,
-                        priority
+                        priority, hedge
                    FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::int8[],
-                               $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::int2[])
+                               $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::int2[],
+                               $11::bool[])
                      AS n(id, channel, payload, at, expires, token, status, due, deliver_by,
-                          priority)",
+                          priority, hedge)",
             )
             .await
             .map_err(pg)?;
@@ -196,6 +199,7 @@ async fn transact(
                 &dues,
                 &deliver_by,
                 &priorities,
+                &hedges,
             ],
         )
         .await

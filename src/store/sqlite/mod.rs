@@ -355,8 +355,8 @@ fn insert(conn: &Connection, n: &NewNotification) -> Result<(), StoreError> {
         .prepare_cached(
             "INSERT INTO notifications
                  (id, channel, payload, status, due_at, lease_token,
-                  created_at, updated_at, expires_at, deliver_by, priority)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)",
+                  created_at, updated_at, expires_at, deliver_by, priority, hedge)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11)",
         )
         .map_err(backend)?;
     stmt.execute(params![
@@ -369,7 +369,8 @@ fn insert(conn: &Connection, n: &NewNotification) -> Result<(), StoreError> {
         n.created_at.0,
         n.expires_at.0,
         n.deliver_by.map(|t| t.0),
-        n.priority.rank()
+        n.priority.rank(),
+        n.hedge
     ])
     .map_err(backend)?;
     if !n.metadata.is_empty() {
@@ -518,7 +519,8 @@ fn claim(
                                        AND status IN ('scheduled', 'queued', 'retrying', 'sending')
                                      ORDER BY due_at LIMIT ?4)
                     LIMIT ?4)
-             RETURNING id, channel, payload, rounds, created_at, expires_at, deliver_by, status",
+             RETURNING id, channel, payload, rounds, created_at, expires_at, deliver_by, status,
+                       hedge",
         )
         .map_err(backend)?;
     let rows = stmt
@@ -536,6 +538,7 @@ fn claim(
                         expires_at: r.get(5)?,
                         deliver_by: r.get(6)?,
                         status: r.get(7)?,
+                        hedge: r.get(8)?,
                     },
                 ))
             },
@@ -741,6 +744,7 @@ fn read_record(
                 delivered_by: r.get(9)?,
                 last_error: r.get(10)?,
                 payload: r.get(11)?,
+                hedge: r.get(12)?,
             })
         })
         .optional()

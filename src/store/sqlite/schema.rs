@@ -117,6 +117,12 @@ CREATE TABLE api_keys (
 );
 ",
     ),
+    (
+        8,
+        // The client asked for hedged sends (a second provider when the
+        // first is slow).
+        "ALTER TABLE notifications ADD COLUMN hedge INTEGER NOT NULL DEFAULT 0;",
+    ),
 ];
 
 /// The version a database has once every migration is applied.
