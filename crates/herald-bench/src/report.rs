@@ -351,21 +351,24 @@ fn render_floor(s: &mut String, f: &Floor) {
             us(Some(h.cpu_us_per_accepted)),
             times(h.accepted_vs_floor)
         );
-        let _ = writeln!(
-            s,
-            "           {} CPU per delivered ({} provider requests each): {} its floor of {}",
-            us(h.cpu_us_per_delivered),
-            h.attempts_per_delivered
-                .map_or("?".into(), |a| format!("{a:.2}")),
-            times(h.delivered_vs_floor),
-            us(h.floor_us_per_delivered)
-        );
-        let _ = writeln!(
-            s,
-            "           delivered/s {} the no-op requests/s",
-            h.delivered_rate_vs_floor_rate
-                .map_or("?".into(), |v| format!("{v:.2}×"))
-        );
+        // Nothing delivered (`--role api`): nothing to say about delivery.
+        if h.cpu_us_per_delivered.is_some() {
+            let _ = writeln!(
+                s,
+                "           {} CPU per delivered ({} provider requests each): {} its floor of {}",
+                us(h.cpu_us_per_delivered),
+                h.attempts_per_delivered
+                    .map_or("?".into(), |a| format!("{a:.2}")),
+                times(h.delivered_vs_floor),
+                us(h.floor_us_per_delivered)
+            );
+            let _ = writeln!(
+                s,
+                "           delivered/s {} the no-op requests/s",
+                h.delivered_rate_vs_floor_rate
+                    .map_or("?".into(), |v| format!("{v:.2}×"))
+            );
+        }
     }
 }
 
