@@ -38,6 +38,7 @@ store_matrix!(
     an_idempotency_key_stores_once_even_when_raced,
     listings_filter_and_page_stably_under_inserts,
     api_keys_are_created_once_listed_and_revoked,
+    disabled_providers_are_kept_by_name,
 );
 
 fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
@@ -1265,4 +1266,58 @@ async fn api_keys_are_created_once_listed_and_revoked(backend: Backend) {
     assert_eq!(keys[0].revoked_at, Some(UnixMillis(2_000)));
     assert_eq!(keys[1].revoked_at, None);
     assert!(!store.create_api_key(key("a", 5)).await.unwrap());
+}
+
+async fn disabled_providers_are_kept_by_name(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    assert!(store.disabled_providers().await.unwrap().is_empty());
+    assert!(
+        store
+            .set_provider_disabled("twilio", true, UnixMillis(1_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_provider_disabled("twilio", true, UnixMillis(2_000))
+            .await
+            .unwrap(),
+        "disabled already: it keeps its first time"
+    );
+    assert!(
+        store
+            .set_provider_disabled("mailgun", true, UnixMillis(3_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_provider_disabled("nobody", false, UnixMillis(3_000))
+            .await
+            .unwrap(),
+        "enabling one never disabled changes nothing"
+    );
+    assert_eq!(
+        store.disabled_providers().await.unwrap(),
+        [
+            ("mailgun".to_owned(), UnixMillis(3_000)),
+            ("twilio".to_owned(), UnixMillis(1_000))
+        ]
+    );
+    store.close().await;
+    // Kept across a reopening (a restart); enabling takes it out of the set.
+    let store = test.open().await;
+    assert!(
+        store
+            .set_provider_disabled("mailgun", false, UnixMillis(4_000))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.disabled_providers().await.unwrap(),
+        [("twilio".to_owned(), UnixMillis(1_000))]
+    );
 }

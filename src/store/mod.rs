@@ -475,6 +475,19 @@ pub trait Store: Send + Sync {
     /// Every API key, revoked ones too, by name.
     async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
 
+    /// Takes the provider named `name` out of rotation as of `at`
+    /// (`disabled`), or puts it back, for every instance; `false` when it
+    /// already was so (a disabled one keeps its first `at`).
+    async fn set_provider_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
+        at: UnixMillis,
+    ) -> Result<bool, StoreError>;
+
+    /// The providers out of rotation, by name, each with when it was taken out.
+    async fn disabled_providers(&self) -> Result<Vec<(String, UnixMillis)>, StoreError>;
+
     /// The store answers and can commit a write: a one-row probe, cheap
     /// enough for every readiness check (a full disk fails it).
     async fn ping(&self) -> Result<(), StoreError>;

@@ -599,6 +599,45 @@ impl Store for PostgresStore {
             .collect())
     }
 
+    async fn set_provider_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
+        at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let changed = if disabled {
+            client
+                .execute(
+                    "INSERT INTO disabled_providers (name, disabled_at) VALUES ($1, $2)
+                     ON CONFLICT DO NOTHING",
+                    &[&name, &at.0],
+                )
+                .await
+        } else {
+            client
+                .execute("DELETE FROM disabled_providers WHERE name = $1", &[&name])
+                .await
+        }
+        .map_err(pg)?;
+        Ok(changed == 1)
+    }
+
+    async fn disabled_providers(&self) -> Result<Vec<(String, UnixMillis)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT name, disabled_at FROM disabled_providers ORDER BY name",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), UnixMillis(r.get(1))))
+            .collect())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         client

@@ -130,6 +130,17 @@ CREATE TABLE api_keys (
 );
 ",
     ),
+    (
+        8,
+        // Providers an operator took out of rotation, by name: kept across
+        // restarts and reloads, read by every instance.
+        "
+CREATE TABLE disabled_providers (
+    name        text PRIMARY KEY,
+    disabled_at bigint NOT NULL
+);
+",
+    ),
 ];
 
 /// Applies every migration this database lacks; returns how many.

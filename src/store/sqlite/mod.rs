@@ -7,6 +7,7 @@
 //! connection, which WAL lets run beside the writer.
 
 mod api_keys;
+mod providers;
 mod schema;
 
 pub use schema::MIGRATIONS;
@@ -109,6 +110,12 @@ enum Command {
         reply: Reply<u64>,
     },
     Key(api_keys::KeyWrite, Reply<bool>),
+    DisableProvider {
+        name: String,
+        disabled: bool,
+        at: UnixMillis,
+        reply: Reply<bool>,
+    },
     Ping(Reply<()>),
     Close(Reply<()>),
 }
@@ -334,6 +341,15 @@ fn execute(conn: &Connection, cmd: Command, open: bool) -> Answer {
             reply,
         } => answer(reply, open.then(|| purge_keys(conn, before, limit))),
         Command::Key(change, reply) => answer(reply, open.then(|| api_keys::write(conn, &change))),
+        Command::DisableProvider {
+            name,
+            disabled,
+            at,
+            reply,
+        } => answer(
+            reply,
+            open.then(|| providers::set_disabled(conn, &name, disabled, at)),
+        ),
         Command::Ping(reply) => answer(reply, open.then(|| probe(conn))),
         Command::Close(reply) => answer(reply, open.then_some(Ok(()))),
     }
@@ -973,6 +989,26 @@ impl Store for SqliteStore {
 
     async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
         self.read(api_keys::all).await
+    }
+
+    async fn set_provider_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
+        at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.call(|reply| Command::DisableProvider {
+            name,
+            disabled,
+            at,
+            reply,
+        })
+        .await
+    }
+
+    async fn disabled_providers(&self) -> Result<Vec<(String, UnixMillis)>, StoreError> {
+        self.read(providers::disabled).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

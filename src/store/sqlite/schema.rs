@@ -117,6 +117,17 @@ CREATE TABLE api_keys (
 );
 ",
     ),
+    (
+        8,
+        // Providers an operator took out of rotation, by name: kept across
+        // restarts and reloads, read by every instance.
+        "
+CREATE TABLE disabled_providers (
+    name        TEXT PRIMARY KEY NOT NULL,
+    disabled_at INTEGER NOT NULL
+);
+",
+    ),
 ];
 
 /// The version a database has once every migration is applied.
