@@ -1,0 +1,141 @@
+//! A provider's cap on requests in flight, which a reload may move while
+//! requests hold it.
+//!
+//! A semaphore whose size changes: growing adds permits; shrinking forgets
+//! the free ones at once and owes the rest, which are forgotten as their
+//! holders give them back. No request in flight is cut short or counted
+//! twice.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub struct InFlightCap {
+    permits: Arc<Semaphore>,
+    size: Mutex<Size>,
+}
+
+struct Size {
+    limit: usize,
+    /// Permits to forget as they come back.
+    owed: usize,
+}
+
+impl InFlightCap {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            size: Mutex::new(Size { limit, owed: 0 }),
+        }
+    }
+
+    fn size(&self) -> std::sync::MutexGuard<'_, Size> {
+        self.size.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn limit(&self) -> usize {
+        self.size().limit
+    }
+
+    /// Waits for room under the cap; the permit frees it when dropped.
+    pub async fn acquire(&self) -> OwnedSemaphorePermit {
+        loop {
+            let permit = Arc::clone(&self.permits)
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let mut size = self.size();
+            if size.owed == 0 {
+                return permit;
+            }
+            // A permit the cap no longer has: pay the debt, wait again.
+            size.owed -= 1;
+            permit.forget();
+        }
+    }
+
+    /// Moves the cap to `limit`; permits held stay valid.
+    pub fn resize(&self, limit: usize) {
+        let mut size = self.size();
+        if limit >= size.limit {
+            let grow = limit - size.limit;
+            let repaid = grow.min(size.owed);
+            size.owed -= repaid;
+            self.permits.add_permits(grow - repaid);
+        } else {
+            let shrink = size.limit - limit;
+            let forgotten = self.permits.forget_permits(shrink);
+            size.owed += shrink - forgotten;
+        }
+        size.limit = limit;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn try_acquire(cap: &InFlightCap) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(Duration::from_millis(10), cap.acquire())
+            .await
+            .ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shrinking_below_what_is_held_waits_for_the_holders() {
+        let cap = InFlightCap::new(3);
+        let held: Vec<_> = [
+            cap.acquire().await,
+            cap.acquire().await,
+            cap.acquire().await,
+        ]
+        .into();
+        cap.resize(1);
+        assert_eq!(cap.limit(), 1);
+        let mut held = held;
+        // Two come back: both are forgotten, nothing is free yet.
+        held.pop();
+        held.pop();
+        assert!(try_acquire(&cap).await.is_none());
+        // The last holder leaves: one request may go, one only.
+        held.pop();
+        let one = try_acquire(&cap).await.expect("room for one");
+        assert!(try_acquire(&cap).await.is_none());
+        drop(one);
+        assert!(try_acquire(&cap).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn growing_repays_what_is_owed_first() {
+        let cap = InFlightCap::new(2);
+        let a = cap.acquire().await;
+        let b = cap.acquire().await;
+        cap.resize(0);
+        cap.resize(3);
+        // Three in all: the two held and one more.
+        let c = try_acquire(&cap).await.expect("room for a third");
+        assert!(try_acquire(&cap).await.is_none());
+        drop((a, b, c));
+        let all: Vec<_> = [
+            try_acquire(&cap).await,
+            try_acquire(&cap).await,
+            try_acquire(&cap).await,
+            try_acquire(&cap).await,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        assert_eq!(all.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shrinking_free_room_takes_effect_at_once() {
+        let cap = InFlightCap::new(4);
+        cap.resize(1);
+        let one = try_acquire(&cap).await;
+        assert!(one.is_some());
+        assert!(try_acquire(&cap).await.is_none());
+    }
+}
