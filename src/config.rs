@@ -206,6 +206,10 @@ pub struct DispatchConfig {
     pub lease_ms: u64,
     /// On shutdown, how long in-flight sends may take to finish.
     pub drain_timeout_ms: u64,
+    /// How often each instance re-reads which providers are disabled
+    /// (`herald providers disable`, or another instance's API): they follow
+    /// within this.
+    pub providers_refresh_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -463,6 +467,7 @@ impl Default for DispatchConfig {
             poll_interval_ms: 100,
             lease_ms: 30_000,
             drain_timeout_ms: 10_000,
+            providers_refresh_ms: 2_000,
         }
     }
 }
@@ -551,6 +556,20 @@ pub struct Overrides {
     pub store: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+}
+
+/// Where a running config came from, to read it again (a reload).
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub file: PathBuf,
+    pub overrides: Overrides,
+}
+
+impl ConfigSource {
+    /// The file, the environment and the flags, layered as at start.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(Some(&self.file), &self.overrides)
+    }
 }
 
 impl Config {
@@ -650,6 +669,12 @@ impl Config {
         if self.dispatch.poll_interval_ms == 0 {
             return Err(invalid("dispatch.poll_interval_ms", "must be at least 1"));
         }
+        if self.dispatch.providers_refresh_ms == 0 {
+            return Err(invalid(
+                "dispatch.providers_refresh_ms",
+                "must be at least 1",
+            ));
+        }
         for channel in Channel::ALL {
             let providers = self.providers.for_channel(channel);
             if providers.is_empty() {
@@ -684,11 +709,19 @@ impl Config {
                     ));
                 }
             }
-            let mut names: Vec<&str> = providers.iter().map(|p| p.name()).collect();
-            names.sort_unstable();
-            if names.windows(2).any(|w| w[0] == w[1]) {
-                return Err(invalid("providers", "provider names must be unique"));
-            }
+        }
+        // A name is a provider's key in the API, the metrics and the store
+        // (disabling one), across channels.
+        let mut names: Vec<&str> = Channel::ALL
+            .into_iter()
+            .flat_map(|c| self.providers.for_channel(c).iter().map(|p| p.name()))
+            .collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err(invalid(
+                "providers",
+                "provider names must be unique, across channels too",
+            ));
         }
         Ok(())
     }

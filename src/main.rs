@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
     ignore_file_size_signal();
     match cli.command {
         Command::Serve(args) => {
+            ignore_hangup_until_serving();
             let config = args.load().context("invalid configuration")?;
             init_logging(&config.log);
             app::refuse_exposure_without_keys(&config)?;
@@ -30,7 +31,12 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("could not listen on {}", config.listen))?;
             announce(addr, &config.store);
-            app::serve(config, listener, shutdown_signal()).await?;
+            match args.source() {
+                Some(source) => {
+                    app::serve_from(source, config, listener, shutdown_signal()).await?
+                }
+                None => app::serve(config, listener, shutdown_signal()).await?,
+            }
         }
         Command::Migrate(args) => {
             let config = args.load().context("invalid configuration")?;
@@ -42,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Keys(args) => keys(args).await?,
+        Command::Providers(args) => providers(args).await?,
         Command::MockProviders(args) => {
             init_logging(&LogConfig::default());
             simulator::run(args.simulator_config(), shutdown_signal()).await?;
@@ -56,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn demo(args: herald::cli::DemoArgs) -> anyhow::Result<()> {
+    ignore_hangup_until_serving();
     let mut config = args.serve.load().context("invalid configuration")?;
     init_logging(&config.log);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -140,6 +148,55 @@ async fn keys(args: herald::cli::KeysArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn providers(args: herald::cli::ProvidersArgs) -> anyhow::Result<()> {
+    use herald::app::rotation;
+    use herald::cli::ProvidersCommand;
+    let config = args.store.load().context("invalid configuration")?;
+    init_logging(&config.log);
+    let (name, enabled) = match args.command {
+        ProvidersCommand::List => {
+            println!("name\tchannel\tkind\tstate");
+            for p in rotation::list(&config).await? {
+                let state = match p.disabled_at {
+                    Some(at) => format!("disabled since {at}"),
+                    None => "enabled".to_owned(),
+                };
+                println!(
+                    "{}\t{}\t{}\t{state}",
+                    p.name,
+                    p.channel.map_or("-", |c| c.as_str()),
+                    p.kind.unwrap_or("-"),
+                );
+            }
+            return Ok(());
+        }
+        ProvidersCommand::Disable { name } => (name, false),
+        ProvidersCommand::Enable { name } => (name, true),
+    };
+    let changed = rotation::set_enabled(&config, &name, enabled).await?;
+    let what = if enabled { "enabled" } else { "disabled" };
+    if changed {
+        println!(
+            "provider {name:?} {what}; every instance follows within dispatch.providers_refresh_ms"
+        );
+    } else {
+        println!("provider {name:?} was {what} already");
+    }
+    let configured = Channel::ALL.into_iter().any(|c| {
+        config
+            .providers
+            .for_channel(c)
+            .iter()
+            .any(|p| p.name() == name)
+    });
+    if !configured {
+        eprintln!(
+            "note: this config has no provider {name:?}; instances whose config has it follow"
+        );
+    }
+    Ok(())
+}
+
 /// The one line on stdout a script (or a test) waits for.
 fn announce(addr: std::net::SocketAddr, store: &str) {
     println!("herald listening on http://{addr}");
@@ -178,6 +235,16 @@ fn ignore_file_size_signal() {
     // one system call, safe from any thread.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+/// `serve` reloads its providers on SIGHUP; until it catches the signal
+/// (its start-up), SIGHUP is ignored instead of ending the process.
+fn ignore_hangup_until_serving() {
+    #[cfg(unix)]
+    // SAFETY: as above; serve later installs its own handler over it.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
 }
 

@@ -6,8 +6,8 @@
 //! state are set just before encoding (breakers) or by a periodic query
 //! (backlog), never by counting rows at scrape time.
 
-use std::sync::LazyLock;
 use std::sync::atomic::AtomicU64;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -29,6 +29,10 @@ pub struct Metrics {
     provider_duration: Family<Labels1, Histogram>,
     breaker_state: Family<Labels1, Gauge>,
     window_failure_ratio: Family<Labels1, Gauge<f64, AtomicU64>>,
+    provider_enabled: Family<Labels1, Gauge>,
+    /// The providers whose gauges were last set, to drop those a reload
+    /// removed.
+    provider_names: Mutex<Vec<String>>,
     backlog: Family<Labels1, Gauge>,
     in_flight: Gauge,
     commit_duration: Histogram,
@@ -98,6 +102,12 @@ impl Metrics {
             "Share of failures among a provider's recent outcomes",
             window_failure_ratio.clone(),
         );
+        let provider_enabled = Family::<Labels1, Gauge>::default();
+        registry.register(
+            "provider_enabled",
+            "1 while a provider is in rotation, 0 once an operator disabled it",
+            provider_enabled.clone(),
+        );
         let backlog = Family::<Labels1, Gauge>::default();
         registry.register(
             "backlog",
@@ -131,6 +141,8 @@ impl Metrics {
             provider_duration,
             breaker_state,
             window_failure_ratio,
+            provider_enabled,
+            provider_names: Mutex::default(),
             backlog,
             in_flight,
             commit_duration,
@@ -171,13 +183,35 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// `state`: 0 closed, 1 half-open, 2 open.
-    pub fn provider_health(&self, provider: &str, state: i64, failure_ratio: f64) {
-        let label = [("provider", provider.to_owned())];
-        self.breaker_state.get_or_create(&label).set(state);
-        self.window_failure_ratio
-            .get_or_create(&label)
-            .set(failure_ratio);
+    /// Sets the gauges of every provider in use; those of providers no
+    /// longer in use (a reload removed them) are dropped.
+    pub fn providers(&self, providers: &[ProviderGauges<'_>]) {
+        let mut names = self
+            .provider_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for gone in names
+            .iter()
+            .filter(|n| !providers.iter().any(|p| p.name == n.as_str()))
+        {
+            let label = [("provider", gone.clone())];
+            self.breaker_state.remove(&label);
+            self.window_failure_ratio.remove(&label);
+            self.provider_enabled.remove(&label);
+        }
+        for p in providers {
+            let label = [("provider", p.name.to_owned())];
+            self.breaker_state
+                .get_or_create(&label)
+                .set(p.breaker_state);
+            self.window_failure_ratio
+                .get_or_create(&label)
+                .set(p.failure_ratio);
+            self.provider_enabled
+                .get_or_create(&label)
+                .set(i64::from(p.enabled));
+        }
+        *names = providers.iter().map(|p| p.name.to_owned()).collect();
     }
 
     pub fn backlog(&self, status: &str, count: u64) {
@@ -208,6 +242,15 @@ impl Metrics {
     }
 }
 
+/// One provider's state gauges.
+pub struct ProviderGauges<'a> {
+    pub name: &'a str,
+    /// 0 closed, 1 half-open, 2 open.
+    pub breaker_state: i64,
+    pub failure_ratio: f64,
+    pub enabled: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,7 +261,14 @@ mod tests {
         m.http_request("/v1/sms", 202);
         m.accepted("sms", Duration::from_millis(3));
         m.attempt("sms-provider1", "delivered", Duration::from_millis(40));
-        m.provider_health("sms-provider1", 2, 0.5);
+        let gauges = |name, enabled| ProviderGauges {
+            name,
+            breaker_state: 2,
+            failure_ratio: 0.5,
+            enabled,
+        };
+        m.providers(&[gauges("gone", true)]);
+        m.providers(&[gauges("sms-provider1", false)]);
         m.backlog("queued", 7);
         m.store_commit(Duration::from_millis(1), 12);
         let text = m.encode();
@@ -228,6 +278,7 @@ mod tests {
             r#"herald_attempts_total{provider="sms-provider1",outcome="delivered"} 1"#,
             r#"herald_provider_breaker_state{provider="sms-provider1"} 2"#,
             r#"herald_provider_window_failure_ratio{provider="sms-provider1"} 0.5"#,
+            r#"herald_provider_enabled{provider="sms-provider1"} 0"#,
             r#"herald_backlog{status="queued"} 7"#,
             "herald_accept_duration_seconds_count 1",
             "herald_store_commit_batch_size_sum 12.0",
@@ -236,5 +287,9 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
+        assert!(
+            !text.contains(r#"provider="gone""#),
+            "a provider no longer in use keeps no gauge:\n{text}"
+        );
     }
 }

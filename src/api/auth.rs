@@ -352,9 +352,16 @@ mod tests {
             [Scope::Admin]
         );
         assert_eq!(needed(&Method::GET, "/metrics"), [Scope::Admin]);
+        for path in [
+            "/v1/providers/a/disable",
+            "/v1/providers/a/enable",
+            "/v1/providers/reload",
+        ] {
+            assert_eq!(needed(&Method::POST, path), [Scope::Admin]);
+        }
         assert_eq!(
-            needed(&Method::POST, "/v1/providers/a/disable"),
-            [Scope::Admin]
+            needed(&Method::GET, "/v1/providers"),
+            [Scope::Read, Scope::Admin]
         );
     }
 

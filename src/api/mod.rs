@@ -7,7 +7,7 @@ mod idempotency;
 mod metrics;
 mod notifications;
 pub mod problem;
-mod providers;
+pub mod providers;
 mod submit;
 
 use std::sync::Arc;
@@ -22,15 +22,17 @@ use axum::routing::{get, post};
 use tokio::sync::Notify;
 
 use crate::dispatch::handoff::Handoff;
-use crate::dispatch::pool::Providers;
+use crate::dispatch::live::LiveProviders;
 use crate::store::Store;
 use problem::Problem;
 
 /// What the handlers share.
 pub struct ApiState {
     pub store: Arc<dyn Store>,
-    /// For the health view of each provider.
-    pub providers: Arc<Providers>,
+    /// The providers in use: their health view, disable and enable.
+    pub providers: Arc<LiveProviders>,
+    /// Reloads the config file's providers; `None` without a config file.
+    pub reload: Option<Arc<dyn providers::Reload>>,
     /// Tells the dispatcher that new work was stored.
     pub wake: Arc<Notify>,
     /// Passes fresh notifications straight to this process's dispatcher,
@@ -80,6 +82,9 @@ pub fn router(state: Arc<ApiState>, with_metrics: bool) -> Router {
         .route("/v1/notifications/{id}/replay", post(notifications::replay))
         .route("/v1/stats", get(notifications::stats))
         .route("/v1/providers", get(providers::list))
+        .route("/v1/providers/reload", post(providers::reload))
+        .route("/v1/providers/{name}/disable", post(providers::disable))
+        .route("/v1/providers/{name}/enable", post(providers::enable))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             refuse_while_draining,

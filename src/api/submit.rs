@@ -238,7 +238,12 @@ pub(super) fn refuse_unsendable(
     state: &ApiState,
     message: &Message,
 ) -> Result<(), Vec<FieldError>> {
-    if state.providers.channel(message.channel()).can_send(message) {
+    if state
+        .providers
+        .current()
+        .channel(message.channel())
+        .can_send(message)
+    {
         return Ok(());
     }
     let field = match message {

@@ -11,7 +11,7 @@ use super::{AppError, purge};
 use crate::config::Config;
 use crate::dispatch::dispatcher::{Dispatcher, DispatcherSettings};
 use crate::dispatch::handoff::Handoff;
-use crate::dispatch::pool::Providers;
+use crate::dispatch::live::LiveProviders;
 use crate::dispatch::round::RetryPolicy;
 use crate::store::Store;
 
@@ -30,7 +30,7 @@ impl Delivery {
     pub fn new(
         config: &Config,
         store: &Arc<dyn Store>,
-        providers: &Arc<Providers>,
+        providers: &Arc<LiveProviders>,
         wake: &Arc<Notify>,
     ) -> Result<Self, AppError> {
         let policy = RetryPolicy {
@@ -38,6 +38,7 @@ impl Delivery {
             max_rounds: config.retry.max_rounds,
             retry_after_max: Duration::from_millis(config.retry.retry_after_max_ms),
             idle_recheck: Duration::from_millis(config.dispatch.poll_interval_ms),
+            out_of_rotation_recheck: Duration::from_millis(config.dispatch.providers_refresh_ms),
         };
         let settings = DispatcherSettings {
             max_in_flight: config.dispatch.max_in_flight,

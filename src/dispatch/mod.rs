@@ -7,6 +7,7 @@ pub mod clock;
 pub mod dispatcher;
 pub mod handoff;
 pub mod in_flight;
+pub mod live;
 pub mod pool;
 pub mod rate;
 mod results;

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::backoff::Backoff;
 use super::breaker::Signal;
 use super::clock::Clock;
-use super::pool::ChannelPool;
+use super::pool::{ChannelPool, NextAdmission, Tried};
 use crate::domain::{Attempt, AttemptOutcome, Message, UnixMillis};
 use crate::provider::Outgoing;
 use crate::store::{Claimed, Completion, RoundReport};
@@ -22,6 +22,9 @@ pub struct RetryPolicy {
     pub retry_after_max: Duration,
     /// When no provider admits anything and none says when it will.
     pub idle_recheck: Duration,
+    /// When every provider that could carry it is disabled: how often an
+    /// instance learns of an `enable`.
+    pub out_of_rotation_recheck: Duration,
 }
 
 /// Time kept in hand at the end of a lease to write the result back.
@@ -53,7 +56,8 @@ pub async fn run_round(
         payload: n.payload.clone(),
     };
     // Providers that cannot carry this message count as tried already.
-    let mut tried = pool.unable(&outgoing.message);
+    let unable = pool.unable(&outgoing.message);
+    let mut tried = unable;
     let mut attempts = Vec::new();
     let mut lease_ran_short = false;
 
@@ -80,9 +84,7 @@ pub async fn run_round(
             tokio::time::sleep(wait).await;
         }
         let room = room.saturating_sub(wait);
-        let Ok(Ok(_in_flight)) =
-            tokio::time::timeout(room, slot.in_flight.clone().acquire_owned()).await
-        else {
+        let Ok(_in_flight) = tokio::time::timeout(room, slot.acquire_in_flight()).await else {
             lease_ran_short = true;
             break;
         };
@@ -145,15 +147,12 @@ pub async fn run_round(
         return report(n, clock, attempts, completion);
     }
 
-    let completion = next_round(
-        pool,
-        policy,
-        clock.now(),
-        n,
-        &attempts,
-        lease_ran_short,
-        &mut rng,
-    );
+    let idle = if attempts.is_empty() {
+        wait_for_a_provider(pool, policy, unable, lease_ran_short)
+    } else {
+        Duration::ZERO
+    };
+    let completion = next_round(policy, clock.now(), n, &attempts, idle, &mut rng);
     report(n, clock, attempts, completion)
 }
 
@@ -182,28 +181,39 @@ fn report(
     }
 }
 
-/// Every admitted provider failed, or none admitted anything.
-fn next_round(
+/// A round that tried nothing: how long until a provider able to carry the
+/// message will take it.
+fn wait_for_a_provider(
     pool: &ChannelPool,
+    policy: &RetryPolicy,
+    unable: Tried,
+    lease_ran_short: bool,
+) -> Duration {
+    if lease_ran_short {
+        return Duration::ZERO;
+    }
+    match pool.next_admission(unable) {
+        NextAdmission::Now => policy.idle_recheck,
+        NextAdmission::At(at) => at.saturating_duration_since(Instant::now()),
+        NextAdmission::OutOfRotation => policy.out_of_rotation_recheck,
+    }
+}
+
+/// Every admitted provider failed, or none admitted anything (then `idle`
+/// is how long until one will).
+fn next_round(
     policy: &RetryPolicy,
     now: UnixMillis,
     n: &Claimed,
     attempts: &[Attempt],
-    lease_ran_short: bool,
+    idle: Duration,
     rng: &mut fastrand::Rng,
 ) -> Completion {
     let last_error = attempts.last().and_then(|a| a.error.clone());
     if attempts.is_empty() {
         // Nothing was tried, so no round is used up: come back when a
         // provider will take requests again.
-        let wait = if lease_ran_short {
-            Duration::ZERO
-        } else {
-            pool.next_admission()
-                .map(|at| at.saturating_duration_since(Instant::now()))
-                .unwrap_or(policy.idle_recheck)
-        };
-        let at = now.plus(wait);
+        let at = now.plus(idle);
         if n.deliver_by.is_some_and(|by| at >= by) {
             return expired();
         }
@@ -264,6 +274,7 @@ mod tests {
             max_rounds: 3,
             retry_after_max: Duration::from_secs(60),
             idle_recheck: Duration::from_millis(500),
+            out_of_rotation_recheck: Duration::from_secs(2),
         }
     }
 
@@ -528,5 +539,33 @@ mod tests {
             "{:?}",
             passed.completion
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disabled_provider_gets_nothing_and_with_none_left_the_message_waits() {
+        let clock = TokioClock::starting_at(T0);
+        let off = Arc::new(Scripted::new("off", [delivered("o")]));
+        let on = Arc::new(Scripted::new("on", [delivered("x")]));
+        let pool = pool(&[Arc::clone(&off), Arc::clone(&on)], lenient_breaker());
+        pool.slots()[0].set_enabled(false);
+        for _ in 0..20 {
+            let r = run_round(&pool, &policy(), &clock, &claimed(&clock, "01712345678")).await;
+            assert_eq!(outcomes(&r), [("on", AttemptOutcome::Delivered)]);
+        }
+        assert!(off.sent().is_empty());
+
+        // None in rotation: no round used, back when an instance would
+        // have learnt of an enable; never failed for it.
+        pool.slots()[1].set_enabled(false);
+        let r = run_round(&pool, &policy(), &clock, &claimed(&clock, "01712345678")).await;
+        assert_eq!(
+            r.completion,
+            Completion::Retry {
+                at: clock.now().plus(policy().out_of_rotation_recheck),
+                counted: false,
+                error: None
+            }
+        );
+        assert_eq!(on.sent().len(), 20);
     }
 }
