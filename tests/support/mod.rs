@@ -114,6 +114,8 @@ pub struct Herald {
     child: Child,
     pub addr: SocketAddr,
     pub log: PathBuf,
+    /// The config file it was started with (a reload reads it again).
+    pub config: PathBuf,
 }
 
 impl Herald {
@@ -161,7 +163,12 @@ impl Herald {
         let addr = rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("herald did not start: {}", read(&log)));
-        Self { child, addr, log }
+        Self {
+            child,
+            addr,
+            log,
+            config: config_path,
+        }
     }
 
     pub fn client(&self) -> Client {
@@ -178,12 +185,21 @@ impl Herald {
     }
 
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// SIGHUP: reload the config file's providers.
+    pub fn sighup(&self) {
+        self.signal("HUP");
+    }
+
+    fn signal(&self, name: &str) {
         let ok = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
             .unwrap()
             .success();
-        assert!(ok, "kill -TERM failed");
+        assert!(ok, "kill -{name} failed");
     }
 
     /// Waits up to `limit` for the process to exit.
