@@ -17,18 +17,7 @@ store_matrix!(
 
 /// Runs `herald keys ARGS --store URL`; its stdout.
 fn keys(store: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("keys")
-        .args(args)
-        .args(["--store", store])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "herald keys {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    support::herald_cli("keys", store, args)
 }
 
 /// Creates a key; the last line of the output is the key.

@@ -144,18 +144,19 @@ async fn post(client: &Client, path: &str) -> support::Answer {
 
 /// Runs `herald providers ARGS --store URL`; its stdout.
 fn cli(store: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("providers")
-        .args(args)
-        .args(["--store", store])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "herald providers {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    support::herald_cli("providers", store, args)
+}
+
+/// Two providers, `one` and `two`, of weight 1, and a config on `store`
+/// with both.
+async fn one_and_two(store: &str) -> (Fixture, Fixture, String) {
+    let (one, two) = (provider().await, provider().await);
+    let text = config(
+        store,
+        &[contract("one", &one, 1), contract("two", &two, 1)],
+        50,
     );
-    String::from_utf8(out.stdout).unwrap()
+    (one, two, text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,12 +329,7 @@ async fn disabling_takes_a_provider_out_of_rotation_until_enabled(backend: Backe
     let Some(store) = TestStore::new(backend).await else {
         return;
     };
-    let (one, two) = (provider().await, provider().await);
-    let text = config(
-        &store.url,
-        &[contract("one", &one, 1), contract("two", &two, 1)],
-        50,
-    );
+    let (one, two, text) = one_and_two(&store.url).await;
     let mut herald = Herald::start(dir.path(), &text);
     let client = herald.client();
 
@@ -425,12 +421,7 @@ async fn postgres_every_instance_follows_a_disable() {
     let Some(store) = TestStore::new(Backend::Postgres).await else {
         return;
     };
-    let (one, two) = (provider().await, provider().await);
-    let text = config(
-        &store.url,
-        &[contract("one", &one, 1), contract("two", &two, 1)],
-        50,
-    );
+    let (one, two, text) = one_and_two(&store.url).await;
     let a = Herald::start(dir.path(), &text);
     let b = Herald::start(dir.path(), &text);
     let (a, b) = (a.client(), b.client());
@@ -447,6 +438,7 @@ async fn postgres_every_instance_follows_a_disable() {
     );
     deliver(&b, "after", 20).await;
     assert_eq!(got(&one, "after"), 0);
+    assert_eq!(got(&two, "after"), 20);
 
     assert_eq!(post(&b, "/v1/providers/one/enable").await.status, 200);
     wait_for_provider(&a, "one", |p| p.is_some_and(|p| p["enabled"] == true)).await;

@@ -226,6 +226,23 @@ impl Drop for Herald {
     }
 }
 
+/// Runs `herald COMMAND ARGS --store STORE` to its end; its stdout (a
+/// failure fails the test, with its stderr).
+pub fn herald_cli(command: &str, store: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg(command)
+        .args(args)
+        .args(["--store", store])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "herald {command} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
