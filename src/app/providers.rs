@@ -276,6 +276,7 @@ mod tests {
         let mut reweighted = contract("reweighted", 2);
         reweighted.common.weight = 7;
         reweighted.common.max_in_flight = 3;
+        reweighted.common.rate_per_sec = Some(1.0);
         let new = config(vec![
             contract("kept", 1),
             reweighted,
@@ -288,7 +289,7 @@ mod tests {
             changes.changed,
             [Changed {
                 name: "reweighted".into(),
-                settings: vec!["weight", "max_in_flight"]
+                settings: vec!["weight", "max_in_flight", "rate_per_sec"]
             }]
         );
         assert_eq!(changes.replaced, ["moved"]);

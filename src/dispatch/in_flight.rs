@@ -6,35 +6,35 @@
 //! holders give them back. No request in flight is cut short or counted
 //! twice.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub struct InFlightCap {
     permits: Arc<Semaphore>,
-    size: Mutex<Size>,
-}
-
-struct Size {
-    limit: usize,
-    /// Permits to forget as they come back.
-    owed: usize,
+    /// Held while resizing, so resizes take turns.
+    limit: Mutex<usize>,
+    /// Permits to forget as they come back. Read without a lock by each
+    /// acquire: while nothing is owed, that is one atomic load.
+    owed: AtomicUsize,
 }
 
 impl InFlightCap {
     pub fn new(limit: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
-            size: Mutex::new(Size { limit, owed: 0 }),
+            limit: Mutex::new(limit),
+            owed: AtomicUsize::new(0),
         }
     }
 
-    fn size(&self) -> std::sync::MutexGuard<'_, Size> {
-        self.size.lock().unwrap_or_else(|p| p.into_inner())
+    fn limit_lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.limit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn limit(&self) -> usize {
-        self.size().limit
+        *self.limit_lock()
     }
 
     /// Waits for room under the cap; the permit frees it when dropped.
@@ -44,30 +44,35 @@ impl InFlightCap {
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
-            let mut size = self.size();
-            if size.owed == 0 {
+            let paid = self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| o.checked_sub(1));
+            if paid.is_err() {
                 return permit;
             }
-            // A permit the cap no longer has: pay the debt, wait again.
-            size.owed -= 1;
+            // A permit the cap no longer has: the debt is paid, wait again.
             permit.forget();
         }
     }
 
     /// Moves the cap to `limit`; permits held stay valid.
     pub fn resize(&self, limit: usize) {
-        let mut size = self.size();
-        if limit >= size.limit {
-            let grow = limit - size.limit;
-            let repaid = grow.min(size.owed);
-            size.owed -= repaid;
-            self.permits.add_permits(grow - repaid);
+        let mut current = self.limit_lock();
+        if limit >= *current {
+            let grow = limit - *current;
+            let before = self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| {
+                    Some(o - o.min(grow))
+                })
+                .unwrap_or_default();
+            self.permits.add_permits(grow - before.min(grow));
         } else {
-            let shrink = size.limit - limit;
+            let shrink = *current - limit;
             let forgotten = self.permits.forget_permits(shrink);
-            size.owed += shrink - forgotten;
+            self.owed.fetch_add(shrink - forgotten, Ordering::AcqRel);
         }
-        size.limit = limit;
+        *current = limit;
     }
 }
 

@@ -35,6 +35,8 @@ struct SlotHealth {
     in_flight: InFlightCap,
     /// Caps requests per second, when the provider has a rate limit.
     rate: Mutex<Option<TokenBucket>>,
+    /// Whether `rate` holds a bucket: without one, no lock is taken.
+    limited: AtomicBool,
     /// Cleared by an operator (`disable`): no new attempts.
     enabled: AtomicBool,
     /// Set when a reload removed or replaced the provider: rounds that
@@ -65,6 +67,7 @@ impl ProviderSlot {
                 breaker: Mutex::new(Breaker::new(breaker)),
                 in_flight: InFlightCap::new(max_in_flight),
                 rate: Mutex::new(None),
+                limited: AtomicBool::new(false),
                 enabled: AtomicBool::new(true),
                 retired: AtomicBool::new(false),
             }),
@@ -74,6 +77,7 @@ impl ProviderSlot {
     /// At most `rate` requests a second, `burst` at once.
     pub fn with_rate_limit(self, rate: f64, burst: u32) -> Self {
         *self.health.rate() = Some(TokenBucket::new(rate, burst, Instant::now()));
+        self.health.limited.store(true, Ordering::Release);
         self
     }
 
@@ -94,6 +98,8 @@ impl ProviderSlot {
             (None, Some((per_sec, burst))) => Some(TokenBucket::new(per_sec, burst, now)),
             (_, None) => None,
         };
+        health.limited.store(rate.is_some(), Ordering::Release);
+        drop(rate);
         Self {
             provider,
             weight: settings.weight,
@@ -105,6 +111,9 @@ impl ProviderSlot {
     /// `max_wait`, and says how long to wait before sending; `None` (and
     /// nothing taken) when no token is free in time.
     pub fn reserve(&self, max_wait: Duration) -> Option<Duration> {
+        if !self.health.limited.load(Ordering::Acquire) {
+            return Some(Duration::ZERO);
+        }
         match self.health.rate().as_mut() {
             None => Some(Duration::ZERO),
             Some(bucket) => bucket.reserve(Instant::now(), max_wait),
