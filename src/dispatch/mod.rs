@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod clock;
 pub mod dispatcher;
 pub mod handoff;
+pub mod latency;
 pub mod pool;
 pub mod rate;
 mod results;

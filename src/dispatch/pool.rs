@@ -7,6 +7,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::breaker::{Breaker, BreakerConfig, BreakerState, Permit, Signal};
+use super::latency::{LATENCY_WINDOW, LatencyWindow};
 use super::rate::TokenBucket;
 use super::router::pick_weighted;
 use crate::domain::Channel;
@@ -22,8 +23,11 @@ pub struct ProviderSlot {
     breaker: Mutex<Breaker>,
     /// Caps requests in flight to this provider.
     pub in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
     /// Caps requests per second, when the provider has a rate limit.
     rate: Option<Mutex<TokenBucket>>,
+    /// How long its recent requests took, for the health view.
+    latencies: Mutex<LatencyWindow>,
 }
 
 impl ProviderSlot {
@@ -38,7 +42,9 @@ impl ProviderSlot {
             weight,
             breaker: Mutex::new(Breaker::new(breaker)),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
             rate: None,
+            latencies: Mutex::new(LatencyWindow::new(LATENCY_WINDOW)),
         }
     }
 
@@ -62,6 +68,28 @@ impl ProviderSlot {
     fn breaker(&self) -> MutexGuard<'_, Breaker> {
         // The breaker's state stays consistent even if a holder panicked.
         self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests to this provider under way now.
+    pub fn requests_in_flight(&self) -> usize {
+        self.max_in_flight
+            .saturating_sub(self.in_flight.available_permits())
+    }
+
+    /// Notes how long a request to this provider took.
+    pub fn record_latency(&self, took: Duration) {
+        self.latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(took);
+    }
+
+    /// The p50 and p99 of its recent requests, in milliseconds.
+    pub fn latency_p50_p99(&self) -> [Option<u32>; 2] {
+        self.latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .percentiles([50.0, 99.0])
     }
 
     /// The breaker's state, and the window's samples and failures.
