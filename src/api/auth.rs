@@ -191,7 +191,9 @@ fn known(k: ApiKeyRecord) -> Option<KnownKey> {
 fn needed(method: &Method, path: &str) -> &'static [Scope] {
     match path {
         "/healthz" | "/readyz" | "/openapi.json" => &[],
-        "/metrics" => &[Scope::Admin],
+        // The dashboard's page holds no data; what it shows needs a key.
+        "/" | "/dashboard" | "/dashboard/app.js" | "/dashboard/style.css" => &[],
+        "/metrics" | "/v1/events" => &[Scope::Admin],
         "/v1/providers" if method == Method::GET => &[Scope::Read, Scope::Admin],
         p if p.starts_with("/v1/providers") => &[Scope::Admin],
         p if p.starts_with("/v1/notifications/") && p.ends_with("/replay") => &[Scope::Admin],
@@ -352,6 +354,11 @@ mod tests {
             [Scope::Admin]
         );
         assert_eq!(needed(&Method::GET, "/metrics"), [Scope::Admin]);
+        assert_eq!(needed(&Method::GET, "/v1/events"), [Scope::Admin]);
+        assert!(needed(&Method::GET, "/dashboard").is_empty());
+        assert!(needed(&Method::GET, "/dashboard/app.js").is_empty());
+        assert!(needed(&Method::GET, "/").is_empty());
+        assert_eq!(needed(&Method::GET, "/dashboard/other"), [Scope::Read]);
         assert_eq!(
             needed(&Method::POST, "/v1/providers/a/disable"),
             [Scope::Admin]

@@ -25,6 +25,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::api::ApiState;
 use crate::api::auth::Auth;
+use crate::api::live::Live;
 use crate::config::Config;
 use crate::provider::BuildError;
 use crate::store::{self, Store, StoreError};
@@ -96,6 +97,7 @@ pub async fn serve(
         batch_max_items: config.accept.batch_max_items,
         batch_body_limit: config.accept.batch_body_limit_bytes,
         auth: Arc::clone(&auth),
+        live: Arc::new(Live::new()),
     });
 
     let (stop_tx, stop) = watch::channel(false);
@@ -114,6 +116,11 @@ pub async fn serve(
         }
         None => None,
     };
+    // The event stream's sampler; it ends every stream when told to stop.
+    let live = config
+        .role
+        .serves_api()
+        .then(|| tokio::spawn(Arc::clone(&state.live).run(Arc::clone(&providers), stop.clone())));
     let mut delivery = delivery.start(stop.clone());
     let mut http = HttpServer::start(&config, listener, Arc::clone(&state), stop);
     let backlog = backlog::start(Arc::clone(&store));
@@ -143,6 +150,9 @@ pub async fn serve(
     }
     let dispatcher_failed = delivery.stop(drain_timeout + Duration::from_secs(1)).await;
     backlog.abort();
+    if let Some(live) = live {
+        live.abort();
+    }
     if let Some(keys) = keys {
         keys.abort();
     }

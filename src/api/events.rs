@@ -1,0 +1,50 @@
+//! `GET /v1/events`: server-sent events for the dashboard and anyone else
+//! who wants to watch. The first `snapshot` carries the last 15 minutes of
+//! samples, each later one (a second apart) the samples since the one
+//! before, with the providers' health and this process's totals every time.
+//! The stream ends when the process shuts down, so it never holds the drain.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+
+use super::ApiState;
+use super::live::Beat;
+
+pub async fn stream(State(state): State<Arc<ApiState>>) -> Response {
+    let live = Arc::clone(&state.live);
+    let beats = live.subscribe();
+    let snapshots = stream::unfold(
+        (live, beats, None, true),
+        |(live, mut beats, after, first)| async move {
+            if first {
+                if *beats.borrow_and_update() == Beat::Closed {
+                    return None;
+                }
+            } else {
+                // The next sample, unless the process is stopping.
+                beats.changed().await.ok()?;
+                if *beats.borrow_and_update() == Beat::Closed {
+                    return None;
+                }
+            }
+            let (snapshot, last) = live.snapshot(after);
+            let event = Event::default()
+                .event("snapshot")
+                .data(snapshot.to_string());
+            Some((Ok::<_, Infallible>(event), (live, beats, last, false)))
+        },
+    );
+    let mut response = Sse::new(snapshots).into_response();
+    // A proxy that buffers answers (nginx does by default) would hold the
+    // events back.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
