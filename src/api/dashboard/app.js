@@ -28,7 +28,8 @@ function el(tag, attrs, ...children) {
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const time = (ms) => new Date(ms).toLocaleTimeString();
+// A time of day from Unix milliseconds or an RFC 3339 string.
+const time = (at) => new Date(at).toLocaleTimeString();
 const number = (n) => (n >= 100 ? Math.round(n).toString() : (Math.round(n * 10) / 10).toString());
 
 // ---- the key and API calls
@@ -221,6 +222,7 @@ function card(p) {
     kind: field(),
     toggle: el("button", { type: "button", class: "toggle" }),
   };
+  const fact = (label, value) => el("div", {}, el("dt", {}, label), value);
   c.root = el(
     "article",
     { class: "card", "data-provider": p.name },
@@ -228,10 +230,10 @@ function card(p) {
     el(
       "dl",
       {},
-      el("dt", {}, "success"), c.ratio,
-      el("dt", {}, "in flight"), c.inFlight,
-      el("dt", {}, "p50 / p99"), c.latency,
-      el("dt", {}, "kind · weight"), c.kind,
+      fact("success", c.ratio),
+      fact("in flight", c.inFlight),
+      fact("p50 / p99", c.latency),
+      fact("kind · weight", c.kind),
     ),
     c.toggle,
   );
@@ -258,10 +260,10 @@ function renderProviders(providers) {
       const state = providerState(p);
       c.root.dataset.state = state;
       c.badge.textContent = state.replace("_", "-");
-      c.ratio.textContent = p.samples ? `${Math.round((100 * (p.samples - p.failures)) / p.samples)}% of ${p.samples}` : "no requests yet";
+      c.ratio.textContent = p.samples ? `${Math.round((100 * (p.samples - p.failures)) / p.samples)}% of ${p.samples}` : "–";
       c.inFlight.textContent = p.in_flight;
-      const ms = (v) => (v === null || v === undefined ? "–" : v);
-      c.latency.textContent = `${ms(p.latency_ms.p50)} / ${ms(p.latency_ms.p99)} ms`;
+      const { p50, p99 } = p.latency_ms;
+      c.latency.textContent = p50 === null ? "–" : `${p50} / ${p99} ms`;
       c.kind.textContent = `${p.kind} · ${p.weight}`;
       const disabled = p.enabled === false;
       c.toggle.dataset.action = disabled ? "enable" : "disable";
@@ -315,6 +317,7 @@ function chart(svg, legend, series, end, unit) {
     el("path", { class: `s-${s.name}`, d: path(samples.map((sample) => [sample.t, s.value(sample)]), max, end) }),
   );
   svg.replaceChildren(...grid, ...paths);
+  svg.dataset.samples = samples.length;
   const last = samples[samples.length - 1];
   legend.replaceChildren(
     ...series.flatMap((s) => [el("span", { class: `key s-${s.name}` }, `${s.name} ${last ? number(s.value(last)) : 0}`), " "]),
@@ -379,9 +382,13 @@ function renderDead(items) {
           "li",
           { "data-id": n.id },
           el("label", {}, box, " ", el("code", {}, n.id)),
-          el("span", { class: "meta" }, `${n.channel} · ${n.rounds} round${n.rounds === 1 ? "" : "s"} · ${time(n.updated_at)}`),
           show,
-          el("span", { class: "error" }, n.last_error || "no error recorded"),
+          el(
+            "span",
+            { class: "error" },
+            el("span", { class: "meta" }, `${n.channel} · ${n.rounds} round${n.rounds === 1 ? "" : "s"} · died ${time(n.updated_at)} · `),
+            n.last_error || "no error recorded",
+          ),
         );
       }),
     );
@@ -419,7 +426,8 @@ async function lookup(id) {
 }
 
 function record(n) {
-  const start = n.attempts.length ? n.attempts[0].started_at : n.created_at;
+  // The API's times are RFC 3339 strings.
+  const start = Date.parse(n.attempts.length ? n.attempts[0].started_at : n.created_at);
   const longest = Math.max(1, ...n.attempts.map((a) => a.duration_ms));
   const facts = [
     n.channel,
@@ -444,7 +452,7 @@ function record(n) {
             return el(
               "li",
               { class: "attempt", "data-outcome": a.outcome },
-              el("span", { class: "when" }, `+${((a.started_at - start) / 1000).toFixed(2)} s`),
+              el("span", { class: "when" }, `+${((Date.parse(a.started_at) - start) / 1000).toFixed(2)} s`),
               el("span", {}, el("b", {}, a.provider), " ", el("span", { class: "outcome" }, a.outcome)),
               el("span", { class: "muted" }, `${a.duration_ms} ms` + (a.http_status ? ` · HTTP ${a.http_status}` : "")),
               el("span", { class: "bar" }, bar),
