@@ -1,17 +1,18 @@
 //! `GET /v1/events` and the dashboard's files through the real binary:
 //! who may read them, what a snapshot holds, that a stream outlives the idle
-//! timeout, and that shutdown ends it instead of waiting it out.
+//! timeout, and that a revoked key or a shutdown ends it (the shutdown
+//! without waiting out its drain timeout).
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Backend, Client, Herald, Sim, TestStore, create_key};
+use support::{Backend, Client, Herald, Sim, TestStore, create_key, herald_keys};
 
 store_matrix!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    the_event_stream_pushes_snapshots_and_ends_on_shutdown,
+    the_event_stream_pushes_snapshots_until_revoked_or_shut_down,
 );
 
 /// An open event stream, read one `snapshot` at a time.
@@ -68,7 +69,7 @@ impl Events {
     }
 }
 
-async fn the_event_stream_pushes_snapshots_and_ends_on_shutdown(backend: Backend) {
+async fn the_event_stream_pushes_snapshots_until_revoked_or_shut_down(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let Some(store) = TestStore::new(backend).await else {
         return;
@@ -183,6 +184,40 @@ async fn the_event_stream_pushes_snapshots_and_ends_on_shutdown(backend: Backend
         history["samples"].as_array().unwrap().len() >= 5,
         "{history}"
     );
+
+    // A revoked key's stream ends, and it cannot open another.
+    let watcher = create_key(&store.url, &["--name", "watcher", "--scopes", "admin"]);
+    let mut watched = None;
+    for _ in 0..100 {
+        // The new key is known once the instance re-read its keys.
+        let r = anyone
+            .get(&events)
+            .bearer_auth(&watcher)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            watched = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut watched = Events {
+        response: watched.expect("the new key works"),
+        buffer: String::new(),
+    };
+    assert!(watched.next(Duration::from_secs(10)).await.is_some());
+    herald_keys(&store.url, &["revoke", "watcher"]);
+    let mut ended = false;
+    for _ in 0..30 {
+        if watched.next(Duration::from_secs(10)).await.is_none() {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the revoked key's stream ended");
+    let again = anyone.get(&events).bearer_auth(&watcher).send().await;
+    assert_eq!(status(again.unwrap()), 401);
 
     // Shutdown ends both streams and does not wait out the drain timeout.
     herald.sigterm();

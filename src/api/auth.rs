@@ -153,6 +153,15 @@ impl Auth {
         found
     }
 
+    /// Whether the key named `name` is still known and holds `scope`: an
+    /// answer that lasts (the event stream) asks as it goes, so a revoked
+    /// key stops it within `auth.refresh_ms` too.
+    pub fn still_allows(&self, name: &str, scope: Scope) -> bool {
+        let keys = Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()));
+        keys.iter()
+            .any(|k| k.caller.name == name && k.caller.scopes.contains(&scope))
+    }
+
     /// A token from the caller's bucket, if it has a limit.
     fn take(&self, caller: &Caller) -> Option<(u32, Result<u32, std::time::Duration>)> {
         let (rate, burst) = caller.limit?;
