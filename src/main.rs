@@ -95,6 +95,7 @@ async fn demo(args: herald::cli::DemoArgs) -> anyhow::Result<()> {
         "\nsend an SMS:\n  curl -i http://{addr}/v1/sms -H 'content-type: application/json' \
          -d '{{\"phone\": \"01712345678\", \"text\": \"Hello from Herald\"}}'\n\
          then follow the Location header:\n  curl http://{addr}/v1/notifications/<id>\n\
+         watch it live on the dashboard:\n  http://{addr}/dashboard\n\
          each successful send is printed below as a JSON line; Ctrl-C stops.\n"
     );
     app::serve(config, listener, shutdown_signal()).await?;

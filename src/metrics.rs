@@ -214,6 +214,29 @@ impl Metrics {
         *names = providers.iter().map(|p| p.name.to_owned()).collect();
     }
 
+    /// How many notifications of every channel reached `outcome` in this
+    /// process so far.
+    pub fn notifications_total(&self, outcome: &str) -> u64 {
+        crate::domain::Channel::ALL
+            .iter()
+            .filter_map(|channel| {
+                self.notifications
+                    .get(&[
+                        ("channel", channel.as_str().to_owned()),
+                        ("outcome", outcome.to_owned()),
+                    ])
+                    .map(|c| c.get())
+            })
+            .sum()
+    }
+
+    /// The backlog gauge's last reading for `status`.
+    pub fn backlog_of(&self, status: &str) -> u64 {
+        self.backlog
+            .get(&[("status", status.to_owned())])
+            .map_or(0, |g| u64::try_from(g.get()).unwrap_or(0))
+    }
+
     pub fn backlog(&self, status: &str, count: u64) {
         self.backlog
             .get_or_create(&[("status", status.to_owned())])
@@ -271,10 +294,17 @@ mod tests {
         m.providers(&[gauges("sms-provider1", false)]);
         m.backlog("queued", 7);
         m.store_commit(Duration::from_millis(1), 12);
+        m.notification("email", "accepted");
+        m.notification("sms", "delivered");
+        assert_eq!(m.notifications_total("accepted"), 2);
+        assert_eq!(m.notifications_total("delivered"), 1);
+        assert_eq!(m.notifications_total("dead"), 0);
+        assert_eq!((m.backlog_of("queued"), m.backlog_of("sending")), (7, 0));
         let text = m.encode();
         for line in [
             r#"herald_http_requests_total{route="/v1/sms",status="202"} 1"#,
             r#"herald_notifications_total{channel="sms",outcome="accepted"} 1"#,
+            r#"herald_notifications_total{channel="email",outcome="accepted"} 1"#,
             r#"herald_attempts_total{provider="sms-provider1",outcome="delivered"} 1"#,
             r#"herald_provider_breaker_state{provider="sms-provider1"} 2"#,
             r#"herald_provider_window_failure_ratio{provider="sms-provider1"} 0.5"#,

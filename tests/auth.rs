@@ -8,23 +8,12 @@ use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use support::{Backend, Herald, Sim, TestStore};
+use support::{Backend, Herald, Sim, TestStore, create_key as create, herald_keys as keys};
 
 store_matrix!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     keys_and_scopes_guard_the_api,
 );
-
-/// Runs `herald keys ARGS --store URL`; its stdout.
-fn keys(store: &str, args: &[&str]) -> String {
-    support::herald_cli("keys", store, args)
-}
-
-/// Creates a key; the last line of the output is the key.
-fn create(store: &str, args: &[&str]) -> String {
-    let out = keys(store, &[&["create"], args].concat());
-    out.lines().last().unwrap().trim().to_owned()
-}
 
 struct Call {
     status: u16,

@@ -1198,7 +1198,23 @@ async fn listings_filter_and_page_stably_under_inserts(backend: Backend) {
         created_before: Some(UnixMillis(t0.0 + 50)),
         ..ListFilter::default()
     };
-    assert_eq!(all(window).await, made[2..5]);
+    assert_eq!(all(window.clone()).await, made[2..5]);
+    // Newest first, paging towards older ones; later inserts never show up
+    // on a later page.
+    let newest = ListFilter {
+        newest_first: true,
+        ..window
+    };
+    assert_eq!(all(newest).await, [made[4], made[3], made[2]]);
+    let newest_email = ListFilter {
+        channel: Some(Channel::Email),
+        newest_first: true,
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        all(newest_email).await,
+        [made[9], made[7], made[5], made[3], made[1]]
+    );
     let autumn = ListFilter {
         metadata: Some(("campaign".into(), "autumn".into())),
         ..ListFilter::default()

@@ -2,8 +2,11 @@
 
 pub mod auth;
 mod batch;
+mod dashboard;
+mod events;
 mod health;
 mod idempotency;
+pub mod live;
 mod metrics;
 mod notifications;
 pub mod problem;
@@ -52,6 +55,8 @@ pub struct ApiState {
     pub batch_body_limit: usize,
     /// API keys and rate limits.
     pub auth: Arc<auth::Auth>,
+    /// What `GET /v1/events` streams.
+    pub live: Arc<live::Live>,
 }
 
 impl ApiState {
@@ -85,6 +90,11 @@ pub fn router(state: Arc<ApiState>, with_metrics: bool) -> Router {
         .route("/v1/providers/reload", post(providers::reload))
         .route("/v1/providers/{name}/disable", post(providers::disable))
         .route("/v1/providers/{name}/enable", post(providers::enable))
+        .route("/v1/events", get(events::stream))
+        .route("/", get(dashboard::root))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/style.css", get(dashboard::style))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             refuse_while_draining,

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::ApiState;
 use super::problem::Problem;
 use crate::dispatch::breaker::BreakerState;
-use crate::dispatch::live::Changes;
+use crate::dispatch::live::{Changes, LiveProviders};
 use crate::dispatch::pool::ProviderSlot;
 use crate::domain::{Channel, UnixMillis};
 use crate::error::BoxError;
@@ -40,10 +40,21 @@ pub struct ProviderHealth {
     /// Outcomes in the sliding window, and how many of them failed.
     samples: usize,
     failures: usize,
+    /// Requests to it under way in this process.
+    in_flight: usize,
+    /// Over its recent requests (this process's); null before any.
+    latency_ms: Latency,
 }
 
-fn view(state: &ApiState, channel: Channel, slot: &ProviderSlot) -> ProviderHealth {
+#[derive(Serialize)]
+struct Latency {
+    p50: Option<u32>,
+    p99: Option<u32>,
+}
+
+fn view(providers: &LiveProviders, channel: Channel, slot: &ProviderSlot) -> ProviderHealth {
     let (breaker, samples, failures) = slot.health();
+    let [p50, p99] = slot.latency_p50_p99();
     let name = slot.provider.name();
     ProviderHealth {
         name: name.to_owned(),
@@ -51,7 +62,7 @@ fn view(state: &ApiState, channel: Channel, slot: &ProviderSlot) -> ProviderHeal
         channel,
         weight: slot.weight,
         enabled: slot.enabled(),
-        disabled_at: state.providers.disabled_since(name),
+        disabled_at: providers.disabled_since(name),
         breaker: match breaker {
             BreakerState::Closed => "closed",
             BreakerState::Open => "open",
@@ -59,17 +70,23 @@ fn view(state: &ApiState, channel: Channel, slot: &ProviderSlot) -> ProviderHeal
         },
         samples,
         failures,
+        in_flight: slot.requests_in_flight(),
+        latency_ms: Latency { p50, p99 },
     }
 }
 
 pub async fn list(State(state): State<Arc<ApiState>>) -> Json<Vec<ProviderHealth>> {
-    let providers = state.providers.current();
-    Json(
-        providers
-            .all()
-            .map(|(channel, slot)| view(&state, channel, slot))
-            .collect(),
-    )
+    Json(health(&state.providers))
+}
+
+/// Every provider in use, as `GET /v1/providers` shows it (the event
+/// stream too).
+pub fn health(providers: &LiveProviders) -> Vec<ProviderHealth> {
+    providers
+        .current()
+        .all()
+        .map(|(channel, slot)| view(providers, channel, slot))
+        .collect()
 }
 
 pub async fn disable(
@@ -118,7 +135,7 @@ async fn set_enabled(
     providers
         .all()
         .find(|(_, s)| s.provider.name() == name)
-        .map(|(channel, slot)| Json(view(state, channel, slot)))
+        .map(|(channel, slot)| Json(view(&state.providers, channel, slot)))
         .ok_or_else(|| Problem::not_found("provider of that name"))
 }
 

@@ -27,6 +27,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::api::ApiState;
 use crate::api::auth::Auth;
+use crate::api::live::Live;
 use crate::config::{Config, ConfigSource};
 use crate::dispatch::live::LiveProviders;
 use crate::provider::BuildError;
@@ -143,6 +144,7 @@ async fn run(
         batch_max_items: config.accept.batch_max_items,
         batch_body_limit: config.accept.batch_body_limit_bytes,
         auth: Arc::clone(&auth),
+        live: Arc::new(Live::new()),
     });
 
     let (stop_tx, stop) = watch::channel(false);
@@ -161,6 +163,11 @@ async fn run(
         }
         None => None,
     };
+    // The event stream's sampler; it ends every stream when told to stop.
+    let live = config
+        .role
+        .serves_api()
+        .then(|| tokio::spawn(Arc::clone(&state.live).run(Arc::clone(&providers), stop.clone())));
     let mut delivery = delivery.start(stop.clone());
     let mut http = HttpServer::start(&config, listener, Arc::clone(&state), stop);
     let backlog = backlog::start(Arc::clone(&store));
@@ -199,6 +206,9 @@ async fn run(
     rotation.abort();
     if let Some(hangup) = hangup {
         hangup.abort();
+    }
+    if let Some(live) = live {
+        live.abort();
     }
     if let Some(keys) = keys {
         keys.abort();

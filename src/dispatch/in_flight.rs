@@ -37,6 +37,14 @@ impl InFlightCap {
         *self.limit_lock()
     }
 
+    /// Permits held now: the cap, plus what is owed by a shrink, less
+    /// what is free.
+    pub fn held(&self) -> usize {
+        let limit = self.limit_lock();
+        (*limit + self.owed.load(Ordering::Acquire))
+            .saturating_sub(self.permits.available_permits())
+    }
+
     /// Waits for room under the cap; the permit frees it when dropped.
     pub async fn acquire(&self) -> OwnedSemaphorePermit {
         loop {
@@ -99,10 +107,12 @@ mod tests {
         .into();
         cap.resize(1);
         assert_eq!(cap.limit(), 1);
+        assert_eq!(cap.held(), 3);
         let mut held = held;
         // Two come back: both are forgotten, nothing is free yet.
         held.pop();
         held.pop();
+        assert_eq!(cap.held(), 1);
         assert!(try_acquire(&cap).await.is_none());
         // The last holder leaves: one request may go, one only.
         held.pop();

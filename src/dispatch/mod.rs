@@ -8,6 +8,7 @@ pub mod dispatcher;
 pub mod handoff;
 pub mod in_flight;
 pub mod live;
+pub mod latency;
 pub mod pool;
 pub mod rate;
 mod results;

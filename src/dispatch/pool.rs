@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::breaker::{Breaker, BreakerConfig, BreakerState, Permit, Signal};
 use super::in_flight::InFlightCap;
+use super::latency::{LATENCY_WINDOW, LatencyWindow};
 use super::rate::TokenBucket;
 use super::router::pick_weighted;
 use crate::domain::Channel;
@@ -42,6 +43,8 @@ struct SlotHealth {
     /// Set when a reload removed or replaced the provider: rounds that
     /// still hold the old set start nothing new on it.
     retired: AtomicBool,
+    /// How long its recent requests took, for the health view.
+    latencies: Mutex<LatencyWindow>,
 }
 
 /// A provider's settings that a reload applies in place.
@@ -70,6 +73,7 @@ impl ProviderSlot {
                 limited: AtomicBool::new(false),
                 enabled: AtomicBool::new(true),
                 retired: AtomicBool::new(false),
+                latencies: Mutex::new(LatencyWindow::new(LATENCY_WINDOW)),
             }),
         }
     }
@@ -160,6 +164,29 @@ impl ProviderSlot {
             .breaker
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests to this provider under way now.
+    pub fn requests_in_flight(&self) -> usize {
+        self.health.in_flight.held()
+    }
+
+    /// Notes how long a request to this provider took.
+    pub fn record_latency(&self, took: Duration) {
+        self.health
+            .latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(took);
+    }
+
+    /// The p50 and p99 of its recent requests, in milliseconds.
+    pub fn latency_p50_p99(&self) -> [Option<u32>; 2] {
+        self.health
+            .latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .percentiles([50.0, 99.0])
     }
 
     /// The breaker's state, and the window's samples and failures.

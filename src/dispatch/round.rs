@@ -93,6 +93,7 @@ pub async fn run_round(
         let verdict = provider.send(&outgoing).await;
         let duration = started.elapsed();
         crate::metrics::metrics().attempt(provider.name(), verdict.outcome.as_str(), duration);
+        slot.record_latency(duration);
         let signal = match verdict.outcome {
             AttemptOutcome::Delivered => Signal::Success,
             // The provider answered: it is healthy, the message is at fault.

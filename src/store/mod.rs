@@ -222,6 +222,8 @@ pub struct ListFilter {
     pub created_from: Option<UnixMillis>,
     /// Created before this.
     pub created_before: Option<UnixMillis>,
+    /// Newest first (the cursor then pages towards older ones).
+    pub newest_first: bool,
 }
 
 impl ListFilter {
@@ -235,7 +237,8 @@ impl ListFilter {
     /// The listing's query with its parameters, for an engine whose n-th
     /// placeholder is `placeholder(n)`. Creation bounds are id bounds (ids
     /// carry their creation time), so a listing walks the primary key, or
-    /// the `(status, id)` index when a status is given, in id order.
+    /// the `(status, id)` index when a status is given, in id order (or
+    /// backwards, newest first).
     pub(crate) fn query(
         &self,
         after: Option<NotificationId>,
@@ -278,7 +281,12 @@ impl ListFilter {
             );
         }
         if let Some(after) = after {
-            add("id > ?", vec![ListParam::Id(after)]);
+            let past = if self.newest_first {
+                "id < ?"
+            } else {
+                "id > ?"
+            };
+            add(past, vec![ListParam::Id(after)]);
         }
         if let Some(from) = self.created_from {
             add(
@@ -301,8 +309,9 @@ impl ListFilter {
         };
         (
             format!(
-                "SELECT {} FROM notifications WHERE {filter} ORDER BY id {}",
+                "SELECT {} FROM notifications WHERE {filter} ORDER BY id {} {}",
                 rows::SUMMARY_COLUMNS,
+                if self.newest_first { "DESC" } else { "ASC" },
                 limit.trim_start_matches("TRUE ")
             ),
             params,
@@ -420,9 +429,9 @@ pub trait Store: Send + Sync {
 
     async fn get(&self, id: NotificationId) -> Result<Option<NotificationRecord>, StoreError>;
 
-    /// The notifications `filter` selects, oldest first, after the `after`
-    /// id when given (ids grow with creation time, so a page boundary is
-    /// stable under inserts).
+    /// The notifications `filter` selects, oldest first (or newest first),
+    /// past the `after` id when given (ids grow with creation time, so a
+    /// page boundary is stable under inserts).
     async fn list(
         &self,
         filter: ListFilter,

@@ -134,6 +134,15 @@ impl Herald {
     /// Like [`Herald::start_as`], with extra environment variables (which
     /// may set `RUST_LOG`).
     pub fn start_with_env(dir: &Path, config: &str, role: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(dir, config, role, "127.0.0.1:0", env)
+    }
+
+    /// Like [`Herald::start`], on `addr` (to restart one where it was).
+    pub fn start_on(dir: &Path, config: &str, addr: SocketAddr) -> Self {
+        Self::spawn(dir, config, "all", &addr.to_string(), &[])
+    }
+
+    fn spawn(dir: &Path, config: &str, role: &str, listen: &str, env: &[(&str, &str)]) -> Self {
         let config_path = dir.join(format!("herald-{}.toml", fastrand::u64(..)));
         std::fs::write(&config_path, config).unwrap();
         let log = dir.join(format!("herald-{}.log", fastrand::u64(..)));
@@ -142,7 +151,7 @@ impl Herald {
             .arg("--config")
             .arg(&config_path)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--role")
             .arg(role)
             .env("RUST_LOG", "info")
@@ -260,9 +269,24 @@ pub struct Answer {
 
 impl Client {
     pub fn new(addr: SocketAddr) -> Self {
+        Self::with_headers(addr, reqwest::header::HeaderMap::new())
+    }
+
+    /// A client that sends `key` as `Authorization: Bearer` on every request.
+    pub fn with_key(addr: SocketAddr, key: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().unwrap(),
+        );
+        Self::with_headers(addr, headers)
+    }
+
+    fn with_headers(addr: SocketAddr, headers: reqwest::header::HeaderMap) -> Self {
         Self {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .default_headers(headers)
                 .build()
                 .unwrap(),
             base: format!("http://{addr}"),
@@ -432,6 +456,18 @@ pub fn delivered_key(d: &Delivery) -> String {
         Channel::Sms => d.body["text"].as_str().unwrap_or_default().to_owned(),
         Channel::Email => d.body["subject"].as_str().unwrap_or_default().to_owned(),
     }
+}
+
+/// Runs `herald keys ARGS --store URL`; its stdout.
+pub fn herald_keys(store: &str, args: &[&str]) -> String {
+    herald_cli("keys", store, args)
+}
+
+/// Creates a key (`herald keys create ARGS`); returns the key, which is
+/// the output's last line.
+pub fn create_key(store: &str, args: &[&str]) -> String {
+    let out = herald_keys(store, &[&["create"], args].concat());
+    out.lines().last().unwrap().trim().to_owned()
 }
 
 /// Which store a test runs against.
