@@ -195,6 +195,7 @@ fn needed(method: &Method, path: &str) -> &'static [Scope] {
         "/v1/providers" if method == Method::GET => &[Scope::Read, Scope::Admin],
         p if p.starts_with("/v1/providers") => &[Scope::Admin],
         p if p.starts_with("/v1/notifications/") && p.ends_with("/replay") => &[Scope::Admin],
+        p if p.starts_with("/v1/webhooks") => &[Scope::Admin],
         _ if method == Method::GET || method == Method::HEAD => &[Scope::Read],
         _ => &[Scope::Send],
     }
@@ -354,6 +355,10 @@ mod tests {
         assert_eq!(needed(&Method::GET, "/metrics"), [Scope::Admin]);
         assert_eq!(
             needed(&Method::POST, "/v1/providers/a/disable"),
+            [Scope::Admin]
+        );
+        assert_eq!(
+            needed(&Method::GET, "/v1/webhooks/deliveries"),
             [Scope::Admin]
         );
     }

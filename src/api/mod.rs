@@ -9,6 +9,7 @@ mod notifications;
 pub mod problem;
 mod providers;
 mod submit;
+mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,7 @@ use tokio::sync::Notify;
 
 use crate::dispatch::handoff::Handoff;
 use crate::dispatch::pool::Providers;
+use crate::domain::callback::CallbackPolicy;
 use crate::store::Store;
 use problem::Problem;
 
@@ -50,6 +52,8 @@ pub struct ApiState {
     pub batch_body_limit: usize,
     /// API keys and rate limits.
     pub auth: Arc<auth::Auth>,
+    /// Which `callback_url`s a notification may name.
+    pub callbacks: CallbackPolicy,
 }
 
 impl ApiState {
@@ -80,6 +84,7 @@ pub fn router(state: Arc<ApiState>, with_metrics: bool) -> Router {
         .route("/v1/notifications/{id}/replay", post(notifications::replay))
         .route("/v1/stats", get(notifications::stats))
         .route("/v1/providers", get(providers::list))
+        .route("/v1/webhooks/deliveries", get(webhooks::deliveries))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             refuse_while_draining,
