@@ -54,16 +54,15 @@ pub(super) async fn record_endings(
         return Ok(0);
     }
     let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
-    let mut metadata: HashMap<Uuid, BTreeMap<String, String>> = HashMap::new();
-    for r in tx
-        .query(
+    let labels = tx
+        .prepare_cached(
             "SELECT notification_id, key, value FROM notification_metadata
               WHERE notification_id = ANY($1)",
-            &[&ids],
         )
         .await
-        .map_err(pg)?
-    {
+        .map_err(pg)?;
+    let mut metadata: HashMap<Uuid, BTreeMap<String, String>> = HashMap::new();
+    for r in tx.query(&labels, &[&ids]).await.map_err(pg)? {
         metadata
             .entry(r.get(0))
             .or_default()
