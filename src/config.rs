@@ -782,6 +782,12 @@ impl Config {
     fn validate_webhooks(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: String| ConfigError::Invalid { key, reason };
         for (i, w) in self.webhooks.iter().enumerate() {
+            if provider::HttpTransport::parse_url("webhooks", &w.url).is_err() {
+                return Err(invalid(
+                    "webhooks",
+                    format!("webhooks[{i}].url must be an http:// or https:// URL"),
+                ));
+            }
             SigningKey::from_secret(&w.secret)
                 .map_err(|e| invalid("webhooks", format!("webhooks[{i}].secret: {e}")))?;
             if w.events.is_empty() || w.timeout_ms == 0 {
@@ -1117,6 +1123,7 @@ mod tests {
                 "[webhooks_settings]\ncallback_allowed_hosts = [\"hooks.example.com\"]\n",
                 "[webhooks_settings]\ncallback_allowed_hosts = [\"*\"]\ncallback_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
                 "[webhooks_settings]\nmax_attempts = 0\n",
+                "[[webhooks]]\nurl = \"ftp://h.example.com\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
             ];
             for (i, body) in cases.iter().enumerate() {
                 let file = format!("bad{i}.toml");

@@ -18,7 +18,6 @@ use crate::store::WebhookStatus;
 const MAX_PAGE: usize = 1_000;
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DeliveriesQuery {
     status: Option<String>,
     /// The `next` of the previous page.

@@ -45,9 +45,10 @@ pub struct WebhookRetry {
 }
 
 impl WebhookRetry {
-    /// What a failed attempt leads to: another at a backoff's distance (or
-    /// the receiver's `Retry-After`, up to the backoff's cap), or none.
-    pub fn after_failure(
+    /// What an attempt leads to: delivered; or, failed, another attempt at
+    /// a backoff's distance (or the receiver's `Retry-After`, up to the
+    /// backoff's cap); or none.
+    pub fn decide(
         &self,
         d: &ClaimedWebhook,
         sent: Sent,
@@ -320,7 +321,7 @@ impl WebhookWorker {
                 "webhook attempt"
             );
             let now = clock.now();
-            let completion = retry.after_failure(&d, sent, now, &mut fastrand::Rng::new());
+            let completion = retry.decide(&d, sent, now, &mut fastrand::Rng::new());
             if results.send(Done::new(&d, completion, now, permit)).is_err() {
                 tracing::error!(webhook_id = %d.id, "the webhook results writer stopped; the delivery will be retried");
             }
@@ -513,7 +514,7 @@ mod tests {
     /// What an attempt leads to, for a delivery `attempts` in, at `now`.
     fn after(attempts: u32, sent: Sent, now: UnixMillis) -> WebhookCompletion {
         let mut rng = fastrand::Rng::with_seed(7);
-        retry().after_failure(&claimed(attempts), sent, now, &mut rng)
+        retry().decide(&claimed(attempts), sent, now, &mut rng)
     }
 
     fn retried_at(c: &WebhookCompletion) -> Option<UnixMillis> {
