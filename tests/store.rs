@@ -1653,3 +1653,32 @@ async fn webhook_deliveries_are_retried_deferred_released_failed_and_purged(back
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].status, WebhookStatus::Failed);
 }
+
+/// New webhook deliveries wake the webhook workers of other instances
+/// (LISTEN/NOTIFY), not only the one that wrote them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_webhook_events_wake_other_instances() {
+    let Some(test) = TestStore::new(Backend::Postgres).await else {
+        return;
+    };
+    let writer = test.open_with(&routed()).await;
+    let other = test.open_with(&routed()).await;
+    let other_added = other.webhooks_added();
+    // Subscribing is what an instance running a dispatcher does.
+    other.subscribe(Arc::new(tokio::sync::Notify::new()));
+    // The listener pokes once on connecting, for what it may have missed.
+    tokio::time::timeout(Duration::from_secs(10), other_added.notified())
+        .await
+        .expect("the listener connects");
+    let now = UnixMillis::now();
+    let done = Completion::Delivered {
+        provider: "p".into(),
+    };
+    end(&*writer, new_sms(now, "wakes"), Vec::new(), done, now)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), other_added.notified())
+        .await
+        .expect("the other instance's worker is woken");
+    assert_eq!(other.claim_webhooks(now, 10, LEASE).await.unwrap().len(), 1);
+}

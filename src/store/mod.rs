@@ -573,7 +573,7 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, S
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PostgresStore::open_routed(url, options.postgres, routes).await?;
+        let store = PostgresStore::open(url, options.postgres, routes).await?;
         return Ok(Arc::new(store));
     }
     Err(StoreError::BadUrl(url.to_owned()))

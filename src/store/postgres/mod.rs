@@ -54,6 +54,9 @@ const CLAIMED_COLUMNS_OF_N: &str =
 /// The channel of the wake-up NOTIFY.
 const NOTIFY_CHANNEL: &str = "herald_work";
 
+/// The channel of the NOTIFY sent with new webhook deliveries.
+const WEBHOOKS_CHANNEL: &str = "herald_webhooks";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PostgresOptions {
@@ -107,15 +110,9 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects, applies missing migrations, starts the writer; ending
-    /// notifications send no webhooks.
-    pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
-        Self::open_routed(url, options, Arc::default()).await
-    }
-
-    /// Like [`PostgresStore::open`], writing the events of ending
-    /// notifications to the webhook outbox for `routes`.
-    pub async fn open_routed(
+    /// Connects, applies missing migrations, starts the writer; the events
+    /// of ending notifications go to the webhook outbox for `routes`.
+    pub async fn open(
         url: &str,
         options: PostgresOptions,
         routes: Arc<WebhookRoutes>,
@@ -714,7 +711,11 @@ impl Store for PostgresStore {
     }
 
     fn subscribe(&self, wake: Arc<Notify>) {
-        let task = tokio::spawn(listen::run(self.config.clone(), self.tls.clone(), wake));
+        let wakes = listen::Wakes {
+            work: wake,
+            webhooks: Arc::clone(&self.webhooks_added),
+        };
+        let task = tokio::spawn(listen::run(self.config.clone(), self.tls.clone(), wakes));
         if let Some(old) = self
             .listener
             .lock()

@@ -10,7 +10,7 @@ use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{id_from, pg};
+use super::{WEBHOOKS_CHANNEL, id_from, pg};
 use crate::domain::UnixMillis;
 use crate::domain::webhook::WebhookId;
 use crate::store::outbox::{WebhookRoutes, listing_query, webhook_columns};
@@ -127,6 +127,10 @@ pub(super) async fn record_endings(
     )
     .await
     .map_err(pg)?;
+    // Delivered at commit: the other instances' workers wake too.
+    tx.execute("SELECT pg_notify($1, '')", &[&WEBHOOKS_CHANNEL])
+        .await
+        .map_err(pg)?;
     Ok(deliveries.len())
 }
 
