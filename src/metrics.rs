@@ -37,6 +37,8 @@ pub struct Metrics {
     in_flight: Gauge,
     commit_duration: Histogram,
     commit_batch: Histogram,
+    webhook_deliveries: Family<Labels1, Counter>,
+    webhook_pending: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -132,6 +134,18 @@ impl Metrics {
             "Writes carried by one store transaction",
             commit_batch.clone(),
         );
+        let webhook_deliveries = Family::<Labels1, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook attempts by outcome (delivered, retried, failed: no more attempts)",
+            webhook_deliveries.clone(),
+        );
+        let webhook_pending = Gauge::default();
+        registry.register(
+            "webhook_pending",
+            "Webhook deliveries not yet delivered or failed, from a periodic query",
+            webhook_pending.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -147,6 +161,8 @@ impl Metrics {
             in_flight,
             commit_duration,
             commit_batch,
+            webhook_deliveries,
+            webhook_pending,
         }
     }
 
@@ -256,6 +272,18 @@ impl Metrics {
         self.commit_batch.observe(writes as f64);
     }
 
+    /// `outcome`: delivered, retried, failed.
+    pub fn webhook_delivery(&self, outcome: &str) {
+        self.webhook_deliveries
+            .get_or_create(&[("outcome", outcome.to_owned())])
+            .inc();
+    }
+
+    pub fn webhook_pending(&self, count: u64) {
+        self.webhook_pending
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
     /// The Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -300,6 +328,8 @@ mod tests {
         assert_eq!(m.notifications_total("delivered"), 1);
         assert_eq!(m.notifications_total("dead"), 0);
         assert_eq!((m.backlog_of("queued"), m.backlog_of("sending")), (7, 0));
+        m.webhook_delivery("retried");
+        m.webhook_pending(3);
         let text = m.encode();
         for line in [
             r#"herald_http_requests_total{route="/v1/sms",status="202"} 1"#,
@@ -314,6 +344,8 @@ mod tests {
             "herald_store_commit_batch_size_sum 12.0",
             r#"herald_provider_request_duration_seconds_count{provider="sms-provider1"} 1"#,
             "herald_in_flight 0",
+            r#"herald_webhook_deliveries_total{outcome="retried"} 1"#,
+            "herald_webhook_pending 3",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

@@ -203,6 +203,7 @@ fn needed(method: &Method, path: &str) -> &'static [Scope] {
         // The dashboard's page holds no data; what it shows needs a key.
         "/" | "/dashboard" | "/dashboard/app.js" | "/dashboard/style.css" => &[],
         "/metrics" | "/v1/events" => &[Scope::Admin],
+        p if p.starts_with("/v1/webhooks") => &[Scope::Admin],
         // An operator who may replay and change providers may also read
         // what they act on (the dashboard's dead letters and lookups).
         _ if method == Method::GET || method == Method::HEAD => &[Scope::Read, Scope::Admin],
@@ -385,6 +386,10 @@ mod tests {
         assert_eq!(
             needed(&Method::GET, "/v1/providers"),
             [Scope::Read, Scope::Admin]
+        );
+        assert_eq!(
+            needed(&Method::GET, "/v1/webhooks/deliveries"),
+            [Scope::Admin]
         );
     }
 

@@ -12,6 +12,7 @@ mod notifications;
 pub mod problem;
 pub mod providers;
 mod submit;
+mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,7 @@ use tokio::sync::Notify;
 
 use crate::dispatch::handoff::Handoff;
 use crate::dispatch::live::LiveProviders;
+use crate::domain::callback::CallbackPolicy;
 use crate::store::Store;
 use problem::Problem;
 
@@ -57,6 +59,8 @@ pub struct ApiState {
     pub auth: Arc<auth::Auth>,
     /// What `GET /v1/events` streams.
     pub live: Arc<live::Live>,
+    /// Which `callback_url`s a notification may name.
+    pub callbacks: CallbackPolicy,
 }
 
 impl ApiState {
@@ -95,6 +99,7 @@ pub fn router(state: Arc<ApiState>, with_metrics: bool) -> Router {
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/app.js", get(dashboard::script))
         .route("/dashboard/style.css", get(dashboard::style))
+        .route("/v1/webhooks/deliveries", get(webhooks::deliveries))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             refuse_while_draining,

@@ -3,8 +3,9 @@
 //!
 //! The [`Role`](crate::config::Role) decides which halves run: `all` both, `api` only the API
 //! (its notifications are delivered by other instances on the same
-//! database), `worker` only the dispatcher and the retention purge, with an
-//! HTTP server that answers just `/healthz` and `/readyz`.
+//! database), `worker` only the dispatcher, the webhook worker and the
+//! retention purge, with an HTTP server that answers just `/healthz` and
+//! `/readyz`.
 
 mod backlog;
 mod connection;
@@ -53,6 +54,8 @@ pub enum AppError {
     },
     #[error("invalid retry settings")]
     Retry(#[from] crate::dispatch::backoff::BackoffError),
+    #[error("invalid webhook settings")]
+    Webhooks(#[from] crate::webhook::ReceiversError),
     #[error(
         "refusing to serve on {addr} without API keys: anyone who reaches it could send \
          on your providers' bill. Create keys (herald keys create) and set auth.required = true, \
@@ -145,6 +148,9 @@ async fn run(
         batch_body_limit: config.accept.batch_body_limit_bytes,
         auth: Arc::clone(&auth),
         live: Arc::new(Live::new()),
+        callbacks: config
+            .callback_policy()
+            .map_err(crate::webhook::ReceiversError::from)?,
     });
 
     let (stop_tx, stop) = watch::channel(false);

@@ -377,6 +377,7 @@ mod tests {
                         send_at: None,
                         priority: Priority::Normal,
                         metadata: Default::default(),
+                        callback_url: None,
                         lease: None,
                     })
                     .await

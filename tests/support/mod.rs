@@ -573,7 +573,15 @@ impl TestStore {
     }
 
     pub async fn open(&self) -> Arc<dyn herald::store::Store> {
-        herald::store::open(&self.url, &herald::store::StoreOptions::default())
+        self.open_with(&herald::store::StoreOptions::default())
+            .await
+    }
+
+    pub async fn open_with(
+        &self,
+        options: &herald::store::StoreOptions,
+    ) -> Arc<dyn herald::store::Store> {
+        herald::store::open(&self.url, options)
             .await
             .unwrap_or_else(|e| panic!("opening {}: {}", self.url, herald::error::chain(&e)))
     }
