@@ -144,6 +144,28 @@ async fn the_dashboard_shows_live_health_and_replays_dead_letters() {
     })
     .await;
 
+    // Taken out of rotation from its card, and back: the API and the card
+    // agree, and the other SMS providers carry the traffic meanwhile.
+    let toggle = ".card[data-provider=\"sms-provider2\"] button.toggle";
+    click(page, toggle).await;
+    until("sms-provider2 disabled", || async {
+        is(&cards(page).await, "sms-provider2", "disabled")
+    })
+    .await;
+    let listed = api.get("/v1/providers").await.body;
+    let second = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "sms-provider2")
+        .unwrap();
+    assert_eq!(second["enabled"], false, "{second}");
+    click(page, toggle).await;
+    until("sms-provider2 back in rotation", || async {
+        is(&cards(page).await, "sms-provider2", "closed")
+    })
+    .await;
+
     // Replayed from the page, it is delivered; the lookup shows how.
     click(page, &format!("{row} input[type=checkbox]")).await;
     click(page, "#replay").await;

@@ -164,7 +164,11 @@ impl Live {
 
     /// Takes a sample every [`SAMPLE_INTERVAL`] until `stop` turns true;
     /// then ends every stream.
-    pub async fn run(self: Arc<Self>, providers: Arc<LiveProviders>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(
+        self: Arc<Self>,
+        providers: Arc<LiveProviders>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
