@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script).
 # Needs Rust; starts a throwaway PostgreSQL cluster for the tests (installing
-# Debian's postgresql package if initdb is missing) and stops it at the end.
+# Debian's postgresql package if initdb is missing) and stops it at the end;
+# installs Debian's chromium and chromium-driver for the dashboard's browser
+# test if they are missing.
 # Everything the tests use runs on 127.0.0.1.
 #
 # The integration tests run against both stores: SQLite always, PostgreSQL
@@ -32,6 +34,16 @@ if ! python3 -c "import aiosmtpd" 2>/dev/null; then
     echo "== aiosmtpd"
     python3 -m pip install --quiet aiosmtpd ||
         python3 -m pip install --quiet --break-system-packages aiosmtpd
+fi
+
+# The dashboard's browser test drives Debian's Chromium through chromedriver.
+if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+    echo "== chromium"
+    sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver
 fi
 
 echo "== tests"

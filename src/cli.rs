@@ -1,13 +1,13 @@
-//! The server's subcommands: `serve`, `migrate`, `keys`. The binary puts
-//! its tools' (`mock-providers`, `demo`, `bench`, crates of their own) beside
-//! them.
+//! The server's subcommands: `serve`, `migrate`, `keys`, `providers`. The
+//! binary puts its tools' (`mock-providers`, `demo`, `bench`, crates of
+//! their own) beside them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::config::{Config, ConfigError, Overrides, Role};
+use crate::config::{Config, ConfigError, ConfigSource, Overrides, Role};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -18,6 +18,9 @@ pub enum Command {
     /// Create, list and revoke API keys (stored in the store, seen by every
     /// instance within auth.refresh_ms).
     Keys(KeysArgs),
+    /// List providers, or take one out of rotation and put it back (in the
+    /// store, followed by every instance within dispatch.providers_refresh_ms).
+    Providers(ProvidersArgs),
 }
 
 #[derive(Debug, Args)]
@@ -43,16 +46,26 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn load(&self) -> Result<Config, ConfigError> {
-        let mut config = Config::load(
-            self.config.as_deref(),
-            &Overrides {
-                listen: self.listen,
-                store: self.store.clone(),
-                role: self.role,
-            },
-        )?;
+        let mut config = Config::load(self.config.as_deref(), &self.overrides())?;
         config.auth.insecure_no_auth = self.insecure_no_auth;
         Ok(config)
+    }
+
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            store: self.store.clone(),
+            role: self.role,
+        }
+    }
+
+    /// The config file with these flags, to read again on a reload; `None`
+    /// without a file.
+    pub fn source(&self) -> Option<ConfigSource> {
+        Some(ConfigSource {
+            file: self.config.clone()?,
+            overrides: self.overrides(),
+        })
     }
 }
 
@@ -85,6 +98,26 @@ pub enum KeysCommand {
     List,
     /// Revoke a key by name: every instance refuses it within auth.refresh_ms.
     Revoke { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ProvidersArgs {
+    #[command(flatten)]
+    pub store: MigrateArgs,
+    #[command(subcommand)]
+    pub command: ProvidersCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProvidersCommand {
+    /// This config's providers, and whether each is disabled; then any other
+    /// name the store has disabled.
+    List,
+    /// Take a provider out of rotation: no new attempts; those in flight
+    /// finish. Kept in the store across restarts and reloads.
+    Disable { name: String },
+    /// Put a disabled provider back in rotation.
+    Enable { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -147,5 +180,22 @@ mod tests {
             panic!("wrong command")
         };
         assert_eq!(keys.store.store.as_deref(), Some("sqlite://k.db"));
+        let cli = Cli::try_parse_from([
+            "herald",
+            "providers",
+            "disable",
+            "sms-provider2",
+            "--store",
+            "sqlite://p.db",
+        ])
+        .unwrap();
+        let Command::Providers(providers) = cli.command else {
+            panic!("wrong command")
+        };
+        assert!(matches!(
+            providers.command,
+            ProvidersCommand::Disable { ref name } if name == "sms-provider2"
+        ));
+        assert_eq!(providers.store.store.as_deref(), Some("sqlite://p.db"));
     }
 }

@@ -80,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
 async fn server(command: ServerCommand) -> anyhow::Result<()> {
     match command {
         ServerCommand::Serve(args) => {
+            ignore_hangup_until_serving();
             let config = args.load().context("invalid configuration")?;
             init_logging(&config.log);
             app::refuse_exposure_without_keys(&config)?;
@@ -87,7 +88,12 @@ async fn server(command: ServerCommand) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("could not listen on {}", config.listen))?;
             announce(addr, &config.store);
-            app::serve(config, listener, shutdown_signal()).await?;
+            match args.source() {
+                Some(source) => {
+                    app::serve_from(source, config, listener, shutdown_signal()).await?
+                }
+                None => app::serve(config, listener, shutdown_signal()).await?,
+            }
         }
         ServerCommand::Migrate(args) => {
             let config = args.load().context("invalid configuration")?;
@@ -99,11 +105,13 @@ async fn server(command: ServerCommand) -> anyhow::Result<()> {
             );
         }
         ServerCommand::Keys(args) => keys(args).await?,
+        ServerCommand::Providers(args) => providers(args).await?,
     }
     Ok(())
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    ignore_hangup_until_serving();
     let mut config = args.serve.load().context("invalid configuration")?;
     init_logging(&config.log);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -135,6 +143,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "\nsend an SMS:\n  curl -i http://{addr}/v1/sms -H 'content-type: application/json' \
          -d '{{\"phone\": \"01712345678\", \"text\": \"Hello from Herald\"}}'\n\
          then follow the Location header:\n  curl http://{addr}/v1/notifications/<id>\n\
+         watch it live on the dashboard:\n  http://{addr}/dashboard\n\
          each successful send is printed below as a JSON line; Ctrl-C stops.\n"
     );
     app::serve(config, listener, shutdown_signal()).await?;
@@ -188,6 +197,55 @@ async fn keys(args: herald::cli::KeysArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn providers(args: herald::cli::ProvidersArgs) -> anyhow::Result<()> {
+    use herald::app::rotation;
+    use herald::cli::ProvidersCommand;
+    let config = args.store.load().context("invalid configuration")?;
+    init_logging(&config.log);
+    let (name, enabled) = match args.command {
+        ProvidersCommand::List => {
+            println!("name\tchannel\tkind\tstate");
+            for p in rotation::list(&config).await? {
+                let state = match p.disabled_at {
+                    Some(at) => format!("disabled since {at}"),
+                    None => "enabled".to_owned(),
+                };
+                println!(
+                    "{}\t{}\t{}\t{state}",
+                    p.name,
+                    p.channel.map_or("-", |c| c.as_str()),
+                    p.kind.unwrap_or("-"),
+                );
+            }
+            return Ok(());
+        }
+        ProvidersCommand::Disable { name } => (name, false),
+        ProvidersCommand::Enable { name } => (name, true),
+    };
+    let changed = rotation::set_enabled(&config, &name, enabled).await?;
+    let what = if enabled { "enabled" } else { "disabled" };
+    if changed {
+        println!(
+            "provider {name:?} {what}; every instance follows within dispatch.providers_refresh_ms"
+        );
+    } else {
+        println!("provider {name:?} was {what} already");
+    }
+    let configured = Channel::ALL.into_iter().any(|c| {
+        config
+            .providers
+            .for_channel(c)
+            .iter()
+            .any(|p| p.name() == name)
+    });
+    if !configured {
+        eprintln!(
+            "note: this config has no provider {name:?}; instances whose config has it follow"
+        );
+    }
+    Ok(())
+}
+
 /// The one line on stdout a script (or a test) waits for.
 fn announce(addr: std::net::SocketAddr, store: &str) {
     println!("herald listening on http://{addr}");
@@ -226,6 +284,16 @@ fn ignore_file_size_signal() {
     // one system call, safe from any thread.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+/// `serve` reloads its providers on SIGHUP; until it catches the signal
+/// (its start-up), SIGHUP is ignored instead of ending the process.
+fn ignore_hangup_until_serving() {
+    #[cfg(unix)]
+    // SAFETY: as above; serve later installs its own handler over it.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
 }
 

@@ -56,6 +56,7 @@ async fn verify_full_with_the_servers_ca_connects_and_works() {
             priority: herald::domain::Priority::Normal,
             metadata: Default::default(),
             hedge: false,
+            callback_url: None,
             lease: None,
         })
         .await

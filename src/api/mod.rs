@@ -2,13 +2,17 @@
 
 pub mod auth;
 mod batch;
+mod dashboard;
+mod events;
 mod health;
 mod idempotency;
+pub mod live;
 mod metrics;
 mod notifications;
 pub mod problem;
-mod providers;
+pub mod providers;
 mod submit;
+mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,15 +26,18 @@ use axum::routing::{get, post};
 use tokio::sync::Notify;
 
 use crate::dispatch::handoff::Handoff;
-use crate::dispatch::pool::Providers;
+use crate::dispatch::live::LiveProviders;
+use crate::domain::callback::CallbackPolicy;
 use crate::store::Store;
 use problem::Problem;
 
 /// What the handlers share.
 pub struct ApiState {
     pub store: Arc<dyn Store>,
-    /// For the health view of each provider.
-    pub providers: Arc<Providers>,
+    /// The providers in use: their health view, disable and enable.
+    pub providers: Arc<LiveProviders>,
+    /// Reloads the config file's providers; `None` without a config file.
+    pub reload: Option<Arc<dyn providers::Reload>>,
     /// Tells the dispatcher that new work was stored.
     pub wake: Arc<Notify>,
     /// Passes fresh notifications straight to this process's dispatcher,
@@ -50,6 +57,10 @@ pub struct ApiState {
     pub batch_body_limit: usize,
     /// API keys and rate limits.
     pub auth: Arc<auth::Auth>,
+    /// What `GET /v1/events` streams.
+    pub live: Arc<live::Live>,
+    /// Which `callback_url`s a notification may name.
+    pub callbacks: CallbackPolicy,
 }
 
 impl ApiState {
@@ -80,6 +91,15 @@ pub fn router(state: Arc<ApiState>, with_metrics: bool) -> Router {
         .route("/v1/notifications/{id}/replay", post(notifications::replay))
         .route("/v1/stats", get(notifications::stats))
         .route("/v1/providers", get(providers::list))
+        .route("/v1/providers/reload", post(providers::reload))
+        .route("/v1/providers/{name}/disable", post(providers::disable))
+        .route("/v1/providers/{name}/enable", post(providers::enable))
+        .route("/v1/events", get(events::stream))
+        .route("/", get(dashboard::root))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/style.css", get(dashboard::style))
+        .route("/v1/webhooks/deliveries", get(webhooks::deliveries))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             refuse_while_draining,

@@ -50,6 +50,8 @@ pub struct ListQuery {
     /// One metadata entry to match: `metadata_key` and `metadata_value`.
     metadata_key: Option<String>,
     metadata_value: Option<String>,
+    /// `oldest` (first; the default) or `newest` (first).
+    order: Option<String>,
     /// The `next` of the previous page (`after` is its older name).
     cursor: Option<String>,
     after: Option<String>,
@@ -81,11 +83,11 @@ fn timestamp(name: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, Proble
     .transpose()
 }
 
-/// `GET /v1/notifications`, oldest first, filtered by any of `status`,
-/// `channel`, `priority`, `created_after` (inclusive) and `created_before`;
-/// `next` is the `cursor` of the following page (opaque to clients; pages
-/// never shift when new notifications arrive). `?status=dead` is the
-/// dead-letter view.
+/// `GET /v1/notifications`, oldest first (`order=newest`: newest first),
+/// filtered by any of `status`, `channel`, `priority`, `created_after`
+/// (inclusive) and `created_before`; `next` is the `cursor` of the following
+/// page (opaque to clients; pages never shift when new notifications
+/// arrive). `?status=dead` is the dead-letter view.
 pub async fn list(
     State(state): State<Arc<ApiState>>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -122,6 +124,17 @@ pub async fn list(
         )?,
         created_from: timestamp("created_after", q.created_after.as_deref())?,
         created_before: timestamp("created_before", q.created_before.as_deref())?,
+        newest_first: one_of(
+            "order",
+            q.order.as_deref(),
+            |o| match o {
+                "oldest" => Some(false),
+                "newest" => Some(true),
+                _ => None,
+            },
+            &["oldest", "newest"],
+        )?
+        .unwrap_or(false),
     };
     let after = match q.cursor.as_deref().or(q.after.as_deref()) {
         Some(a) => Some(

@@ -106,7 +106,7 @@ pub(super) fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, Proble
 pub(super) fn validate(
     message: Result<Message, Vec<FieldError>>,
     options: RawOptions,
-    limits: OptionLimits,
+    limits: OptionLimits<'_>,
 ) -> Result<(Message, DeliveryOptions), Vec<FieldError>> {
     match (message, validate_options(options, limits)) {
         (Ok(m), Ok(o)) => Ok((m, o)),
@@ -168,6 +168,7 @@ async fn accept(
     let limits = OptionLimits {
         now,
         horizon: state.schedule_horizon,
+        callbacks: &state.callbacks,
     };
     let (message, options) = validate(validated, options, limits).map_err(Problem::invalid)?;
     refuse_unsendable(state, &message).map_err(Problem::invalid)?;
@@ -238,7 +239,12 @@ pub(super) fn refuse_unsendable(
     state: &ApiState,
     message: &Message,
 ) -> Result<(), Vec<FieldError>> {
-    if state.providers.channel(message.channel()).can_send(message) {
+    if state
+        .providers
+        .current()
+        .channel(message.channel())
+        .can_send(message)
+    {
         return Ok(());
     }
     let field = match message {
@@ -285,6 +291,7 @@ pub(super) fn prepare<'a>(
         priority: options.priority,
         metadata: options.metadata,
         hedge: options.hedge,
+        callback_url: options.callback_url,
         lease: reservation.as_ref().map(|r| r.lease()),
     };
     let status = match reservation {

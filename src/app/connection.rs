@@ -3,8 +3,8 @@
 //!
 //! hyper's own header timeout also runs while a keep-alive connection sits
 //! idle, so the two limits could not differ; each connection instead tracks
-//! what it is doing (waiting for a head, answering, idle) and is closed once
-//! it has spent too long waiting.
+//! what it is doing (waiting for a head, answering, sending an answer,
+//! idle) and is closed once it has spent too long waiting.
 
 use std::io;
 use std::pin::Pin;
@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use http_body::{Body, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -34,6 +35,10 @@ enum Phase {
     Head,
     /// A request is being answered; the request timeout covers it.
     Busy,
+    /// The answer's body is being written (an event stream writes for as
+    /// long as it is open): each write must follow the last within the
+    /// idle timeout, so a client that stops reading is still let go.
+    Sending,
     /// Between requests, no byte of the next one seen.
     Idle,
 }
@@ -50,6 +55,14 @@ impl Activity {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Bytes went out: a body being sent made progress.
+    fn wrote_bytes(&self) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0 == Phase::Sending {
+            state.1 = Instant::now();
+        }
+    }
+
     /// Bytes arrived: an idle connection now waits for the rest of a head.
     fn saw_bytes(&self) {
         let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -62,7 +75,7 @@ impl Activity {
     fn deadline(&self, timeouts: Timeouts) -> Option<Instant> {
         match self.get() {
             (Phase::Head, since) => Some(since + timeouts.header_read),
-            (Phase::Idle, since) => Some(since + timeouts.idle),
+            (Phase::Idle | Phase::Sending, since) => Some(since + timeouts.idle),
             (Phase::Busy, _) => None,
         }
     }
@@ -74,6 +87,33 @@ struct BusyGuard(Arc<Activity>);
 impl Drop for BusyGuard {
     fn drop(&mut self) {
         self.0.set(Phase::Idle);
+    }
+}
+
+/// An answer's body; the connection is [`Phase::Sending`] until it is sent
+/// (or dropped), not idle.
+struct Answering<B> {
+    body: B,
+    _busy: BusyGuard,
+}
+
+impl<B: Body + Unpin> Body for Answering<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -104,7 +144,11 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote_bytes();
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -120,7 +164,11 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote_bytes();
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -153,9 +201,9 @@ pub(super) async fn serve(
         let busy = BusyGuard(Arc::clone(&tracked));
         let answer = hyper::service::Service::call(&app, request);
         async move {
-            let answered = answer.await;
-            drop(busy);
-            answered
+            let answered = answer.await?;
+            busy.0.set(Phase::Sending);
+            Ok::<_, std::convert::Infallible>(answered.map(|body| Answering { body, _busy: busy }))
         }
     });
     let conn = http1::Builder::new().serve_connection(io, service);

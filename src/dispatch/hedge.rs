@@ -1,8 +1,8 @@
 //! Hedged sends: when a round's request has been alone in flight for the
 //! hedge delay, the next admitted provider gets the same message beside it,
 //! and the first to deliver wins. The rules here are pure: which
-//! notifications are hedged, after how long, and each provider's recent
-//! latencies that "p90" reads.
+//! notifications are hedged, and after how long; "p90" reads the provider's
+//! latency window (`latency.rs`), the one its health view shows too.
 //!
 //! A hedge can deliver a message twice, so nothing is hedged unless asked:
 //! by the notification (`"hedge": true`) or by its channel (`all`).
@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::latency::LatencyWindow;
 use crate::domain::Channel;
 
 /// Which notifications of a channel are hedged.
@@ -33,9 +34,11 @@ pub enum HedgeWhen {
 pub enum HedgeAfter {
     /// A fixed delay.
     Millis(u64),
-    /// The provider's recent 90th-percentile latency: a request slower than
-    /// nine in ten of that provider's is hedged. None until the provider
-    /// has answered [`LatencyWindow::MIN_SAMPLES`] times.
+    /// The provider's recent 90th-percentile latency, over its last
+    /// [`LATENCY_WINDOW`](super::latency::LATENCY_WINDOW) answered
+    /// requests: a request slower than nine in ten of that provider's is
+    /// hedged. None until the provider has answered
+    /// [`LatencyWindow::MIN_SAMPLES`] times.
     #[default]
     P90,
 }
@@ -124,61 +127,10 @@ impl<'de> Deserialize<'de> for HedgeAfter {
     }
 }
 
-/// A provider's latest answered requests' latencies, in a ring: recording
-/// is one store, and only a hedged round asks for the p90.
-#[derive(Debug, Clone)]
-pub struct LatencyWindow {
-    /// Microseconds; a `u32` holds over an hour.
-    micros: [u32; Self::CAPACITY],
-    next: usize,
-    len: usize,
-}
-
-impl Default for LatencyWindow {
-    fn default() -> Self {
-        Self {
-            micros: [0; Self::CAPACITY],
-            next: 0,
-            len: 0,
-        }
-    }
-}
-
-impl LatencyWindow {
-    pub const CAPACITY: usize = 128;
-    /// Fewer answers than this say too little for a percentile.
-    pub const MIN_SAMPLES: usize = 10;
-
-    pub fn record(&mut self, latency: Duration) {
-        self.micros[self.next] = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-        self.next = (self.next + 1) % Self::CAPACITY;
-        self.len = (self.len + 1).min(Self::CAPACITY);
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The 90th percentile (nearest rank) of the latencies held.
-    pub fn p90(&self) -> Option<Duration> {
-        if self.len < Self::MIN_SAMPLES {
-            return None;
-        }
-        let mut held = self.micros;
-        let held = &mut held[..self.len];
-        let rank = (self.len * 9).div_ceil(10) - 1;
-        let (_, p90, _) = held.select_nth_unstable(rank);
-        Some(Duration::from_micros(u64::from(*p90)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::latency::LATENCY_WINDOW;
 
     #[test]
     fn who_is_hedged() {
@@ -194,30 +146,8 @@ mod tests {
     }
 
     #[test]
-    fn p90_of_the_latest_answers() {
-        let mut w = LatencyWindow::default();
-        assert_eq!(w.p90(), None);
-        for ms in 1..=9 {
-            w.record(Duration::from_millis(ms));
-        }
-        assert_eq!(w.p90(), None, "too few samples");
-        w.record(Duration::from_millis(10));
-        assert_eq!(w.p90(), Some(Duration::from_millis(9)));
-        for ms in 11..=100 {
-            w.record(Duration::from_millis(ms));
-        }
-        assert_eq!(w.p90(), Some(Duration::from_millis(90)));
-        // The oldest go: 128 answers of 1 s push every earlier one out.
-        for _ in 0..LatencyWindow::CAPACITY {
-            w.record(Duration::from_secs(1));
-        }
-        assert_eq!(w.len(), LatencyWindow::CAPACITY);
-        assert_eq!(w.p90(), Some(Duration::from_secs(1)));
-    }
-
-    #[test]
     fn the_delay_is_fixed_or_the_providers_p90() {
-        let mut w = LatencyWindow::default();
+        let mut w = LatencyWindow::new(LATENCY_WINDOW);
         let fixed = ChannelHedge {
             when: HedgeWhen::All,
             after: HedgeAfter::Millis(250),

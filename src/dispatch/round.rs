@@ -17,7 +17,7 @@ use super::backoff::Backoff;
 use super::breaker::Signal;
 use super::clock::Clock;
 use super::hedge::Hedging;
-use super::pool::{Admission, ChannelPool, Tried};
+use super::pool::{Admission, ChannelPool, NextAdmission, Tried};
 use crate::domain::{Attempt, AttemptOutcome, Message, UnixMillis};
 use crate::provider::{Outgoing, Verdict};
 use crate::store::{Claimed, Completion, RoundReport};
@@ -31,6 +31,9 @@ pub struct RetryPolicy {
     pub retry_after_max: Duration,
     /// When no provider admits anything and none says when it will.
     pub idle_recheck: Duration,
+    /// When every provider that could carry it is disabled: how often an
+    /// instance learns of an `enable`.
+    pub out_of_rotation_recheck: Duration,
     pub hedging: Hedging,
 }
 
@@ -62,6 +65,8 @@ pub async fn run_round(
         payload: n.payload.clone(),
     };
     let hedge = policy.hedging.channel(pool.channel());
+    // Providers that cannot carry this message count as tried already.
+    let unable = pool.unable(&outgoing.message);
     let mut round = Round {
         pool,
         policy,
@@ -69,8 +74,8 @@ pub async fn run_round(
         n,
         outgoing: &outgoing,
         deadline,
-        // Providers that cannot carry this message count as tried already.
-        tried: pool.unable(&outgoing.message),
+        unable,
+        tried: unable,
         rng: fastrand::Rng::new(),
         attempts: Vec::new(),
         lease_ran_short: false,
@@ -204,6 +209,8 @@ struct Round<'a> {
     outgoing: &'a Outgoing,
     /// No request may still run after this (the lease, less a margin).
     deadline: Instant,
+    /// The providers that cannot carry the message.
+    unable: Tried,
     tried: Tried,
     rng: fastrand::Rng,
     attempts: Vec<Attempt>,
@@ -240,14 +247,12 @@ impl<'a> Round<'a> {
             }
             let room = room.saturating_sub(wait);
             let permit = if hedge {
-                match slot.in_flight.clone().try_acquire_owned() {
-                    Ok(permit) => permit,
-                    Err(_) => continue,
+                match slot.try_acquire_in_flight() {
+                    Some(permit) => permit,
+                    None => continue,
                 }
             } else {
-                let Ok(Ok(permit)) =
-                    tokio::time::timeout(room, slot.in_flight.clone().acquire_owned()).await
-                else {
+                let Ok(permit) = tokio::time::timeout(room, slot.acquire_in_flight()).await else {
                     self.lease_ran_short = true;
                     return Start::Nothing;
                 };
@@ -298,6 +303,10 @@ impl<'a> Round<'a> {
                 "the provider refused our account (credentials, suspension or credit): an operator must act; failing over"
             );
         }
+        // The one place a request's latency is noted, for the health view
+        // and the hedge's p90 alike. A refused connection or a timeout says
+        // nothing of how fast the provider answers (it would pull the p90
+        // towards zero or up to the timeout); its breaker hears of it.
         if !verdict.unreachable {
             slot.record_latency(duration);
         }
@@ -329,13 +338,17 @@ impl<'a> Round<'a> {
 
     /// Every admitted provider failed, or none admitted anything.
     fn next_round(&mut self) -> Completion {
+        let idle = if self.attempts.is_empty() {
+            wait_for_a_provider(self.pool, self.policy, self.unable, self.lease_ran_short)
+        } else {
+            Duration::ZERO
+        };
         next_round(
-            self.pool,
             self.policy,
             self.clock.now(),
             self.n,
             &self.attempts,
-            self.lease_ran_short,
+            idle,
             &mut self.rng,
         )
     }
@@ -366,28 +379,39 @@ fn report(
     }
 }
 
-/// Every admitted provider failed, or none admitted anything.
-fn next_round(
+/// A round that tried nothing: how long until a provider able to carry the
+/// message will take it.
+fn wait_for_a_provider(
     pool: &ChannelPool,
+    policy: &RetryPolicy,
+    unable: Tried,
+    lease_ran_short: bool,
+) -> Duration {
+    if lease_ran_short {
+        return Duration::ZERO;
+    }
+    match pool.next_admission(unable) {
+        NextAdmission::Now => policy.idle_recheck,
+        NextAdmission::At(at) => at.saturating_duration_since(Instant::now()),
+        NextAdmission::OutOfRotation => policy.out_of_rotation_recheck,
+    }
+}
+
+/// Every admitted provider failed, or none admitted anything (then `idle`
+/// is how long until one will).
+fn next_round(
     policy: &RetryPolicy,
     now: UnixMillis,
     n: &Claimed,
     attempts: &[Attempt],
-    lease_ran_short: bool,
+    idle: Duration,
     rng: &mut fastrand::Rng,
 ) -> Completion {
     let last_error = attempts.last().and_then(|a| a.error.clone());
     if attempts.is_empty() {
         // Nothing was tried, so no round is used up: come back when a
         // provider will take requests again.
-        let wait = if lease_ran_short {
-            Duration::ZERO
-        } else {
-            pool.next_admission()
-                .map(|at| at.saturating_duration_since(Instant::now()))
-                .unwrap_or(policy.idle_recheck)
-        };
-        let at = now.plus(wait);
+        let at = now.plus(idle);
         if n.deliver_by.is_some_and(|by| at >= by) {
             return expired();
         }
@@ -449,6 +473,7 @@ mod tests {
             max_rounds: 3,
             retry_after_max: Duration::from_secs(60),
             idle_recheck: Duration::from_millis(500),
+            out_of_rotation_recheck: Duration::from_secs(2),
             hedging: Hedging::default(),
         }
     }
@@ -924,5 +949,123 @@ mod tests {
             }
         }
         assert!(hedged > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hedge_goes_only_to_a_provider_in_rotation_whose_breaker_admits() {
+        let clock = TokioClock::starting_at(T0);
+        let slow = slow(delivered("s"));
+        let off = Arc::new(Scripted::new("off", [delivered("o")]));
+        let gone = Arc::new(Scripted::new("gone", [delivered("g")]));
+        let held = Arc::new(Scripted::new(
+            "held",
+            [Verdict::throttled(
+                Some(429),
+                Some(Duration::from_secs(60)),
+                "HTTP 429".into(),
+            )],
+        ));
+        let pool = pool(
+            &[
+                Arc::clone(&slow),
+                Arc::clone(&off),
+                Arc::clone(&gone),
+                Arc::clone(&held),
+            ],
+            lenient_breaker(),
+        );
+        let [s_slow, s_off, s_gone, _] = pool.slots() else {
+            unreachable!("four slots")
+        };
+        // `held` alone in rotation: its 429 holds it off for a minute.
+        for slot in [s_slow, s_off, s_gone] {
+            slot.set_enabled(false);
+        }
+        run_round(&pool, &policy(), &clock, &claimed(&clock, "01712345678")).await;
+        assert_eq!(held.sent().len(), 1);
+        // `slow` back; `off` stays disabled; `gone` is enabled but a reload
+        // retired it.
+        s_slow.set_enabled(true);
+        s_gone.set_enabled(true);
+        s_gone.retire();
+
+        let policy = hedging(HedgeWhen::All, HedgeAfter::Millis(100));
+        for _ in 0..3 {
+            let start = clock.now();
+            let r = run_round(&pool, &policy, &clock, &asked(&clock)).await;
+            // The hedge was due after 100 ms, and no provider could take it.
+            assert_eq!(outcomes(&r), [("slow", AttemptOutcome::Delivered)]);
+            assert_eq!(r.at, start.plus(SLOW));
+        }
+        assert!(off.sent().is_empty() && gone.sent().is_empty());
+        assert_eq!(held.sent().len(), 1);
+
+        // Back in rotation, `off` takes the hedge whenever `slow` went
+        // first (a fair coin: both cases come up in 30 rounds).
+        s_off.set_enabled(true);
+        let mut hedged = 0;
+        for _ in 0..30 {
+            let start = clock.now();
+            let r = run_round(&pool, &policy, &clock, &asked(&clock)).await;
+            match outcomes(&r).as_slice() {
+                [("off", AttemptOutcome::Delivered)] => {}
+                [
+                    ("off", AttemptOutcome::Delivered),
+                    ("slow", AttemptOutcome::Delivered),
+                ] => {
+                    assert_eq!(r.attempts[0].started_at, start.plus(HEDGE_AFTER));
+                    hedged += 1;
+                }
+                other => panic!("unexpected attempts {other:?}"),
+            }
+        }
+        assert!(hedged > 0);
+        assert!(gone.sent().is_empty());
+        assert_eq!(held.sent().len(), 1);
+        // Each answered request is noted once, in the window both the
+        // health view and the p90 read.
+        assert_eq!(s_slow.latency_p50_p99(), [Some(2_000), Some(2_000)]);
+        assert_eq!(s_off.latency_p50_p99(), [Some(10), Some(10)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_request_is_no_latency() {
+        let clock = TokioClock::starting_at(T0);
+        let mut dead = failing(AttemptOutcome::Transient, 0);
+        dead.unreachable = true;
+        dead.http_status = None;
+        let down = Arc::new(Scripted::new("down", [dead]).latency(Duration::from_millis(700)));
+        let pool = pool(&[down], lenient_breaker());
+        let r = run_round(&pool, &policy(), &clock, &claimed(&clock, "01712345678")).await;
+        assert_eq!(outcomes(&r), [("down", AttemptOutcome::Transient)]);
+        assert_eq!(pool.slots()[0].latency_p50_p99(), [None, None]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disabled_provider_gets_nothing_and_with_none_left_the_message_waits() {
+        let clock = TokioClock::starting_at(T0);
+        let off = Arc::new(Scripted::new("off", [delivered("o")]));
+        let on = Arc::new(Scripted::new("on", [delivered("x")]));
+        let pool = pool(&[Arc::clone(&off), Arc::clone(&on)], lenient_breaker());
+        pool.slots()[0].set_enabled(false);
+        for _ in 0..20 {
+            let r = run_round(&pool, &policy(), &clock, &claimed(&clock, "01712345678")).await;
+            assert_eq!(outcomes(&r), [("on", AttemptOutcome::Delivered)]);
+        }
+        assert!(off.sent().is_empty());
+
+        // None in rotation: no round used, back when an instance would
+        // have learnt of an enable; never failed for it.
+        pool.slots()[1].set_enabled(false);
+        let r = run_round(&pool, &policy(), &clock, &claimed(&clock, "01712345678")).await;
+        assert_eq!(
+            r.completion,
+            Completion::Retry {
+                at: clock.now().plus(policy().out_of_rotation_recheck),
+                counted: false,
+                error: None
+            }
+        );
+        assert_eq!(on.sent().len(), 20);
     }
 }

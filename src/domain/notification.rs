@@ -72,14 +72,17 @@ impl FromStr for NotificationId {
     type Err = BadNotificationId;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex = s.strip_prefix(Self::PREFIX).ok_or(BadNotificationId)?;
-        if hex.len() != 32 {
-            return Err(BadNotificationId);
-        }
-        Uuid::try_parse(hex)
+        uuid_after(Self::PREFIX, s)
             .map(Self)
-            .map_err(|_| BadNotificationId)
+            .ok_or(BadNotificationId)
     }
+}
+
+/// The UUID of a prefixed id: the prefix, then exactly 32 hex digits.
+pub(crate) fn uuid_after(prefix: &str, s: &str) -> Option<Uuid> {
+    s.strip_prefix(prefix)
+        .filter(|hex| hex.len() == 32)
+        .and_then(|hex| Uuid::try_parse(hex).ok())
 }
 
 impl Serialize for NotificationId {

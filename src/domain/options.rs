@@ -1,5 +1,6 @@
 //! What a client may say about a notification beside its message: when to
-//! send it, until when it is worth sending, and how urgent it is.
+//! send it, until when it is worth sending, how urgent it is, and where its
+//! end is called back.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::callback::CallbackPolicy;
 use super::validation::FieldError;
 use super::{Priority, UnixMillis, rfc3339};
 
@@ -20,6 +22,7 @@ pub struct RawOptions {
     pub priority: Option<Value>,
     pub metadata: Option<Value>,
     pub hedge: Option<Value>,
+    pub callback_url: Option<Value>,
 }
 
 /// The validated options.
@@ -35,6 +38,8 @@ pub struct DeliveryOptions {
     /// Asked to be hedged: sent to a second provider too when the first is
     /// slow (`dispatch/hedge.rs`).
     pub hedge: bool,
+    /// Where this notification's own webhook events go.
+    pub callback_url: Option<String>,
 }
 
 pub const MAX_METADATA_ENTRIES: usize = 16;
@@ -83,11 +88,34 @@ fn metadata(errors: &mut Vec<FieldError>, value: Option<Value>) -> BTreeMap<Stri
     out
 }
 
-/// How far ahead `send_at` and the delivery deadline may reach.
+/// How far ahead `send_at` and the delivery deadline may reach, and which
+/// `callback_url`s are accepted.
 #[derive(Debug, Clone, Copy)]
-pub struct OptionLimits {
+pub struct OptionLimits<'a> {
     pub now: UnixMillis,
     pub horizon: Duration,
+    pub callbacks: &'a CallbackPolicy,
+}
+
+fn callback_url(
+    errors: &mut Vec<FieldError>,
+    value: Option<Value>,
+    policy: &CallbackPolicy,
+) -> Option<String> {
+    match value {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) => match policy.check(&url) {
+            Ok(()) => Some(url),
+            Err(reason) => {
+                errors.push(FieldError::new("callback_url", reason));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(FieldError::new("callback_url", "must be a string (a URL)"));
+            None
+        }
+    }
 }
 
 fn timestamp(
@@ -116,7 +144,7 @@ fn timestamp(
 
 pub fn validate_options(
     raw: RawOptions,
-    limits: OptionLimits,
+    limits: OptionLimits<'_>,
 ) -> Result<DeliveryOptions, Vec<FieldError>> {
     let mut errors = Vec::new();
     let horizon = limits.now.plus(limits.horizon);
@@ -193,6 +221,7 @@ pub fn validate_options(
     };
 
     let metadata = metadata(&mut errors, raw.metadata);
+    let callback_url = callback_url(&mut errors, raw.callback_url, limits.callbacks);
 
     let hedge = match raw.hedge {
         None | Some(Value::Null) => false,
@@ -210,6 +239,7 @@ pub fn validate_options(
             priority,
             metadata,
             hedge,
+            callback_url,
         })
     } else {
         Err(errors)
@@ -225,6 +255,7 @@ mod tests {
     const LIMITS: OptionLimits = OptionLimits {
         now: NOW,
         horizon: Duration::from_secs(30 * 86_400),
+        callbacks: &CallbackPolicy::NONE,
     };
 
     fn check(v: Value) -> Result<DeliveryOptions, Vec<String>> {
@@ -303,6 +334,38 @@ mod tests {
         assert!(!check(json!({"hedge": false})).unwrap().hedge);
         assert!(!check(json!({"hedge": null})).unwrap().hedge);
         assert_eq!(check(json!({"hedge": "yes"})), Err(vec!["hedge".into()]));
+    }
+
+    #[test]
+    fn a_callback_url_only_to_an_allowed_host() {
+        assert_eq!(
+            check(json!({"callback_url": "https://hooks.example.com/h"})),
+            Err(vec!["callback_url".into()])
+        );
+        let policy = CallbackPolicy::new(&["hooks.example.com".into()], &[]).unwrap();
+        let limits = OptionLimits {
+            callbacks: &policy,
+            ..LIMITS
+        };
+        let given = |v: Value| {
+            validate_options(serde_json::from_value(v).unwrap(), limits)
+                .map_err(|errors| errors.into_iter().map(|e| e.field).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            given(json!({"callback_url": "https://hooks.example.com/h"}))
+                .unwrap()
+                .callback_url
+                .as_deref(),
+            Some("https://hooks.example.com/h")
+        );
+        assert_eq!(
+            given(json!({"callback_url": "https://other.example.com/h", "priority": "x"})),
+            Err(vec!["priority".into(), "callback_url".into()])
+        );
+        assert_eq!(
+            given(json!({"callback_url": 5})),
+            Err(vec!["callback_url".into()])
+        );
     }
 
     #[test]

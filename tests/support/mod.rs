@@ -118,6 +118,8 @@ pub struct Herald {
     child: Child,
     pub addr: SocketAddr,
     pub log: PathBuf,
+    /// The config file it was started with (a reload reads it again).
+    pub config: PathBuf,
 }
 
 impl Herald {
@@ -136,6 +138,15 @@ impl Herald {
     /// Like [`Herald::start_as`], with extra environment variables (which
     /// may set `RUST_LOG`).
     pub fn start_with_env(dir: &Path, config: &str, role: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(dir, config, role, "127.0.0.1:0", env)
+    }
+
+    /// Like [`Herald::start`], on `addr` (to restart one where it was).
+    pub fn start_on(dir: &Path, config: &str, addr: SocketAddr) -> Self {
+        Self::spawn(dir, config, "all", &addr.to_string(), &[])
+    }
+
+    fn spawn(dir: &Path, config: &str, role: &str, listen: &str, env: &[(&str, &str)]) -> Self {
         let config_path = dir.join(format!("herald-{}.toml", fastrand::u64(..)));
         std::fs::write(&config_path, config).unwrap();
         let log = dir.join(format!("herald-{}.log", fastrand::u64(..)));
@@ -144,7 +155,7 @@ impl Herald {
             .arg("--config")
             .arg(&config_path)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--role")
             .arg(role)
             .env("RUST_LOG", "info")
@@ -165,7 +176,12 @@ impl Herald {
         let addr = rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("herald did not start: {}", read(&log)));
-        Self { child, addr, log }
+        Self {
+            child,
+            addr,
+            log,
+            config: config_path,
+        }
     }
 
     pub fn client(&self) -> Client {
@@ -182,12 +198,21 @@ impl Herald {
     }
 
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// SIGHUP: reload the config file's providers.
+    pub fn sighup(&self) {
+        self.signal("HUP");
+    }
+
+    fn signal(&self, name: &str) {
         let ok = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
             .unwrap()
             .success();
-        assert!(ok, "kill -TERM failed");
+        assert!(ok, "kill -{name} failed");
     }
 
     /// Waits up to `limit` for the process to exit.
@@ -214,6 +239,23 @@ impl Drop for Herald {
     }
 }
 
+/// Runs `herald COMMAND ARGS --store STORE` to its end; its stdout (a
+/// failure fails the test, with its stderr).
+pub fn herald_cli(command: &str, store: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg(command)
+        .args(args)
+        .args(["--store", store])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "herald {command} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -231,9 +273,24 @@ pub struct Answer {
 
 impl Client {
     pub fn new(addr: SocketAddr) -> Self {
+        Self::with_headers(addr, reqwest::header::HeaderMap::new())
+    }
+
+    /// A client that sends `key` as `Authorization: Bearer` on every request.
+    pub fn with_key(addr: SocketAddr, key: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().unwrap(),
+        );
+        Self::with_headers(addr, headers)
+    }
+
+    fn with_headers(addr: SocketAddr, headers: reqwest::header::HeaderMap) -> Self {
         Self {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .default_headers(headers)
                 .build()
                 .unwrap(),
             base: format!("http://{addr}"),
@@ -405,6 +462,18 @@ pub fn delivered_key(d: &Delivery) -> String {
     }
 }
 
+/// Runs `herald keys ARGS --store URL`; its stdout.
+pub fn herald_keys(store: &str, args: &[&str]) -> String {
+    herald_cli("keys", store, args)
+}
+
+/// Creates a key (`herald keys create ARGS`); returns the key, which is
+/// the output's last line.
+pub fn create_key(store: &str, args: &[&str]) -> String {
+    let out = herald_keys(store, &[&["create"], args].concat());
+    out.lines().last().unwrap().trim().to_owned()
+}
+
 /// Which store a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -508,7 +577,15 @@ impl TestStore {
     }
 
     pub async fn open(&self) -> Arc<dyn herald::store::Store> {
-        herald::store::open(&self.url, &herald::store::StoreOptions::default())
+        self.open_with(&herald::store::StoreOptions::default())
+            .await
+    }
+
+    pub async fn open_with(
+        &self,
+        options: &herald::store::StoreOptions,
+    ) -> Arc<dyn herald::store::Store> {
+        herald::store::open(&self.url, options)
             .await
             .unwrap_or_else(|e| panic!("opening {}: {}", self.url, herald::error::chain(&e)))
     }
