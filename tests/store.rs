@@ -46,6 +46,7 @@ store_matrix!(
     webhook_deliveries_are_claimed_once_under_concurrency,
     webhook_deliveries_are_retried_deferred_released_failed_and_purged,
     the_hedge_flag_is_kept_claimed_and_read_back,
+    a_hedged_notifications_end_writes_its_event_naming_the_delivery,
 );
 
 fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
@@ -949,6 +950,79 @@ async fn the_hedge_flag_is_kept_claimed_and_read_back(backend: Backend) {
     let flag = |id| claimed.iter().find(|c| c.id == id).map(|c| c.hedge);
     assert_eq!(flag(hedged.id), Some(true));
     assert_eq!(flag(plain.id), Some(false));
+}
+
+/// A hedged round records the losing request after the winning one; the
+/// notification's event still goes out with its end, and names the
+/// delivery. A hedged notification past its deadline ends in the claim,
+/// with its event, like any other.
+async fn a_hedged_notifications_end_writes_its_event_naming_the_delivery(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open_with(&routed()).await;
+    let now = UnixMillis::now();
+    let hedged = NewNotification {
+        hedge: true,
+        ..new_sms(now, "hedged")
+    };
+    let attempts = vec![
+        attempt("fast", AttemptOutcome::Delivered, 200),
+        attempt("slow", AttemptOutcome::Transient, 503),
+    ];
+    let done = Completion::Delivered {
+        provider: "fast".into(),
+    };
+    end(&*store, hedged.clone(), attempts, done, now)
+        .await
+        .unwrap();
+    let rows = store.claim_webhooks(now, 10, LEASE).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].event, WebhookEvent::Delivered);
+    assert_eq!(rows[0].notification_id, hedged.id);
+    let body = payload(&rows[0]);
+    assert_eq!(body["data"]["attempts"]["count"], 2);
+    assert_eq!(body["data"]["attempts"]["last_provider"], "fast");
+    assert_eq!(body["data"]["attempts"]["last_outcome"], "delivered");
+    assert_eq!(body["data"]["attempts"]["last_http_status"], 200);
+    let rec = store.get(hedged.id).await.unwrap().unwrap();
+    assert!(rec.hedge);
+    assert_eq!(rec.attempts.len(), 2);
+
+    // Failing for good still names the last attempt, whoever made it.
+    let failing = NewNotification {
+        hedge: true,
+        ..new_sms(now, "failing")
+    };
+    let attempts = vec![
+        attempt("fast", AttemptOutcome::Transient, 502),
+        attempt("slow", AttemptOutcome::Rejected, 400),
+    ];
+    let failed = Completion::Failed {
+        error: "HTTP 400".into(),
+    };
+    end(&*store, failing.clone(), attempts, failed, now)
+        .await
+        .unwrap();
+    let rows = store.claim_webhooks(now, 10, LEASE).await.unwrap();
+    assert_eq!(rows.len(), 2, "both endpoints take a failure: {rows:?}");
+    let body = payload(&rows[0]);
+    assert_eq!(body["type"], "notification.failed");
+    assert_eq!(body["data"]["attempts"]["last_provider"], "slow");
+    assert_eq!(body["data"]["attempts"]["last_outcome"], "rejected");
+
+    let by = now.plus(Duration::from_secs(10));
+    let late = NewNotification {
+        hedge: true,
+        deliver_by: Some(by),
+        ..new_sms(now, "late")
+    };
+    store.insert(late.clone()).await.unwrap();
+    assert!(store.claim(by, 10, LEASE).await.unwrap().is_empty());
+    let rows = store.claim_webhooks(by, 10, LEASE).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].event, WebhookEvent::Expired);
+    assert_eq!(rows[0].notification_id, late.id);
 }
 
 async fn past_their_deadline_notifications_expire_unsent(backend: Backend) {

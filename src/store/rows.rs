@@ -231,6 +231,9 @@ fn target_from(s: &str) -> Result<WebhookTarget, StoreError> {
 
 /// The query of [`EndedRow`]s: the notifications `filter` selects, with
 /// their last attempt found by `order` (SQLite's rowid, PostgreSQL's seq).
+/// For a delivered one, the last attempt of the provider that delivered it:
+/// a hedged round records the request that lost after the one that won, and
+/// the event should name the delivery, not the loser's late answer.
 pub(crate) fn ended_query(order: &str, filter: &str) -> String {
     format!(
         "SELECT n.id, n.channel, n.status, n.created_at, n.updated_at, n.last_error,
@@ -239,7 +242,10 @@ pub(crate) fn ended_query(order: &str, filter: &str) -> String {
                 a.provider, a.outcome, a.http_status, a.error
            FROM notifications n
            LEFT JOIN attempts a
-                  ON a.{order} = (SELECT MAX({order}) FROM attempts WHERE notification_id = n.id)
+                  ON a.{order} = (SELECT MAX({order}) FROM attempts
+                                   WHERE notification_id = n.id
+                                     AND (n.delivered_by IS NULL
+                                          OR provider = n.delivered_by))
           WHERE {filter}"
     )
 }
