@@ -590,6 +590,9 @@ fn purge_keys(conn: &Connection, before: UnixMillis, limit: usize) -> Result<u64
 /// first, each stopping at the first row not yet due, so a backlog of
 /// low-priority work costs a high-priority claim nothing. Rows past their
 /// client's deadline are ended `expired` here instead of being sent.
+///
+/// `LIMIT ?4 + 0`: a bare parameter as a limit is read into the plan, and
+/// SQLite then prepares the statement again on every run.
 const CLAIM: &str = "UPDATE notifications
     SET status = CASE WHEN deliver_by <= ?3 THEN 'expired' ELSE 'sending' END,
         lease_token = CASE WHEN deliver_by <= ?3 THEN NULL ELSE ?1 END,
@@ -599,16 +602,16 @@ const CLAIM: &str = "UPDATE notifications
   WHERE id IN (
         SELECT id FROM (SELECT id FROM notifications INDEXED BY notifications_claim
                          WHERE priority = 0 AND due_at <= ?3 AND due_at IS NOT NULL
-                         ORDER BY due_at LIMIT ?4)
+                         ORDER BY due_at LIMIT ?4 + 0)
         UNION ALL
         SELECT id FROM (SELECT id FROM notifications INDEXED BY notifications_claim
                          WHERE priority = 1 AND due_at <= ?3 AND due_at IS NOT NULL
-                         ORDER BY due_at LIMIT ?4)
+                         ORDER BY due_at LIMIT ?4 + 0)
         UNION ALL
         SELECT id FROM (SELECT id FROM notifications INDEXED BY notifications_claim
                          WHERE priority = 2 AND due_at <= ?3 AND due_at IS NOT NULL
-                         ORDER BY due_at LIMIT ?4)
-        LIMIT ?4)
+                         ORDER BY due_at LIMIT ?4 + 0)
+        LIMIT ?4 + 0)
  RETURNING id, channel, payload, rounds, created_at, expires_at, deliver_by, status,
            hedge";
 
@@ -1179,7 +1182,10 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use rusqlite::StatementStatus;
+
     use super::*;
+    use crate::domain::{Channel, Priority};
 
     fn migrated() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
@@ -1209,5 +1215,45 @@ mod tests {
                 "{sql}: {ops:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_claim_is_prepared_once() {
+        let conn = migrated();
+        let routes = WebhookRoutes::default();
+        let outbox = Outbox {
+            routes: &routes,
+            added: Cell::new(0),
+        };
+        let now = UnixMillis::now();
+        for round in 0..4 {
+            let n = NewNotification {
+                id: NotificationId::new_at(now),
+                channel: Channel::Sms,
+                payload: "{}".into(),
+                created_at: now,
+                expires_at: now.plus(Duration::from_secs(60)),
+                deliver_by: None,
+                send_at: None,
+                priority: Priority::Normal,
+                metadata: Default::default(),
+                hedge: false,
+                callback_url: None,
+                lease: None,
+            };
+            insert(&conn, &n).unwrap();
+            let at = UnixMillis(now.0 + round);
+            let claimed = claim(
+                &conn,
+                &outbox,
+                at,
+                10 + round as usize,
+                Duration::from_secs(30),
+            );
+            assert_eq!(claimed.unwrap().len(), 1);
+        }
+        let stmt = conn.prepare_cached(CLAIM).unwrap();
+        assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+        assert_eq!(stmt.get_status(StatementStatus::Run), 4);
     }
 }

@@ -110,13 +110,15 @@ pub(super) fn claim(
 ) -> Result<Vec<ClaimedWebhook>, StoreError> {
     let token = LeaseToken::random();
     let lease_until = now.plus(lease);
+    // `LIMIT ?4 + 0`, as in the notifications' claim: a bare parameter
+    // would have the statement prepared again on every run.
     let mut stmt = conn
         .prepare_cached(&format!(
             "UPDATE webhook_deliveries
                 SET status = 'sending', lease_token = ?1, due_at = ?2, updated_at = ?3
               WHERE id IN (SELECT id FROM webhook_deliveries INDEXED BY webhook_deliveries_due
                             WHERE status IN ('pending', 'sending') AND due_at <= ?3
-                            ORDER BY due_at LIMIT ?4)
+                            ORDER BY due_at LIMIT ?4 + 0)
              RETURNING {CLAIMED_WEBHOOK_COLUMNS}"
         ))
         .map_err(backend)?;
