@@ -2,7 +2,10 @@
 //! masked (`0171*****78`, `a***@example.com`) and texts never appear, unless
 //! the operator turned on `log.personal_data_for_debugging`.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, Once};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +91,113 @@ pub fn mask_address(address: &str) -> String {
         }
         None => "***".into(),
     }
+}
+
+/// How long a log line may wait for others to share its write to stderr.
+const GATHER: Duration = Duration::from_millis(10);
+
+/// Bytes of log lines that may wait; past this the line's own thread
+/// writes them out, so a slow stderr holds callers back instead of growing
+/// the buffer.
+const MOST_WAITING: usize = 256 * 1024;
+
+/// Log lines on their way to stderr. A busy instance logs a few lines per
+/// notification; a `write` to stderr for each cost about as much as the
+/// line's formatting. Lines are gathered here instead and written by a
+/// thread of their own, at most [`GATHER`] after the first of a batch
+/// arrived, in the order they were logged.
+struct Batches {
+    waiting: Mutex<Vec<u8>>,
+    /// Held while a batch is written, so batches reach stderr in order.
+    writing: Mutex<()>,
+    arrived: Condvar,
+}
+
+static BATCHES: Batches = Batches {
+    waiting: Mutex::new(Vec::new()),
+    writing: Mutex::new(()),
+    arrived: Condvar::new(),
+};
+
+static WRITER_THREAD: Once = Once::new();
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Batches {
+    fn add(&self, line: &[u8]) {
+        let mut waiting = lock(&self.waiting);
+        let first = waiting.is_empty();
+        waiting.extend_from_slice(line);
+        let full = waiting.len() >= MOST_WAITING;
+        drop(waiting);
+        if full {
+            self.write_out();
+        } else if first {
+            self.arrived.notify_one();
+        }
+    }
+
+    /// Writes what waits, behind any batch being written.
+    fn write_out(&self) {
+        let _writing = lock(&self.writing);
+        let batch = std::mem::take(&mut *lock(&self.waiting));
+        if !batch.is_empty() {
+            // Nowhere to report a failing stderr; the lines are dropped.
+            let _ = std::io::stderr().write_all(&batch);
+        }
+    }
+
+    fn run(&self) {
+        loop {
+            let mut waiting = lock(&self.waiting);
+            while waiting.is_empty() {
+                waiting = self
+                    .arrived
+                    .wait(waiting)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            drop(waiting);
+            std::thread::sleep(GATHER);
+            self.write_out();
+        }
+    }
+}
+
+/// Where `tracing`'s lines go when written in batches: a line is whole in
+/// one `write` call, which appends it to the batch.
+pub struct BatchedStderr;
+
+impl Write for BatchedStderr {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        BATCHES.add(line);
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Log lines written to stderr in batches (see [`BatchedStderr`]), by a
+/// thread started on the first call; call [`flush`] before exiting.
+pub fn batched_stderr() -> BatchedStderr {
+    WRITER_THREAD.call_once(|| {
+        let started = std::thread::Builder::new()
+            .name("herald-log".into())
+            .spawn(|| BATCHES.run());
+        if let Err(e) = started {
+            eprintln!("could not start the log writer thread ({e}); log lines are written 256 KiB at a time");
+        }
+    });
+    BatchedStderr
+}
+
+/// Writes every log line still waiting; also run before a panic's message
+/// is printed, so the lines that led to it come first.
+pub fn flush() {
+    BATCHES.write_out();
 }
 
 #[cfg(test)]

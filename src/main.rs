@@ -13,6 +13,7 @@ use herald::logging::{LogConfig, LogFormat};
 use herald_bench::BenchArgs;
 use herald_sim::{self as simulator, MockArgs};
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::prelude::*;
 
 // glibc's malloc showed as ~10% of Herald's CPU under load (docs/benchmarks.md).
@@ -59,7 +60,13 @@ struct DemoArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let ran = run(Cli::parse()).await;
+    // What `serve` and `demo` logged last may still wait for its write.
+    herald::logging::flush();
+    ran
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     ignore_file_size_signal();
     match cli.command {
         Command::Server(command) => server(command).await?,
@@ -82,7 +89,7 @@ async fn server(command: ServerCommand) -> anyhow::Result<()> {
         ServerCommand::Serve(args) => {
             ignore_hangup_until_serving();
             let config = args.load().context("invalid configuration")?;
-            init_logging(&config.log);
+            init_logging_batched(&config.log);
             app::refuse_exposure_without_keys(&config)?;
             let (listener, addr) = app::bind(config.listen)
                 .await
@@ -113,7 +120,7 @@ async fn server(command: ServerCommand) -> anyhow::Result<()> {
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     ignore_hangup_until_serving();
     let mut config = args.serve.load().context("invalid configuration")?;
-    init_logging(&config.log);
+    init_logging_batched(&config.log);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let sim = simulator::Simulator::start(args.mock.simulator_config(), tx)
         .await
@@ -127,6 +134,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("could not listen on {}", config.listen))?;
     announce(addr, &config.store);
+    herald::logging::flush();
     eprintln!(
         "simulated providers (failing {:.0}% of requests): SMS {}, email {}",
         args.mock.failure_rate * 100.0,
@@ -254,12 +262,30 @@ fn announce(addr: std::net::SocketAddr, store: &str) {
 
 /// Logs go to stderr, as text or JSON; `RUST_LOG` wins over `log.level`.
 fn init_logging(log: &LogConfig) {
+    init_logging_to(log, std::io::stderr);
+}
+
+/// The same, for a server: its lines are written to stderr in batches, a
+/// few writes a second however many lines (`herald::logging::batched_stderr`).
+fn init_logging_batched(log: &LogConfig) {
+    init_logging_to(log, herald::logging::batched_stderr);
+    let panic_message = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        herald::logging::flush();
+        panic_message(info);
+    }));
+}
+
+fn init_logging_to<W>(log: &LogConfig, writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let level = log.level.parse().unwrap_or(tracing::Level::INFO);
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|s| Targets::from_str(&s).ok())
         .unwrap_or_else(|| Targets::new().with_default(level));
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
     let layer = match log.format {
         LogFormat::Text => layer.with_ansi(std::io::stderr().is_terminal()).boxed(),
         LogFormat::Json => layer
