@@ -34,6 +34,9 @@ pub enum Command {
     /// Create, list and revoke API keys (stored in the store, seen by every
     /// instance within auth.refresh_ms).
     Keys(KeysArgs),
+    /// Print the API's OpenAPI 3.1 document, as `GET /openapi.json` serves
+    /// it (`herald openapi > docs/openapi.json` refreshes the checked-in copy).
+    Openapi,
     /// Drive load against Herald (a running one, or one it starts) and
     /// report throughput, latency percentiles, backlog, CPU and memory.
     Bench(crate::bench::BenchArgs),
@@ -222,6 +225,8 @@ mod tests {
         let cli =
             Cli::try_parse_from(["herald", "migrate", "--store", "postgres://h@x/db"]).unwrap();
         assert!(matches!(cli.command, Command::Migrate(_)));
+        let cli = Cli::try_parse_from(["herald", "openapi"]).unwrap();
+        assert!(matches!(cli.command, Command::Openapi));
         let cli = Cli::try_parse_from([
             "herald",
             "keys",

@@ -47,6 +47,12 @@ async fn main() -> anyhow::Result<()> {
             simulator::run(args.simulator_config(), shutdown_signal()).await?;
         }
         Command::Demo(args) => demo(args).await?,
+        Command::Openapi => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(herald::api::openapi::document().as_bytes())
+                .context("could not write the document")?;
+        }
         Command::Bench(args) => {
             init_logging(&LogConfig::default());
             herald::bench::main(args).await?

@@ -246,6 +246,9 @@ async fn bad_input_gets_problem_details(backend: Backend) {
         404,
     );
     assert_problem(&c.get("/v1/notifications/garbage").await, 404);
+    // Not even UTF-8: still no such notification, as a problem.
+    assert_problem(&c.get("/v1/notifications/%FF").await, 404);
+    assert_problem(&c.delete("/v1/notifications/%FF").await, 404);
     assert_problem(&c.get("/nowhere").await, 404);
     assert_problem(&c.get("/v1/sms").await, 405);
     assert_problem(&c.get("/v1/notifications?status=lost").await, 400);

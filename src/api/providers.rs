@@ -5,25 +5,43 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::ApiState;
 use crate::dispatch::breaker::BreakerState;
 use crate::domain::Channel;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ProviderHealth {
     name: String,
     /// `contract`, `twilio`, …
     kind: &'static str,
     channel: Channel,
     weight: u32,
-    /// `closed`, `open` or `half_open`.
-    breaker: &'static str,
+    breaker: Breaker,
     /// Outcomes in the sliding window, and how many of them failed.
     samples: usize,
     failures: usize,
 }
 
+/// The circuit breaker: `open` admits nothing until its cooldown ends, then
+/// `half_open` lets one probe through.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum Breaker {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// Every provider with its breaker and recent outcomes.
+#[utoipa::path(
+    get,
+    path = "/v1/providers",
+    operation_id = "list_providers",
+    tag = "operations",
+    responses((status = 200, description = "Every configured provider", body = [ProviderHealth])),
+)]
 pub async fn list(State(state): State<Arc<ApiState>>) -> Json<Vec<ProviderHealth>> {
     let mut out = Vec::new();
     for channel in Channel::ALL {
@@ -35,9 +53,9 @@ pub async fn list(State(state): State<Arc<ApiState>>) -> Json<Vec<ProviderHealth
                 channel,
                 weight: slot.weight,
                 breaker: match breaker {
-                    BreakerState::Closed => "closed",
-                    BreakerState::Open => "open",
-                    BreakerState::HalfOpen => "half_open",
+                    BreakerState::Closed => Breaker::Closed,
+                    BreakerState::Open => Breaker::Open,
+                    BreakerState::HalfOpen => Breaker::HalfOpen,
                 },
                 samples,
                 failures,

@@ -127,11 +127,12 @@ async fn accept_loop(
 /// Over the cap: a 503 if the socket takes it at once, then closed. Never
 /// queued, never waited on.
 fn refuse(stream: TcpStream) {
-    const BODY: &str = r#"{"type":"/problems/too-many-connections","title":"Too many connections","status":503,"detail":"this instance has as many connections open as it allows; try again or try another"}"#;
+    let body = serde_json::to_string(&Problem::too_many_connections()).unwrap_or_default();
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
-         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
-        BODY.len()
+         retry-after: 1\r\n{REQUEST_ID}: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        fresh_request_id(),
+        body.len()
     );
     let _ = stream.try_write(answer.as_bytes());
     tracing::debug!("refused a connection over http.max_connections");
@@ -167,13 +168,17 @@ async fn request_id(request: Request, next: Next) -> Response {
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         });
-    let id = given.map_or_else(|| format!("{:032x}", fastrand::u128(..)), str::to_owned);
+    let id = given.map_or_else(fresh_request_id, str::to_owned);
     let span = tracing::info_span!("request", request_id = %id);
     let mut response = next.run(request).instrument(span).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
+}
+
+fn fresh_request_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
 }
 
 /// Counts every answer by route (the pattern, never the id in the path)

@@ -3,6 +3,7 @@
 pub mod notification;
 pub mod options;
 pub mod rfc3339;
+pub mod schema;
 pub mod validation;
 
 pub use notification::{

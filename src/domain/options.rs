@@ -6,18 +6,33 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::validation::FieldError;
 use super::{Priority, UnixMillis, rfc3339};
 
 /// The optional fields as they arrive, untyped, so that every bad one is
 /// named at once with the message's own.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[schema(
+    as = DeliveryOptions,
+    description = "When to send, until when it is worth sending, how urgent it is, and labels"
+)]
 pub struct RawOptions {
+    /// Not before this (RFC 3339); at most `accept.schedule_horizon_secs`
+    /// ahead. A time past is now.
+    #[schema(schema_with = super::schema::timestamp_or_null)]
     pub send_at: Option<Value>,
+    /// Not delivered by this (RFC 3339), it ends `expired`, never sent late.
+    /// Later than now and than `send_at`; not together with `ttl_secs`.
+    #[schema(schema_with = super::schema::timestamp_or_null)]
     pub expires_at: Option<Value>,
+    #[schema(schema_with = super::schema::ttl_secs)]
     pub ttl_secs: Option<Value>,
+    /// `high` is claimed before `normal` (the default) before `low`.
+    #[schema(value_type = Option<Priority>)]
     pub priority: Option<Value>,
+    #[schema(schema_with = super::schema::metadata)]
     pub metadata: Option<Value>,
 }
 
