@@ -34,5 +34,14 @@ if ! python3 -c "import aiosmtpd" 2>/dev/null; then
         python3 -m pip install --quiet --break-system-packages aiosmtpd
 fi
 
+# The OpenAPI test (tests/openapi.rs) runs schemathesis against a live Herald,
+# at the version it was tested with.
+SCHEMATHESIS_VERSION=4.32.5
+if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('schemathesis') != '$SCHEMATHESIS_VERSION')" 2>/dev/null; then
+    echo "== schemathesis $SCHEMATHESIS_VERSION"
+    python3 -m pip install --quiet "schemathesis==$SCHEMATHESIS_VERSION" ||
+        python3 -m pip install --quiet --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
 echo "== tests"
 cargo test --all-targets --locked

@@ -8,34 +8,12 @@ use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use support::{Backend, Herald, Sim, TestStore};
+use support::{Backend, Herald, Sim, TestStore, create_key as create, herald_keys as keys};
 
 store_matrix!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     keys_and_scopes_guard_the_api,
 );
-
-/// Runs `herald keys ARGS --store URL`; its stdout.
-fn keys(store: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("keys")
-        .args(args)
-        .args(["--store", store])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "herald keys {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Creates a key; the last line of the output is the key.
-fn create(store: &str, args: &[&str]) -> String {
-    let out = keys(store, &[&["create"], args].concat());
-    out.lines().last().unwrap().trim().to_owned()
-}
 
 struct Call {
     status: u16,

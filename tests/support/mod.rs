@@ -109,6 +109,50 @@ cooldown_max_ms = 500
     }
 }
 
+/// Whether `python3` can import `module`. Where it cannot, the test is
+/// skipped with a notice, and fails under `CI=true` (`scripts/test.sh`
+/// installs the modules the tests use).
+pub fn python_has(module: &str) -> bool {
+    let found = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("python3 with {module} is missing; ./scripts/test.sh installs it");
+        }
+        eprintln!(
+            "NOTICE: skipping a test: python3 -c 'import {module}' failed \
+             (./scripts/test.sh installs it)"
+        );
+    }
+    found
+}
+
+/// Runs `herald keys ARGS --store URL`, which must succeed; its stdout.
+pub fn herald_keys(store: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("keys")
+        .args(args)
+        .args(["--store", store])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "herald keys {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Creates an API key (`herald keys create ARGS`); the key, which is the
+/// last line printed.
+pub fn create_key(store: &str, args: &[&str]) -> String {
+    let out = herald_keys(store, &[&["create"], args].concat());
+    out.lines().last().unwrap().trim().to_owned()
+}
+
 /// `herald serve` as a child process.
 pub struct Herald {
     child: Child,
