@@ -17,8 +17,8 @@ use utoipa::ToSchema;
 use super::auth::CallerScope;
 use super::problem::Problem;
 use super::submit::{
-    ACCEPTED, BAD_REQUEST, KEY_REUSED, Keyed, NOT_JSON, Receipt, hand_over, parse_object, prepare,
-    read_body, refuse_unsendable, store, validate,
+    ACCEPTED, Keyed, Receipt, hand_over, parse_object, prepare, read_body, refuse_unsendable,
+    store, validate,
 };
 use super::{ApiState, idempotency};
 use crate::domain::options::{OptionLimits, RawOptions};
@@ -62,10 +62,6 @@ enum BatchResult {
     request_body(content = ref("#/components/schemas/BatchRequest"), content_type = "application/json"),
     responses(
         (status = 202, description = ACCEPTED, body = BatchAnswer),
-        (status = 400, description = BAD_REQUEST),
-        (status = 409, description = KEY_REUSED),
-        (status = 413, description = "The body is over `accept.batch_body_limit_bytes`"),
-        (status = 415, description = NOT_JSON),
         (status = 422, description = "No item is valid, or `notifications` is missing, empty \
             or over `accept.batch_max_items`: `errors` names every bad field"),
     ),

@@ -28,11 +28,22 @@ fn store_problem(e: crate::store::StoreError) -> Problem {
     Problem::store_unavailable()
 }
 
+/// The notification a path names.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct NotificationPath {
+    /// As the 202 answer gave it.
+    #[param(value_type = NotificationId)]
+    id: String,
+}
+
 /// The id in the path; one that is not an id (nor even UTF-8) names no
 /// notification.
-fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<NotificationId, Problem> {
+fn parse_id(
+    path: Result<Path<NotificationPath>, PathRejection>,
+) -> Result<NotificationId, Problem> {
     path.ok()
-        .and_then(|Path(raw)| raw.parse().ok())
+        .and_then(|Path(p)| p.id.parse().ok())
         .ok_or_else(|| Problem::not_found("notification with this id"))
 }
 
@@ -42,7 +53,7 @@ fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<NotificationId,
     path = "/v1/notifications/{id}",
     operation_id = "get_notification",
     tag = "notifications",
-    params(("id" = NotificationId, Path, description = "As the 202 answer gave it")),
+    params(NotificationPath),
     responses(
         (status = 200, description = "The notification", body = NotificationRecord),
         (status = 404, description = "No notification with this id"),
@@ -50,7 +61,7 @@ fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<NotificationId,
 )]
 pub async fn get(
     State(state): State<Arc<ApiState>>,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<NotificationPath>, PathRejection>,
 ) -> Result<Response, Problem> {
     let id = parse_id(path)?;
     match state.store.get(id).await.map_err(store_problem)? {
@@ -230,7 +241,7 @@ pub async fn list(
     path = "/v1/notifications/{id}/replay",
     operation_id = "replay_notification",
     tag = "notifications",
-    params(("id" = NotificationId, Path, description = "As the 202 answer gave it")),
+    params(NotificationPath),
     responses(
         (status = 202, description = "Queued again", body = Receipt),
         (status = 404, description = "No notification with this id"),
@@ -239,7 +250,7 @@ pub async fn list(
 )]
 pub async fn replay(
     State(state): State<Arc<ApiState>>,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<NotificationPath>, PathRejection>,
 ) -> Result<Response, Problem> {
     let id = parse_id(path)?;
     let now = UnixMillis::now();
@@ -276,7 +287,7 @@ pub async fn replay(
     path = "/v1/notifications/{id}",
     operation_id = "cancel_notification",
     tag = "notifications",
-    params(("id" = NotificationId, Path, description = "As the 202 answer gave it")),
+    params(NotificationPath),
     responses(
         (status = 200, description = "Canceled", body = Receipt),
         (status = 404, description = "No notification with this id"),
@@ -285,7 +296,7 @@ pub async fn replay(
 )]
 pub async fn cancel(
     State(state): State<Arc<ApiState>>,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<NotificationPath>, PathRejection>,
 ) -> Result<Response, Problem> {
     let id = parse_id(path)?;
     let outcome = state

@@ -118,9 +118,34 @@ fn complete_operation(operation: &mut Value, scopes: &[Scope]) {
     let keyed = operation["parameters"]
         .as_array()
         .is_some_and(|ps| ps.iter().any(|p| p["name"] == "Idempotency-Key"));
-    // A route that reads a body answers 415 without one.
+    // What `submit::read_body` and `parse_object` answer, for every route
+    // that reads a JSON body (415 without one), and what a route that takes
+    // an Idempotency-Key answers about it.
     if operation["requestBody"].is_object() {
         operation["requestBody"]["required"] = json!(true);
+        let bad = if keyed {
+            "Malformed JSON, a body that could not be read, or an invalid Idempotency-Key"
+        } else {
+            "Malformed JSON, or a body that could not be read"
+        };
+        for (status, description) in [
+            ("400", bad),
+            (
+                "413",
+                "The body is over its limit: `body_limit_bytes`; for a batch, \
+                `accept.batch_body_limit_bytes`",
+            ),
+            (
+                "415",
+                "The body is not `application/json` (nor `application/*+json`)",
+            ),
+        ] {
+            operation["responses"][status] = json!({"description": description});
+        }
+    }
+    if keyed {
+        operation["responses"]["409"] =
+            json!({"description": "The Idempotency-Key came with a different request before"});
     }
     match operation["parameters"].as_array_mut() {
         Some(parameters) => parameters.push(component("parameters", "X-Request-Id")),

@@ -40,10 +40,6 @@ use crate::store::{IdempotencyKey, KeyedInsert, NewNotification, StoredAnswer};
         (status = 202, description = ACCEPTED, body = Receipt, headers(
             ("Location" = String, description = "The notification: `/v1/notifications/{id}`"),
         )),
-        (status = 400, description = BAD_REQUEST),
-        (status = 409, description = KEY_REUSED),
-        (status = 413, description = "The body is over `body_limit_bytes`"),
-        (status = 415, description = NOT_JSON),
         (status = 422, description = INVALID),
     ),
 )]
@@ -79,10 +75,6 @@ pub async fn sms(
         (status = 202, description = ACCEPTED, body = Receipt, headers(
             ("Location" = String, description = "The notification: `/v1/notifications/{id}`"),
         )),
-        (status = 400, description = BAD_REQUEST),
-        (status = 409, description = KEY_REUSED),
-        (status = 413, description = "The body is over `body_limit_bytes`"),
-        (status = 415, description = NOT_JSON),
         (status = 422, description = INVALID),
     ),
 )]
@@ -106,13 +98,10 @@ pub struct Receipt {
     pub status: Status,
 }
 
-// What the accepting routes' answers mean, for the document.
+// What the accepting routes' answers mean, for the document (which adds
+// their 400, 409, 413 and 415: api/openapi.rs).
 pub(super) const ACCEPTED: &str = "Stored (committed to disk or database): it will be delivered, \
     or end `failed`, `dead` or `expired`. A repeated Idempotency-Key gets the first answer again.";
-pub(super) const BAD_REQUEST: &str =
-    "Malformed JSON, an unreadable body, or an invalid Idempotency-Key";
-pub(super) const KEY_REUSED: &str = "The Idempotency-Key came with a different request before";
-pub(super) const NOT_JSON: &str = "The body is not `application/json` (or `application/*+json`)";
 pub(super) const INVALID: &str = "Failed validation: `errors` names every bad field";
 
 /// `application/json`, or any `application/*+json`, with any parameters.

@@ -46,27 +46,24 @@ fn nullable(t: Type) -> SchemaType {
     SchemaType::from_iter([t, Type::Null])
 }
 
-fn text(max: usize, nullable_: bool) -> ObjectBuilder {
-    let t = if nullable_ {
+/// A string, or `null` as well where null is as good as absent.
+fn string(or_null: bool) -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(if or_null {
         nullable(Type::String)
     } else {
         Type::String.into()
-    };
-    ObjectBuilder::new()
-        .schema_type(t)
+    })
+}
+
+fn text(max: usize, or_null: bool) -> ObjectBuilder {
+    string(or_null)
         .min_length(Some(1))
         .max_length(Some(max))
         .pattern(Some(not_blank()))
 }
 
-fn address(nullable_: bool) -> ObjectBuilder {
-    let t = if nullable_ {
-        nullable(Type::String)
-    } else {
-        Type::String.into()
-    };
-    ObjectBuilder::new()
-        .schema_type(t)
+fn address(or_null: bool) -> ObjectBuilder {
+    string(or_null)
         .max_length(Some(MAX_ADDRESS_CHARS))
         .pattern(Some(email_pattern()))
 }
