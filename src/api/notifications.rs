@@ -93,7 +93,7 @@ pub struct ListQuery {
     /// The `next` of the previous page.
     #[param(value_type = Option<NotificationId>)]
     cursor: Option<String>,
-    /// The older name of `cursor`.
+    /// The older name of `cursor`; not together with it.
     #[param(value_type = Option<NotificationId>)]
     after: Option<String>,
     /// Items per page (100 when not given); taken as 1 to 1,000.
@@ -214,12 +214,18 @@ pub async fn list(
         created_from: timestamp("created_after", q.created_after.as_deref())?,
         created_before: timestamp("created_before", q.created_before.as_deref())?,
     };
-    let after = match q.cursor.as_deref().or(q.after.as_deref()) {
-        Some(a) => Some(
+    let after = match (q.cursor.as_deref(), q.after.as_deref()) {
+        // Two cursors: one of them would be ignored unchecked.
+        (Some(_), Some(_)) => {
+            return Err(Problem::bad_query(
+                "give cursor or after (its older name), not both".into(),
+            ));
+        }
+        (Some(a), None) | (None, Some(a)) => Some(
             a.parse::<NotificationId>()
                 .map_err(|_| Problem::bad_query("cursor: not a cursor this API gave".into()))?,
         ),
-        None => None,
+        (None, None) => None,
     };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let items = state
