@@ -1,5 +1,6 @@
-//! TLS for every connection Herald makes (HTTPS providers, SMTP, PostgreSQL):
-//! rustls with the `ring` provider, no OpenSSL.
+//! TLS for every connection Herald makes (HTTPS providers, SMTP, PostgreSQL)
+//! and, with [`ListenerTls`], for the connections it takes: rustls with the
+//! `ring` provider, no OpenSSL.
 //!
 //! Trust anchors are the public web roots compiled in from `webpki-roots`,
 //! unless a CA file (PEM) is given: then exactly the certificates in that
@@ -14,6 +15,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, RootCertStore};
+
+mod server;
+
+pub use server::ListenerTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -39,6 +44,46 @@ pub enum TlsError {
     },
     #[error("TLS settings refused")]
     Config(#[source] rustls::Error),
+    #[error("could not read the {what} file {path}")]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the certificate file {path} is not valid PEM")]
+    BadCertificatePem {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("the certificate file {path} holds no certificate")]
+    NoServerCertificate { path: PathBuf },
+    // Boxed, as is BadKey's: rustls's errors are large, and this type is
+    // carried inside other layers' errors.
+    #[error("the certificate file {path} holds a certificate that cannot be parsed")]
+    BadServerCertificate {
+        path: PathBuf,
+        #[source]
+        source: Box<rustls::Error>,
+    },
+    // No source: a PEM parser's message may quote the file, and this one
+    // holds a secret.
+    #[error("the key file {path} is not valid PEM")]
+    BadKeyPem { path: PathBuf },
+    #[error("the key file {path} holds no private key (PEM: PKCS#8, RSA or SEC1)")]
+    NoPrivateKey { path: PathBuf },
+    #[error("the key file {path} holds a key that cannot be used")]
+    BadKey {
+        path: PathBuf,
+        #[source]
+        source: Box<rustls::Error>,
+    },
+    #[error("the key file {key_file} does not match the certificate in {cert_file}")]
+    KeyMismatch {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
 }
 
 /// The one crypto provider: ring (aws-lc-rs would need cmake and a C
