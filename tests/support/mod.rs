@@ -168,7 +168,11 @@ impl Herald {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("herald listening on http://") {
+                let url = line.strip_prefix("herald listening on ");
+                if let Some(addr) = url.and_then(|u| {
+                    u.strip_prefix("http://")
+                        .or_else(|| u.strip_prefix("https://"))
+                }) {
                     let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
                 }
             }
