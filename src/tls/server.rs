@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{InconsistentKeys, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-use super::{TlsError, crypto};
+use super::{TlsError, crypto, read_certificates, read_file};
 
 /// The one protocol ALPN offers: Herald's server speaks HTTP/1.1 only.
 const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -94,7 +94,8 @@ fn read_pair(
     key_file: &Path,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, TlsError> {
-    let chain = read_chain(cert_file)?;
+    // Leaf first, as a chain is written.
+    let chain = read_certificates(cert_file, "certificate")?;
     let key = provider
         .key_provider
         .load_private_key(read_key(key_file)?)
@@ -118,27 +119,9 @@ fn read_pair(
     }
 }
 
-/// The certificates of the file, leaf first; other sections (a key kept
-/// in the same file) are passed over.
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path, "certificate")?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::BadCertificatePem {
-            path: path.to_owned(),
-            source,
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::NoServerCertificate {
-            path: path.to_owned(),
-        });
-    }
-    Ok(chain)
-}
-
 /// The file's first private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read(path, "key")?;
+    let pem = read_file(path, "key")?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         pem::Error::NoItemsFound => TlsError::NoPrivateKey {
             path: path.to_owned(),
@@ -146,14 +129,6 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         _ => TlsError::BadKeyPem {
             path: path.to_owned(),
         },
-    })
-}
-
-fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::ReadFile {
-        what,
-        path: path.to_owned(),
-        source,
     })
 }
 
@@ -174,6 +149,13 @@ mod tests {
         path
     }
 
+    /// Writes a fresh pair as `cert.pem` and `key.pem` in `dir`, over any
+    /// there; their paths.
+    fn write_pair(dir: &Path) -> (PathBuf, PathBuf) {
+        let (cert, key) = pair();
+        (write(dir, "cert.pem", &cert), write(dir, "key.pem", &key))
+    }
+
     fn served(tls: &ListenerTls) -> Arc<CertifiedKey> {
         Arc::clone(&tls.certificate.current.read().unwrap())
     }
@@ -181,9 +163,7 @@ mod tests {
     #[test]
     fn a_pair_loads_and_offers_http1_only() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = pair();
-        let cert_file = write(dir.path(), "cert.pem", &cert);
-        let key_file = write(dir.path(), "key.pem", &key);
+        let (cert_file, key_file) = write_pair(dir.path());
         let tls = ListenerTls::load(&cert_file, &key_file).unwrap();
         assert_eq!(
             tls.acceptor().config().alpn_protocols,
@@ -191,17 +171,21 @@ mod tests {
         );
         assert_eq!(served(&tls).cert.len(), 1);
         // A certificate file that also holds the key is read the same.
-        let both = write(dir.path(), "both.pem", &format!("{key}{cert}"));
+        let text = |path| std::fs::read_to_string(path).unwrap();
+        let both = write(
+            dir.path(),
+            "both.pem",
+            &format!("{}{}", text(&key_file), text(&cert_file)),
+        );
         ListenerTls::load(&both, &both).unwrap();
     }
 
     #[test]
     fn bad_files_are_refused_naming_the_file_never_the_key() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = pair();
+        let (cert_file, key_file) = write_pair(dir.path());
+        let key = std::fs::read_to_string(&key_file).unwrap();
         let (_, other_key) = pair();
-        let cert_file = write(dir.path(), "cert.pem", &cert);
-        let key_file = write(dir.path(), "key.pem", &key);
         let other_key_file = write(dir.path(), "other-key.pem", &other_key);
         let missing = dir.path().join("missing.pem");
         let no_cert = write(dir.path(), "no-cert.pem", "nothing here\n");
@@ -241,15 +225,11 @@ mod tests {
     #[test]
     fn a_reload_takes_a_good_pair_and_refuses_a_bad_one() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = pair();
-        let cert_file = write(dir.path(), "cert.pem", &cert);
-        let key_file = write(dir.path(), "key.pem", &key);
+        let (cert_file, key_file) = write_pair(dir.path());
         let tls = ListenerTls::load(&cert_file, &key_file).unwrap();
         let first = served(&tls);
 
-        let (cert, key) = pair();
-        write(dir.path(), "cert.pem", &cert);
-        write(dir.path(), "key.pem", &key);
+        write_pair(dir.path());
         tls.reload().unwrap();
         let second = served(&tls);
         assert_ne!(second.cert, first.cert);
