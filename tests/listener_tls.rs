@@ -5,14 +5,13 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustls::ProtocolVersion;
 use serde_json::json;
 use support::tls::{HttpsConnection, TestCa, client_config};
-use support::{Backend, Herald, Sim, TestStore};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{Backend, Herald, Sim, TestStore, assert_all_closed, read_until_closed};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// The `[http]` lines that turn TLS on with the CA's certificate.
@@ -40,21 +39,6 @@ async fn herald_with(
     );
     let herald = Herald::start_with_env(dir.path(), &config, "all", env);
     (herald, sim, store, dir)
-}
-
-/// Reads until the peer closes the connection (or resets it): what it sent
-/// meanwhile, or `None` if it still holds the connection after `limit`.
-async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let until = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
 }
 
 /// Waits up to 10 s for `needle` in Herald's log.
@@ -124,19 +108,7 @@ async fn an_sms_goes_in_and_comes_back_over_https(backend: Backend) {
     }
 
     // metrics.listen serves HTTPS with the same certificate.
-    let until = Instant::now() + Duration::from_secs(10);
-    let metrics = loop {
-        let found = herald.logs().lines().find_map(|l| {
-            let rest = l.split("metrics listening").nth(1)?;
-            let addr = rest.split("addr=").nth(1)?.split_whitespace().next()?;
-            addr.parse::<std::net::SocketAddr>().ok()
-        });
-        if let Some(addr) = found {
-            break addr;
-        }
-        assert!(Instant::now() < until, "{}", herald.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let metrics = herald.metrics_addr().await;
     let mut scraper = HttpsConnection::open(metrics, &ca.ca_file).await.unwrap();
     assert_eq!(scraper.peer, ca.leaf.cert);
     assert_eq!(scraper.request("GET", "/metrics", None).await.0, 200);
@@ -176,10 +148,7 @@ async fn untrusted_clients_and_plain_http_do_not_reach_the_api() {
     let answer = read_until_closed(&mut plain, Duration::from_secs(10))
         .await
         .expect("closed");
-    assert!(
-        !String::from_utf8_lossy(&answer).contains("HTTP/1.1"),
-        "{answer:?}"
-    );
+    assert!(!answer.contains("HTTP/1.1"), "{answer:?}");
 
     // Neither stopped the listener nor counted as the server's error.
     let mut https = HttpsConnection::open(herald.addr, &ca.ca_file)
@@ -216,14 +185,7 @@ async fn handshakes_that_never_finish_are_closed_in_the_header_read_timeout() {
     for _ in 0..50 {
         held.push(TcpStream::connect(herald.addr).await.unwrap());
     }
-    for (i, s) in held.iter_mut().enumerate() {
-        assert!(
-            read_until_closed(s, Duration::from_secs(20))
-                .await
-                .is_some(),
-            "connection {i} is still open"
-        );
-    }
+    assert_all_closed(&mut held).await;
     let mut https = HttpsConnection::open(herald.addr, &ca.ca_file)
         .await
         .unwrap();
@@ -299,32 +261,11 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_it_over_a_bad_one() {
     }
 }
 
-/// Runs `herald serve` with `config` to its end (at most 20 s): its exit
-/// success, stdout and stderr.
-fn serve_to_its_end(dir: &Path, config: &str) -> (bool, String, String) {
+/// `herald serve` with `config` to its end.
+fn serve_with(dir: &Path, config: &str) -> (std::process::ExitStatus, String, String) {
     let path = dir.join("herald.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let until = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > until {
-            let _ = child.kill();
-            panic!("serve did not stop");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    support::serve_to_its_end(&path)
 }
 
 #[tokio::test]
@@ -345,8 +286,8 @@ async fn a_pair_that_does_not_load_stops_serve_at_start_up() {
         ca.cert_file.display(),
         other_key.display()
     );
-    let (ok, stdout, stderr) = serve_to_its_end(dir.path(), &config);
-    assert!(!ok);
+    let (status, stdout, stderr) = serve_with(dir.path(), &config);
+    assert!(!status.success());
     assert!(!stdout.contains("listening"), "{stdout}");
     assert!(stderr.contains("does not match"), "{stderr}");
     assert!(
@@ -365,8 +306,8 @@ async fn a_pair_that_does_not_load_stops_serve_at_start_up() {
         missing.display(),
         ca.key_file.display()
     );
-    let (ok, stdout, stderr) = serve_to_its_end(dir.path(), &config);
-    assert!(!ok);
+    let (status, stdout, stderr) = serve_with(dir.path(), &config);
+    assert!(!status.success());
     assert!(!stdout.contains("listening"), "{stdout}");
     assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
 }

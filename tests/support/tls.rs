@@ -193,6 +193,9 @@ impl HttpsConnection {
             )))
             .unwrap();
         let answer = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            // The answer before may be read while the connection is not yet
+            // done with it.
+            self.sender.ready().await.unwrap();
             let response = self.sender.send_request(request).await.unwrap();
             let status = response.status().as_u16();
             let bytes = response.into_body().collect().await.unwrap().to_bytes();
