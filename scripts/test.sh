@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script).
 # Needs Rust; starts a throwaway PostgreSQL cluster for the tests (installing
-# Debian's postgresql package if initdb is missing) and stops it at the end.
+# Debian's postgresql package if initdb is missing) and stops it at the end;
+# installs Debian's chromium and chromium-driver for the dashboard's browser
+# test, and schemathesis for the OpenAPI test, if they are missing.
 # Everything the tests use runs on 127.0.0.1.
 #
 # The integration tests run against both stores: SQLite always, PostgreSQL
@@ -15,7 +17,7 @@ cd "$(dirname "$0")/.."
 echo "== format"
 cargo fmt --all -- --check
 echo "== lint"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 if [[ -z "${HERALD_TEST_PG_URL:-}" ]]; then
     echo "== postgresql"
@@ -43,5 +45,15 @@ if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('schema
         python3 -m pip install --quiet --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
+# The dashboard's browser test drives Debian's Chromium through chromedriver.
+if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+    echo "== chromium"
+    sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver
+fi
+
 echo "== tests"
-cargo test --all-targets --locked
+cargo test --workspace --all-targets --locked

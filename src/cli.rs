@@ -1,24 +1,13 @@
-//! The command line: one binary, one subcommand per way of running it.
+//! The server's subcommands: `serve`, `migrate`, `keys`, `providers`,
+//! `openapi`. The binary puts its tools' (`mock-providers`, `demo`, `bench`,
+//! crates of their own) beside them.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
 
-use crate::config::{Config, ConfigError, Overrides, Role};
-use crate::simulator::SimulatorConfig;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "herald",
-    version,
-    about = "A self-hosted notification gateway for SMS and email"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
+use crate::config::{Config, ConfigError, ConfigSource, Overrides, Role};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -26,20 +15,15 @@ pub enum Command {
     Serve(ServeArgs),
     /// Create the store's schema or bring it up to date, then exit.
     Migrate(MigrateArgs),
-    /// Run a simulator of the provider contract: six endpoints that fail at
-    /// random; prints one JSON line per successful send on stdout.
-    MockProviders(MockArgs),
-    /// Run Herald and the provider simulator together, to try Herald out.
-    Demo(DemoArgs),
     /// Create, list and revoke API keys (stored in the store, seen by every
     /// instance within auth.refresh_ms).
     Keys(KeysArgs),
+    /// List providers, or take one out of rotation and put it back (in the
+    /// store, followed by every instance within dispatch.providers_refresh_ms).
+    Providers(ProvidersArgs),
     /// Print the API's OpenAPI 3.1 document, as `GET /openapi.json` serves
     /// it (`herald openapi > docs/openapi.json` refreshes the checked-in copy).
     Openapi,
-    /// Drive load against Herald (a running one, or one it starts) and
-    /// report throughput, latency percentiles, backlog, CPU and memory.
-    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,16 +49,26 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn load(&self) -> Result<Config, ConfigError> {
-        let mut config = Config::load(
-            self.config.as_deref(),
-            &Overrides {
-                listen: self.listen,
-                store: self.store.clone(),
-                role: self.role,
-            },
-        )?;
+        let mut config = Config::load(self.config.as_deref(), &self.overrides())?;
         config.auth.insecure_no_auth = self.insecure_no_auth;
         Ok(config)
+    }
+
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            store: self.store.clone(),
+            role: self.role,
+        }
+    }
+
+    /// The config file with these flags, to read again on a reload; `None`
+    /// without a file.
+    pub fn source(&self) -> Option<ConfigSource> {
+        Some(ConfigSource {
+            file: self.config.clone()?,
+            overrides: self.overrides(),
+        })
     }
 }
 
@@ -110,6 +104,26 @@ pub enum KeysCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct ProvidersArgs {
+    #[command(flatten)]
+    pub store: MigrateArgs,
+    #[command(subcommand)]
+    pub command: ProvidersCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProvidersCommand {
+    /// This config's providers, and whether each is disabled; then any other
+    /// name the store has disabled.
+    List,
+    /// Take a provider out of rotation: no new attempts; those in flight
+    /// finish. Kept in the store across restarts and reloads.
+    Disable { name: String },
+    /// Put a disabled provider back in rotation.
+    Enable { name: String },
+}
+
+#[derive(Debug, Args)]
 pub struct MigrateArgs {
     /// A TOML config file (see herald.example.toml).
     #[arg(long, env = "HERALD_CONFIG", global = true)]
@@ -131,87 +145,15 @@ impl MigrateArgs {
     }
 }
 
-#[derive(Debug, Args)]
-pub struct MockArgs {
-    /// Share of valid requests answered with HTTP 500.
-    #[arg(long, default_value_t = 0.5, value_parser = parse_rate)]
-    pub failure_rate: f64,
-    /// Delay before each answer to a valid request, in milliseconds.
-    #[arg(long, default_value_t = 0)]
-    pub latency_ms: u64,
-    /// Ports of SMS providers 1, 2, 3… (0: any free port).
-    #[arg(long, value_delimiter = ',', default_value = "8071,8072,8073")]
-    pub sms_ports: Vec<u16>,
-    /// Ports of email providers 1, 2, 3… (0: any free port).
-    #[arg(long, value_delimiter = ',', default_value = "8091,8092,8093")]
-    pub email_ports: Vec<u16>,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: IpAddr,
-    /// Seed for the random failures, for reproducible runs.
-    #[arg(long)]
-    pub seed: Option<u64>,
-}
-
-impl MockArgs {
-    pub fn simulator_config(&self) -> SimulatorConfig {
-        SimulatorConfig {
-            host: self.host,
-            failure_rate: self.failure_rate,
-            latency: Duration::from_millis(self.latency_ms),
-            sms_ports: self.sms_ports.clone(),
-            email_ports: self.email_ports.clone(),
-            seed: self.seed,
-        }
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    #[command(flatten)]
-    pub serve: ServeArgs,
-    #[command(flatten)]
-    pub mock: MockArgs,
-}
-
-/// A share between 0 and 1, such as a failure rate.
-pub(crate) fn parse_rate(s: &str) -> Result<f64, String> {
-    let rate: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if (0.0..=1.0).contains(&rate) {
-        Ok(rate)
-    } else {
-        Err("must be between 0 and 1".into())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+    use clap::Parser;
 
-    #[test]
-    fn the_cli_is_well_formed() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn mock_provider_flags() {
-        let cli = Cli::try_parse_from([
-            "herald",
-            "mock-providers",
-            "--failure-rate",
-            "0.25",
-            "--sms-ports",
-            "1,2",
-        ])
-        .unwrap();
-        let Command::MockProviders(args) = cli.command else {
-            panic!("wrong command")
-        };
-        assert_eq!(args.failure_rate, 0.25);
-        assert_eq!(args.sms_ports, [1, 2]);
-        assert_eq!(args.email_ports, [8091, 8092, 8093]);
-        assert!(Cli::try_parse_from(["herald", "mock-providers", "--failure-rate", "2"]).is_err());
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
     }
 
     #[test]
@@ -243,5 +185,22 @@ mod tests {
             panic!("wrong command")
         };
         assert_eq!(keys.store.store.as_deref(), Some("sqlite://k.db"));
+        let cli = Cli::try_parse_from([
+            "herald",
+            "providers",
+            "disable",
+            "sms-provider2",
+            "--store",
+            "sqlite://p.db",
+        ])
+        .unwrap();
+        let Command::Providers(providers) = cli.command else {
+            panic!("wrong command")
+        };
+        assert!(matches!(
+            providers.command,
+            ProvidersCommand::Disable { ref name } if name == "sms-provider2"
+        ));
+        assert_eq!(providers.store.store.as_deref(), Some("sqlite://p.db"));
     }
 }

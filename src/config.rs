@@ -15,9 +15,14 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::dispatch::backoff::Backoff;
 use crate::dispatch::breaker::BreakerConfig;
+use crate::dispatch::hedge::{ChannelHedge, HedgeAfter, HedgeWhen, Hedging};
 use crate::domain::Channel;
+use crate::domain::callback::CallbackPolicy;
+use crate::domain::webhook::WebhookEvent;
 use crate::logging::LogConfig;
-use crate::store::{PostgresOptions, SqliteOptions, StoreOptions};
+use crate::secret::Secret;
+use crate::store::{PostgresOptions, SqliteOptions, StoreOptions, WebhookRoute, WebhookRoutes};
+use crate::webhook::SigningKey;
 use crate::{provider, secret};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +57,11 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     pub retry: RetryConfig,
     pub health: HealthConfig,
+    pub hedge: HedgeConfig,
     pub providers: ProvidersConfig,
+    /// Endpoints that receive the events of ending notifications.
+    pub webhooks: Vec<WebhookConfig>,
+    pub webhooks_settings: WebhooksSettings,
 }
 
 /// Which half of Herald an instance runs. Instances of any roles may share
@@ -134,6 +143,23 @@ pub struct HttpConfig {
     /// Connections open at once; beyond it new ones get a 503 and are closed
     /// at once. Keep it below the open-file limit (`ulimit -n`).
     pub max_connections: usize,
+    /// HTTPS on `listen` and `metrics.listen`: a PEM certificate chain,
+    /// leaf first, and its private key; both or neither. SIGHUP reads them
+    /// again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl HttpConfig {
+    /// The certificate and key files, when HTTPS is on.
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        Some((
+            self.tls_cert_file.as_deref()?,
+            self.tls_key_file.as_deref()?,
+        ))
+    }
 }
 
 impl Default for HttpConfig {
@@ -143,6 +169,8 @@ impl Default for HttpConfig {
             idle_timeout_ms: 60_000,
             request_timeout_ms: 30_000,
             max_connections: 1024,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -206,6 +234,10 @@ pub struct DispatchConfig {
     pub lease_ms: u64,
     /// On shutdown, how long in-flight sends may take to finish.
     pub drain_timeout_ms: u64,
+    /// How often each instance re-reads which providers are disabled
+    /// (`herald providers disable`, or another instance's API): they follow
+    /// within this.
+    pub providers_refresh_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,6 +271,35 @@ pub struct HealthConfig {
     pub cooldown_max_ms: u64,
     /// Requests let through at once while half-open.
     pub half_open_probes: u32,
+}
+
+/// Hedged sends, per channel (`dispatch/hedge.rs`): which notifications,
+/// and after how long alone in flight a request gets a second provider
+/// beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HedgeConfig {
+    /// `never`, `asked` (sent with `"hedge": true`) or `all`.
+    pub sms: HedgeWhen,
+    /// Milliseconds, or `"p90"`: the provider's recent p90 latency.
+    pub sms_after_ms: HedgeAfter,
+    pub email: HedgeWhen,
+    pub email_after_ms: HedgeAfter,
+}
+
+impl HedgeConfig {
+    pub fn hedging(&self) -> Hedging {
+        Hedging {
+            sms: ChannelHedge {
+                when: self.sms,
+                after: self.sms_after_ms,
+            },
+            email: ChannelHedge {
+                when: self.email,
+                after: self.email_after_ms,
+            },
+        }
+    }
 }
 
 /// One provider: the settings every kind shares, and its kind's own.
@@ -415,6 +476,83 @@ fn expand_strings(
     Ok(())
 }
 
+/// One `[[webhooks]]` endpoint: where events go, which ones, and the secret
+/// that signs them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// An http:// or https:// URL; it names the endpoint, so it is unique.
+    pub url: String,
+    /// `whsec_` and the base64 of 24 to 64 random bytes (Standard
+    /// Webhooks), or `${ENV_VAR}` holding it.
+    #[serde(deserialize_with = "secret::deserialize_reference")]
+    pub secret: Secret,
+    #[serde(default = "all_webhook_events")]
+    pub events: Vec<WebhookEvent>,
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+    /// For https://: trust only the CAs in this PEM file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn all_webhook_events() -> Vec<WebhookEvent> {
+    WebhookEvent::ALL.to_vec()
+}
+
+fn default_webhook_timeout_ms() -> u64 {
+    15_000
+}
+
+/// How webhooks are sent, and which `callback_url`s notifications may name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksSettings {
+    /// Hosts a `callback_url` may name (`hooks.example.com`, or
+    /// `*.example.com` for any below it); empty: no `callback_url` accepted.
+    pub callback_allowed_hosts: Vec<String>,
+    /// Of those, the hosts a `callback_url` may reach over plain http://.
+    pub callback_http_hosts: Vec<String>,
+    /// Signs every callback; required once callback hosts are allowed.
+    #[serde(
+        deserialize_with = "secret::deserialize_optional_reference",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub callback_secret: Option<Secret>,
+    pub callback_timeout_ms: u64,
+    /// Webhook requests under way at once in this process.
+    pub max_in_flight: usize,
+    /// How often the outbox is checked for retries that came due.
+    pub poll_interval_ms: u64,
+    /// Retry backoff, as `[retry]`'s: a random delay below
+    /// `min(cap, base * factor^(attempt-1))`.
+    pub base_ms: u64,
+    pub factor: f64,
+    pub cap_ms: u64,
+    /// Attempts before a delivery is `failed`.
+    pub max_attempts: u32,
+    /// Age (from its event) after which a delivery is `failed`.
+    pub max_age_secs: u64,
+}
+
+impl Default for WebhooksSettings {
+    fn default() -> Self {
+        Self {
+            callback_allowed_hosts: Vec::new(),
+            callback_http_hosts: Vec::new(),
+            callback_secret: None,
+            callback_timeout_ms: default_webhook_timeout_ms(),
+            max_in_flight: 64,
+            poll_interval_ms: 1_000,
+            base_ms: 5_000,
+            factor: 4.0,
+            cap_ms: 10 * 60 * 60 * 1_000,
+            max_attempts: 12,
+            max_age_secs: 3 * 24 * 60 * 60,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProvidersConfig {
@@ -450,7 +588,10 @@ impl Default for Config {
             dispatch: DispatchConfig::default(),
             retry: RetryConfig::default(),
             health: HealthConfig::default(),
+            hedge: HedgeConfig::default(),
             providers: ProvidersConfig::default(),
+            webhooks: Vec::new(),
+            webhooks_settings: WebhooksSettings::default(),
         }
     }
 }
@@ -463,6 +604,7 @@ impl Default for DispatchConfig {
             poll_interval_ms: 100,
             lease_ms: 30_000,
             drain_timeout_ms: 10_000,
+            providers_refresh_ms: 2_000,
         }
     }
 }
@@ -553,6 +695,20 @@ pub struct Overrides {
     pub role: Option<Role>,
 }
 
+/// Where a running config came from, to read it again (a reload).
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub file: PathBuf,
+    pub overrides: Overrides,
+}
+
+impl ConfigSource {
+    /// The file, the environment and the flags, layered as at start.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(Some(&self.file), &self.overrides)
+    }
+}
+
 impl Config {
     /// Layers defaults, the file (if any), the environment and the flags.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
@@ -637,6 +793,12 @@ impl Config {
         {
             return Err(invalid("http", "every setting must be at least 1"));
         }
+        if h.tls_cert_file.is_some() != h.tls_key_file.is_some() {
+            return Err(invalid(
+                "http.tls_cert_file",
+                "goes with http.tls_key_file: set both or neither",
+            ));
+        }
         if self.auth.refresh_ms == 0 {
             return Err(invalid("auth.refresh_ms", "must be at least 1"));
         }
@@ -649,6 +811,12 @@ impl Config {
         }
         if self.dispatch.poll_interval_ms == 0 {
             return Err(invalid("dispatch.poll_interval_ms", "must be at least 1"));
+        }
+        if self.dispatch.providers_refresh_ms == 0 {
+            return Err(invalid(
+                "dispatch.providers_refresh_ms",
+                "must be at least 1",
+            ));
         }
         for channel in Channel::ALL {
             let providers = self.providers.for_channel(channel);
@@ -684,19 +852,117 @@ impl Config {
                     ));
                 }
             }
-            let mut names: Vec<&str> = providers.iter().map(|p| p.name()).collect();
-            names.sort_unstable();
-            if names.windows(2).any(|w| w[0] == w[1]) {
-                return Err(invalid("providers", "provider names must be unique"));
+        }
+        // A name is a provider's key in the API, the metrics and the store
+        // (disabling one), across channels.
+        let mut names: Vec<&str> = Channel::ALL
+            .into_iter()
+            .flat_map(|c| self.providers.for_channel(c).iter().map(|p| p.name()))
+            .collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err(invalid(
+                "providers",
+                "provider names must be unique, across channels too",
+            ));
+        }
+        self.validate_webhooks()
+    }
+
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| ConfigError::Invalid { key, reason };
+        for (i, w) in self.webhooks.iter().enumerate() {
+            if provider::HttpTransport::parse_url("webhooks", &w.url).is_err() {
+                return Err(invalid(
+                    "webhooks",
+                    format!("webhooks[{i}].url must be an http:// or https:// URL"),
+                ));
+            }
+            SigningKey::from_secret(&w.secret)
+                .map_err(|e| invalid("webhooks", format!("webhooks[{i}].secret: {e}")))?;
+            if w.events.is_empty() || w.timeout_ms == 0 {
+                return Err(invalid(
+                    "webhooks",
+                    format!(
+                        "webhooks[{i}]: events must not be empty and timeout_ms must be at least 1"
+                    ),
+                ));
+            }
+            if self.webhooks[..i].iter().any(|o| o.url == w.url) {
+                return Err(invalid(
+                    "webhooks",
+                    format!("webhooks[{i}]: another endpoint has the same url"),
+                ));
             }
         }
+        let s = &self.webhooks_settings;
+        self.callback_policy()
+            .map_err(|e| invalid("webhooks_settings.callback_allowed_hosts", e.to_string()))?;
+        match (&s.callback_secret, s.callback_allowed_hosts.is_empty()) {
+            (None, false) => {
+                return Err(invalid(
+                    "webhooks_settings.callback_secret",
+                    "is required when callback_allowed_hosts is set".into(),
+                ));
+            }
+            (Some(secret), _) => {
+                SigningKey::from_secret(secret)
+                    .map_err(|e| invalid("webhooks_settings.callback_secret", e.to_string()))?;
+            }
+            (None, true) => {}
+        }
+        self.webhook_backoff()
+            .map_err(|e| invalid("webhooks_settings", e.to_string()))?;
+        if s.max_attempts == 0
+            || s.max_in_flight == 0
+            || s.poll_interval_ms == 0
+            || s.callback_timeout_ms == 0
+        {
+            return Err(invalid(
+                "webhooks_settings",
+                "max_attempts, max_in_flight, poll_interval_ms and callback_timeout_ms must be at least 1".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Which `callback_url`s notifications may name.
+    pub fn callback_policy(
+        &self,
+    ) -> Result<CallbackPolicy, crate::domain::callback::BadHostPattern> {
+        let s = &self.webhooks_settings;
+        CallbackPolicy::new(&s.callback_allowed_hosts, &s.callback_http_hosts)
+    }
+
+    /// Where the store sends the events of ending notifications.
+    pub fn webhook_routes(&self) -> WebhookRoutes {
+        WebhookRoutes {
+            endpoints: self
+                .webhooks
+                .iter()
+                .map(|w| WebhookRoute {
+                    url: w.url.clone(),
+                    events: w.events.clone(),
+                })
+                .collect(),
+            callbacks: !self.webhooks_settings.callback_allowed_hosts.is_empty(),
+        }
+    }
+
+    pub fn webhook_backoff(&self) -> Result<Backoff, crate::dispatch::backoff::BackoffError> {
+        let s = &self.webhooks_settings;
+        Backoff::try_new(
+            Duration::from_millis(s.base_ms),
+            s.factor,
+            Duration::from_millis(s.cap_ms),
+        )
     }
 
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
             sqlite: self.sqlite,
             postgres: self.postgres,
+            webhooks: self.webhook_routes(),
         }
     }
 
@@ -787,6 +1053,54 @@ mod tests {
             )
             .unwrap();
             assert_eq!(c.role, Role::Api);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn listener_tls_from_the_environment_both_files_or_neither() {
+        Jail::expect_with(|jail| {
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.http.tls_files(), None);
+            jail.set_env("HERALD_HTTP__TLS_CERT_FILE", "/etc/herald/cert.pem");
+            assert!(matches!(
+                Config::load(None, &Overrides::default()),
+                Err(ConfigError::Invalid {
+                    key: "http.tls_cert_file",
+                    ..
+                })
+            ));
+            jail.set_env("HERALD_HTTP__TLS_KEY_FILE", "/etc/herald/key.pem");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(
+                c.http.tls_files(),
+                Some((
+                    Path::new("/etc/herald/cert.pem"),
+                    Path::new("/etc/herald/key.pem")
+                ))
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn hedging_from_the_file_and_the_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file("h.toml", "[hedge]\nsms = \"all\"\nsms_after_ms = 250\n")?;
+            jail.set_env("HERALD_HEDGE__EMAIL_AFTER_MS", "p90");
+            jail.set_env("HERALD_HEDGE__EMAIL", "never");
+            let c = Config::load(Some(Path::new("h.toml")), &Overrides::default()).unwrap();
+            let h = c.hedge.hedging();
+            assert_eq!(h.sms.when, HedgeWhen::All);
+            assert_eq!(h.sms.after, HedgeAfter::Millis(250));
+            assert_eq!(h.email.when, HedgeWhen::Never);
+            assert_eq!(h.email.after, HedgeAfter::P90);
+            jail.set_env("HERALD_HEDGE__SMS_AFTER_MS", "120");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.hedge.sms_after_ms, HedgeAfter::Millis(120));
+            assert_eq!(c.hedge.sms, HedgeWhen::Asked);
+            jail.create_file("bad.toml", "[hedge]\nsms = \"sometimes\"\n")?;
+            assert!(Config::load(Some(Path::new("bad.toml")), &Overrides::default()).is_err());
             Ok(())
         });
     }
@@ -909,5 +1223,55 @@ mod tests {
         let text = include_str!("../herald.example.toml");
         let parsed: Config = Figment::new().merge(Toml::string(text)).extract().unwrap();
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn the_example_webhook_endpoint_loads_with_its_secret_from_the_environment() {
+        let text = include_str!("../herald.example.toml");
+        let start = text.find("# [[webhooks]]\n").unwrap();
+        let block: String = text[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        Jail::expect_with(|jail| {
+            jail.create_file("hooks.toml", &block.replace("ca_file", "# ca_file"))?;
+            let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+            jail.set_env("HERALD_WEBHOOK_SECRET", secret);
+            let c = Config::load(Some(Path::new("hooks.toml")), &Overrides::default()).unwrap();
+            assert_eq!(c.webhooks.len(), 1);
+            assert_eq!(c.webhooks[0].events, WebhookEvent::ALL);
+            assert_eq!(c.webhooks[0].secret.expose(), secret);
+            assert!(!format!("{c:?}").contains(secret));
+            assert_eq!(c.webhook_routes().endpoints[0].url, c.webhooks[0].url);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_webhook_settings_are_refused_without_showing_secrets() {
+        Jail::expect_with(|jail| {
+            let cases = [
+                // Not whsec_: the value must not show in the error.
+                "[[webhooks]]\nurl = \"https://h.example.com\"\nsecret = \"hunter2-hunter2-hunter2-hunter2\"\n",
+                "[[webhooks]]\nurl = \"https://h.example.com\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nevents = [\"notification.sent\"]\n",
+                "[[webhooks]]\nurl = \"https://h.example.com\"\nsecret = \"${UNSET_WEBHOOK_SECRET}\"\n",
+                "[[webhooks]]\nurl = \"https://h.example.com\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nsecrets = 1\n",
+                "[[webhooks]]\nurl = \"https://h.example.com\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n[[webhooks]]\nurl = \"https://h.example.com\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+                "[webhooks_settings]\ncallback_allowed_hosts = [\"hooks.example.com\"]\n",
+                "[webhooks_settings]\ncallback_allowed_hosts = [\"*\"]\ncallback_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+                "[webhooks_settings]\nmax_attempts = 0\n",
+                "[[webhooks]]\nurl = \"ftp://h.example.com\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+            ];
+            for (i, body) in cases.iter().enumerate() {
+                let file = format!("bad{i}.toml");
+                jail.create_file(&file, body)?;
+                let err = Config::load(Some(Path::new(&file)), &Overrides::default()).unwrap_err();
+                let text = crate::error::chain(&err);
+                assert!(!text.contains("hunter2"), "{i}: {text}");
+                assert!(!text.contains("MfKQ9r8G"), "{i}: {text}");
+            }
+            Ok(())
+        });
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Data flows one way: [`api`] validates and hands a notification to the
 //! [`store`]; the [`dispatch`] loop claims it from the store, sends it through
-//! a [`provider`], and writes the outcome back to the store.
+//! a [`provider`], and writes the outcome back to the store. A notification's
+//! end also writes its events to the store's outbox, which the [`webhook`]
+//! worker sends on.
 //!
 //! # Error policy
 //!
@@ -14,7 +16,6 @@
 
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
@@ -24,6 +25,6 @@ pub mod logging;
 pub mod metrics;
 pub mod provider;
 pub mod secret;
-pub mod simulator;
 pub mod store;
 pub mod tls;
+pub mod webhook;

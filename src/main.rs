@@ -4,12 +4,14 @@ use std::io::IsTerminal;
 use std::str::FromStr;
 
 use anyhow::Context;
-use clap::Parser;
-use herald::cli::{Cli, Command};
+use clap::{Args, Parser, Subcommand};
+use herald::app;
+use herald::cli::{Command as ServerCommand, ServeArgs};
 use herald::config::ProvidersConfig;
 use herald::domain::Channel;
 use herald::logging::{LogConfig, LogFormat};
-use herald::{app, simulator};
+use herald_bench::BenchArgs;
+use herald_sim::{self as simulator, MockArgs};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
@@ -17,22 +19,84 @@ use tracing_subscriber::prelude::*;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "A self-hosted notification gateway for SMS and email"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The server's subcommands, then its tools'.
+#[derive(Debug, Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Server(ServerCommand),
+    /// Run a simulator of the provider contract: six endpoints that fail at
+    /// random; prints one JSON line per successful send on stdout.
+    MockProviders(MockArgs),
+    /// Run Herald and the provider simulator together, to try Herald out.
+    Demo(DemoArgs),
+    /// Drive load against Herald (a running one, or one it starts) and
+    /// report throughput, latency percentiles, backlog, CPU and memory.
+    Bench(BenchArgs),
+    /// Herald's HTTP stack with no-op handlers, on a free loopback port:
+    /// the floor `herald bench --floor` measures Herald against.
+    #[command(hide = true)]
+    NoopServer,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(flatten)]
+    mock: MockArgs,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     ignore_file_size_signal();
     match cli.command {
-        Command::Serve(args) => {
+        Command::Server(command) => server(command).await?,
+        Command::MockProviders(args) => {
+            init_logging(&LogConfig::default());
+            simulator::run(args.simulator_config(), shutdown_signal()).await?;
+        }
+        Command::Demo(args) => demo(args).await?,
+        Command::Bench(args) => {
+            init_logging(&LogConfig::default());
+            herald_bench::main(args).await?
+        }
+        Command::NoopServer => herald_bench::noop::run(shutdown_signal()).await?,
+    }
+    Ok(())
+}
+
+async fn server(command: ServerCommand) -> anyhow::Result<()> {
+    match command {
+        ServerCommand::Serve(args) => {
+            ignore_hangup_until_serving();
             let config = args.load().context("invalid configuration")?;
             init_logging(&config.log);
             app::refuse_exposure_without_keys(&config)?;
+            app::listener_tls(&config)?;
             let (listener, addr) = app::bind(config.listen)
                 .await
                 .with_context(|| format!("could not listen on {}", config.listen))?;
-            announce(addr, &config.store);
-            app::serve(config, listener, shutdown_signal()).await?;
+            announce(addr, &config);
+            match args.source() {
+                Some(source) => {
+                    app::serve_from(source, config, listener, shutdown_signal()).await?
+                }
+                None => app::serve(config, listener, shutdown_signal()).await?,
+            }
         }
-        Command::Migrate(args) => {
+        ServerCommand::Migrate(args) => {
             let config = args.load().context("invalid configuration")?;
             init_logging(&config.log);
             app::migrate(&config).await?;
@@ -41,28 +105,24 @@ async fn main() -> anyhow::Result<()> {
                 herald::store::redacted(&config.store)
             );
         }
-        Command::Keys(args) => keys(args).await?,
-        Command::MockProviders(args) => {
-            init_logging(&LogConfig::default());
-            simulator::run(args.simulator_config(), shutdown_signal()).await?;
-        }
-        Command::Demo(args) => demo(args).await?,
-        Command::Openapi => {
+        ServerCommand::Keys(args) => keys(args).await?,
+        ServerCommand::Providers(args) => providers(args).await?,
+        ServerCommand::Openapi => {
             use std::io::Write;
             std::io::stdout()
                 .write_all(herald::api::openapi::document().as_bytes())
                 .context("could not write the document")?;
         }
-        Command::Bench(args) => {
-            init_logging(&LogConfig::default());
-            herald::bench::main(args).await?
-        }
     }
     Ok(())
 }
 
-async fn demo(args: herald::cli::DemoArgs) -> anyhow::Result<()> {
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    ignore_hangup_until_serving();
     let mut config = args.serve.load().context("invalid configuration")?;
+    // The demo's lines to try (curl, the dashboard) are plain http://.
+    config.http.tls_cert_file = None;
+    config.http.tls_key_file = None;
     init_logging(&config.log);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let sim = simulator::Simulator::start(args.mock.simulator_config(), tx)
@@ -76,7 +136,7 @@ async fn demo(args: herald::cli::DemoArgs) -> anyhow::Result<()> {
     let (listener, addr) = app::bind(config.listen)
         .await
         .with_context(|| format!("could not listen on {}", config.listen))?;
-    announce(addr, &config.store);
+    announce(addr, &config);
     eprintln!(
         "simulated providers (failing {:.0}% of requests): SMS {}, email {}",
         args.mock.failure_rate * 100.0,
@@ -93,6 +153,7 @@ async fn demo(args: herald::cli::DemoArgs) -> anyhow::Result<()> {
         "\nsend an SMS:\n  curl -i http://{addr}/v1/sms -H 'content-type: application/json' \
          -d '{{\"phone\": \"01712345678\", \"text\": \"Hello from Herald\"}}'\n\
          then follow the Location header:\n  curl http://{addr}/v1/notifications/<id>\n\
+         watch it live on the dashboard:\n  http://{addr}/dashboard\n\
          each successful send is printed below as a JSON line; Ctrl-C stops.\n"
     );
     app::serve(config, listener, shutdown_signal()).await?;
@@ -146,10 +207,68 @@ async fn keys(args: herald::cli::KeysArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn providers(args: herald::cli::ProvidersArgs) -> anyhow::Result<()> {
+    use herald::app::rotation;
+    use herald::cli::ProvidersCommand;
+    let config = args.store.load().context("invalid configuration")?;
+    init_logging(&config.log);
+    let (name, enabled) = match args.command {
+        ProvidersCommand::List => {
+            println!("name\tchannel\tkind\tstate");
+            for p in rotation::list(&config).await? {
+                let state = match p.disabled_at {
+                    Some(at) => format!("disabled since {at}"),
+                    None => "enabled".to_owned(),
+                };
+                println!(
+                    "{}\t{}\t{}\t{state}",
+                    p.name,
+                    p.channel.map_or("-", |c| c.as_str()),
+                    p.kind.unwrap_or("-"),
+                );
+            }
+            return Ok(());
+        }
+        ProvidersCommand::Disable { name } => (name, false),
+        ProvidersCommand::Enable { name } => (name, true),
+    };
+    let changed = rotation::set_enabled(&config, &name, enabled).await?;
+    let what = if enabled { "enabled" } else { "disabled" };
+    if changed {
+        println!(
+            "provider {name:?} {what}; every instance follows within dispatch.providers_refresh_ms"
+        );
+    } else {
+        println!("provider {name:?} was {what} already");
+    }
+    let configured = Channel::ALL.into_iter().any(|c| {
+        config
+            .providers
+            .for_channel(c)
+            .iter()
+            .any(|p| p.name() == name)
+    });
+    if !configured {
+        eprintln!(
+            "note: this config has no provider {name:?}; instances whose config has it follow"
+        );
+    }
+    Ok(())
+}
+
 /// The one line on stdout a script (or a test) waits for.
-fn announce(addr: std::net::SocketAddr, store: &str) {
-    println!("herald listening on http://{addr}");
-    tracing::info!(%addr, store = %herald::store::redacted(store), "herald started");
+fn announce(addr: std::net::SocketAddr, config: &herald::config::Config) {
+    let scheme = match config.http.tls_files() {
+        Some(_) => "https",
+        None => "http",
+    };
+    println!("herald listening on {scheme}://{addr}");
+    tracing::info!(
+        %addr,
+        tls = scheme == "https",
+        store = %herald::store::redacted(&config.store),
+        "herald started"
+    );
 }
 
 /// Logs go to stderr, as text or JSON; `RUST_LOG` wins over `log.level`.
@@ -187,6 +306,16 @@ fn ignore_file_size_signal() {
     }
 }
 
+/// `serve` reloads its providers on SIGHUP; until it catches the signal
+/// (its start-up), SIGHUP is ignored instead of ending the process.
+fn ignore_hangup_until_serving() {
+    #[cfg(unix)]
+    // SAFETY: as above; serve later installs its own handler over it.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}
+
 /// SIGINT (Ctrl-C) or SIGTERM.
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -201,4 +330,48 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn mock_provider_flags() {
+        let cli = Cli::try_parse_from([
+            "herald",
+            "mock-providers",
+            "--failure-rate",
+            "0.25",
+            "--sms-ports",
+            "1,2",
+        ])
+        .unwrap();
+        let Command::MockProviders(args) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(args.failure_rate, 0.25);
+        assert_eq!(args.sms_ports, [1, 2]);
+        assert_eq!(args.email_ports, [8091, 8092, 8093]);
+        assert!(Cli::try_parse_from(["herald", "mock-providers", "--failure-rate", "2"]).is_err());
+    }
+
+    #[test]
+    fn server_and_tool_commands_share_one_command_line() {
+        let cli = Cli::try_parse_from(["herald", "serve", "--role", "api"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Server(ServerCommand::Serve(_))
+        ));
+        let cli = Cli::try_parse_from(["herald", "bench", "--spawn", "--duration", "1s"]).unwrap();
+        assert!(matches!(cli.command, Command::Bench(_)));
+        let cli = Cli::try_parse_from(["herald", "demo", "--listen", "127.0.0.1:0"]).unwrap();
+        assert!(matches!(cli.command, Command::Demo(_)));
+    }
 }

@@ -6,8 +6,8 @@
 //! state are set just before encoding (breakers) or by a periodic query
 //! (backlog), never by counting rows at scrape time.
 
-use std::sync::LazyLock;
 use std::sync::atomic::AtomicU64;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -26,13 +26,20 @@ pub struct Metrics {
     accept_duration: Histogram,
     notifications: Family<Labels2, Counter>,
     attempts: Family<Labels2, Counter>,
+    hedges: Family<Labels1, Counter>,
     provider_duration: Family<Labels1, Histogram>,
     breaker_state: Family<Labels1, Gauge>,
     window_failure_ratio: Family<Labels1, Gauge<f64, AtomicU64>>,
+    provider_enabled: Family<Labels1, Gauge>,
+    /// The providers whose gauges were last set, to drop those a reload
+    /// removed.
+    provider_names: Mutex<Vec<String>>,
     backlog: Family<Labels1, Gauge>,
     in_flight: Gauge,
     commit_duration: Histogram,
     commit_batch: Histogram,
+    webhook_deliveries: Family<Labels1, Counter>,
+    webhook_pending: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -78,6 +85,12 @@ impl Metrics {
             "Provider requests by provider and outcome",
             attempts.clone(),
         );
+        let hedges = Family::<Labels1, Counter>::default();
+        registry.register(
+            "hedges",
+            "Rounds that hedged, by outcome (won_by_hedge, won_by_first, both_failed)",
+            hedges.clone(),
+        );
         let provider_duration = Family::<Labels1, Histogram>::new_with_constructor(|| {
             Histogram::new(provider_buckets())
         });
@@ -97,6 +110,12 @@ impl Metrics {
             "provider_window_failure_ratio",
             "Share of failures among a provider's recent outcomes",
             window_failure_ratio.clone(),
+        );
+        let provider_enabled = Family::<Labels1, Gauge>::default();
+        registry.register(
+            "provider_enabled",
+            "1 while a provider is in rotation, 0 once an operator disabled it",
+            provider_enabled.clone(),
         );
         let backlog = Family::<Labels1, Gauge>::default();
         registry.register(
@@ -122,19 +141,36 @@ impl Metrics {
             "Writes carried by one store transaction",
             commit_batch.clone(),
         );
+        let webhook_deliveries = Family::<Labels1, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook attempts by outcome (delivered, retried, failed: no more attempts)",
+            webhook_deliveries.clone(),
+        );
+        let webhook_pending = Gauge::default();
+        registry.register(
+            "webhook_pending",
+            "Webhook deliveries not yet delivered or failed, from a periodic query",
+            webhook_pending.clone(),
+        );
         Self {
             registry,
             http_requests,
             accept_duration,
             notifications,
             attempts,
+            hedges,
             provider_duration,
             breaker_state,
             window_failure_ratio,
+            provider_enabled,
+            provider_names: Mutex::default(),
             backlog,
             in_flight,
             commit_duration,
             commit_batch,
+            webhook_deliveries,
+            webhook_pending,
         }
     }
 
@@ -171,13 +207,66 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// `state`: 0 closed, 1 half-open, 2 open.
-    pub fn provider_health(&self, provider: &str, state: i64, failure_ratio: f64) {
-        let label = [("provider", provider.to_owned())];
-        self.breaker_state.get_or_create(&label).set(state);
-        self.window_failure_ratio
-            .get_or_create(&label)
-            .set(failure_ratio);
+    /// A round that sent a hedge ended: `won_by_hedge`, `won_by_first` or
+    /// `both_failed`.
+    pub fn hedge(&self, outcome: &'static str) {
+        self.hedges
+            .get_or_create(&[("outcome", outcome.to_owned())])
+            .inc();
+    }
+
+    /// Sets the gauges of every provider in use; those of providers no
+    /// longer in use (a reload removed them) are dropped.
+    pub fn providers(&self, providers: &[ProviderGauges<'_>]) {
+        let mut names = self
+            .provider_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for gone in names
+            .iter()
+            .filter(|n| !providers.iter().any(|p| p.name == n.as_str()))
+        {
+            let label = [("provider", gone.clone())];
+            self.breaker_state.remove(&label);
+            self.window_failure_ratio.remove(&label);
+            self.provider_enabled.remove(&label);
+        }
+        for p in providers {
+            let label = [("provider", p.name.to_owned())];
+            self.breaker_state
+                .get_or_create(&label)
+                .set(p.breaker_state);
+            self.window_failure_ratio
+                .get_or_create(&label)
+                .set(p.failure_ratio);
+            self.provider_enabled
+                .get_or_create(&label)
+                .set(i64::from(p.enabled));
+        }
+        *names = providers.iter().map(|p| p.name.to_owned()).collect();
+    }
+
+    /// How many notifications of every channel reached `outcome` in this
+    /// process so far.
+    pub fn notifications_total(&self, outcome: &str) -> u64 {
+        crate::domain::Channel::ALL
+            .iter()
+            .filter_map(|channel| {
+                self.notifications
+                    .get(&[
+                        ("channel", channel.as_str().to_owned()),
+                        ("outcome", outcome.to_owned()),
+                    ])
+                    .map(|c| c.get())
+            })
+            .sum()
+    }
+
+    /// The backlog gauge's last reading for `status`.
+    pub fn backlog_of(&self, status: &str) -> u64 {
+        self.backlog
+            .get(&[("status", status.to_owned())])
+            .map_or(0, |g| u64::try_from(g.get()).unwrap_or(0))
     }
 
     pub fn backlog(&self, status: &str, count: u64) {
@@ -199,6 +288,18 @@ impl Metrics {
         self.commit_batch.observe(writes as f64);
     }
 
+    /// `outcome`: delivered, retried, failed.
+    pub fn webhook_delivery(&self, outcome: &str) {
+        self.webhook_deliveries
+            .get_or_create(&[("outcome", outcome.to_owned())])
+            .inc();
+    }
+
+    pub fn webhook_pending(&self, count: u64) {
+        self.webhook_pending
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
     /// The Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -206,6 +307,15 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// One provider's state gauges.
+pub struct ProviderGauges<'a> {
+    pub name: &'a str,
+    /// 0 closed, 1 half-open, 2 open.
+    pub breaker_state: i64,
+    pub failure_ratio: f64,
+    pub enabled: bool,
 }
 
 #[cfg(test)]
@@ -218,23 +328,48 @@ mod tests {
         m.http_request("/v1/sms", 202);
         m.accepted("sms", Duration::from_millis(3));
         m.attempt("sms-provider1", "delivered", Duration::from_millis(40));
-        m.provider_health("sms-provider1", 2, 0.5);
+        let gauges = |name, enabled| ProviderGauges {
+            name,
+            breaker_state: 2,
+            failure_ratio: 0.5,
+            enabled,
+        };
+        m.providers(&[gauges("gone", true)]);
+        m.providers(&[gauges("sms-provider1", false)]);
         m.backlog("queued", 7);
         m.store_commit(Duration::from_millis(1), 12);
+        m.hedge("won_by_hedge");
+        m.notification("email", "accepted");
+        m.notification("sms", "delivered");
+        assert_eq!(m.notifications_total("accepted"), 2);
+        assert_eq!(m.notifications_total("delivered"), 1);
+        assert_eq!(m.notifications_total("dead"), 0);
+        assert_eq!((m.backlog_of("queued"), m.backlog_of("sending")), (7, 0));
+        m.webhook_delivery("retried");
+        m.webhook_pending(3);
         let text = m.encode();
         for line in [
             r#"herald_http_requests_total{route="/v1/sms",status="202"} 1"#,
             r#"herald_notifications_total{channel="sms",outcome="accepted"} 1"#,
+            r#"herald_notifications_total{channel="email",outcome="accepted"} 1"#,
             r#"herald_attempts_total{provider="sms-provider1",outcome="delivered"} 1"#,
             r#"herald_provider_breaker_state{provider="sms-provider1"} 2"#,
             r#"herald_provider_window_failure_ratio{provider="sms-provider1"} 0.5"#,
+            r#"herald_provider_enabled{provider="sms-provider1"} 0"#,
             r#"herald_backlog{status="queued"} 7"#,
             "herald_accept_duration_seconds_count 1",
             "herald_store_commit_batch_size_sum 12.0",
             r#"herald_provider_request_duration_seconds_count{provider="sms-provider1"} 1"#,
             "herald_in_flight 0",
+            r#"herald_hedges_total{outcome="won_by_hedge"} 1"#,
+            r#"herald_webhook_deliveries_total{outcome="retried"} 1"#,
+            "herald_webhook_pending 3",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
+        assert!(
+            !text.contains(r#"provider="gone""#),
+            "a provider no longer in use keeps no gauge:\n{text}"
+        );
     }
 }

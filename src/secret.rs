@@ -49,6 +49,23 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// For `#[serde(deserialize_with)]`: a secret setting written as
+/// `${ENV_VAR}` (or literally), read from the environment as it is loaded.
+/// A missing variable is named; the value never is.
+pub fn deserialize_reference<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+    let written = String::deserialize(d)?;
+    expand(&written, from_env)
+        .map(Secret)
+        .map_err(serde::de::Error::custom)
+}
+
+/// [`deserialize_reference`] for an optional setting.
+pub fn deserialize_optional_reference<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Secret>, D::Error> {
+    deserialize_reference(d).map(Some)
+}
+
 /// A `${NAME}` whose variable is not set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("environment variable {0} is not set")]

@@ -330,6 +330,31 @@ async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
         .body;
     assert_eq!(rest["items"].as_array().unwrap().len(), 1);
     assert!(rest["next"].is_null());
+    // The most recent first, each with why it died.
+    let newest = c
+        .get("/v1/notifications?status=dead&order=newest&limit=2")
+        .await
+        .body;
+    let items = newest["items"].as_array().unwrap();
+    assert_eq!(
+        (items[0]["id"].as_str(), items[1]["id"].as_str()),
+        (Some(ids[2].as_str()), Some(ids[1].as_str()))
+    );
+    assert!(
+        items[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 1 rounds")
+    );
+    let oldest = c
+        .get(&format!(
+            "/v1/notifications?status=dead&order=newest&cursor={}",
+            newest["next"].as_str().unwrap()
+        ))
+        .await
+        .body;
+    assert_eq!(oldest["items"][0]["id"].as_str(), Some(ids[0].as_str()));
+    assert_problem(&c.get("/v1/notifications?order=sideways").await, 400);
 
     let replayed = c
         .post(&format!("/v1/notifications/{}/replay", ids[0]), &json!({}))

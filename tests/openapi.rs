@@ -109,6 +109,7 @@ async fn the_routes_served_are_the_routes_documented() {
         let url = format!(
             "{base}{}",
             path.replace("{id}", "ntf_0190c3f5a1b27c3d8e4f5a6b7c8d9e0f")
+                .replace("{name}", "sms-provider1")
         );
         let answer = http
             .request(other.parse().unwrap(), &url)

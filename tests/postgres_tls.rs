@@ -55,6 +55,8 @@ async fn verify_full_with_the_servers_ca_connects_and_works() {
             send_at: None,
             priority: herald::domain::Priority::Normal,
             metadata: Default::default(),
+            hedge: false,
+            callback_url: None,
             lease: None,
         })
         .await

@@ -8,12 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use herald::domain::webhook::WebhookEvent;
 use herald::domain::{
     Attempt, AttemptOutcome, Channel, NotificationId, Priority, Status, UnixMillis,
 };
 use herald::store::{
-    self, ApiKeyRecord, CancelOutcome, Completion, IdempotencyKey, KeyedInsert, Lease, LeaseLost,
-    LeaseToken, ListFilter, NewNotification, ReplayOutcome, RoundReport, StoreOptions,
+    self, ApiKeyRecord, CancelOutcome, ClaimedWebhook, Completion, IdempotencyKey, KeyedInsert,
+    Lease, LeaseLost, LeaseToken, ListFilter, NewNotification, ReplayOutcome, RoundReport,
+    StoreOptions, WebhookCompletion, WebhookReport, WebhookRoute, WebhookRoutes, WebhookStatus,
+    WebhookTarget,
 };
 use support::{Backend, TestStore};
 
@@ -38,6 +41,12 @@ store_matrix!(
     an_idempotency_key_stores_once_even_when_raced,
     listings_filter_and_page_stably_under_inserts,
     api_keys_are_created_once_listed_and_revoked,
+    disabled_providers_are_kept_by_name,
+    webhook_events_are_written_with_the_final_transition,
+    webhook_deliveries_are_claimed_once_under_concurrency,
+    webhook_deliveries_are_retried_deferred_released_failed_and_purged,
+    the_hedge_flag_is_kept_claimed_and_read_back,
+    a_hedged_notifications_end_writes_its_event_naming_the_delivery,
 );
 
 fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
@@ -51,6 +60,8 @@ fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
         send_at: None,
         priority: Priority::Normal,
         metadata: Default::default(),
+        hedge: false,
+        callback_url: None,
         lease: None,
     }
 }
@@ -225,6 +236,7 @@ async fn handed_off_inserts_are_leased_until_they_lapse(backend: Backend) {
         created_at: now,
         expires_at: kept.expires_at,
         deliver_by: None,
+        hedge: false,
         lease: lease.token,
         lease_until: lease.until,
     };
@@ -505,17 +517,35 @@ async fn concurrent_claims_never_share_work(backend: Backend) {
         ids.insert(n.id);
         stores[i % 3].insert(n).await.unwrap();
     }
+    let claimed = claim_concurrently(&stores, move |store| async move {
+        let batch = store.claim(now, 25, LEASE).await.unwrap();
+        batch.into_iter().map(|c| c.id).collect()
+    })
+    .await;
+    assert_eq!(claimed.len(), 600, "each one claimed once");
+    assert_eq!(claimed.into_iter().collect::<HashSet<_>>(), ids);
+}
+
+/// Six claimers on the three `stores` at once, each claiming with `claim`
+/// until it comes back empty; everything they got.
+async fn claim_concurrently<T, F, Fut>(stores: &[Arc<dyn store::Store>; 3], claim: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(Arc<dyn store::Store>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Vec<T>> + Send,
+{
     let mut tasks = tokio::task::JoinSet::new();
     for k in 0..6 {
         let store = Arc::clone(&stores[k % 3]);
+        let claim = claim.clone();
         tasks.spawn(async move {
             let mut got = Vec::new();
             loop {
-                let batch = store.claim(now, 25, LEASE).await.unwrap();
+                let batch = claim(Arc::clone(&store)).await;
                 if batch.is_empty() {
                     return got;
                 }
-                got.extend(batch.into_iter().map(|c| c.id));
+                got.extend(batch);
             }
         });
     }
@@ -523,8 +553,7 @@ async fn concurrent_claims_never_share_work(backend: Backend) {
     while let Some(got) = tasks.join_next().await {
         claimed.extend(got.unwrap());
     }
-    assert_eq!(claimed.len(), 600, "each one claimed once");
-    assert_eq!(claimed.into_iter().collect::<HashSet<_>>(), ids);
+    claimed
 }
 
 async fn delivered_notifications_are_purged_after_retention(backend: Backend) {
@@ -616,11 +645,14 @@ async fn postgres_migrations_run_once_under_concurrent_starts() {
     assert_eq!(versions, expected);
 }
 
-/// A database written by main before this work (schema versions 1 and 2)
-/// is upgraded in place: its rows are read back intact and still delivered.
+/// Databases at earlier schema versions (1 and 2; 8, providers taken out of
+/// rotation; 9, status webhooks, the last before hedging's column) are
+/// upgraded in place: their rows are read back intact and still delivered.
+const EARLIER_VERSIONS: [usize; 4] = [1, 2, 8, 9];
+
 #[tokio::test]
 async fn sqlite_databases_of_earlier_versions_are_upgraded_in_place() {
-    for version in [1, 2] {
+    for version in EARLIER_VERSIONS {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
         let now = UnixMillis::now();
@@ -647,6 +679,13 @@ async fn sqlite_databases_of_earlier_versions_are_upgraded_in_place() {
                 rusqlite::params![&id.as_bytes()[..], now.0],
             )
             .unwrap();
+            if version >= 8 {
+                conn.execute(
+                    "INSERT INTO disabled_providers (name, disabled_at) VALUES ('sms-old', ?1)",
+                    [now.0],
+                )
+                .unwrap();
+            }
         }
         let store = store::open(
             &format!("sqlite://{}", path.display()),
@@ -654,14 +693,14 @@ async fn sqlite_databases_of_earlier_versions_are_upgraded_in_place() {
         )
         .await
         .unwrap();
-        assert_upgraded(&*store, id, now).await;
+        assert_upgraded(&*store, id, now, version).await;
         store.close().await;
     }
 }
 
 #[tokio::test]
 async fn postgres_databases_of_earlier_versions_are_upgraded_in_place() {
-    for version in [1, 2] {
+    for version in EARLIER_VERSIONS {
         let Some(test) = TestStore::new(Backend::Postgres).await else {
             return;
         };
@@ -705,16 +744,32 @@ async fn postgres_databases_of_earlier_versions_are_upgraded_in_place() {
             )
             .await
             .unwrap();
+        if version >= 8 {
+            client
+                .execute(
+                    "INSERT INTO disabled_providers (name, disabled_at) VALUES ('sms-old', $1)",
+                    &[&now.0],
+                )
+                .await
+                .unwrap();
+        }
         drop(client);
         let _ = driver.await;
         let store = test.open().await;
-        assert_upgraded(&*store, id, now).await;
+        assert_upgraded(&*store, id, now, version).await;
         store.close().await;
     }
 }
 
-async fn assert_upgraded(store: &dyn store::Store, id: NotificationId, now: UnixMillis) {
+async fn assert_upgraded(
+    store: &dyn store::Store,
+    id: NotificationId,
+    now: UnixMillis,
+    version: usize,
+) {
     let rec = store.get(id).await.unwrap().expect("the old row is kept");
+    assert!(!rec.hedge, "rows from before hedging are not hedged");
+    assert_eq!(rec.callback_url, None);
     assert_eq!(rec.status, Status::Retrying);
     assert_eq!(rec.priority, Priority::Normal);
     assert_eq!(rec.rounds, 2);
@@ -726,6 +781,16 @@ async fn assert_upgraded(store: &dyn store::Store, id: NotificationId, now: Unix
     let claimed = store.claim(now, 10, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 1, "still claimed after the upgrade");
     assert_eq!(claimed[0].id, id);
+    assert!(!claimed[0].hedge);
+    let disabled: Vec<String> = store
+        .disabled_providers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let kept: &[&str] = if version >= 8 { &["sms-old"] } else { &[] };
+    assert_eq!(disabled, kept, "version {version}");
 }
 
 /// A notification stored by one instance wakes the dispatcher of another.
@@ -862,6 +927,102 @@ async fn scheduled_work_is_claimed_no_earlier(backend: Backend) {
     let claimed = store.claim(at, 10, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].id, n.id);
+}
+
+async fn the_hedge_flag_is_kept_claimed_and_read_back(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    let now = UnixMillis::now();
+    let hedged = NewNotification {
+        hedge: true,
+        ..new_sms(now, "hedged")
+    };
+    let plain = new_sms(now, "plain");
+    store
+        .insert_many(vec![hedged.clone(), plain.clone()])
+        .await
+        .unwrap();
+    assert!(store.get(hedged.id).await.unwrap().unwrap().hedge);
+    assert!(!store.get(plain.id).await.unwrap().unwrap().hedge);
+    let claimed = store.claim(now, 10, LEASE).await.unwrap();
+    let flag = |id| claimed.iter().find(|c| c.id == id).map(|c| c.hedge);
+    assert_eq!(flag(hedged.id), Some(true));
+    assert_eq!(flag(plain.id), Some(false));
+}
+
+/// A hedged round records the losing request after the winning one; the
+/// notification's event still goes out with its end, and names the
+/// delivery. A hedged notification past its deadline ends in the claim,
+/// with its event, like any other.
+async fn a_hedged_notifications_end_writes_its_event_naming_the_delivery(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open_with(&routed()).await;
+    let now = UnixMillis::now();
+    let hedged = NewNotification {
+        hedge: true,
+        ..new_sms(now, "hedged")
+    };
+    let attempts = vec![
+        attempt("fast", AttemptOutcome::Delivered, 200),
+        attempt("slow", AttemptOutcome::Transient, 503),
+    ];
+    let done = Completion::Delivered {
+        provider: "fast".into(),
+    };
+    end(&*store, hedged.clone(), attempts, done, now)
+        .await
+        .unwrap();
+    let rows = store.claim_webhooks(now, 10, LEASE).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].event, WebhookEvent::Delivered);
+    assert_eq!(rows[0].notification_id, hedged.id);
+    let body = payload(&rows[0]);
+    assert_eq!(body["data"]["attempts"]["count"], 2);
+    assert_eq!(body["data"]["attempts"]["last_provider"], "fast");
+    assert_eq!(body["data"]["attempts"]["last_outcome"], "delivered");
+    assert_eq!(body["data"]["attempts"]["last_http_status"], 200);
+    let rec = store.get(hedged.id).await.unwrap().unwrap();
+    assert!(rec.hedge);
+    assert_eq!(rec.attempts.len(), 2);
+
+    // Failing for good still names the last attempt, whoever made it.
+    let failing = NewNotification {
+        hedge: true,
+        ..new_sms(now, "failing")
+    };
+    let attempts = vec![
+        attempt("fast", AttemptOutcome::Transient, 502),
+        attempt("slow", AttemptOutcome::Rejected, 400),
+    ];
+    let failed = Completion::Failed {
+        error: "HTTP 400".into(),
+    };
+    end(&*store, failing.clone(), attempts, failed, now)
+        .await
+        .unwrap();
+    let rows = store.claim_webhooks(now, 10, LEASE).await.unwrap();
+    assert_eq!(rows.len(), 2, "both endpoints take a failure: {rows:?}");
+    let body = payload(&rows[0]);
+    assert_eq!(body["type"], "notification.failed");
+    assert_eq!(body["data"]["attempts"]["last_provider"], "slow");
+    assert_eq!(body["data"]["attempts"]["last_outcome"], "rejected");
+
+    let by = now.plus(Duration::from_secs(10));
+    let late = NewNotification {
+        hedge: true,
+        deliver_by: Some(by),
+        ..new_sms(now, "late")
+    };
+    store.insert(late.clone()).await.unwrap();
+    assert!(store.claim(by, 10, LEASE).await.unwrap().is_empty());
+    let rows = store.claim_webhooks(by, 10, LEASE).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].event, WebhookEvent::Expired);
+    assert_eq!(rows[0].notification_id, late.id);
 }
 
 async fn past_their_deadline_notifications_expire_unsent(backend: Backend) {
@@ -1197,7 +1358,23 @@ async fn listings_filter_and_page_stably_under_inserts(backend: Backend) {
         created_before: Some(UnixMillis(t0.0 + 50)),
         ..ListFilter::default()
     };
-    assert_eq!(all(window).await, made[2..5]);
+    assert_eq!(all(window.clone()).await, made[2..5]);
+    // Newest first, paging towards older ones; later inserts never show up
+    // on a later page.
+    let newest = ListFilter {
+        newest_first: true,
+        ..window
+    };
+    assert_eq!(all(newest).await, [made[4], made[3], made[2]]);
+    let newest_email = ListFilter {
+        channel: Some(Channel::Email),
+        newest_first: true,
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        all(newest_email).await,
+        [made[9], made[7], made[5], made[3], made[1]]
+    );
     let autumn = ListFilter {
         metadata: Some(("campaign".into(), "autumn".into())),
         ..ListFilter::default()
@@ -1265,4 +1442,449 @@ async fn api_keys_are_created_once_listed_and_revoked(backend: Backend) {
     assert_eq!(keys[0].revoked_at, Some(UnixMillis(2_000)));
     assert_eq!(keys[1].revoked_at, None);
     assert!(!store.create_api_key(key("a", 5)).await.unwrap());
+}
+
+async fn disabled_providers_are_kept_by_name(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    assert!(store.disabled_providers().await.unwrap().is_empty());
+    assert!(
+        store
+            .set_provider_disabled("twilio", true, UnixMillis(1_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_provider_disabled("twilio", true, UnixMillis(2_000))
+            .await
+            .unwrap(),
+        "disabled already: it keeps its first time"
+    );
+    assert!(
+        store
+            .set_provider_disabled("mailgun", true, UnixMillis(3_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_provider_disabled("nobody", false, UnixMillis(3_000))
+            .await
+            .unwrap(),
+        "enabling one never disabled changes nothing"
+    );
+    assert_eq!(
+        store.disabled_providers().await.unwrap(),
+        [
+            ("mailgun".to_owned(), UnixMillis(3_000)),
+            ("twilio".to_owned(), UnixMillis(1_000))
+        ]
+    );
+    store.close().await;
+    // Kept across a reopening (a restart); enabling takes it out of the set.
+    let store = test.open().await;
+    assert!(
+        store
+            .set_provider_disabled("mailgun", false, UnixMillis(4_000))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.disabled_providers().await.unwrap(),
+        [("twilio".to_owned(), UnixMillis(1_000))]
+    );
+}
+/// Two endpoints (one taking every event, one only failures) and callbacks.
+fn routed() -> StoreOptions {
+    StoreOptions {
+        webhooks: WebhookRoutes {
+            endpoints: vec![
+                WebhookRoute {
+                    url: "https://all.example.com/h".into(),
+                    events: WebhookEvent::ALL.to_vec(),
+                },
+                WebhookRoute {
+                    url: "https://failures.example.com/h".into(),
+                    events: vec![WebhookEvent::Failed],
+                },
+            ],
+            callbacks: true,
+        },
+        ..StoreOptions::default()
+    }
+}
+
+/// Ends `n` (inserted, claimed and completed at `at`) with `completion`.
+async fn end(
+    store: &dyn store::Store,
+    n: NewNotification,
+    attempts: Vec<Attempt>,
+    completion: Completion,
+    at: UnixMillis,
+) -> Result<(), LeaseLost> {
+    store.insert(n.clone()).await.unwrap();
+    let c = store.claim(at, 10, LEASE).await.unwrap();
+    let c = c.iter().find(|c| c.id == n.id).expect("claimed");
+    store
+        .complete(vec![report(c, attempts, completion, at)])
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+fn payload(d: &ClaimedWebhook) -> serde_json::Value {
+    serde_json::from_slice(&d.payload).unwrap()
+}
+
+async fn webhook_events_are_written_with_the_final_transition(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open_with(&routed()).await;
+    let now = UnixMillis::now();
+    let wake = store.webhooks_added();
+
+    // Delivered, with metadata and a callback: the first endpoint and the
+    // callback get the event, signed payloads alike.
+    let delivered = NewNotification {
+        metadata: [("order".to_owned(), "4711".to_owned())].into(),
+        callback_url: Some("https://cb.example.com/n?t=1".into()),
+        ..new_sms(now, "delivered")
+    };
+    let attempts = vec![
+        attempt("p1", AttemptOutcome::Transient, 503),
+        attempt("p2", AttemptOutcome::Delivered, 200),
+    ];
+    let done = Completion::Delivered {
+        provider: "p2".into(),
+    };
+    end(&*store, delivered.clone(), attempts, done, now)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wake.notified())
+        .await
+        .expect("the commit pokes the webhook worker");
+    let rows = store.claim_webhooks(now, 10, LEASE).await.unwrap();
+    let mut targets: Vec<_> = rows.iter().map(|d| (d.target, d.url.as_str())).collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        [
+            (WebhookTarget::Endpoint, "https://all.example.com/h"),
+            (WebhookTarget::Callback, "https://cb.example.com/n?t=1"),
+        ]
+    );
+    assert_ne!(rows[0].id, rows[1].id);
+    assert_eq!(rows[0].payload, rows[1].payload);
+    let body = payload(&rows[0]);
+    assert_eq!(body["type"], "notification.delivered");
+    assert_eq!(body["data"]["id"], delivered.id.to_string());
+    assert_eq!(body["data"]["status"], "delivered");
+    assert_eq!(body["data"]["channel"], "sms");
+    assert_eq!(body["data"]["attempts"]["count"], 2);
+    assert_eq!(body["data"]["attempts"]["last_provider"], "p2");
+    assert_eq!(body["data"]["attempts"]["last_http_status"], 200);
+    assert_eq!(body["data"]["metadata"]["order"], "4711");
+    assert!(rows.iter().all(|d| d.event == WebhookEvent::Delivered
+        && d.notification_id == delivered.id
+        && d.attempts == 0));
+    assert_eq!(
+        store.get(delivered.id).await.unwrap().unwrap().callback_url,
+        delivered.callback_url
+    );
+
+    // A retry is no ending; failing for good is, for both endpoints.
+    let failing = new_sms(now, "failing");
+    store.insert(failing.clone()).await.unwrap();
+    let c = store.claim(now, 1, LEASE).await.unwrap().remove(0);
+    let retry = Completion::Retry {
+        at: now,
+        counted: true,
+        error: Some("HTTP 503".into()),
+    };
+    store
+        .complete(vec![report(
+            &c,
+            vec![attempt("p1", AttemptOutcome::Transient, 503)],
+            retry,
+            now,
+        )])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_webhooks(now, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let c = store.claim(now, 1, LEASE).await.unwrap().remove(0);
+    let failed = Completion::Failed {
+        error: "HTTP 400: bad number".into(),
+    };
+    let rejected = vec![attempt("p1", AttemptOutcome::Rejected, 400)];
+    store
+        .complete(vec![report(&c, rejected.clone(), failed.clone(), now)])
+        .await
+        .unwrap();
+    let rows = store.claim_webhooks(now, 10, LEASE).await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let body = payload(&rows[0]);
+    assert_eq!(body["type"], "notification.failed");
+    assert_eq!(body["data"]["error"], "HTTP 400: bad number");
+    assert_eq!(body["data"]["attempts"]["count"], 2);
+    assert_eq!(body["data"]["attempts"]["last_outcome"], "rejected");
+
+    // A stale report changes nothing, so it writes no event either.
+    let stale = report(&c, rejected, failed, now);
+    assert_eq!(
+        store.complete(vec![stale]).await.unwrap(),
+        vec![Err(LeaseLost)]
+    );
+    assert!(
+        store
+            .claim_webhooks(now, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A claim that finds a notification past its deadline ends it, and
+    // sends its event from the same transaction.
+    let by = now.plus(Duration::from_secs(10));
+    let late = NewNotification {
+        deliver_by: Some(by),
+        ..new_sms(now, "late")
+    };
+    store.insert(late.clone()).await.unwrap();
+    assert!(store.claim(by, 10, LEASE).await.unwrap().is_empty());
+    let rows = store.claim_webhooks(by, 10, LEASE).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].event, WebhookEvent::Expired);
+    let body = payload(&rows[0]);
+    assert_eq!(body["data"]["status"], "expired");
+    assert_eq!(body["data"]["attempts"]["count"], 0);
+    assert!(body["data"]["attempts"]["last_provider"].is_null());
+
+    // Canceled sends nothing; a store without routes writes no outbox.
+    let canceled = new_sms(now, "canceled");
+    store.insert(canceled.clone()).await.unwrap();
+    store.cancel(canceled.id, now).await.unwrap();
+    let plain = test.open().await;
+    let quiet = new_sms(now, "quiet");
+    let done = Completion::Delivered {
+        provider: "p".into(),
+    };
+    end(&*plain, quiet, Vec::new(), done, now).await.unwrap();
+    assert!(
+        store
+            .claim_webhooks(by, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn webhook_deliveries_are_claimed_once_under_concurrency(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let options = routed();
+    let stores = [
+        test.open_with(&options).await,
+        test.open_with(&options).await,
+        test.open_with(&options).await,
+    ];
+    let now = UnixMillis::now();
+    for i in 0..100 {
+        let done = Completion::Delivered {
+            provider: "p".into(),
+        };
+        end(
+            &*stores[0],
+            new_sms(now, &format!("w{i}")),
+            Vec::new(),
+            done,
+            now,
+        )
+        .await
+        .unwrap();
+    }
+    let claimed = claim_concurrently(&stores, move |store| async move {
+        let batch = store.claim_webhooks(now, 7, LEASE).await.unwrap();
+        batch.into_iter().map(|d| d.id).collect()
+    })
+    .await;
+    assert_eq!(claimed.len(), 100, "each one claimed once");
+    assert_eq!(claimed.iter().collect::<HashSet<_>>().len(), 100);
+    let backlog = stores[1].webhook_backlog().await.unwrap();
+    assert_eq!(backlog, vec![(WebhookStatus::Sending, 100)]);
+}
+
+async fn webhook_deliveries_are_retried_deferred_released_failed_and_purged(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let options = StoreOptions {
+        webhooks: WebhookRoutes {
+            endpoints: vec![WebhookRoute {
+                url: "https://all.example.com/h?token=s3cret".into(),
+                events: WebhookEvent::ALL.to_vec(),
+            }],
+            callbacks: false,
+        },
+        ..StoreOptions::default()
+    };
+    let store = test.open_with(&options).await;
+    let now = UnixMillis::now();
+    for text in ["a", "b"] {
+        let done = Completion::Delivered {
+            provider: "p".into(),
+        };
+        end(&*store, new_sms(now, text), Vec::new(), done, now)
+            .await
+            .unwrap();
+    }
+    let claim = |at: UnixMillis| {
+        let store = Arc::clone(&store);
+        async move { store.claim_webhooks(at, 10, LEASE).await.unwrap() }
+    };
+    let mut rows = claim(now).await;
+    rows.sort_by_key(|d| d.id);
+    let (a, b) = (rows[0].clone(), rows[1].clone());
+    let write = |d: &ClaimedWebhook, completion, at| {
+        let r = WebhookReport {
+            id: d.id,
+            lease: d.lease,
+            completion,
+            at,
+        };
+        let store = Arc::clone(&store);
+        async move { store.complete_webhooks(vec![r]).await.unwrap().remove(0) }
+    };
+
+    // A failed attempt: due again at its time, one attempt counted.
+    let later = now.plus(Duration::from_secs(10));
+    let retry = WebhookCompletion::Retry {
+        at: later,
+        http_status: Some(500),
+        error: "HTTP 500".into(),
+    };
+    assert_eq!(write(&a, retry, now).await, Ok(()));
+    assert!(claim(now).await.is_empty());
+    let pending = store
+        .webhook_deliveries(Some(WebhookStatus::Pending), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].next_attempt_at, Some(later));
+    assert_eq!(pending[0].last_http_status, Some(500));
+    assert_eq!(
+        pending[0].url, "https://all.example.com/h",
+        "no query shown"
+    );
+    let a = claim(later).await.remove(0);
+    assert_eq!(a.attempts, 1);
+
+    // Deferred (breaker open) and released (shutdown): no attempt used.
+    let deferred = WebhookCompletion::Deferred {
+        at: later.plus(Duration::from_secs(5)),
+    };
+    assert_eq!(write(&a, deferred, later).await, Ok(()));
+    assert!(claim(later).await.is_empty());
+    let a = claim(later.plus(Duration::from_secs(5))).await.remove(0);
+    assert_eq!(a.attempts, 1);
+    assert_eq!(write(&a, WebhookCompletion::Released, later).await, Ok(()));
+    let first = claim(later).await.remove(0);
+    assert_eq!(first.attempts, 1);
+
+    // A lapsed lease is claimed again; the stale holder cannot write.
+    let lapsed = later.plus(LEASE).plus(Duration::from_millis(1));
+    let both = claim(lapsed).await;
+    assert_eq!(both.len(), 2, "b's lease lapsed too");
+    let again = both.iter().find(|d| d.id == first.id).unwrap().clone();
+    assert_ne!(again.lease, first.lease);
+    let delivered = WebhookCompletion::Delivered { http_status: 204 };
+    assert_eq!(
+        write(&first, delivered.clone(), lapsed).await,
+        Err(LeaseLost)
+    );
+    assert_eq!(write(&again, delivered, lapsed).await, Ok(()));
+
+    // The other gives up: failed, kept, listed.
+    let gave_up = WebhookCompletion::Failed {
+        http_status: None,
+        error: "gave up after 12 attempts".into(),
+    };
+    assert_eq!(write(&b, gave_up, lapsed).await, Err(LeaseLost));
+    let b = both.into_iter().find(|d| d.id == b.id).unwrap();
+    let gave_up = WebhookCompletion::Failed {
+        http_status: None,
+        error: "gave up after 12 attempts".into(),
+    };
+    assert_eq!(write(&b, gave_up, lapsed).await, Ok(()));
+    let failed = store
+        .webhook_deliveries(Some(WebhookStatus::Failed), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].id, b.id);
+    assert_eq!(
+        failed[0].last_error.as_deref(),
+        Some("gave up after 12 attempts")
+    );
+    assert!(failed[0].next_attempt_at.is_none());
+    let all = store.webhook_deliveries(None, None, 10).await.unwrap();
+    assert_eq!(all.len(), 2);
+    let page = store
+        .webhook_deliveries(None, Some(all[0].id), 10)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].id, all[1].id);
+    assert!(store.webhook_backlog().await.unwrap().is_empty());
+
+    // The purge takes delivered ones past retention, never failed ones.
+    let far = lapsed.plus(Duration::from_secs(86_400));
+    assert_eq!(
+        store.purge_webhooks(lapsed, 10).await.unwrap(),
+        0,
+        "not old enough"
+    );
+    assert_eq!(store.purge_webhooks(far, 10).await.unwrap(), 1);
+    let left = store.webhook_deliveries(None, None, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].status, WebhookStatus::Failed);
+}
+
+/// New webhook deliveries wake the webhook workers of other instances
+/// (LISTEN/NOTIFY), not only the one that wrote them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_webhook_events_wake_other_instances() {
+    let Some(test) = TestStore::new(Backend::Postgres).await else {
+        return;
+    };
+    let writer = test.open_with(&routed()).await;
+    let other = test.open_with(&routed()).await;
+    let other_added = other.webhooks_added();
+    // Subscribing is what an instance running a dispatcher does.
+    other.subscribe(Arc::new(tokio::sync::Notify::new()));
+    // The listener pokes once on connecting, for what it may have missed.
+    tokio::time::timeout(Duration::from_secs(10), other_added.notified())
+        .await
+        .expect("the listener connects");
+    let now = UnixMillis::now();
+    let done = Completion::Delivered {
+        provider: "p".into(),
+    };
+    end(&*writer, new_sms(now, "wakes"), Vec::new(), done, now)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), other_added.notified())
+        .await
+        .expect("the other instance's worker is woken");
+    assert_eq!(other.claim_webhooks(now, 10, LEASE).await.unwrap().len(), 1);
 }

@@ -153,6 +153,15 @@ impl Auth {
         found
     }
 
+    /// Whether the key named `name` is still known and holds `scope`: an
+    /// answer that lasts (the event stream) asks as it goes, so a revoked
+    /// key stops it within `auth.refresh_ms` too.
+    pub fn still_allows(&self, name: &str, scope: Scope) -> bool {
+        let keys = Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()));
+        keys.iter()
+            .any(|k| k.caller.name == name && k.caller.scopes.contains(&scope))
+    }
+
     /// A token from the caller's bucket, if it has a limit.
     fn take(&self, caller: &Caller) -> Option<(u32, Result<u32, std::time::Duration>)> {
         let (rate, burst) = caller.limit?;
@@ -191,11 +200,15 @@ fn known(k: ApiKeyRecord) -> Option<KnownKey> {
 pub(super) fn needed(method: &Method, path: &str) -> &'static [Scope] {
     match path {
         "/healthz" | "/readyz" | "/openapi.json" => &[],
-        "/metrics" => &[Scope::Admin],
-        "/v1/providers" if method == Method::GET => &[Scope::Read, Scope::Admin],
+        // The dashboard's page holds no data; what it shows needs a key.
+        "/" | "/dashboard" | "/dashboard/app.js" | "/dashboard/style.css" => &[],
+        "/metrics" | "/v1/events" => &[Scope::Admin],
+        p if p.starts_with("/v1/webhooks") => &[Scope::Admin],
+        // An operator who may replay and change providers may also read
+        // what they act on (the dashboard's dead letters and lookups).
+        _ if method == Method::GET || method == Method::HEAD => &[Scope::Read, Scope::Admin],
         p if p.starts_with("/v1/providers") => &[Scope::Admin],
         p if p.starts_with("/v1/notifications/") && p.ends_with("/replay") => &[Scope::Admin],
-        _ if method == Method::GET || method == Method::HEAD => &[Scope::Read],
         _ => &[Scope::Send],
     }
 }
@@ -346,14 +359,36 @@ mod tests {
             needed(&Method::DELETE, "/v1/notifications/x"),
             [Scope::Send]
         );
-        assert_eq!(needed(&Method::GET, "/v1/notifications/x"), [Scope::Read]);
+        assert_eq!(
+            needed(&Method::GET, "/v1/notifications/x"),
+            [Scope::Read, Scope::Admin]
+        );
         assert_eq!(
             needed(&Method::POST, "/v1/notifications/x/replay"),
             [Scope::Admin]
         );
         assert_eq!(needed(&Method::GET, "/metrics"), [Scope::Admin]);
+        for path in [
+            "/v1/providers/a/disable",
+            "/v1/providers/a/enable",
+            "/v1/providers/reload",
+        ] {
+            assert_eq!(needed(&Method::POST, path), [Scope::Admin]);
+        }
+        assert_eq!(needed(&Method::GET, "/v1/events"), [Scope::Admin]);
+        assert!(needed(&Method::GET, "/dashboard").is_empty());
+        assert!(needed(&Method::GET, "/dashboard/app.js").is_empty());
+        assert!(needed(&Method::GET, "/").is_empty());
         assert_eq!(
-            needed(&Method::POST, "/v1/providers/a/disable"),
+            needed(&Method::GET, "/dashboard/other"),
+            [Scope::Read, Scope::Admin]
+        );
+        assert_eq!(
+            needed(&Method::GET, "/v1/providers"),
+            [Scope::Read, Scope::Admin]
+        );
+        assert_eq!(
+            needed(&Method::GET, "/v1/webhooks/deliveries"),
             [Scope::Admin]
         );
     }

@@ -98,6 +98,7 @@ pub async fn batch(
     let limits = OptionLimits {
         now,
         horizon: state.schedule_horizon,
+        callbacks: &state.callbacks,
     };
     let mut results = Vec::with_capacity(items.len());
     let mut prepared = Vec::new();
@@ -162,7 +163,7 @@ pub async fn batch(
 /// the options any notification takes.
 fn validate_item(
     item: Value,
-    limits: OptionLimits,
+    limits: OptionLimits<'_>,
 ) -> Result<(Message, crate::domain::options::DeliveryOptions), Vec<FieldError>> {
     let Value::Object(_) = &item else {
         return Err(vec![FieldError::new(

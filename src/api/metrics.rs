@@ -8,8 +8,7 @@ use axum::response::IntoResponse;
 
 use super::ApiState;
 use crate::dispatch::breaker::BreakerState;
-use crate::domain::Channel;
-use crate::metrics::metrics;
+use crate::metrics::{ProviderGauges, metrics};
 
 /// Prometheus metrics, in the text format.
 ///
@@ -29,22 +28,28 @@ use crate::metrics::metrics;
 pub async fn scrape(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     let m = metrics();
     // Breakers are read now, one lock each: as cheap as the counters.
-    for channel in Channel::ALL {
-        for slot in state.providers.channel(channel).slots() {
+    let providers = state.providers.current();
+    let gauges: Vec<ProviderGauges<'_>> = providers
+        .all()
+        .map(|(_, slot)| {
             let (breaker, samples, failures) = slot.health();
-            let code = match breaker {
-                BreakerState::Closed => 0,
-                BreakerState::HalfOpen => 1,
-                BreakerState::Open => 2,
-            };
-            let ratio = if samples == 0 {
-                0.0
-            } else {
-                failures as f64 / samples as f64
-            };
-            m.provider_health(slot.provider.name(), code, ratio);
-        }
-    }
+            ProviderGauges {
+                name: slot.provider.name(),
+                breaker_state: match breaker {
+                    BreakerState::Closed => 0,
+                    BreakerState::HalfOpen => 1,
+                    BreakerState::Open => 2,
+                },
+                failure_ratio: if samples == 0 {
+                    0.0
+                } else {
+                    failures as f64 / samples as f64
+                },
+                enabled: slot.enabled(),
+            }
+        })
+        .collect();
+    m.providers(&gauges);
     (
         [(
             header::CONTENT_TYPE,

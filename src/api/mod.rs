@@ -2,14 +2,18 @@
 
 pub mod auth;
 mod batch;
+mod dashboard;
+mod events;
 mod health;
 mod idempotency;
+pub mod live;
 mod metrics;
 mod notifications;
 pub mod openapi;
 pub mod problem;
-mod providers;
+pub mod providers;
 mod submit;
+mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,15 +29,18 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterE
 use utoipa_axum::routes;
 
 use crate::dispatch::handoff::Handoff;
-use crate::dispatch::pool::Providers;
+use crate::dispatch::live::LiveProviders;
+use crate::domain::callback::CallbackPolicy;
 use crate::store::Store;
 use problem::Problem;
 
 /// What the handlers share.
 pub struct ApiState {
     pub store: Arc<dyn Store>,
-    /// For the health view of each provider.
-    pub providers: Arc<Providers>,
+    /// The providers in use: their health view, disable and enable.
+    pub providers: Arc<LiveProviders>,
+    /// Reloads the config file's providers; `None` without a config file.
+    pub reload: Option<Arc<dyn providers::Reload>>,
     /// Tells the dispatcher that new work was stored.
     pub wake: Arc<Notify>,
     /// Passes fresh notifications straight to this process's dispatcher,
@@ -53,6 +60,10 @@ pub struct ApiState {
     pub batch_body_limit: usize,
     /// API keys and rate limits.
     pub auth: Arc<auth::Auth>,
+    /// What `GET /v1/events` streams.
+    pub live: Arc<live::Live>,
+    /// Which `callback_url`s a notification may name.
+    pub callbacks: CallbackPolicy,
 }
 
 impl ApiState {
@@ -98,6 +109,15 @@ fn work_routes(batch_body_limit: usize) -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(notifications::replay))
         .routes(routes!(notifications::stats))
         .routes(routes!(providers::list))
+        .routes(routes!(providers::reload))
+        .routes(routes!(providers::disable))
+        .routes(routes!(providers::enable))
+        .routes(routes!(events::stream))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(dashboard::root))
+        .routes(routes!(dashboard::page))
+        .routes(routes!(dashboard::script))
+        .routes(routes!(dashboard::style))
 }
 
 /// Answered while draining too (the drain is worth watching): health,

@@ -90,6 +90,10 @@ pub struct ListQuery {
     /// go together.
     metadata_key: Option<String>,
     metadata_value: Option<String>,
+    /// `oldest` first (the default) or `newest` first; follow `next` with
+    /// the same order.
+    #[param(value_type = Option<Order>, inline)]
+    order: Option<String>,
     /// The `next` of the previous page.
     #[param(value_type = Option<NotificationId>)]
     cursor: Option<String>,
@@ -101,10 +105,33 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
+/// Which end of the listing comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[schema(rename_all = "lowercase")]
+enum Order {
+    Oldest,
+    Newest,
+}
+
+impl Order {
+    const ALL: [Order; 2] = [Order::Oldest, Order::Newest];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Order::Oldest => "oldest",
+            Order::Newest => "newest",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
 /// A page of a listing.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Page {
-    /// Oldest first.
+    /// In the listing's `order`: oldest first unless `newest` was asked for.
     items: Vec<NotificationSummary>,
     /// The `cursor` of the following page; `null` on the last one.
     #[schema(required = true)]
@@ -161,11 +188,11 @@ fn timestamp(name: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, Proble
 
 /// List notifications.
 ///
-/// Oldest first, filtered by any of `status`, `channel`, `priority`,
-/// `created_after` (inclusive), `created_before` and one metadata entry;
-/// `next` is the `cursor` of the following page (opaque to clients; pages
-/// never shift when new notifications arrive). `?status=dead` is the
-/// dead-letter view.
+/// Oldest first (`order=newest`: newest first), filtered by any of
+/// `status`, `channel`, `priority`, `created_after` (inclusive),
+/// `created_before` and one metadata entry; `next` is the `cursor` of the
+/// following page (opaque to clients; pages never shift when new
+/// notifications arrive). `?status=dead` is the dead-letter view.
 #[utoipa::path(
     get,
     path = "/v1/notifications",
@@ -174,7 +201,7 @@ fn timestamp(name: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, Proble
     params(ListQuery),
     responses(
         (status = 200, description = "A page", body = Page),
-        (status = 400, description = "A filter or the cursor is invalid"),
+        (status = 400, description = "A filter, the order or the cursor is invalid"),
     ),
 )]
 pub async fn list(
@@ -213,6 +240,12 @@ pub async fn list(
         )?,
         created_from: timestamp("created_after", q.created_after.as_deref())?,
         created_before: timestamp("created_before", q.created_before.as_deref())?,
+        newest_first: one_of(
+            "order",
+            q.order.as_deref(),
+            Order::parse,
+            &Order::ALL.map(Order::as_str),
+        )? == Some(Order::Newest),
     };
     let after = match (q.cursor.as_deref(), q.after.as_deref()) {
         // Two cursors: one of them would be ignored unchecked.

@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
 use super::auth::{self, Scope};
+use super::live::Snapshot;
 use super::problem::Problem;
 use crate::domain::options::RawOptions;
 use crate::domain::validation::{RawEmail, RawSms};
@@ -26,20 +27,26 @@ use crate::domain::validation::{RawEmail, RawSms};
             is answered 202 once it is durably stored, then delivered in the background \
             through interchangeable providers with retries and failover; its status and \
             every attempt are readable until it is purged.\n\n\
-            Beyond loopback every route but `/healthz`, `/readyz` and `/openapi.json` needs \
-            an API key (`herald keys create`) with the scope the route names; on loopback \
-            keys are off unless `auth.required` is set. Errors are \
-            `application/problem+json` (RFC 9457). An instance started with \
+            Beyond loopback every route but `/healthz`, `/readyz`, `/openapi.json` and the \
+            dashboard's page and files needs an API key (`herald keys create`) with the \
+            scope the route names; on loopback keys are off unless `auth.required` is set. \
+            Errors are `application/problem+json` (RFC 9457). An instance started with \
             `--role worker` serves only `/healthz`, `/readyz` and `/metrics`."
     ),
-    components(schemas(RawSms, RawEmail, RawOptions, Problem)),
+    // Beside the routes' own: the request bodies' parts (api/openapi.rs
+    // assembles them) and what each event of `GET /v1/events` carries,
+    // which no body refers to.
+    components(schemas(RawSms, RawEmail, RawOptions, Problem, Snapshot)),
     tags(
         (name = "notifications", description = "Sending, reading, listing, canceling and \
             replaying notifications"),
         (name = "compatibility", description = "The reference provider service's paths, so \
             its clients can point at Herald unchanged"),
-        (name = "operations", description = "Health, readiness, metrics, providers, counts \
-            and this document"),
+        (name = "operations", description = "Health, readiness, metrics, providers (and \
+            changing them), counts, the live event stream and this document"),
+        (name = "webhooks", description = "The status webhooks' deliveries"),
+        (name = "dashboard", description = "The operators' page and its files, served \
+            without a key: they hold no data"),
     )
 )]
 struct Base;
@@ -83,6 +90,16 @@ const METHODS: [&str; 8] = [
 /// (utoipa's headers cannot say `required`).
 const ALWAYS_SENT: [&str; 1] = ["Location"];
 
+/// Response headers with one value wherever they are sent: a route names
+/// them, and they are described (value and all) once, in the components.
+const FIXED: [&str; 5] = [
+    "Content-Security-Policy",
+    "X-Content-Type-Options",
+    "Referrer-Policy",
+    "Cache-Control",
+    "X-Accel-Buffering",
+];
+
 fn component(kind: &str, name: &str) -> Value {
     json!({ "$ref": format!("#/components/{kind}/{name}") })
 }
@@ -110,6 +127,7 @@ fn complete(doc: &mut Value) {
     components["responses"] = responses();
     if let Some(schemas) = components["schemas"].as_object_mut() {
         schemas.extend(request_schemas());
+        schemas.extend(event_schemas());
     }
 }
 
@@ -194,6 +212,11 @@ fn complete_response(response: &mut Value, status: &str, secured: bool, keyed: b
             headers[name]["required"] = json!(true);
         }
     }
+    for name in FIXED {
+        if headers[name].is_object() {
+            headers[name] = component("headers", name);
+        }
+    }
     headers["X-Request-Id"] = component("headers", "X-Request-Id");
     if secured {
         for name in ["RateLimit-Limit", "RateLimit-Remaining"] {
@@ -239,11 +262,35 @@ fn headers() -> Value {
             "required": true,
             "schema": {"type": "string", "enum": ["Bearer"]},
         },
+        "Content-Security-Policy": fixed(
+            "Only the dashboard's own files, and calls back to this origin",
+            super::dashboard::POLICY,
+        ),
+        "X-Content-Type-Options": fixed("Never sniffed as another type", "nosniff"),
+        "Referrer-Policy": fixed("No Referer from the dashboard", "no-referrer"),
+        "Cache-Control": fixed(
+            "Revalidated each time: a new binary's dashboard is never mixed with an old \
+             script, and no proxy keeps the event stream",
+            "no-cache",
+        ),
+        "X-Accel-Buffering": fixed(
+            "Tells nginx not to buffer the stream, which would hold its events back",
+            "no",
+        ),
         "Idempotent-Replayed": {
             "description": "This is the stored answer to an earlier request with the same \
                 Idempotency-Key and body; nothing new was stored",
             "schema": {"type": "string", "enum": ["true"]},
         },
+    })
+}
+
+/// A header always sent with one value.
+fn fixed(description: &str, value: &str) -> Value {
+    json!({
+        "description": description,
+        "required": true,
+        "schema": {"type": "string", "enum": [value]},
     })
 }
 
@@ -286,10 +333,36 @@ fn responses() -> Value {
         "Unavailable": problem_response(
             "The store is unavailable (nothing was stored), the instance is shutting down, \
              the request took longer than `http.request_timeout_ms`, or the instance has \
-             `http.max_connections` open",
+             `http.max_connections` open (over TLS, such a connection is closed unanswered)",
             &["Retry-After"],
         ),
     })
+}
+
+/// One event of `GET /v1/events` as a reader of the stream parses it: its
+/// `event` field and its `data`, which is JSON (JSON Schema's
+/// `contentMediaType` and `contentSchema`). This is how OpenAPI 3.2 words a
+/// `text/event-stream` item, and how schemathesis reads the stream's events
+/// under 3.1, checking each against it.
+fn event_schemas() -> Map<String, Value> {
+    let mut schemas = Map::new();
+    schemas.insert(
+        "SnapshotEvent".into(),
+        json!({
+            "description": "One server-sent event: `event: snapshot` and a `data` line of JSON",
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"type": "string", "const": "snapshot"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": component("schemas", "EventSnapshot"),
+                },
+            },
+        }),
+    );
+    schemas
 }
 
 /// The bodies that create notifications: a message's fields and the
@@ -426,7 +499,8 @@ mod tests {
                     response["headers"]["X-Request-Id"].is_object(),
                     "{method} {path} {status}"
                 );
-                if !status.starts_with('2') {
+                // Success and redirection are not errors.
+                if !status.starts_with(['2', '3']) {
                     assert_eq!(
                         response["content"]["application/problem+json"]["schema"]["$ref"],
                         "#/components/schemas/Problem",
@@ -437,7 +511,7 @@ mod tests {
             assert!(op["responses"]["503"].is_object(), "{method} {path}");
         }
         let problem_types = &doc["components"]["schemas"]["ProblemType"]["enum"];
-        assert!(problem_types.as_array().unwrap().len() >= 19);
+        assert!(problem_types.as_array().unwrap().len() >= 21);
     }
 
     #[test]

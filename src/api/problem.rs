@@ -66,6 +66,10 @@ pub enum ProblemType {
     ShuttingDown,
     #[serde(rename = "/problems/too-many-connections")]
     TooManyConnections,
+    #[serde(rename = "/problems/no-config-file")]
+    NoConfigFile,
+    #[serde(rename = "/problems/config-refused")]
+    ConfigRefused,
 }
 
 fn as_u16<S: serde::Serializer>(s: &StatusCode, ser: S) -> Result<S::Ok, S::Error> {

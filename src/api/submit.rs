@@ -164,7 +164,7 @@ pub(super) fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, Proble
 pub(super) fn validate(
     message: Result<Message, Vec<FieldError>>,
     options: RawOptions,
-    limits: OptionLimits,
+    limits: OptionLimits<'_>,
 ) -> Result<(Message, DeliveryOptions), Vec<FieldError>> {
     match (message, validate_options(options, limits)) {
         (Ok(m), Ok(o)) => Ok((m, o)),
@@ -226,6 +226,7 @@ async fn accept(
     let limits = OptionLimits {
         now,
         horizon: state.schedule_horizon,
+        callbacks: &state.callbacks,
     };
     let (message, options) = validate(validated, options, limits).map_err(Problem::invalid)?;
     refuse_unsendable(state, &message).map_err(Problem::invalid)?;
@@ -299,7 +300,12 @@ pub(super) fn refuse_unsendable(
     state: &ApiState,
     message: &Message,
 ) -> Result<(), Vec<FieldError>> {
-    if state.providers.channel(message.channel()).can_send(message) {
+    if state
+        .providers
+        .current()
+        .channel(message.channel())
+        .can_send(message)
+    {
         return Ok(());
     }
     let field = match message {
@@ -345,6 +351,8 @@ pub(super) fn prepare<'a>(
         send_at: options.send_at,
         priority: options.priority,
         metadata: options.metadata,
+        hedge: options.hedge,
+        callback_url: options.callback_url,
         lease: reservation.as_ref().map(|r| r.lease()),
     };
     let status = match reservation {

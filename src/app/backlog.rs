@@ -1,5 +1,6 @@
-//! `herald_backlog{status}`: refreshed by a periodic query of the unfinished
-//! rows (their own index), not at each scrape.
+//! `herald_backlog{status}` and `herald_webhook_pending`: refreshed by a
+//! periodic query of the unfinished rows (their own index), not at each
+//! scrape.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,14 @@ pub(super) fn start(store: Arc<dyn Store>) -> JoinHandle<()> {
                 }
                 Err(e) => {
                     tracing::debug!(error = %crate::error::chain(&e), "could not count the backlog");
+                }
+            }
+            match store.webhook_backlog().await {
+                Ok(counts) => {
+                    crate::metrics::metrics().webhook_pending(counts.iter().map(|(_, n)| n).sum())
+                }
+                Err(e) => {
+                    tracing::debug!(error = %crate::error::chain(&e), "could not count pending webhooks");
                 }
             }
             tokio::time::sleep(INTERVAL).await;

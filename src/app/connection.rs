@@ -1,10 +1,10 @@
-//! One client connection: served by hyper, watched for clients that hold
-//! it without using it.
+//! One client connection: its TLS handshake when the listener has TLS,
+//! then served by hyper, watched for clients that hold it without using it.
 //!
 //! hyper's own header timeout also runs while a keep-alive connection sits
 //! idle, so the two limits could not differ; each connection instead tracks
-//! what it is doing (waiting for a head, answering, idle) and is closed once
-//! it has spent too long waiting.
+//! what it is doing (waiting for a head, answering, sending an answer,
+//! idle) and is closed once it has spent too long waiting.
 
 use std::io;
 use std::pin::Pin;
@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use http_body::{Body, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -20,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 /// How long a connection may wait in each phase.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +36,10 @@ enum Phase {
     Head,
     /// A request is being answered; the request timeout covers it.
     Busy,
+    /// The answer's body is being written (an event stream writes for as
+    /// long as it is open): each write must follow the last within the
+    /// idle timeout, so a client that stops reading is still let go.
+    Sending,
     /// Between requests, no byte of the next one seen.
     Idle,
 }
@@ -50,6 +56,14 @@ impl Activity {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Bytes went out: a body being sent made progress.
+    fn wrote_bytes(&self) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0 == Phase::Sending {
+            state.1 = Instant::now();
+        }
+    }
+
     /// Bytes arrived: an idle connection now waits for the rest of a head.
     fn saw_bytes(&self) {
         let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -62,7 +76,7 @@ impl Activity {
     fn deadline(&self, timeouts: Timeouts) -> Option<Instant> {
         match self.get() {
             (Phase::Head, since) => Some(since + timeouts.header_read),
-            (Phase::Idle, since) => Some(since + timeouts.idle),
+            (Phase::Idle | Phase::Sending, since) => Some(since + timeouts.idle),
             (Phase::Busy, _) => None,
         }
     }
@@ -77,13 +91,41 @@ impl Drop for BusyGuard {
     }
 }
 
-/// The socket, reporting what it reads to the connection's [`Activity`].
-struct Watched {
-    inner: TcpStream,
+/// An answer's body; the connection is [`Phase::Sending`] until it is sent
+/// (or dropped), not idle.
+struct Answering<B> {
+    body: B,
+    _busy: BusyGuard,
+}
+
+impl<B: Body + Unpin> Body for Answering<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The connection (TCP, or TLS over it), reporting what it reads to the
+/// connection's [`Activity`].
+struct Watched<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -98,13 +140,17 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote_bytes();
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -120,7 +166,11 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote_bytes();
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -129,10 +179,12 @@ impl AsyncWrite for Watched {
 }
 
 /// Serves `stream` until the client closes it, it waits too long, or `stop`
-/// turns true (then the request under way is finished first). `_slot` is
-/// the connection's place under the connection cap.
+/// turns true (then the request under way is finished first). With `tls`,
+/// the handshake comes first. `_slot` is the connection's place under the
+/// connection cap, held through the handshake too.
 pub(super) async fn serve(
     stream: TcpStream,
+    tls: Option<TlsAcceptor>,
     router: Router,
     timeouts: Timeouts,
     mut stop: watch::Receiver<bool>,
@@ -142,6 +194,43 @@ pub(super) async fn serve(
     let _ = stream.set_nodelay(true);
     // A fresh connection waits for its first head.
     let activity = Arc::new(Activity(Mutex::new((Phase::Head, Instant::now()))));
+    let Some(tls) = tls else {
+        return serve_http(stream, router, timeouts, stop, activity).await;
+    };
+    // The handshake and the first head share the head's deadline, counted
+    // from the opening: a client that stops mid-handshake holds no more
+    // than one that stops mid-header.
+    let (_, opened) = activity.get();
+    let handshake = tokio::time::timeout_at(opened + timeouts.header_read, tls.accept(stream));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            // A client that does not trust the certificate, or speaks
+            // plain HTTP to this port: its problem, not the server's.
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("closing a connection whose TLS handshake did not finish in time");
+                return;
+            }
+        },
+        () = super::http::stopped(&mut stop) => return,
+    };
+    serve_http(stream, router, timeouts, stop, activity).await;
+}
+
+/// HTTP/1.1 on an open connection.
+async fn serve_http<S>(
+    stream: S,
+    router: Router,
+    timeouts: Timeouts,
+    mut stop: watch::Receiver<bool>,
+    activity: Arc<Activity>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: Arc::clone(&activity),
@@ -153,9 +242,9 @@ pub(super) async fn serve(
         let busy = BusyGuard(Arc::clone(&tracked));
         let answer = hyper::service::Service::call(&app, request);
         async move {
-            let answered = answer.await;
-            drop(busy);
-            answered
+            let answered = answer.await?;
+            busy.0.set(Phase::Sending);
+            Ok::<_, std::convert::Infallible>(answered.map(|body| Answering { body, _busy: busy }))
         }
     });
     let conn = http1::Builder::new().serve_connection(io, service);

@@ -3,8 +3,9 @@
 //!
 //! The [`Role`](crate::config::Role) decides which halves run: `all` both, `api` only the API
 //! (its notifications are delivered by other instances on the same
-//! database), `worker` only the dispatcher and the retention purge, with an
-//! HTTP server that answers just `/healthz` and `/readyz`.
+//! database), `worker` only the dispatcher, the webhook worker and the
+//! retention purge, with an HTTP server that answers just `/healthz` and
+//! `/readyz`.
 
 mod backlog;
 mod connection;
@@ -13,6 +14,8 @@ mod http;
 pub mod keys;
 mod providers;
 mod purge;
+pub mod reload;
+pub mod rotation;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,9 +28,12 @@ use tokio::sync::{Notify, watch};
 
 use crate::api::ApiState;
 use crate::api::auth::Auth;
-use crate::config::Config;
+use crate::api::live::Live;
+use crate::config::{Config, ConfigSource};
+use crate::dispatch::live::LiveProviders;
 use crate::provider::BuildError;
 use crate::store::{self, Store, StoreError};
+use crate::tls::{ListenerTls, TlsError};
 use delivery::Delivery;
 use http::HttpServer;
 
@@ -49,6 +55,10 @@ pub enum AppError {
     },
     #[error("invalid retry settings")]
     Retry(#[from] crate::dispatch::backoff::BackoffError),
+    #[error("invalid webhook settings")]
+    Webhooks(#[from] crate::webhook::ReceiversError),
+    #[error("cannot serve HTTPS with http.tls_cert_file and http.tls_key_file")]
+    Tls(#[from] TlsError),
     #[error(
         "refusing to serve on {addr} without API keys: anyone who reaches it could send \
          on your providers' bill. Create keys (herald keys create) and set auth.required = true, \
@@ -67,8 +77,40 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
+    run(config, None, listener, shutdown).await
+}
+
+/// Like [`serve`], for a config read from `source`: SIGHUP and
+/// `POST /v1/providers/reload` read it again and apply its providers.
+pub async fn serve_from(
+    source: ConfigSource,
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    run(config, Some(source), listener, shutdown).await
+}
+
+async fn run(
+    config: Config,
+    source: Option<ConfigSource>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    // Caught before anything else: a SIGHUP during start-up must not end
+    // the process; it is handled once the providers are up.
+    let hangup = reload::catch_hangup();
     let drain_timeout = Duration::from_millis(config.dispatch.drain_timeout_ms);
     refuse_exposure_without_keys(&config)?;
+    let tls = listener_tls(&config)?.map(Arc::new);
+    if clear_text_beyond_loopback(&config) {
+        tracing::warn!(
+            addr = %config.listen,
+            "serving plain HTTP beyond loopback: API keys and personal data (phone numbers, \
+             addresses, texts) travel in clear text unless a proxy in front terminates TLS; \
+             http.tls_cert_file and http.tls_key_file make Herald serve HTTPS itself"
+        );
+    }
     let auth_required = config.auth_required();
     let store = open_store(&config).await?;
     let auth = Arc::new(Auth::new(auth_required, config.auth.global_rate_per_sec));
@@ -80,12 +122,33 @@ pub async fn serve(
                 source,
             })?;
     }
-    let providers = Arc::new(providers::build(&config)?);
+    let providers = Arc::new(LiveProviders::new(providers::build(
+        &config.providers,
+        &config.breaker(),
+    )?));
+    // A provider disabled before the start sends nothing, from the first round.
+    providers
+        .refresh(store.as_ref())
+        .await
+        .map_err(|source| AppError::Store {
+            url: store::redacted(&config.store),
+            source,
+        })?;
+    let reloader = source.map(|source| {
+        Arc::new(reload::Reloader::new(
+            source,
+            &config,
+            Arc::clone(&providers),
+        ))
+    });
     let wake = Arc::new(Notify::new());
     let delivery = Delivery::new(&config, &store, &providers, &wake)?;
     let state = Arc::new(ApiState {
         store: Arc::clone(&store),
         providers: Arc::clone(&providers),
+        reload: reloader
+            .clone()
+            .map(|r| r as Arc<dyn crate::api::providers::Reload>),
         wake: Arc::clone(&wake),
         handoff: delivery.handoff(),
         draining: false.into(),
@@ -96,6 +159,10 @@ pub async fn serve(
         batch_max_items: config.accept.batch_max_items,
         batch_body_limit: config.accept.batch_body_limit_bytes,
         auth: Arc::clone(&auth),
+        live: Arc::new(Live::new()),
+        callbacks: config
+            .callback_policy()
+            .map_err(crate::webhook::ReceiversError::from)?,
     });
 
     let (stop_tx, stop) = watch::channel(false);
@@ -104,19 +171,31 @@ pub async fn serve(
             let (listener, local) = bind(addr)
                 .await
                 .map_err(|source| AppError::Bind { addr, source })?;
-            tracing::info!(addr = %local, "metrics listening");
+            tracing::info!(addr = %local, tls = tls.is_some(), "metrics listening");
             Some(HttpServer::start_metrics(
                 &config,
                 listener,
+                tls.as_deref(),
                 Arc::clone(&state),
                 stop.clone(),
             ))
         }
         None => None,
     };
+    // The event stream's sampler; it ends every stream when told to stop.
+    let live = config
+        .role
+        .serves_api()
+        .then(|| tokio::spawn(Arc::clone(&state.live).run(Arc::clone(&providers), stop.clone())));
     let mut delivery = delivery.start(stop.clone());
-    let mut http = HttpServer::start(&config, listener, Arc::clone(&state), stop);
+    let mut http = HttpServer::start(&config, listener, tls.as_deref(), Arc::clone(&state), stop);
     let backlog = backlog::start(Arc::clone(&store));
+    let rotation = rotation::start(
+        Arc::clone(&providers),
+        Arc::clone(&store),
+        Duration::from_millis(config.dispatch.providers_refresh_ms),
+    );
+    let hangup = hangup.map(|hangup| reload::on_hangup(hangup, reloader, tls));
     let keys = auth_required.then(|| {
         keys::start(
             Arc::clone(&auth),
@@ -143,6 +222,13 @@ pub async fn serve(
     }
     let dispatcher_failed = delivery.stop(drain_timeout + Duration::from_secs(1)).await;
     backlog.abort();
+    rotation.abort();
+    if let Some(hangup) = hangup {
+        hangup.abort();
+    }
+    if let Some(live) = live {
+        live.abort();
+    }
     if let Some(keys) = keys {
         keys.abort();
     }
@@ -164,6 +250,22 @@ pub fn refuse_exposure_without_keys(config: &Config) -> Result<(), AppError> {
         });
     }
     Ok(())
+}
+
+/// The listeners' TLS, when `http.tls_cert_file` and `http.tls_key_file`
+/// are set: read at start-up, and checked before binding too, so that a
+/// pair that does not load stops `serve` before it says it listens.
+pub fn listener_tls(config: &Config) -> Result<Option<ListenerTls>, AppError> {
+    let Some((cert_file, key_file)) = config.http.tls_files() else {
+        return Ok(None);
+    };
+    Ok(Some(ListenerTls::load(cert_file, key_file)?))
+}
+
+/// Plain HTTP beyond loopback is allowed (a proxy in front may terminate
+/// TLS), but worth a warning.
+fn clear_text_beyond_loopback(config: &Config) -> bool {
+    config.http.tls_files().is_none() && !config.listen.ip().is_loopback()
 }
 
 async fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
@@ -189,4 +291,20 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     Ok((listener, local))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_worth_a_warning_only_beyond_loopback() {
+        let mut config = Config::default();
+        assert!(!clear_text_beyond_loopback(&config));
+        config.listen = "10.0.0.5:8080".parse().unwrap();
+        assert!(clear_text_beyond_loopback(&config));
+        config.http.tls_cert_file = Some("cert.pem".into());
+        config.http.tls_key_file = Some("key.pem".into());
+        assert!(!clear_text_beyond_loopback(&config));
+    }
 }

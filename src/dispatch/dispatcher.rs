@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::clock::SharedClock;
 use super::handoff::{Fresh, Handoff};
-use super::pool::Providers;
+use super::live::LiveProviders;
 use super::results::{self, Finished, Held, lock};
 use super::round::{RetryPolicy, run_round};
 use crate::domain::NotificationId;
@@ -34,7 +34,7 @@ pub struct DispatcherSettings {
 
 pub struct Dispatcher {
     store: Arc<dyn Store>,
-    providers: Arc<Providers>,
+    providers: Arc<LiveProviders>,
     policy: Arc<RetryPolicy>,
     settings: DispatcherSettings,
     clock: SharedClock,
@@ -49,7 +49,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(
         store: Arc<dyn Store>,
-        providers: Arc<Providers>,
+        providers: Arc<LiveProviders>,
         policy: RetryPolicy,
         settings: DispatcherSettings,
         clock: SharedClock,
@@ -202,7 +202,9 @@ impl Dispatcher {
     /// writer with `permit`, which is released once the result is written.
     fn start(&self, running: &mut Running, n: Claimed, permit: OwnedSemaphorePermit) {
         lock(&running.held).insert(n.id, n.lease);
-        let providers = Arc::clone(&self.providers);
+        // The set in use now, kept to the round's end even if a reload
+        // replaces it meanwhile.
+        let providers = self.providers.current();
         let policy = Arc::clone(&self.policy);
         let clock = Arc::clone(&self.clock);
         let results = running.results.clone();
@@ -330,7 +332,7 @@ mod tests {
     use super::*;
     use crate::dispatch::backoff::Backoff;
     use crate::dispatch::clock::{Clock, TokioClock};
-    use crate::dispatch::pool::ChannelPool;
+    use crate::dispatch::pool::{ChannelPool, Providers};
     use crate::dispatch::scripted::{Scripted, delivered, failing, lenient_breaker, pool, pool_of};
     use crate::domain::{AttemptOutcome, Channel, Message, Priority, Sms, Status, UnixMillis};
     use crate::store::{NewNotification, SqliteOptions, SqliteStore};
@@ -375,6 +377,8 @@ mod tests {
                         send_at: None,
                         priority: Priority::Normal,
                         metadata: Default::default(),
+                        hedge: false,
+                        callback_url: None,
                         lease: None,
                     })
                     .await
@@ -389,7 +393,7 @@ mod tests {
             let email = pool_of(Channel::Email, &[mail], lenient_breaker());
             Dispatcher::new(
                 Arc::clone(&self.store),
-                Arc::new(Providers::new(sms, email)),
+                Arc::new(LiveProviders::new(Providers::new(sms, email))),
                 RetryPolicy {
                     backoff: Backoff::try_new(
                         Duration::from_millis(100),
@@ -400,6 +404,8 @@ mod tests {
                     max_rounds: 50,
                     retry_after_max: Duration::from_secs(60),
                     idle_recheck: Duration::from_millis(100),
+                    hedging: Default::default(),
+                    out_of_rotation_recheck: Duration::from_millis(100),
                 },
                 settings,
                 Arc::new(self.clock),

@@ -94,6 +94,7 @@ impl<'a> Reservation<'a> {
                     created_at: n.created_at,
                     expires_at: n.expires_at,
                     deliver_by: n.deliver_by,
+                    hedge: n.hedge,
                     lease: self.lease.token,
                     lease_until: self.lease.until,
                 },

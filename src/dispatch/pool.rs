@@ -1,12 +1,16 @@
 //! The providers of each channel, with the health each one has shown.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::breaker::{Breaker, BreakerConfig, BreakerState, Permit, Signal};
+use super::hedge::ChannelHedge;
+use super::in_flight::InFlightCap;
+use super::latency::{LATENCY_WINDOW, LatencyWindow};
 use super::rate::TokenBucket;
 use super::router::pick_weighted;
 use crate::domain::Channel;
@@ -16,14 +20,42 @@ use crate::provider::Provider;
 /// bit mask, which caps a channel at 64 providers.
 pub const MAX_PROVIDERS_PER_CHANNEL: usize = 64;
 
+/// One provider in a set. A clone is the same provider, health and all.
+#[derive(Clone)]
 pub struct ProviderSlot {
     pub provider: Arc<dyn Provider>,
     pub weight: u32,
+    /// What a reload keeps of a provider whose target stays the same.
+    health: Arc<SlotHealth>,
+}
+
+/// A provider's state beyond its settings: its breaker and window, the
+/// requests it holds, its rate limit's bucket, and whether it is in
+/// rotation. Shared by the slots of successive reloads.
+struct SlotHealth {
     breaker: Mutex<Breaker>,
-    /// Caps requests in flight to this provider.
-    pub in_flight: Arc<Semaphore>,
+    in_flight: InFlightCap,
     /// Caps requests per second, when the provider has a rate limit.
-    rate: Option<Mutex<TokenBucket>>,
+    rate: Mutex<Option<TokenBucket>>,
+    /// Whether `rate` holds a bucket: without one, no lock is taken.
+    limited: AtomicBool,
+    /// Cleared by an operator (`disable`): no new attempts.
+    enabled: AtomicBool,
+    /// Set when a reload removed or replaced the provider: rounds that
+    /// still hold the old set start nothing new on it.
+    retired: AtomicBool,
+    /// How long its recent answered requests took: the health view's p50
+    /// and p99, and the p90 a hedge waits for.
+    latencies: Mutex<LatencyWindow>,
+}
+
+/// A provider's settings that a reload applies in place.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlotSettings {
+    pub weight: u32,
+    pub max_in_flight: usize,
+    /// Requests a second and burst, when rate-limited.
+    pub rate: Option<(f64, u32)>,
 }
 
 impl ProviderSlot {
@@ -36,32 +68,138 @@ impl ProviderSlot {
         Self {
             provider,
             weight,
-            breaker: Mutex::new(Breaker::new(breaker)),
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
-            rate: None,
+            health: Arc::new(SlotHealth {
+                breaker: Mutex::new(Breaker::new(breaker)),
+                in_flight: InFlightCap::new(max_in_flight),
+                rate: Mutex::new(None),
+                limited: AtomicBool::new(false),
+                enabled: AtomicBool::new(true),
+                retired: AtomicBool::new(false),
+                latencies: Mutex::new(LatencyWindow::new(LATENCY_WINDOW)),
+            }),
         }
     }
 
     /// At most `rate` requests a second, `burst` at once.
-    pub fn with_rate_limit(mut self, rate: f64, burst: u32) -> Self {
-        self.rate = Some(Mutex::new(TokenBucket::new(rate, burst, Instant::now())));
+    pub fn with_rate_limit(self, rate: f64, burst: u32) -> Self {
+        *self.health.rate() = Some(TokenBucket::new(rate, burst, Instant::now()));
+        self.health.limited.store(true, Ordering::Release);
         self
+    }
+
+    /// This provider's health (breaker, window, requests in flight, rate
+    /// bucket) under `provider` (this one's, or a new build of it) with
+    /// `settings`. The cap and the rate limit change for rounds under way
+    /// too.
+    pub fn reconfigured(&self, provider: Arc<dyn Provider>, settings: SlotSettings) -> Self {
+        let health = &self.health;
+        health.in_flight.resize(settings.max_in_flight);
+        let mut rate = health.rate();
+        let now = Instant::now();
+        *rate = match (rate.take(), settings.rate) {
+            (Some(mut bucket), Some((per_sec, burst))) => {
+                bucket.set_limit(per_sec, burst, now);
+                Some(bucket)
+            }
+            (None, Some((per_sec, burst))) => Some(TokenBucket::new(per_sec, burst, now)),
+            (_, None) => None,
+        };
+        health.limited.store(rate.is_some(), Ordering::Release);
+        drop(rate);
+        Self {
+            provider,
+            weight: settings.weight,
+            health: Arc::clone(health),
+        }
     }
 
     /// Takes a request's token from the rate limit if one is free within
     /// `max_wait`, and says how long to wait before sending; `None` (and
     /// nothing taken) when no token is free in time.
     pub fn reserve(&self, max_wait: Duration) -> Option<Duration> {
-        let Some(rate) = &self.rate else {
+        if !self.health.limited.load(Ordering::Acquire) {
             return Some(Duration::ZERO);
-        };
-        let mut bucket = rate.lock().unwrap_or_else(|p| p.into_inner());
-        bucket.reserve(Instant::now(), max_wait)
+        }
+        match self.health.rate().as_mut() {
+            None => Some(Duration::ZERO),
+            Some(bucket) => bucket.reserve(Instant::now(), max_wait),
+        }
+    }
+
+    /// Waits for room under the provider's cap on requests in flight.
+    pub async fn acquire_in_flight(&self) -> OwnedSemaphorePermit {
+        self.health.in_flight.acquire().await
+    }
+
+    /// Room under the provider's cap on requests in flight, if there is
+    /// some now.
+    pub fn try_acquire_in_flight(&self) -> Option<OwnedSemaphorePermit> {
+        self.health.in_flight.try_acquire()
+    }
+
+    /// Its cap on requests in flight.
+    pub fn max_in_flight(&self) -> usize {
+        self.health.in_flight.limit()
+    }
+
+    /// Whether an operator left it in rotation.
+    pub fn enabled(&self) -> bool {
+        self.health.enabled.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_enabled(&self, enabled: bool) {
+        self.health.enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Takes it out of every set still held by rounds under way.
+    pub(super) fn retire(&self) {
+        self.health.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether new attempts may be offered to it (its breaker aside).
+    fn in_rotation(&self) -> bool {
+        self.enabled() && !self.health.retired.load(Ordering::Relaxed)
+    }
+
+    /// Whether `other` is this provider's health carried over by a reload.
+    pub fn shares_health(&self, other: &ProviderSlot) -> bool {
+        Arc::ptr_eq(&self.health, &other.health)
     }
 
     fn breaker(&self) -> MutexGuard<'_, Breaker> {
         // The breaker's state stays consistent even if a holder panicked.
-        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+        self.health
+            .breaker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests to this provider under way now.
+    pub fn requests_in_flight(&self) -> usize {
+        self.health.in_flight.held()
+    }
+
+    fn latencies(&self) -> MutexGuard<'_, LatencyWindow> {
+        self.health
+            .latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes how long an answered request to this provider took.
+    pub fn record_latency(&self, took: Duration) {
+        self.latencies().record(took);
+    }
+
+    /// The p50 and p99 of its recent answered requests, in milliseconds.
+    pub fn latency_p50_p99(&self) -> [Option<u32>; 2] {
+        self.latencies().percentiles_ms([50.0, 99.0])
+    }
+
+    /// How long a request to this provider is left alone before it is
+    /// hedged; `None`: not hedged.
+    pub fn hedge_delay(&self, hedge: ChannelHedge) -> Option<Duration> {
+        hedge.delay(&self.latencies())
     }
 
     /// The breaker's state, and the window's samples and failures.
@@ -73,6 +211,12 @@ impl ProviderSlot {
             window.len(),
             window.failures(),
         )
+    }
+}
+
+impl SlotHealth {
+    fn rate(&self) -> MutexGuard<'_, Option<TokenBucket>> {
+        self.rate.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -165,8 +309,10 @@ impl ChannelPool {
         self.slots.iter().any(|s| s.provider.can_send(message))
     }
 
-    /// Weighted random choice among providers not yet tried whose breaker
-    /// admits a request now. Marks the chosen one as tried.
+    /// Weighted random choice among providers in rotation, not yet tried,
+    /// whose breaker admits a request now. Marks the chosen one as tried.
+    /// A disabled provider is passed over like an open breaker, without
+    /// touching its breaker.
     pub fn pick(&self, tried: &mut Tried, rng: &mut fastrand::Rng) -> Option<Admission<'_>> {
         let now = Instant::now();
         // A breaker may refuse between the look and the acquire (another task
@@ -176,7 +322,9 @@ impl ChannelPool {
                 .slots
                 .iter()
                 .enumerate()
-                .filter(|(i, s)| !tried.contains(*i) && s.breaker().admits_at(now).is_none())
+                .filter(|(i, s)| {
+                    !tried.contains(*i) && s.in_rotation() && s.breaker().admits_at(now).is_none()
+                })
                 .map(|(i, s)| (i, s.weight));
             let chosen = pick_weighted(candidates, rng)?;
             tried.insert(chosen);
@@ -191,18 +339,34 @@ impl ChannelPool {
         None
     }
 
-    /// When some provider will admit a request again, if none does now.
-    pub fn next_admission(&self) -> Option<Instant> {
+    /// When a provider able to carry the message (not in `unable`) will
+    /// take a request again.
+    pub fn next_admission(&self, unable: Tried) -> NextAdmission {
         let now = Instant::now();
         let mut earliest: Option<Instant> = None;
-        for slot in &self.slots {
+        for (i, slot) in self.slots.iter().enumerate() {
+            if unable.contains(i) || !slot.in_rotation() {
+                continue;
+            }
             match slot.breaker().admits_at(now) {
-                None => return None,
+                None => return NextAdmission::Now,
                 Some(at) => earliest = Some(earliest.map_or(at, |e| e.min(at))),
             }
         }
-        earliest
+        earliest.map_or(NextAdmission::OutOfRotation, NextAdmission::At)
     }
+}
+
+/// When a channel's providers will take a message again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextAdmission {
+    /// One would now.
+    Now,
+    /// Once the earliest breaker or pause lets a request through.
+    At(Instant),
+    /// Every one that could carry it is disabled: only an operator
+    /// brings one back.
+    OutOfRotation,
 }
 
 /// Every channel's providers.
@@ -221,6 +385,13 @@ impl Providers {
             Channel::Sms => &self.sms,
             Channel::Email => &self.email,
         }
+    }
+
+    /// Every provider, SMS first, each channel's in configured order.
+    pub fn all(&self) -> impl Iterator<Item = (Channel, &ProviderSlot)> {
+        Channel::ALL
+            .into_iter()
+            .flat_map(|c| self.channel(c).slots().iter().map(move |s| (c, s)))
     }
 }
 
@@ -255,7 +426,10 @@ mod tests {
             .unwrap()
             .record(Signal::Failure { unreachable: true }, None);
         assert!(pick(&pool).is_none(), "open");
-        assert!(pool.next_admission().is_some());
+        assert!(matches!(
+            pool.next_admission(Tried::default()),
+            NextAdmission::At(_)
+        ));
 
         tokio::time::advance(Duration::from_secs(2)).await;
         let probe = pick(&pool).expect("half-open lets a probe through");
@@ -284,5 +458,26 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(7);
         assert!(pool.pick(&mut tried, &mut rng).is_some());
         assert!(pool.pick(&mut tried, &mut rng).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disabled_provider_is_passed_over_without_touching_its_breaker() {
+        let pool = pool(1);
+        let slot = &pool.slots()[0];
+        slot.set_enabled(false);
+        assert!(pick(&pool).is_none());
+        assert_eq!(
+            pool.next_admission(Tried::default()),
+            NextAdmission::OutOfRotation
+        );
+        assert_eq!(slot.health(), (BreakerState::Closed, 0, 0));
+        slot.set_enabled(true);
+        assert!(pick(&pool).is_some());
+        assert_eq!(pool.next_admission(Tried::default()), NextAdmission::Now);
+        slot.retire();
+        assert!(
+            pick(&pool).is_none(),
+            "a retired provider starts nothing new"
+        );
     }
 }

@@ -43,6 +43,16 @@ impl TokenBucket {
         }
     }
 
+    /// New settings (a reload): what was used stays used, and no more
+    /// than the new burst is saved up. Reservations made ahead of time
+    /// are kept as debt, repaid at the new rate.
+    pub fn set_limit(&mut self, rate: f64, burst: u32, now: Instant) {
+        self.refill(now);
+        self.rate = rate;
+        self.burst = f64::from(burst.max(1));
+        self.tokens = self.tokens.min(self.burst);
+    }
+
     /// At most this many at once.
     pub fn burst(&self) -> u32 {
         self.burst as u32
@@ -136,6 +146,25 @@ mod tests {
             assert!(in_window <= 5 + 2, "{in_window} sends in one second");
         }
         assert!(sends.len() >= 50 && sends.len() <= 52, "{}", sends.len());
+    }
+
+    #[test]
+    fn new_limits_keep_what_was_used() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1.0, 4, t0);
+        for _ in 0..3 {
+            assert!(b.reserve(t0, Duration::ZERO).is_some());
+        }
+        // One token left; a smaller burst cannot hand out more than it.
+        b.set_limit(10.0, 2, t0);
+        assert_eq!(b.reserve(t0, Duration::ZERO), Some(Duration::ZERO));
+        assert_eq!(b.reserve(t0, Duration::ZERO), None);
+        // Refilled at the new rate, up to the new burst.
+        assert_eq!(b.reserve(t0, SEC), Some(Duration::from_millis(100)));
+        let later = t0 + 60 * SEC;
+        assert_eq!(b.take(later), Ok(1));
+        assert_eq!(b.take(later), Ok(0));
+        assert!(b.take(later).is_err());
     }
 
     #[test]

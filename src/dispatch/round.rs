@@ -1,20 +1,29 @@
 //! One round of delivery for one notification: try the admitted providers,
 //! each at most once, until one takes the message; then decide what comes
-//! next.
+//! next. A hedged notification's request that has been alone in flight for
+//! the hedge delay gets the next admitted provider beside it (at most two
+//! requests at once): the first to deliver wins, and the round still waits
+//! for the other, so that its outcome reaches its breaker and the history.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
 use super::breaker::Signal;
 use super::clock::Clock;
-use super::pool::ChannelPool;
+use super::hedge::Hedging;
+use super::pool::{Admission, ChannelPool, NextAdmission, Tried};
 use crate::domain::{Attempt, AttemptOutcome, Message, UnixMillis};
-use crate::provider::Outgoing;
+use crate::provider::{Outgoing, Verdict};
 use crate::store::{Claimed, Completion, RoundReport};
 
-/// What decides when a failed round is tried again, and when never.
+/// How rounds run and end: hedging, when a failed round is tried again,
+/// and when never.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     pub backoff: Backoff,
@@ -22,6 +31,10 @@ pub struct RetryPolicy {
     pub retry_after_max: Duration,
     /// When no provider admits anything and none says when it will.
     pub idle_recheck: Duration,
+    /// When every provider that could carry it is disabled: how often an
+    /// instance learns of an `enable`.
+    pub out_of_rotation_recheck: Duration,
+    pub hedging: Hedging,
 }
 
 /// Time kept in hand at the end of a lease to write the result back.
@@ -33,7 +46,6 @@ pub async fn run_round(
     clock: &dyn Clock,
     n: &Claimed,
 ) -> RoundReport {
-    let mut rng = fastrand::Rng::new();
     let lease_left = n.lease_until.since(clock.now());
     let deadline = Instant::now() + lease_left - (lease_left / 10).min(LEASE_MARGIN_MAX);
     if past_deadline(n, clock.now()) {
@@ -52,44 +64,222 @@ pub async fn run_round(
         message,
         payload: n.payload.clone(),
     };
+    let hedge = policy.hedging.channel(pool.channel());
     // Providers that cannot carry this message count as tried already.
-    let mut tried = pool.unable(&outgoing.message);
-    let mut attempts = Vec::new();
-    let mut lease_ran_short = false;
+    let unable = pool.unable(&outgoing.message);
+    let mut round = Round {
+        pool,
+        policy,
+        clock,
+        n,
+        outgoing: &outgoing,
+        deadline,
+        unable,
+        tried: unable,
+        rng: fastrand::Rng::new(),
+        attempts: Vec::new(),
+        lease_ran_short: false,
+    };
+    let mut hedging = hedge.applies(n.hedge);
+    let mut flights: Vec<Flight<'_>> = Vec::with_capacity(2);
+    // The provider that delivered first, and whether it was a hedge.
+    let mut delivered: Option<(String, bool)> = None;
+    let mut rejected: Option<String> = None;
+    let mut hedges_sent = 0u32;
 
-    while let Some(admission) = pool.pick(&mut tried, &mut rng) {
-        // Never late: once the client's deadline passed, no attempt starts.
-        if past_deadline(n, clock.now()) {
-            return report(n, clock, attempts, expired());
+    let completion = loop {
+        if flights.is_empty() {
+            if let Some((provider, _)) = &delivered {
+                break Completion::Delivered {
+                    provider: provider.clone(),
+                };
+            }
+            if let Some(error) = rejected.take() {
+                break Completion::Failed { error };
+            }
+            match round.start(false).await {
+                Start::Flight(flight) => flights.push(flight),
+                // Never late: once the client's deadline passed, no attempt starts.
+                Start::Expired => break expired(),
+                Start::Nothing => break round.next_round(),
+            }
         }
-        let slot = admission.slot();
+        let hedge_at = match flights.as_slice() {
+            [alone] if hedging && delivered.is_none() && rejected.is_none() => alone
+                .admission
+                .slot()
+                .hedge_delay(hedge)
+                .map(|delay| alone.started + delay),
+            _ => None,
+        };
+        let event = tokio::select! {
+            (i, verdict) = first_answer(&mut flights) => Event::Answered(i, verdict),
+            () = sleep_until(hedge_at), if hedge_at.is_some() => Event::HedgeDue,
+        };
+        match event {
+            Event::Answered(i, verdict) => {
+                let flight = flights.swap_remove(i);
+                let was_hedge = flight.hedge;
+                match round.land(flight, verdict) {
+                    (AttemptOutcome::Delivered, provider, _) => {
+                        delivered.get_or_insert((provider, was_hedge));
+                    }
+                    (AttemptOutcome::Rejected, _, error) => {
+                        rejected.get_or_insert(error.unwrap_or_default());
+                    }
+                    _ => {}
+                }
+            }
+            Event::HedgeDue => match round.start(true).await {
+                Start::Flight(flight) => {
+                    tracing::info!(
+                        id = %n.id,
+                        provider = flight.admission.slot().provider.name(),
+                        beside = flights[0].admission.slot().provider.name(),
+                        "hedge"
+                    );
+                    hedges_sent += 1;
+                    flights.push(flight);
+                }
+                // No other provider can take it now: the request in flight
+                // goes on alone.
+                Start::Expired | Start::Nothing => hedging = false,
+            },
+        }
+    };
+    if hedges_sent > 0 {
+        crate::metrics::metrics().hedge(match delivered {
+            Some((_, true)) => "won_by_hedge",
+            Some((_, false)) => "won_by_first",
+            None => "both_failed",
+        });
+    }
+    report(n, clock, round.attempts, completion)
+}
+
+enum Event {
+    Answered(usize, Verdict),
+    HedgeDue,
+}
+
+/// A request under way.
+struct Flight<'a> {
+    admission: Admission<'a>,
+    /// Held until the answer: caps the provider's requests in flight.
+    _permit: OwnedSemaphorePermit,
+    started_at: UnixMillis,
+    started: Instant,
+    /// Sent beside another request of the round, not after it.
+    hedge: bool,
+    answer: Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>,
+}
+
+enum Start<'a> {
+    Flight(Flight<'a>),
+    /// The client's deadline passed.
+    Expired,
+    /// No provider could take a request now.
+    Nothing,
+}
+
+/// The first answer among the requests in flight, and whose it is.
+fn first_answer<'f>(flights: &'f mut [Flight<'_>]) -> impl Future<Output = (usize, Verdict)> + 'f {
+    std::future::poll_fn(move |cx| {
+        for (i, flight) in flights.iter_mut().enumerate() {
+            if let Poll::Ready(verdict) = flight.answer.as_mut().poll(cx) {
+                return Poll::Ready((i, verdict));
+            }
+        }
+        Poll::Pending
+    })
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// What a round keeps while its requests go out.
+struct Round<'a> {
+    pool: &'a ChannelPool,
+    policy: &'a RetryPolicy,
+    clock: &'a dyn Clock,
+    n: &'a Claimed,
+    outgoing: &'a Outgoing,
+    /// No request may still run after this (the lease, less a margin).
+    deadline: Instant,
+    /// The providers that cannot carry the message.
+    unable: Tried,
+    tried: Tried,
+    rng: fastrand::Rng,
+    attempts: Vec<Attempt>,
+    lease_ran_short: bool,
+}
+
+impl<'a> Round<'a> {
+    /// Sends to the next admitted provider. A hedge waits for nothing: a
+    /// provider without a rate-limit token or a free connection now is
+    /// passed over.
+    async fn start(&mut self, hedge: bool) -> Start<'a> {
+        while let Some(admission) = self.pool.pick(&mut self.tried, &mut self.rng) {
+            if past_deadline(self.n, self.clock.now()) {
+                return Start::Expired;
+            }
+            let slot = admission.slot();
+            let provider = &slot.provider;
+            // Never start a request the lease may not outlast: another claim
+            // could then send the same message beside it.
+            let Some(room) = self
+                .deadline
+                .checked_duration_since(Instant::now() + provider.timeout())
+            else {
+                self.lease_ran_short = true;
+                return Start::Nothing;
+            };
+            // Wait for the rate limit's token no longer than the lease allows;
+            // a provider with none free in time is passed over this round.
+            let Some(wait) = slot.reserve(if hedge { Duration::ZERO } else { room }) else {
+                continue;
+            };
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            let room = room.saturating_sub(wait);
+            let permit = if hedge {
+                match slot.try_acquire_in_flight() {
+                    Some(permit) => permit,
+                    None => continue,
+                }
+            } else {
+                let Ok(permit) = tokio::time::timeout(room, slot.acquire_in_flight()).await else {
+                    self.lease_ran_short = true;
+                    return Start::Nothing;
+                };
+                permit
+            };
+            return Start::Flight(Flight {
+                answer: provider.send(self.outgoing),
+                admission,
+                _permit: permit,
+                started_at: self.clock.now(),
+                started: Instant::now(),
+                hedge,
+            });
+        }
+        Start::Nothing
+    }
+
+    /// Books an answer: the breaker, the metrics, the log, the history.
+    /// Answers its outcome, provider and error.
+    fn land(
+        &mut self,
+        flight: Flight<'a>,
+        verdict: Verdict,
+    ) -> (AttemptOutcome, String, Option<String>) {
+        let duration = flight.started.elapsed();
+        let slot = flight.admission.slot();
         let provider = &slot.provider;
-        // Never start a request the lease may not outlast: another claim
-        // could then send the same message beside it.
-        let Some(room) = deadline.checked_duration_since(Instant::now() + provider.timeout())
-        else {
-            lease_ran_short = true;
-            break;
-        };
-        // Wait for the rate limit's token no longer than the lease allows;
-        // a provider with none free in time is passed over this round.
-        let Some(wait) = slot.reserve(room) else {
-            continue;
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-        let room = room.saturating_sub(wait);
-        let Ok(Ok(_in_flight)) =
-            tokio::time::timeout(room, slot.in_flight.clone().acquire_owned()).await
-        else {
-            lease_ran_short = true;
-            break;
-        };
-        let started_at = clock.now();
-        let started = Instant::now();
-        let verdict = provider.send(&outgoing).await;
-        let duration = started.elapsed();
         crate::metrics::metrics().attempt(provider.name(), verdict.outcome.as_str(), duration);
         let signal = match verdict.outcome {
             AttemptOutcome::Delivered => Signal::Success,
@@ -106,55 +296,62 @@ pub async fn run_round(
         };
         if verdict.outcome == AttemptOutcome::ProviderFault {
             tracing::error!(
-                id = %n.id,
+                id = %self.n.id,
                 provider = provider.name(),
                 status = verdict.http_status,
                 error = verdict.error.as_deref().unwrap_or_default(),
                 "the provider refused our account (credentials, suspension or credit): an operator must act; failing over"
             );
         }
-        admission.record(signal, verdict.pause.map(|p| p.min(policy.retry_after_max)));
+        // The one place a request's latency is noted, for the health view
+        // and the hedge's p90 alike. A refused connection or a timeout says
+        // nothing of how fast the provider answers (it would pull the p90
+        // towards zero or up to the timeout); its breaker hears of it.
+        if !verdict.unreachable {
+            slot.record_latency(duration);
+        }
         tracing::info!(
-            id = %n.id,
+            id = %self.n.id,
             provider = provider.name(),
             outcome = verdict.outcome.as_str(),
             status = verdict.http_status,
             ms = duration.as_millis() as u64,
+            hedge = flight.hedge,
             "attempt"
         );
-        attempts.push(Attempt {
-            provider: provider.name().to_owned(),
-            started_at,
+        let name = provider.name().to_owned();
+        self.attempts.push(Attempt {
+            provider: name.clone(),
+            started_at: flight.started_at,
             duration_ms: duration.as_millis() as u64,
             outcome: verdict.outcome,
             http_status: verdict.http_status,
             error: verdict.error.clone(),
             provider_message_id: verdict.provider_message_id,
         });
-        let completion = match verdict.outcome {
-            AttemptOutcome::Delivered => Completion::Delivered {
-                provider: provider.name().to_owned(),
-            },
-            AttemptOutcome::Rejected => Completion::Failed {
-                error: verdict.error.unwrap_or_default(),
-            },
-            AttemptOutcome::Transient
-            | AttemptOutcome::Throttled
-            | AttemptOutcome::ProviderFault => continue,
-        };
-        return report(n, clock, attempts, completion);
+        flight.admission.record(
+            signal,
+            verdict.pause.map(|p| p.min(self.policy.retry_after_max)),
+        );
+        (verdict.outcome, name, verdict.error)
     }
 
-    let completion = next_round(
-        pool,
-        policy,
-        clock.now(),
-        n,
-        &attempts,
-        lease_ran_short,
-        &mut rng,
-    );
-    report(n, clock, attempts, completion)
+    /// Every admitted provider failed, or none admitted anything.
+    fn next_round(&mut self) -> Completion {
+        let idle = if self.attempts.is_empty() {
+            wait_for_a_provider(self.pool, self.policy, self.unable, self.lease_ran_short)
+        } else {
+            Duration::ZERO
+        };
+        next_round(
+            self.policy,
+            self.clock.now(),
+            self.n,
+            &self.attempts,
+            idle,
+            &mut self.rng,
+        )
+    }
 }
 
 fn past_deadline(n: &Claimed, now: UnixMillis) -> bool {
@@ -182,28 +379,39 @@ fn report(
     }
 }
 
-/// Every admitted provider failed, or none admitted anything.
-fn next_round(
+/// A round that tried nothing: how long until a provider able to carry the
+/// message will take it.
+fn wait_for_a_provider(
     pool: &ChannelPool,
+    policy: &RetryPolicy,
+    unable: Tried,
+    lease_ran_short: bool,
+) -> Duration {
+    if lease_ran_short {
+        return Duration::ZERO;
+    }
+    match pool.next_admission(unable) {
+        NextAdmission::Now => policy.idle_recheck,
+        NextAdmission::At(at) => at.saturating_duration_since(Instant::now()),
+        NextAdmission::OutOfRotation => policy.out_of_rotation_recheck,
+    }
+}
+
+/// Every admitted provider failed, or none admitted anything (then `idle`
+/// is how long until one will).
+fn next_round(
     policy: &RetryPolicy,
     now: UnixMillis,
     n: &Claimed,
     attempts: &[Attempt],
-    lease_ran_short: bool,
+    idle: Duration,
     rng: &mut fastrand::Rng,
 ) -> Completion {
     let last_error = attempts.last().and_then(|a| a.error.clone());
     if attempts.is_empty() {
         // Nothing was tried, so no round is used up: come back when a
         // provider will take requests again.
-        let wait = if lease_ran_short {
-            Duration::ZERO
-        } else {
-            pool.next_admission()
-                .map(|at| at.saturating_duration_since(Instant::now()))
-                .unwrap_or(policy.idle_recheck)
-        };
-        let at = now.plus(wait);
+        let at = now.plus(idle);
         if n.deliver_by.is_some_and(|by| at >= by) {
             return expired();
         }
@@ -250,6 +458,7 @@ mod tests {
     use super::*;
     use crate::dispatch::breaker::BreakerState;
     use crate::dispatch::clock::TokioClock;
+    use crate::dispatch::hedge::{ChannelHedge, HedgeAfter, HedgeWhen};
     use crate::dispatch::pool::ProviderSlot;
     use crate::dispatch::scripted::{Scripted, delivered, failing, lenient_breaker, pool};
     use crate::domain::{Channel, NotificationId, Sms};
@@ -264,6 +473,8 @@ mod tests {
             max_rounds: 3,
             retry_after_max: Duration::from_secs(60),
             idle_recheck: Duration::from_millis(500),
+            out_of_rotation_recheck: Duration::from_secs(2),
+            hedging: Hedging::default(),
         }
     }
 
@@ -283,6 +494,7 @@ mod tests {
             lease: LeaseToken(7),
             lease_until: now.plus(Duration::from_secs(30)),
             deliver_by: None,
+            hedge: false,
         }
     }
 
@@ -528,5 +740,332 @@ mod tests {
             "{:?}",
             passed.completion
         );
+    }
+
+    fn hedging(when: HedgeWhen, after: HedgeAfter) -> RetryPolicy {
+        RetryPolicy {
+            hedging: Hedging {
+                sms: ChannelHedge { when, after },
+                ..Hedging::default()
+            },
+            ..policy()
+        }
+    }
+
+    fn asked(clock: &TokioClock) -> Claimed {
+        Claimed {
+            hedge: true,
+            ..claimed(clock, "01712345678")
+        }
+    }
+
+    const HEDGE_AFTER: Duration = Duration::from_millis(100);
+    const SLOW: Duration = Duration::from_secs(2);
+
+    /// A provider answering `answer` after 2 s, with room for it in its timeout.
+    fn slow(answer: Verdict) -> Arc<Scripted> {
+        Arc::new(
+            Scripted::new("slow", [answer])
+                .latency(SLOW)
+                .timeout(Duration::from_secs(5)),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_request_is_hedged_after_the_delay_and_the_first_2xx_wins() {
+        let clock = TokioClock::starting_at(T0);
+        let slow = slow(delivered("s"));
+        let fast = Arc::new(Scripted::new("fast", [delivered("f")]));
+        let pool = pool(&[Arc::clone(&slow), Arc::clone(&fast)], lenient_breaker());
+        let policy = hedging(HedgeWhen::Asked, HedgeAfter::Millis(100));
+        let (mut hedged, mut alone) = (0, 0);
+        for _ in 0..30 {
+            let start = clock.now();
+            let r = run_round(&pool, &policy, &clock, &asked(&clock)).await;
+            assert_eq!(
+                r.completion,
+                Completion::Delivered {
+                    provider: "fast".into()
+                }
+            );
+            match outcomes(&r).as_slice() {
+                // The fast one first: answered within the delay, no hedge.
+                [("fast", AttemptOutcome::Delivered)] => {
+                    assert_eq!(r.attempts[0].started_at, start);
+                    alone += 1;
+                }
+                // The slow one first: the hedge went out after the delay and
+                // won; the round still waited for the slow one, whose
+                // delivery (a duplicate) is in the history.
+                [
+                    ("fast", AttemptOutcome::Delivered),
+                    ("slow", AttemptOutcome::Delivered),
+                ] => {
+                    assert_eq!(r.attempts[0].started_at, start.plus(HEDGE_AFTER));
+                    assert_eq!(r.attempts[1].started_at, start);
+                    assert_eq!(r.attempts[1].duration_ms, 2_000);
+                    assert_eq!(r.at, start.plus(SLOW));
+                    hedged += 1;
+                }
+                other => panic!("unexpected attempts {other:?}"),
+            }
+        }
+        // Which goes first is a fair coin: both cases came up (each misses
+        // in 30 rounds one time in 2^30).
+        assert!(hedged > 0 && alone > 0, "{hedged} hedged, {alone} alone");
+        assert_eq!(slow.sent().len(), hedged);
+        assert_eq!(fast.sent().len(), 30);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_losers_failure_is_recorded_and_fed_to_its_breaker() {
+        let clock = TokioClock::starting_at(T0);
+        let slow = slow(failing(AttemptOutcome::Transient, 503));
+        let fast = Arc::new(Scripted::new("fast", [delivered("f")]));
+        let pool = pool(&[Arc::clone(&slow), fast], lenient_breaker());
+        let policy = hedging(HedgeWhen::Asked, HedgeAfter::Millis(100));
+        for _ in 0..30 {
+            let r = run_round(&pool, &policy, &clock, &asked(&clock)).await;
+            // A hedge's loser never makes the round a failure.
+            assert!(matches!(r.completion, Completion::Delivered { .. }));
+            if let [_, loser] = r.attempts.as_slice() {
+                assert_eq!(loser.provider, "slow");
+                assert_eq!(loser.outcome, AttemptOutcome::Transient);
+                assert_eq!(loser.error.as_deref(), Some("HTTP 503"));
+            }
+        }
+        let failures = pool.slots()[0].health().2;
+        assert!(failures > 0);
+        assert_eq!(failures, slow.sent().len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_hedge_when_the_first_answers_within_the_delay() {
+        let clock = TokioClock::starting_at(T0);
+        let quick =
+            Arc::new(Scripted::new("quick", [delivered("q")]).latency(Duration::from_millis(90)));
+        let other = Arc::new(Scripted::new("other", [delivered("o")]));
+        let pool = pool(&[quick, Arc::clone(&other)], lenient_breaker());
+        let policy = hedging(HedgeWhen::All, HedgeAfter::Millis(100));
+        for _ in 0..20 {
+            let r = run_round(&pool, &policy, &clock, &asked(&clock)).await;
+            assert_eq!(r.attempts.len(), 1, "{:?}", outcomes(&r));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_hedge_unless_the_notification_or_its_channel_asks() {
+        let clock = TokioClock::starting_at(T0);
+        let slow = slow(delivered("s"));
+        let fast = Arc::new(Scripted::new("fast", [delivered("f")]));
+        let pool = pool(&[Arc::clone(&slow), fast], lenient_breaker());
+        for (policy, ask) in [
+            // Not asked, on a channel that hedges what is asked.
+            (hedging(HedgeWhen::Asked, HedgeAfter::Millis(100)), false),
+            // Asked, on a channel that never hedges.
+            (hedging(HedgeWhen::Never, HedgeAfter::Millis(100)), true),
+        ] {
+            for _ in 0..20 {
+                let n = Claimed {
+                    hedge: ask,
+                    ..claimed(&clock, "01712345678")
+                };
+                let r = run_round(&pool, &policy, &clock, &n).await;
+                assert_eq!(r.attempts.len(), 1, "{:?}", outcomes(&r));
+            }
+        }
+        // Not asked, on a channel that hedges everything.
+        let policy = hedging(HedgeWhen::All, HedgeAfter::Millis(100));
+        let before = slow.sent().len();
+        let mut hedged = 0;
+        for _ in 0..20 {
+            let plain = claimed(&clock, "01712345678");
+            let r = run_round(&pool, &policy, &clock, &plain).await;
+            hedged += usize::from(r.attempts.len() == 2);
+        }
+        assert_eq!(hedged, slow.sent().len() - before);
+        assert!(hedged > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hedge_needs_a_second_admitted_provider() {
+        let clock = TokioClock::starting_at(T0);
+        let slow = slow(delivered("s"));
+        let pool = pool(&[Arc::clone(&slow)], lenient_breaker());
+        let policy = hedging(HedgeWhen::All, HedgeAfter::Millis(100));
+        let start = clock.now();
+        let r = run_round(&pool, &policy, &clock, &asked(&clock)).await;
+        assert_eq!(outcomes(&r), [("slow", AttemptOutcome::Delivered)]);
+        assert_eq!(r.at, start.plus(SLOW));
+        assert_eq!(slow.sent().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_round_whose_requests_all_fail_is_one_failed_round() {
+        let clock = TokioClock::starting_at(T0);
+        let slow = slow(failing(AttemptOutcome::Transient, 500));
+        let fast = Arc::new(Scripted::new(
+            "fast",
+            [failing(AttemptOutcome::Transient, 502)],
+        ));
+        let pool = pool(&[slow, fast], lenient_breaker());
+        let policy = hedging(HedgeWhen::All, HedgeAfter::Millis(100));
+        for _ in 0..10 {
+            let r = run_round(&pool, &policy, &clock, &asked(&clock)).await;
+            // Each provider once, hedged or one after the other.
+            assert_eq!(r.attempts.len(), 2, "{:?}", outcomes(&r));
+            assert!(matches!(
+                r.completion,
+                Completion::Retry { counted: true, .. }
+            ));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn p90_waits_for_the_providers_own_recent_latency() {
+        let clock = TokioClock::starting_at(T0);
+        let slow = slow(delivered("s"));
+        let fast = Arc::new(Scripted::new("fast", [delivered("f")]));
+        let pool = pool(&[Arc::clone(&slow), fast], lenient_breaker());
+        let policy = hedging(HedgeWhen::All, HedgeAfter::P90);
+        // No latencies known yet: nothing is hedged.
+        for _ in 0..5 {
+            let r = run_round(&pool, &policy, &clock, &asked(&clock)).await;
+            assert_eq!(r.attempts.len(), 1, "{:?}", outcomes(&r));
+        }
+        // The slow provider's recent answers took 150 ms (a few of 2 s
+        // from the rounds above cannot move the p90 of 100 and more).
+        for _ in 0..100 {
+            pool.slots()[0].record_latency(Duration::from_millis(150));
+        }
+        let mut hedged = 0;
+        for _ in 0..6 {
+            let start = clock.now();
+            let r = run_round(&pool, &policy, &clock, &asked(&clock)).await;
+            if let [hedge, _] = r.attempts.as_slice() {
+                assert_eq!(hedge.provider, "fast");
+                assert_eq!(hedge.started_at, start.plus(Duration::from_millis(150)));
+                hedged += 1;
+            }
+        }
+        assert!(hedged > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hedge_goes_only_to_a_provider_in_rotation_whose_breaker_admits() {
+        let clock = TokioClock::starting_at(T0);
+        let slow = slow(delivered("s"));
+        let off = Arc::new(Scripted::new("off", [delivered("o")]));
+        let gone = Arc::new(Scripted::new("gone", [delivered("g")]));
+        let held = Arc::new(Scripted::new(
+            "held",
+            [Verdict::throttled(
+                Some(429),
+                Some(Duration::from_secs(60)),
+                "HTTP 429".into(),
+            )],
+        ));
+        let pool = pool(
+            &[
+                Arc::clone(&slow),
+                Arc::clone(&off),
+                Arc::clone(&gone),
+                Arc::clone(&held),
+            ],
+            lenient_breaker(),
+        );
+        let [s_slow, s_off, s_gone, _] = pool.slots() else {
+            unreachable!("four slots")
+        };
+        // `held` alone in rotation: its 429 holds it off for a minute.
+        for slot in [s_slow, s_off, s_gone] {
+            slot.set_enabled(false);
+        }
+        run_round(&pool, &policy(), &clock, &claimed(&clock, "01712345678")).await;
+        assert_eq!(held.sent().len(), 1);
+        // `slow` back; `off` stays disabled; `gone` is enabled but a reload
+        // retired it.
+        s_slow.set_enabled(true);
+        s_gone.set_enabled(true);
+        s_gone.retire();
+
+        let policy = hedging(HedgeWhen::All, HedgeAfter::Millis(100));
+        for _ in 0..3 {
+            let start = clock.now();
+            let r = run_round(&pool, &policy, &clock, &asked(&clock)).await;
+            // The hedge was due after 100 ms, and no provider could take it.
+            assert_eq!(outcomes(&r), [("slow", AttemptOutcome::Delivered)]);
+            assert_eq!(r.at, start.plus(SLOW));
+        }
+        assert!(off.sent().is_empty() && gone.sent().is_empty());
+        assert_eq!(held.sent().len(), 1);
+
+        // Back in rotation, `off` takes the hedge whenever `slow` went
+        // first (a fair coin: both cases come up in 30 rounds).
+        s_off.set_enabled(true);
+        let mut hedged = 0;
+        for _ in 0..30 {
+            let start = clock.now();
+            let r = run_round(&pool, &policy, &clock, &asked(&clock)).await;
+            match outcomes(&r).as_slice() {
+                [("off", AttemptOutcome::Delivered)] => {}
+                [
+                    ("off", AttemptOutcome::Delivered),
+                    ("slow", AttemptOutcome::Delivered),
+                ] => {
+                    assert_eq!(r.attempts[0].started_at, start.plus(HEDGE_AFTER));
+                    hedged += 1;
+                }
+                other => panic!("unexpected attempts {other:?}"),
+            }
+        }
+        assert!(hedged > 0);
+        assert!(gone.sent().is_empty());
+        assert_eq!(held.sent().len(), 1);
+        // Each answered request is noted once, in the window both the
+        // health view and the p90 read.
+        assert_eq!(s_slow.latency_p50_p99(), [Some(2_000), Some(2_000)]);
+        assert_eq!(s_off.latency_p50_p99(), [Some(10), Some(10)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_request_is_no_latency() {
+        let clock = TokioClock::starting_at(T0);
+        let mut dead = failing(AttemptOutcome::Transient, 0);
+        dead.unreachable = true;
+        dead.http_status = None;
+        let down = Arc::new(Scripted::new("down", [dead]).latency(Duration::from_millis(700)));
+        let pool = pool(&[down], lenient_breaker());
+        let r = run_round(&pool, &policy(), &clock, &claimed(&clock, "01712345678")).await;
+        assert_eq!(outcomes(&r), [("down", AttemptOutcome::Transient)]);
+        assert_eq!(pool.slots()[0].latency_p50_p99(), [None, None]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disabled_provider_gets_nothing_and_with_none_left_the_message_waits() {
+        let clock = TokioClock::starting_at(T0);
+        let off = Arc::new(Scripted::new("off", [delivered("o")]));
+        let on = Arc::new(Scripted::new("on", [delivered("x")]));
+        let pool = pool(&[Arc::clone(&off), Arc::clone(&on)], lenient_breaker());
+        pool.slots()[0].set_enabled(false);
+        for _ in 0..20 {
+            let r = run_round(&pool, &policy(), &clock, &claimed(&clock, "01712345678")).await;
+            assert_eq!(outcomes(&r), [("on", AttemptOutcome::Delivered)]);
+        }
+        assert!(off.sent().is_empty());
+
+        // None in rotation: no round used, back when an instance would
+        // have learnt of an enable; never failed for it.
+        pool.slots()[1].set_enabled(false);
+        let r = run_round(&pool, &policy(), &clock, &claimed(&clock, "01712345678")).await;
+        assert_eq!(
+            r.completion,
+            Completion::Retry {
+                at: clock.now().plus(policy().out_of_rotation_recheck),
+                counted: false,
+                error: None
+            }
+        );
+        assert_eq!(on.sent().len(), 20);
     }
 }

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+pub use herald_contract::Channel;
+
 /// Notification ids are UUIDv7 (time-ordered, so inserts stay at the end of
 /// the index) shown with a prefix that says what they name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,14 +73,17 @@ impl FromStr for NotificationId {
     type Err = BadNotificationId;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex = s.strip_prefix(Self::PREFIX).ok_or(BadNotificationId)?;
-        if hex.len() != 32 {
-            return Err(BadNotificationId);
-        }
-        Uuid::try_parse(hex)
+        uuid_after(Self::PREFIX, s)
             .map(Self)
-            .map_err(|_| BadNotificationId)
+            .ok_or(BadNotificationId)
     }
+}
+
+/// The UUID of a prefixed id: the prefix, then exactly 32 hex digits.
+pub(crate) fn uuid_after(prefix: &str, s: &str) -> Option<Uuid> {
+    s.strip_prefix(prefix)
+        .filter(|hex| hex.len() == 32)
+        .and_then(|hex| Uuid::try_parse(hex).ok())
 }
 
 impl Serialize for NotificationId {
@@ -122,38 +127,6 @@ impl std::fmt::Display for UnixMillis {
 impl Serialize for UnixMillis {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Channel {
-    Sms,
-    Email,
-}
-
-impl Channel {
-    pub const ALL: [Channel; 2] = [Channel::Sms, Channel::Email];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Sms => "sms",
-            Channel::Email => "email",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "sms" => Some(Channel::Sms),
-            "email" => Some(Channel::Email),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Channel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

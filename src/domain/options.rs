@@ -1,5 +1,6 @@
 //! What a client may say about a notification beside its message: when to
-//! send it, until when it is worth sending, and how urgent it is.
+//! send it, until when it is worth sending, how urgent it is, and where its
+//! end is called back.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::callback::CallbackPolicy;
 use super::validation::FieldError;
 use super::{Priority, UnixMillis, rfc3339};
 
@@ -16,7 +18,8 @@ use super::{Priority, UnixMillis, rfc3339};
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[schema(
     as = DeliveryOptions,
-    description = "When to send, until when it is worth sending, how urgent it is, and labels"
+    description = "When to send, until when it is worth sending, how urgent it is, labels, \
+        hedging, and where its end is called back"
 )]
 pub struct RawOptions {
     /// Not before this (RFC 3339); at most `accept.schedule_horizon_secs`
@@ -34,6 +37,10 @@ pub struct RawOptions {
     pub priority: Option<Value>,
     #[schema(schema_with = super::schema::metadata)]
     pub metadata: Option<Value>,
+    #[schema(schema_with = super::schema::hedge)]
+    pub hedge: Option<Value>,
+    #[schema(schema_with = super::schema::callback_url)]
+    pub callback_url: Option<Value>,
 }
 
 /// The validated options.
@@ -46,6 +53,11 @@ pub struct DeliveryOptions {
     pub priority: Priority,
     /// The client's own labels, stored and returned as given.
     pub metadata: BTreeMap<String, String>,
+    /// Asked to be hedged: sent to a second provider too when the first is
+    /// slow (`dispatch/hedge.rs`).
+    pub hedge: bool,
+    /// Where this notification's own webhook events go.
+    pub callback_url: Option<String>,
 }
 
 pub const MAX_METADATA_ENTRIES: usize = 16;
@@ -94,11 +106,34 @@ fn metadata(errors: &mut Vec<FieldError>, value: Option<Value>) -> BTreeMap<Stri
     out
 }
 
-/// How far ahead `send_at` and the delivery deadline may reach.
+/// How far ahead `send_at` and the delivery deadline may reach, and which
+/// `callback_url`s are accepted.
 #[derive(Debug, Clone, Copy)]
-pub struct OptionLimits {
+pub struct OptionLimits<'a> {
     pub now: UnixMillis,
     pub horizon: Duration,
+    pub callbacks: &'a CallbackPolicy,
+}
+
+fn callback_url(
+    errors: &mut Vec<FieldError>,
+    value: Option<Value>,
+    policy: &CallbackPolicy,
+) -> Option<String> {
+    match value {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) => match policy.check(&url) {
+            Ok(()) => Some(url),
+            Err(reason) => {
+                errors.push(FieldError::new("callback_url", reason));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(FieldError::new("callback_url", "must be a string (a URL)"));
+            None
+        }
+    }
 }
 
 fn timestamp(
@@ -127,7 +162,7 @@ fn timestamp(
 
 pub fn validate_options(
     raw: RawOptions,
-    limits: OptionLimits,
+    limits: OptionLimits<'_>,
 ) -> Result<DeliveryOptions, Vec<FieldError>> {
     let mut errors = Vec::new();
     let horizon = limits.now.plus(limits.horizon);
@@ -204,6 +239,16 @@ pub fn validate_options(
     };
 
     let metadata = metadata(&mut errors, raw.metadata);
+    let callback_url = callback_url(&mut errors, raw.callback_url, limits.callbacks);
+
+    let hedge = match raw.hedge {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => b,
+        Some(_) => {
+            errors.push(FieldError::new("hedge", "must be true or false"));
+            false
+        }
+    };
 
     if errors.is_empty() {
         Ok(DeliveryOptions {
@@ -211,6 +256,8 @@ pub fn validate_options(
             deliver_by,
             priority,
             metadata,
+            hedge,
+            callback_url,
         })
     } else {
         Err(errors)
@@ -226,6 +273,7 @@ mod tests {
     const LIMITS: OptionLimits = OptionLimits {
         now: NOW,
         horizon: Duration::from_secs(30 * 86_400),
+        callbacks: &CallbackPolicy::NONE,
     };
 
     fn check(v: Value) -> Result<DeliveryOptions, Vec<String>> {
@@ -295,6 +343,46 @@ mod tests {
         assert_eq!(
             check(json!({"metadata": many})),
             Err(vec!["metadata".into()])
+        );
+    }
+
+    #[test]
+    fn hedging_is_asked_for_with_a_boolean() {
+        assert!(check(json!({"hedge": true})).unwrap().hedge);
+        assert!(!check(json!({"hedge": false})).unwrap().hedge);
+        assert!(!check(json!({"hedge": null})).unwrap().hedge);
+        assert_eq!(check(json!({"hedge": "yes"})), Err(vec!["hedge".into()]));
+    }
+
+    #[test]
+    fn a_callback_url_only_to_an_allowed_host() {
+        assert_eq!(
+            check(json!({"callback_url": "https://hooks.example.com/h"})),
+            Err(vec!["callback_url".into()])
+        );
+        let policy = CallbackPolicy::new(&["hooks.example.com".into()], &[]).unwrap();
+        let limits = OptionLimits {
+            callbacks: &policy,
+            ..LIMITS
+        };
+        let given = |v: Value| {
+            validate_options(serde_json::from_value(v).unwrap(), limits)
+                .map_err(|errors| errors.into_iter().map(|e| e.field).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            given(json!({"callback_url": "https://hooks.example.com/h"}))
+                .unwrap()
+                .callback_url
+                .as_deref(),
+            Some("https://hooks.example.com/h")
+        );
+        assert_eq!(
+            given(json!({"callback_url": "https://other.example.com/h", "priority": "x"})),
+            Err(vec!["priority".into(), "callback_url".into()])
+        );
+        assert_eq!(
+            given(json!({"callback_url": 5})),
+            Err(vec!["callback_url".into()])
         );
     }
 

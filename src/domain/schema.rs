@@ -14,10 +14,12 @@ use utoipa::openapi::schema::{
 };
 use utoipa::{PartialSchema, ToSchema};
 
+use super::callback::MAX_CALLBACK_URL_CHARS;
 use super::options::{MAX_METADATA_ENTRIES, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS};
 use super::validation::{
     MAX_ADDRESS_CHARS, MAX_EMAIL_BODY_CHARS, MAX_RECIPIENTS, MAX_SMS_TEXT_CHARS, MAX_SUBJECT_CHARS,
 };
+use super::webhook::WebhookId;
 use super::{NotificationId, UnixMillis};
 
 /// Every character Herald's trimming treats as white space: Unicode's
@@ -162,6 +164,37 @@ pub fn metadata() -> Schema {
         .into()
 }
 
+pub fn hedge() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(nullable(Type::Boolean))
+        .description(Some(
+            "Hedged sends: a request alone in flight for the hedge delay gets the next \
+             provider beside it, and the first 2xx wins. Heeded where the channel's setting \
+             (`hedge.sms`, `hedge.email`) is `asked`, the default; `all` hedges every \
+             notification and `never` none. `null` is `false`.",
+        ))
+        .into()
+}
+
+/// `http` or `https` in any case, as the URL parser takes them; the host,
+/// which the settings allow, is checked by Herald alone.
+const CALLBACK_PATTERN: &str = "^[Hh][Tt][Tt][Pp][Ss]?://";
+
+pub fn callback_url() -> Schema {
+    string(true)
+        .max_length(Some(MAX_CALLBACK_URL_CHARS))
+        .pattern(Some(CALLBACK_PATTERN))
+        .description(Some(
+            "Where this notification's webhook events go, besides the configured endpoints: an \
+             absolute `https://` URL (`http://` only to a host of \
+             `webhooks_settings.callback_http_hosts`) whose host is one of \
+             `webhooks_settings.callback_allowed_hosts`, without a user name or password; \
+             otherwise 422, as always while no callback host is allowed.",
+        ))
+        .examples([json!("https://hooks.example.com/herald")])
+        .into()
+}
+
 /// A stored message: an SMS's or an email's provider body.
 pub fn message() -> Schema {
     OneOfBuilder::new()
@@ -184,6 +217,22 @@ impl PartialSchema for NotificationId {
 }
 
 impl ToSchema for NotificationId {}
+
+impl PartialSchema for WebhookId {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^msg_[0-9a-fA-F]{32}$"))
+            .description(Some(
+                "`msg_` and a UUIDv7 in hex, sent as `webhook-id`: one per event and receiver, \
+                 the same on every retry of it.",
+            ))
+            .examples([json!("msg_01a2272cbc827da282488d771c8a6377")])
+            .into()
+    }
+}
+
+impl ToSchema for WebhookId {}
 
 impl PartialSchema for UnixMillis {
     fn schema() -> RefOr<Schema> {

@@ -8,7 +8,12 @@
 //! Two engines implement [`Store`] with the same semantics: [`SqliteStore`]
 //! (one machine) and [`PostgresStore`] (several instances sharing one
 //! database); [`open`] picks one by the URL's scheme.
+//!
+//! Beside the notifications the store keeps the webhook outbox
+//! ([`outbox`]): the events of notifications that ended, written in the
+//! transaction that ended them.
 
+mod outbox;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -23,8 +28,13 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use utoipa::ToSchema;
 
+use crate::domain::webhook::WebhookId;
 use crate::domain::{Attempt, Channel, NotificationId, Priority, Status, UnixMillis};
 
+pub use outbox::{
+    ClaimedWebhook, NewWebhookDelivery, WebhookCompletion, WebhookDeliveryRecord, WebhookReport,
+    WebhookRoute, WebhookRoutes, WebhookStatus, WebhookTarget,
+};
 pub use postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PostgresOptions, PostgresStore};
 pub use sqlite::{MIGRATIONS as SQLITE_MIGRATIONS, SqliteOptions, SqliteStore, Synchronous};
 
@@ -78,6 +88,11 @@ pub struct NewNotification {
     pub priority: Priority,
     /// The client's labels (bounded by validation).
     pub metadata: BTreeMap<String, String>,
+    /// The client asked for hedged sends.
+    pub hedge: bool,
+    /// Where its end is called back besides the configured webhooks
+    /// (checked against the allowed hosts at accept).
+    pub callback_url: Option<String>,
     /// Stored already `sending` under this lease, for a dispatcher that was
     /// handed it in memory; `None`: stored `queued` (or `scheduled`).
     pub lease: Option<Lease>,
@@ -124,6 +139,8 @@ pub struct Claimed {
     pub expires_at: UnixMillis,
     /// The client's deadline: no attempt starts after it.
     pub deliver_by: Option<UnixMillis>,
+    /// The client asked for hedged sends.
+    pub hedge: bool,
     pub lease: LeaseToken,
     pub lease_until: UnixMillis,
 }
@@ -155,6 +172,19 @@ pub enum Completion {
     },
     /// Given back unfinished (shutdown): ready again at once.
     Released,
+}
+
+impl Completion {
+    /// Whether the notification ends here (and so sends its event).
+    pub fn ends(&self) -> bool {
+        matches!(
+            self,
+            Completion::Delivered { .. }
+                | Completion::Failed { .. }
+                | Completion::Dead { .. }
+                | Completion::Expired { .. }
+        )
+    }
 }
 
 /// The result of one round, written back under the lease it was claimed with.
@@ -197,6 +227,11 @@ pub struct NotificationRecord {
     pub last_error: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// The client asked for hedged sends.
+    pub hedge: bool,
+    /// Where this notification's webhook events go, besides `[[webhooks]]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
     /// The message as its provider receives it.
     #[schema(schema_with = crate::domain::schema::message)]
     pub message: serde_json::Value,
@@ -229,6 +264,8 @@ pub struct ListFilter {
     pub created_from: Option<UnixMillis>,
     /// Created before this.
     pub created_before: Option<UnixMillis>,
+    /// Newest first (the cursor then pages towards older ones).
+    pub newest_first: bool,
 }
 
 impl ListFilter {
@@ -242,7 +279,8 @@ impl ListFilter {
     /// The listing's query with its parameters, for an engine whose n-th
     /// placeholder is `placeholder(n)`. Creation bounds are id bounds (ids
     /// carry their creation time), so a listing walks the primary key, or
-    /// the `(status, id)` index when a status is given, in id order.
+    /// the `(status, id)` index when a status is given, in id order (or
+    /// backwards, newest first).
     pub(crate) fn query(
         &self,
         after: Option<NotificationId>,
@@ -285,7 +323,12 @@ impl ListFilter {
             );
         }
         if let Some(after) = after {
-            add("id > ?", vec![ListParam::Id(after)]);
+            let past = if self.newest_first {
+                "id < ?"
+            } else {
+                "id > ?"
+            };
+            add(past, vec![ListParam::Id(after)]);
         }
         if let Some(from) = self.created_from {
             add(
@@ -308,8 +351,9 @@ impl ListFilter {
         };
         (
             format!(
-                "SELECT {} FROM notifications WHERE {filter} ORDER BY id {}",
+                "SELECT {} FROM notifications WHERE {filter} ORDER BY id {} {}",
                 rows::SUMMARY_COLUMNS,
+                if self.newest_first { "DESC" } else { "ASC" },
                 limit.trim_start_matches("TRUE ")
             ),
             params,
@@ -427,9 +471,9 @@ pub trait Store: Send + Sync {
 
     async fn get(&self, id: NotificationId) -> Result<Option<NotificationRecord>, StoreError>;
 
-    /// The notifications `filter` selects, oldest first, after the `after`
-    /// id when given (ids grow with creation time, so a page boundary is
-    /// stable under inserts).
+    /// The notifications `filter` selects, oldest first (or newest first),
+    /// past the `after` id when given (ids grow with creation time, so a
+    /// page boundary is stable under inserts).
     async fn list(
         &self,
         filter: ListFilter,
@@ -471,6 +515,44 @@ pub trait Store: Send + Sync {
     /// returns how many.
     async fn purge_keys(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError>;
 
+    /// Claims up to `limit` webhook deliveries due at `now` (including ones
+    /// whose lease lapsed), oldest due first, leasing each for `lease`.
+    /// Concurrent claims never get the same delivery.
+    async fn claim_webhooks(
+        &self,
+        now: UnixMillis,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedWebhook>, StoreError>;
+
+    /// Writes deliveries' results back; each one only if its lease is
+    /// still current.
+    async fn complete_webhooks(
+        &self,
+        reports: Vec<WebhookReport>,
+    ) -> Result<Vec<Result<(), LeaseLost>>, StoreError>;
+
+    /// Webhook deliveries, oldest first, of one status when given, after
+    /// the `after` id when given (ids grow with the event's time).
+    async fn webhook_deliveries(
+        &self,
+        status: Option<WebhookStatus>,
+        after: Option<WebhookId>,
+        limit: usize,
+    ) -> Result<Vec<WebhookDeliveryRecord>, StoreError>;
+
+    /// How many webhook deliveries are unfinished (pending, sending), read
+    /// through the index of unfinished rows.
+    async fn webhook_backlog(&self) -> Result<Vec<(WebhookStatus, u64)>, StoreError>;
+
+    /// Deletes up to `limit` delivered webhook deliveries last updated
+    /// before `before`; returns how many. Failed ones are kept.
+    async fn purge_webhooks(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError>;
+
+    /// Poked after a commit that added webhook deliveries, so this
+    /// process's webhook worker need not wait for its poll.
+    fn webhooks_added(&self) -> Arc<Notify>;
+
     /// Stores a new API key; `false` when one with its name exists already
     /// (revoked or not: a name is never reused).
     async fn create_api_key(&self, key: ApiKeyRecord) -> Result<bool, StoreError>;
@@ -481,6 +563,19 @@ pub trait Store: Send + Sync {
 
     /// Every API key, revoked ones too, by name.
     async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+
+    /// Takes the provider named `name` out of rotation as of `at`
+    /// (`disabled`), or puts it back, for every instance; `false` when it
+    /// already was so (a disabled one keeps its first `at`).
+    async fn set_provider_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
+        at: UnixMillis,
+    ) -> Result<bool, StoreError>;
+
+    /// The providers out of rotation, by name, each with when it was taken out.
+    async fn disabled_providers(&self) -> Result<Vec<(String, UnixMillis)>, StoreError>;
 
     /// The store answers and can commit a write: a one-row probe, cheap
     /// enough for every readiness check (a full disk fails it).
@@ -496,22 +591,25 @@ pub trait Store: Send + Sync {
     async fn close(&self);
 }
 
-/// What each engine can be tuned with.
-#[derive(Debug, Clone, Copy, Default)]
+/// What each engine can be tuned with, and where the events of ending
+/// notifications go.
+#[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
     pub sqlite: SqliteOptions,
     pub postgres: PostgresOptions,
+    pub webhooks: WebhookRoutes,
 }
 
 /// Opens the store a URL names (`sqlite://PATH`, `postgres://…` or
 /// `postgresql://…`), creating or migrating its schema as needed.
 pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    let routes = Arc::new(options.webhooks.clone());
     if let Some(path) = url.strip_prefix("sqlite://") {
-        let store = SqliteStore::open(path, options.sqlite).await?;
+        let store = SqliteStore::open_routed(path, options.sqlite, routes).await?;
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PostgresStore::open(url, options.postgres).await?;
+        let store = PostgresStore::open(url, options.postgres, routes).await?;
         return Ok(Arc::new(store));
     }
     Err(StoreError::BadUrl(url.to_owned()))

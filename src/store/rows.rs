@@ -8,14 +8,17 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use super::outbox::{ClaimedWebhook, WebhookDeliveryRecord, WebhookStatus, WebhookTarget};
 use super::{Claimed, LeaseToken, NotificationRecord, NotificationSummary, StoreError};
+use crate::domain::webhook::{EndedNotification, LastAttempt, WebhookEvent, WebhookId};
 use crate::domain::{
     Attempt, AttemptOutcome, Channel, NotificationId, Priority, Status, UnixMillis,
 };
 
 /// The columns of a notification that [`RecordRow`] reads, in order.
 pub(crate) const RECORD_COLUMNS: &str = "channel, status, priority, created_at, updated_at, \
-     due_at, expires_at, deliver_by, rounds, delivered_by, last_error, payload";
+     due_at, expires_at, deliver_by, rounds, delivered_by, last_error, payload, callback_url, \
+     hedge";
 
 /// The columns of an attempt that [`AttemptRow`] reads, in order.
 pub(crate) const ATTEMPT_COLUMNS: &str =
@@ -67,6 +70,8 @@ pub(crate) struct RecordRow {
     pub delivered_by: Option<String>,
     pub last_error: Option<String>,
     pub payload: String,
+    pub callback_url: Option<String>,
+    pub hedge: bool,
 }
 
 impl RecordRow {
@@ -98,6 +103,8 @@ impl RecordRow {
             delivered_by: self.delivered_by,
             last_error: self.last_error,
             metadata,
+            hedge: self.hedge,
+            callback_url: self.callback_url,
             message: serde_json::from_str(&self.payload).map_err(|_| StoreError::Corrupt {
                 what: "payload is not JSON",
             })?,
@@ -159,7 +166,7 @@ impl SummaryRow {
 }
 
 /// What a claim returns, in this order: id, channel, payload, rounds,
-/// created_at, expires_at, deliver_by, status.
+/// created_at, expires_at, deliver_by, status, hedge.
 pub(crate) struct ClaimedRow {
     pub id: NotificationId,
     pub channel: String,
@@ -169,6 +176,7 @@ pub(crate) struct ClaimedRow {
     pub expires_at: i64,
     pub deliver_by: Option<i64>,
     pub status: String,
+    pub hedge: bool,
 }
 
 impl ClaimedRow {
@@ -189,8 +197,186 @@ impl ClaimedRow {
             created_at: UnixMillis(self.created_at),
             expires_at: UnixMillis(self.expires_at),
             deliver_by: self.deliver_by.map(UnixMillis),
+            hedge: self.hedge,
             lease,
             lease_until,
         }))
+    }
+}
+
+pub(crate) fn webhook_id_from_bytes(bytes: &[u8]) -> Result<WebhookId, StoreError> {
+    let arr: [u8; 16] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        what: "webhook delivery id is not 16 bytes",
+    })?;
+    Ok(WebhookId::from_bytes(arr))
+}
+
+fn event_from(s: &str) -> Result<WebhookEvent, StoreError> {
+    WebhookEvent::parse(s).ok_or(StoreError::Corrupt {
+        what: "unknown webhook event",
+    })
+}
+
+pub(crate) fn webhook_status_from(s: &str) -> Result<WebhookStatus, StoreError> {
+    WebhookStatus::parse(s).ok_or(StoreError::Corrupt {
+        what: "unknown webhook delivery status",
+    })
+}
+
+fn target_from(s: &str) -> Result<WebhookTarget, StoreError> {
+    WebhookTarget::parse(s).ok_or(StoreError::Corrupt {
+        what: "unknown webhook target",
+    })
+}
+
+/// The query of [`EndedRow`]s: the notifications `filter` selects, with
+/// their last attempt found by `order` (SQLite's rowid, PostgreSQL's seq).
+/// For a delivered one, the last attempt of the provider that delivered it:
+/// a hedged round records the request that lost after the one that won, and
+/// the event should name the delivery, not the loser's late answer.
+pub(crate) fn ended_query(order: &str, filter: &str) -> String {
+    format!(
+        "SELECT n.id, n.channel, n.status, n.created_at, n.updated_at, n.last_error,
+                n.callback_url,
+                (SELECT COUNT(*) FROM attempts WHERE notification_id = n.id),
+                a.provider, a.outcome, a.http_status, a.error
+           FROM notifications n
+           LEFT JOIN attempts a
+                  ON a.{order} = (SELECT MAX({order}) FROM attempts
+                                   WHERE notification_id = n.id
+                                     AND (n.delivered_by IS NULL
+                                          OR provider = n.delivered_by))
+          WHERE {filter}"
+    )
+}
+
+/// A notification that just ended, with its attempts summed up: id,
+/// channel, status, created_at, updated_at, last_error, callback_url, the
+/// attempts' count, then the last attempt's provider, outcome, http_status
+/// and error (NULL without one). Metadata comes apart.
+pub(crate) struct EndedRow {
+    pub id: NotificationId,
+    pub channel: String,
+    pub status: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_error: Option<String>,
+    pub callback_url: Option<String>,
+    pub attempts: i64,
+    pub last_provider: Option<String>,
+    pub last_outcome: Option<String>,
+    pub last_http_status: Option<i64>,
+    pub last_attempt_error: Option<String>,
+}
+
+impl EndedRow {
+    pub fn decode(
+        self,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<EndedNotification, StoreError> {
+        let last_attempt = match (self.last_provider, self.last_outcome) {
+            (Some(provider), Some(outcome)) => Some(LastAttempt {
+                provider,
+                outcome,
+                http_status: self.last_http_status.and_then(|s| u16::try_from(s).ok()),
+                error: self.last_attempt_error,
+            }),
+            _ => None,
+        };
+        Ok(EndedNotification {
+            id: self.id,
+            channel: channel_from(&self.channel)?,
+            status: status_from(&self.status)?,
+            created_at: UnixMillis(self.created_at),
+            ended_at: UnixMillis(self.updated_at),
+            error: self.last_error,
+            attempts: count(self.attempts),
+            last_attempt,
+            metadata,
+            callback_url: self.callback_url,
+        })
+    }
+}
+
+/// The columns of an outbox row that [`ClaimedWebhookRow`] reads, in order.
+pub(crate) const CLAIMED_WEBHOOK_COLUMNS: &str =
+    "id, notification_id, event, target, url, payload, attempts, created_at";
+
+pub(crate) struct ClaimedWebhookRow {
+    pub id: WebhookId,
+    pub notification_id: NotificationId,
+    pub event: String,
+    pub target: String,
+    pub url: String,
+    pub payload: String,
+    pub attempts: i64,
+    pub created_at: i64,
+}
+
+impl ClaimedWebhookRow {
+    pub fn decode(
+        self,
+        lease: LeaseToken,
+        lease_until: UnixMillis,
+    ) -> Result<ClaimedWebhook, StoreError> {
+        Ok(ClaimedWebhook {
+            id: self.id,
+            notification_id: self.notification_id,
+            event: event_from(&self.event)?,
+            target: target_from(&self.target)?,
+            url: self.url,
+            payload: Bytes::from(self.payload),
+            attempts: count(self.attempts),
+            created_at: UnixMillis(self.created_at),
+            lease,
+            lease_until,
+        })
+    }
+}
+
+/// The columns of an outbox row that [`WebhookRow`] reads, in order.
+pub(crate) const WEBHOOK_COLUMNS: &str = "id, notification_id, event, target, url, status, \
+     attempts, created_at, updated_at, due_at, last_http_status, last_error";
+
+pub(crate) struct WebhookRow {
+    pub id: WebhookId,
+    pub notification_id: NotificationId,
+    pub event: String,
+    pub target: String,
+    pub url: String,
+    pub status: String,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub due_at: Option<i64>,
+    pub last_http_status: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+impl WebhookRow {
+    pub fn decode(self) -> Result<WebhookDeliveryRecord, StoreError> {
+        let status = webhook_status_from(&self.status)?;
+        let mut url = self.url;
+        if let Some(query) = url.find(['?', '#']) {
+            url.truncate(query);
+        }
+        Ok(WebhookDeliveryRecord {
+            id: self.id,
+            notification_id: self.notification_id,
+            event: event_from(&self.event)?,
+            target: target_from(&self.target)?,
+            url,
+            // A sending row's due_at is its lease, not a planned attempt.
+            next_attempt_at: (status == WebhookStatus::Pending)
+                .then_some(self.due_at)
+                .flatten()
+                .map(UnixMillis),
+            status,
+            attempts: count(self.attempts),
+            created_at: UnixMillis(self.created_at),
+            updated_at: UnixMillis(self.updated_at),
+            last_http_status: self.last_http_status.and_then(|s| u16::try_from(s).ok()),
+            last_error: self.last_error,
+        })
     }
 }

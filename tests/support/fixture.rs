@@ -89,6 +89,8 @@ type Script = dyn Fn(&Recorded, &[Recorded]) -> Reply + Send + Sync;
 struct Inner {
     script: Box<Script>,
     requests: Mutex<Vec<Recorded>>,
+    /// How long each answer is held back after its request is recorded.
+    delay: std::time::Duration,
 }
 
 pub struct Fixture {
@@ -101,9 +103,20 @@ impl Fixture {
     pub async fn start(
         script: impl Fn(&Recorded, &[Recorded]) -> Reply + Send + Sync + 'static,
     ) -> Self {
+        Self::start_delayed(std::time::Duration::ZERO, script).await
+    }
+
+    /// Like [`Fixture::start`], answering each request `delay` after it
+    /// arrived (it is in [`Fixture::requests`] at once): a provider that
+    /// holds requests in flight.
+    pub async fn start_delayed(
+        delay: std::time::Duration,
+        script: impl Fn(&Recorded, &[Recorded]) -> Reply + Send + Sync + 'static,
+    ) -> Self {
         let inner = Arc::new(Inner {
             script: Box::new(script),
             requests: Mutex::new(Vec::new()),
+            delay,
         });
         let app = Router::new()
             .fallback(handle)
@@ -157,6 +170,7 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
         requests.push(recorded);
         reply
     };
+    tokio::time::sleep(inner.delay).await;
     let mut response = Response::builder().status(reply.status);
     for (name, value) in &reply.headers {
         response = response.header(name, value);

@@ -28,7 +28,7 @@ pub mod tls;
 use herald::domain::Channel;
 
 pub mod fixture;
-use herald::simulator::{Delivery, Simulator, SimulatorConfig};
+use herald_sim::{Delivery, Simulator, SimulatorConfig};
 use serde_json::Value;
 
 /// The simulator, with every delivery it made kept for counting.
@@ -39,14 +39,18 @@ pub struct Sim {
 
 impl Sim {
     pub async fn start(failure_rate: f64, latency: Duration) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let cfg = SimulatorConfig {
+        Self::start_with(SimulatorConfig {
             failure_rate,
             latency,
             sms_ports: vec![0, 0, 0],
             email_ports: vec![0, 0, 0],
             ..SimulatorConfig::default()
-        };
+        })
+        .await
+    }
+
+    pub async fn start_with(cfg: SimulatorConfig) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let sim = Simulator::start(cfg, tx).await.expect("simulator starts");
         let deliveries = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&deliveries);
@@ -130,34 +134,13 @@ pub fn python_has(module: &str) -> bool {
     found
 }
 
-/// Runs `herald keys ARGS --store URL`, which must succeed; its stdout.
-pub fn herald_keys(store: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("keys")
-        .args(args)
-        .args(["--store", store])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "herald keys {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Creates an API key (`herald keys create ARGS`); the key, which is the
-/// last line printed.
-pub fn create_key(store: &str, args: &[&str]) -> String {
-    let out = herald_keys(store, &[&["create"], args].concat());
-    out.lines().last().unwrap().trim().to_owned()
-}
-
 /// `herald serve` as a child process.
 pub struct Herald {
     child: Child,
     pub addr: SocketAddr,
     pub log: PathBuf,
+    /// The config file it was started with (a reload reads it again).
+    pub config: PathBuf,
 }
 
 impl Herald {
@@ -176,6 +159,15 @@ impl Herald {
     /// Like [`Herald::start_as`], with extra environment variables (which
     /// may set `RUST_LOG`).
     pub fn start_with_env(dir: &Path, config: &str, role: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(dir, config, role, "127.0.0.1:0", env)
+    }
+
+    /// Like [`Herald::start`], on `addr` (to restart one where it was).
+    pub fn start_on(dir: &Path, config: &str, addr: SocketAddr) -> Self {
+        Self::spawn(dir, config, "all", &addr.to_string(), &[])
+    }
+
+    fn spawn(dir: &Path, config: &str, role: &str, listen: &str, env: &[(&str, &str)]) -> Self {
         let config_path = dir.join(format!("herald-{}.toml", fastrand::u64(..)));
         std::fs::write(&config_path, config).unwrap();
         let log = dir.join(format!("herald-{}.log", fastrand::u64(..)));
@@ -184,7 +176,7 @@ impl Herald {
             .arg("--config")
             .arg(&config_path)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--role")
             .arg(role)
             .env("RUST_LOG", "info")
@@ -197,7 +189,11 @@ impl Herald {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("herald listening on http://") {
+                let url = line.strip_prefix("herald listening on ");
+                if let Some(addr) = url.and_then(|u| {
+                    u.strip_prefix("http://")
+                        .or_else(|| u.strip_prefix("https://"))
+                }) {
                     let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
                 }
             }
@@ -205,7 +201,12 @@ impl Herald {
         let addr = rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("herald did not start: {}", read(&log)));
-        Self { child, addr, log }
+        Self {
+            child,
+            addr,
+            log,
+            config: config_path,
+        }
     }
 
     pub fn client(&self) -> Client {
@@ -222,12 +223,21 @@ impl Herald {
     }
 
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// SIGHUP: reload the config file's providers.
+    pub fn sighup(&self) {
+        self.signal("HUP");
+    }
+
+    fn signal(&self, name: &str) {
         let ok = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
             .unwrap()
             .success();
-        assert!(ok, "kill -TERM failed");
+        assert!(ok, "kill -{name} failed");
     }
 
     /// Waits up to `limit` for the process to exit.
@@ -245,12 +255,104 @@ impl Herald {
     pub fn logs(&self) -> String {
         read(&self.log)
     }
+
+    /// The address `metrics.listen` got, which the log says; waited for
+    /// up to 10 s.
+    pub async fn metrics_addr(&self) -> SocketAddr {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.logs().lines().find_map(|l| {
+                let rest = l.split("metrics listening").nth(1)?;
+                let addr = rest.split("addr=").nth(1)?.split_whitespace().next()?;
+                addr.parse::<SocketAddr>().ok()
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(Instant::now() < until, "{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Herald {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Runs `herald COMMAND ARGS --store STORE` to its end; its stdout (a
+/// failure fails the test, with its stderr).
+pub fn herald_cli(command: &str, store: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg(command)
+        .args(args)
+        .args(["--store", store])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "herald {command} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `herald serve --config CONFIG` (on a free port) to its end, which
+/// must come within 20 s: how it exited, its stdout and its stderr.
+pub fn serve_to_its_end(config: &Path) -> (ExitStatus, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("herald serve kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Reads until the peer closes the connection (or resets it); what it sent
+/// meanwhile, or `None` if it still holds the connection after `limit`.
+pub async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Asserts that the server closes every one of `held` within 20 s.
+pub async fn assert_all_closed(held: &mut [tokio::net::TcpStream]) {
+    for (i, s) in held.iter_mut().enumerate() {
+        assert!(
+            read_until_closed(s, Duration::from_secs(20))
+                .await
+                .is_some(),
+            "connection {i} is still open"
+        );
     }
 }
 
@@ -271,9 +373,24 @@ pub struct Answer {
 
 impl Client {
     pub fn new(addr: SocketAddr) -> Self {
+        Self::with_headers(addr, reqwest::header::HeaderMap::new())
+    }
+
+    /// A client that sends `key` as `Authorization: Bearer` on every request.
+    pub fn with_key(addr: SocketAddr, key: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().unwrap(),
+        );
+        Self::with_headers(addr, headers)
+    }
+
+    fn with_headers(addr: SocketAddr, headers: reqwest::header::HeaderMap) -> Self {
         Self {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .default_headers(headers)
                 .build()
                 .unwrap(),
             base: format!("http://{addr}"),
@@ -445,6 +562,18 @@ pub fn delivered_key(d: &Delivery) -> String {
     }
 }
 
+/// Runs `herald keys ARGS --store URL`; its stdout.
+pub fn herald_keys(store: &str, args: &[&str]) -> String {
+    herald_cli("keys", store, args)
+}
+
+/// Creates a key (`herald keys create ARGS`); returns the key, which is
+/// the output's last line.
+pub fn create_key(store: &str, args: &[&str]) -> String {
+    let out = herald_keys(store, &[&["create"], args].concat());
+    out.lines().last().unwrap().trim().to_owned()
+}
+
 /// Which store a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -548,7 +677,15 @@ impl TestStore {
     }
 
     pub async fn open(&self) -> Arc<dyn herald::store::Store> {
-        herald::store::open(&self.url, &herald::store::StoreOptions::default())
+        self.open_with(&herald::store::StoreOptions::default())
+            .await
+    }
+
+    pub async fn open_with(
+        &self,
+        options: &herald::store::StoreOptions,
+    ) -> Arc<dyn herald::store::Store> {
+        herald::store::open(&self.url, options)
             .await
             .unwrap_or_else(|e| panic!("opening {}: {}", self.url, herald::error::chain(&e)))
     }

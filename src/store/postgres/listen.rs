@@ -1,5 +1,6 @@
 //! Wake-ups from other instances: a connection of its own that LISTENs on
-//! [`NOTIFY_CHANNEL`] and pokes the dispatcher's [`Notify`].
+//! [`NOTIFY_CHANNEL`] and pokes the dispatcher's [`Notify`], and on
+//! [`WEBHOOKS_CHANNEL`] the webhook worker's.
 //!
 //! Notifications arriving in a burst wake it once (a `Notify` keeps at most
 //! one permit, and a burst is drained before poking). When the connection
@@ -14,12 +15,20 @@ use tokio::sync::{Notify, mpsc};
 use tokio_postgres::AsyncMessage;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::NOTIFY_CHANNEL;
+use super::{NOTIFY_CHANNEL, WEBHOOKS_CHANNEL};
 
-pub async fn run(config: tokio_postgres::Config, tls: MakeRustlsConnect, wake: Arc<Notify>) {
+/// Who is poked for what.
+pub struct Wakes {
+    /// New or given-back notifications.
+    pub work: Arc<Notify>,
+    /// New webhook deliveries.
+    pub webhooks: Arc<Notify>,
+}
+
+pub async fn run(config: tokio_postgres::Config, tls: MakeRustlsConnect, wakes: Wakes) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match listen(&config, &tls, &wake).await {
+        match listen(&config, &tls, &wakes).await {
             Ok(()) => tracing::warn!("the LISTEN connection closed; reconnecting"),
             Err(e) => tracing::warn!(
                 error = %crate::error::chain(&e),
@@ -34,7 +43,7 @@ pub async fn run(config: tokio_postgres::Config, tls: MakeRustlsConnect, wake: A
 async fn listen(
     config: &tokio_postgres::Config,
     tls: &MakeRustlsConnect,
-    wake: &Notify,
+    wakes: &Wakes,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(tls.clone()).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -43,8 +52,8 @@ async fn listen(
     let driver = tokio::spawn(async move {
         while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
-                Ok(AsyncMessage::Notification(_)) => {
-                    if tx.send(()).is_err() {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n.channel() == WEBHOOKS_CHANNEL).is_err() {
                         break;
                     }
                 }
@@ -55,14 +64,26 @@ async fn listen(
         Ok(())
     });
     client
-        .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+        .batch_execute(&format!(
+            "LISTEN {NOTIFY_CHANNEL}; LISTEN {WEBHOOKS_CHANNEL}"
+        ))
         .await?;
     tracing::debug!("listening for new work");
     // Whatever was stored while we were not listening.
-    wake.notify_one();
-    while rx.recv().await.is_some() {
-        while rx.try_recv().is_ok() {}
-        wake.notify_one();
+    wakes.work.notify_one();
+    wakes.webhooks.notify_one();
+    while let Some(first) = rx.recv().await {
+        let (mut work, mut webhooks) = (!first, first);
+        while let Ok(for_webhooks) = rx.try_recv() {
+            work |= !for_webhooks;
+            webhooks |= for_webhooks;
+        }
+        if work {
+            wakes.work.notify_one();
+        }
+        if webhooks {
+            wakes.webhooks.notify_one();
+        }
     }
     drop(client);
     match driver.await {

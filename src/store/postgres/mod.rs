@@ -18,13 +18,14 @@
 mod listen;
 mod schema;
 mod tls;
+mod webhooks;
 mod writer;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -36,20 +37,25 @@ use super::rows::{
     ATTEMPT_COLUMNS, AttemptRow, ClaimedRow, RECORD_COLUMNS, RecordRow, SummaryRow, status_from,
 };
 use super::{
-    ApiKeyRecord, CancelOutcome, Claimed, EXPIRED_UNSENT, IdempotencyKey, KeyedInsert, LeaseLost,
-    LeaseToken, ListFilter, ListParam, NewNotification, NotificationRecord, NotificationSummary,
-    ReplayOutcome, RoundReport, Store, StoreError,
+    ApiKeyRecord, CancelOutcome, Claimed, ClaimedWebhook, EXPIRED_UNSENT, IdempotencyKey,
+    KeyedInsert, LeaseLost, LeaseToken, ListFilter, ListParam, NewNotification, NotificationRecord,
+    NotificationSummary, ReplayOutcome, RoundReport, Store, StoreError, WebhookDeliveryRecord,
+    WebhookReport, WebhookRoutes, WebhookStatus,
 };
+use crate::domain::webhook::WebhookId;
 use crate::domain::{NotificationId, Status, UnixMillis};
 
 pub use schema::MIGRATIONS;
 
 /// The claim's RETURNING list, in rows::ClaimedRow's order.
-const CLAIMED_COLUMNS_OF_N: &str =
-    "n.id, n.channel, n.payload, n.rounds, n.created_at, n.expires_at, n.deliver_by, n.status";
+const CLAIMED_COLUMNS_OF_N: &str = "n.id, n.channel, n.payload, n.rounds, n.created_at, n.expires_at, n.deliver_by, n.status, \
+     n.hedge";
 
 /// The channel of the wake-up NOTIFY.
 const NOTIFY_CHANNEL: &str = "herald_work";
+
+/// The channel of the NOTIFY sent with new webhook deliveries.
+const WEBHOOKS_CHANNEL: &str = "herald_webhooks";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -97,11 +103,20 @@ pub struct PostgresStore {
     commands: Mutex<Option<mpsc::Sender<Command>>>,
     writers: Mutex<Vec<JoinHandle<()>>>,
     listener: Mutex<Option<JoinHandle<()>>>,
+    /// Where the events of ending notifications go.
+    routes: Arc<WebhookRoutes>,
+    /// Poked when a commit added webhook deliveries.
+    webhooks_added: Arc<Notify>,
 }
 
 impl PostgresStore {
-    /// Connects, applies missing migrations, starts the writer.
-    pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+    /// Connects, applies missing migrations, starts the writer; the events
+    /// of ending notifications go to the webhook outbox for `routes`.
+    pub async fn open(
+        url: &str,
+        options: PostgresOptions,
+        routes: Arc<WebhookRoutes>,
+    ) -> Result<Self, StoreError> {
         let (url, tls) = tls::split_url(url)
             .map_err(|e| StoreError::BadUrl(format!("{}: {e}", super::redacted(url))))?;
         let tls = tls::connector(&tls).map_err(|e| StoreError::Backend(Box::new(e)))?;
@@ -142,12 +157,18 @@ impl PostgresStore {
 
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
         let queue = Arc::new(tokio::sync::Mutex::new(rx));
+        let webhooks_added = Arc::new(Notify::new());
         let writers = (0..options.writers.max(1))
             .map(|_| {
+                let outbox = writer::Outbox {
+                    routes: Arc::clone(&routes),
+                    added: Arc::clone(&webhooks_added),
+                };
                 tokio::spawn(writer::run(
                     pool.clone(),
                     Arc::clone(&queue),
                     options.max_batch.max(1),
+                    outbox,
                 ))
             })
             .collect();
@@ -158,6 +179,8 @@ impl PostgresStore {
             commands: Mutex::new(Some(tx)),
             writers: Mutex::new(writers),
             listener: Mutex::new(None),
+            routes,
+            webhooks_added,
         })
     }
 
@@ -194,6 +217,45 @@ impl PostgresStore {
 
 fn id_from(u: uuid::Uuid) -> NotificationId {
     NotificationId::from_bytes(*u.as_bytes())
+}
+
+/// Leases up to `limit` due notifications, highest priority first, each in
+/// due order, over the partial index on (priority, due_at). Rows past their
+/// client's deadline are ended `expired` here instead of being sent.
+async fn claim_rows(
+    conn: &impl GenericClient,
+    token: LeaseToken,
+    lease_until: UnixMillis,
+    now: UnixMillis,
+    limit: i64,
+) -> Result<Vec<Row>, StoreError> {
+    let stmt = conn
+        .prepare_cached(&format!(
+            "WITH due AS (
+                 SELECT id FROM notifications
+                  WHERE status IN ('scheduled', 'queued', 'retrying', 'sending')
+                    AND due_at <= $3
+                  ORDER BY priority, due_at
+                  LIMIT $4
+                  FOR UPDATE SKIP LOCKED)
+             UPDATE notifications AS n
+                SET status = CASE WHEN n.deliver_by <= $3 THEN 'expired' ELSE 'sending' END,
+                    lease_token = CASE WHEN n.deliver_by <= $3 THEN NULL ELSE $1::int8 END,
+                    due_at = CASE WHEN n.deliver_by <= $3 THEN NULL ELSE $2::int8 END,
+                    last_error = CASE WHEN n.deliver_by <= $3 THEN $5::text ELSE n.last_error END,
+                    updated_at = $3::int8
+               FROM due
+              WHERE n.id = due.id
+             RETURNING {CLAIMED_COLUMNS_OF_N}"
+        ))
+        .await
+        .map_err(pg)?;
+    conn.query(
+        &stmt,
+        &[&token.0, &lease_until.0, &now.0, &limit, &EXPIRED_UNSENT],
+    )
+    .await
+    .map_err(pg)
 }
 
 fn attempt_row(row: &Row) -> AttemptRow {
@@ -259,55 +321,46 @@ impl Store for PostgresStore {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let token = LeaseToken::random();
         let lease_until = now.plus(lease);
-        // Highest priority first, each in due order, over the partial index
-        // on (priority, due_at). Rows past their client's deadline are ended
-        // `expired` here instead of being sent.
-        let stmt = client
-            .prepare_cached(&format!(
-                "WITH due AS (
-                     SELECT id FROM notifications
-                      WHERE status IN ('scheduled', 'queued', 'retrying', 'sending')
-                        AND due_at <= $3
-                      ORDER BY priority, due_at
-                      LIMIT $4
-                      FOR UPDATE SKIP LOCKED)
-                 UPDATE notifications AS n
-                    SET status = CASE WHEN n.deliver_by <= $3 THEN 'expired' ELSE 'sending' END,
-                        lease_token = CASE WHEN n.deliver_by <= $3 THEN NULL ELSE $1::int8 END,
-                        due_at = CASE WHEN n.deliver_by <= $3 THEN NULL ELSE $2::int8 END,
-                        last_error = CASE WHEN n.deliver_by <= $3 THEN $5::text ELSE n.last_error END,
-                        updated_at = $3::int8
-                   FROM due
-                  WHERE n.id = due.id
-                 RETURNING {}",
-                CLAIMED_COLUMNS_OF_N
-            ))
-            .await
-            .map_err(pg)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client
-            .query(
-                &stmt,
-                &[&token.0, &lease_until.0, &now.0, &limit, &EXPIRED_UNSENT],
-            )
-            .await
-            .map_err(pg)?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let row = ClaimedRow {
-                id: id_from(row.get(0)),
-                channel: row.get(1),
-                payload: row.get(2),
-                rounds: row.get::<_, i32>(3).into(),
-                created_at: row.get(4),
-                expires_at: row.get(5),
-                deliver_by: row.get(6),
-                status: row.get(7),
-            };
-            claimed.extend(row.decode(token, lease_until)?);
+        let decode = |rows: &[Row]| -> Result<(Vec<Claimed>, Vec<uuid::Uuid>), StoreError> {
+            let mut claimed = Vec::with_capacity(rows.len());
+            let mut expired = Vec::new();
+            for row in rows {
+                let row = ClaimedRow {
+                    id: id_from(row.get(0)),
+                    channel: row.get(1),
+                    payload: row.get(2),
+                    rounds: row.get::<_, i32>(3).into(),
+                    created_at: row.get(4),
+                    expires_at: row.get(5),
+                    deliver_by: row.get(6),
+                    status: row.get(7),
+                    hedge: row.get(8),
+                };
+                let id = row.id;
+                match row.decode(token, lease_until)? {
+                    Some(c) => claimed.push(c),
+                    None => expired.push(id.as_uuid()),
+                }
+            }
+            Ok((claimed, expired))
+        };
+        if self.routes.is_empty() {
+            let rows = claim_rows(&client, token, lease_until, now, limit).await?;
+            return Ok(decode(&rows)?.0);
+        }
+        // Rows the claim ends `expired` send their events from the same
+        // transaction.
+        let tx = client.transaction().await.map_err(pg)?;
+        let rows = claim_rows(&tx, token, lease_until, now, limit).await?;
+        let (claimed, expired) = decode(&rows)?;
+        let added = webhooks::record_endings(&tx, &self.routes, &expired).await?;
+        tx.commit().await.map_err(pg)?;
+        if added > 0 {
+            self.webhooks_added.notify_one();
         }
         Ok(claimed)
     }
@@ -379,6 +432,8 @@ impl Store for PostgresStore {
             delivered_by: row.get(9),
             last_error: row.get(10),
             payload: row.get(11),
+            callback_url: row.get(12),
+            hedge: row.get(13),
         };
         row.decode(id, attempts, metadata).map(Some)
     }
@@ -539,6 +594,51 @@ impl Store for PostgresStore {
         Ok(gone)
     }
 
+    async fn claim_webhooks(
+        &self,
+        now: UnixMillis,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedWebhook>, StoreError> {
+        let client = self.client().await?;
+        webhooks::claim(&client, now, limit, lease).await
+    }
+
+    async fn complete_webhooks(
+        &self,
+        reports: Vec<WebhookReport>,
+    ) -> Result<Vec<Result<(), LeaseLost>>, StoreError> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        webhooks::complete(&client, &reports).await
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        status: Option<WebhookStatus>,
+        after: Option<WebhookId>,
+        limit: usize,
+    ) -> Result<Vec<WebhookDeliveryRecord>, StoreError> {
+        let client = self.client().await?;
+        webhooks::list(&client, status, after, limit).await
+    }
+
+    async fn webhook_backlog(&self) -> Result<Vec<(WebhookStatus, u64)>, StoreError> {
+        let client = self.client().await?;
+        webhooks::backlog(&client).await
+    }
+
+    async fn purge_webhooks(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        webhooks::purge(&client, before, limit).await
+    }
+
+    fn webhooks_added(&self) -> Arc<Notify> {
+        Arc::clone(&self.webhooks_added)
+    }
+
     async fn create_api_key(&self, key: ApiKeyRecord) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let burst = key.burst.map(|b| i32::try_from(b).unwrap_or(i32::MAX));
@@ -599,6 +699,45 @@ impl Store for PostgresStore {
             .collect())
     }
 
+    async fn set_provider_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
+        at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let changed = if disabled {
+            client
+                .execute(
+                    "INSERT INTO disabled_providers (name, disabled_at) VALUES ($1, $2)
+                     ON CONFLICT DO NOTHING",
+                    &[&name, &at.0],
+                )
+                .await
+        } else {
+            client
+                .execute("DELETE FROM disabled_providers WHERE name = $1", &[&name])
+                .await
+        }
+        .map_err(pg)?;
+        Ok(changed == 1)
+    }
+
+    async fn disabled_providers(&self) -> Result<Vec<(String, UnixMillis)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT name, disabled_at FROM disabled_providers ORDER BY name",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), UnixMillis(r.get(1))))
+            .collect())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
@@ -613,7 +752,11 @@ impl Store for PostgresStore {
     }
 
     fn subscribe(&self, wake: Arc<Notify>) {
-        let task = tokio::spawn(listen::run(self.config.clone(), self.tls.clone(), wake));
+        let wakes = listen::Wakes {
+            work: wake,
+            webhooks: Arc::clone(&self.webhooks_added),
+        };
+        let task = tokio::spawn(listen::run(self.config.clone(), self.tls.clone(), wakes));
         if let Some(old) = self
             .listener
             .lock()

@@ -130,6 +130,56 @@ CREATE TABLE api_keys (
 );
 ",
     ),
+    (
+        8,
+        // Providers an operator took out of rotation, by name: kept across
+        // restarts and reloads, read by every instance.
+        "
+CREATE TABLE disabled_providers (
+    name        text PRIMARY KEY,
+    disabled_at bigint NOT NULL
+);
+",
+    ),
+    (
+        9,
+        // Status webhooks: a notification's own callback URL, and the
+        // outbox of deliveries (one per event and receiver), written with
+        // the transition that ended the notification. `due_at` is the next
+        // attempt while pending, the lease's end while sending, NULL once
+        // delivered or failed; only unfinished rows are in its index.
+        "
+ALTER TABLE notifications ADD COLUMN callback_url text;
+CREATE TABLE webhook_deliveries (
+    id               uuid PRIMARY KEY,
+    notification_id  uuid NOT NULL,
+    event            text NOT NULL CHECK (event IN ('notification.delivered',
+                         'notification.failed', 'notification.dead', 'notification.expired')),
+    target           text NOT NULL CHECK (target IN ('endpoint', 'callback')),
+    url              text NOT NULL,
+    payload          text NOT NULL,
+    status           text NOT NULL CHECK (status IN ('pending', 'sending', 'delivered', 'failed')),
+    due_at           bigint,
+    lease_token      bigint,
+    attempts         integer NOT NULL DEFAULT 0,
+    created_at       bigint NOT NULL,
+    updated_at       bigint NOT NULL,
+    last_http_status integer,
+    last_error       text
+);
+ALTER TABLE webhook_deliveries SET (autovacuum_vacuum_scale_factor = 0.02,
+                                    autovacuum_vacuum_insert_scale_factor = 0.05);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (due_at)
+    WHERE status IN ('pending', 'sending');
+CREATE INDEX webhook_deliveries_status ON webhook_deliveries (status, id);
+",
+    ),
+    (
+        10,
+        // The client asked for hedged sends (a second provider when the
+        // first is slow).
+        "ALTER TABLE notifications ADD COLUMN hedge boolean NOT NULL DEFAULT false;",
+    ),
 ];
 
 /// Applies every migration this database lacks; returns how many.

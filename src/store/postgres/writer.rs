@@ -11,13 +11,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{NOTIFY_CHANNEL, pg};
+use super::{NOTIFY_CHANNEL, pg, webhooks};
 use crate::store::{
     Completion, IdempotencyKey, KeyedInsert, LeaseLost, NewNotification, RoundReport, StoreError,
-    StoredAnswer,
+    StoredAnswer, WebhookRoutes,
 };
 
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -44,9 +44,21 @@ impl Command {
 #[error("the batch's transaction failed")]
 pub struct BatchFailed(#[source] Arc<StoreError>);
 
+/// Where a writer's transactions send the events of ending notifications.
+pub struct Outbox {
+    pub routes: Arc<WebhookRoutes>,
+    /// Poked after a commit that added webhook deliveries.
+    pub added: Arc<Notify>,
+}
+
 /// One writer: takes a batch from the shared queue, writes it, repeats until
 /// the queue is closed and empty.
-pub async fn run(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<Command>>>, max_batch: usize) {
+pub async fn run(
+    pool: Pool,
+    queue: Arc<Mutex<mpsc::Receiver<Command>>>,
+    max_batch: usize,
+    outbox: Outbox,
+) {
     loop {
         let batch = {
             let mut rx = queue.lock().await;
@@ -66,11 +78,11 @@ pub async fn run(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<Command>>>, max_bat
             }
             batch
         };
-        write_batch(&pool, batch).await;
+        write_batch(&pool, &outbox, batch).await;
     }
 }
 
-async fn write_batch(pool: &Pool, batch: Vec<Command>) {
+async fn write_batch(pool: &Pool, outbox: &Outbox, batch: Vec<Command>) {
     let mut inserts = Vec::new();
     let mut keyed = Vec::new();
     let mut completes = Vec::new();
@@ -84,13 +96,16 @@ async fn write_batch(pool: &Pool, batch: Vec<Command>) {
     }
     let reports: Vec<&RoundReport> = completes.iter().flat_map(|(r, _)| r.iter()).collect();
     let started = tokio::time::Instant::now();
-    let written = transact(pool, &inserts, &keyed, &reports).await;
+    let written = transact(pool, &outbox.routes, &inserts, &keyed, &reports).await;
     crate::metrics::metrics().store_commit(
         started.elapsed(),
         inserts.len() + keyed.len() + reports.len(),
     );
     match written {
-        Ok((outcomes, keyed_outcomes)) => {
+        Ok((outcomes, keyed_outcomes, added)) => {
+            if added > 0 {
+                outbox.added.notify_one();
+            }
             for (_, reply) in inserts {
                 let _ = reply.send(Ok(()));
             }
@@ -122,14 +137,18 @@ async fn write_batch(pool: &Pool, batch: Vec<Command>) {
 
 type KeyedCommand = (Vec<NewNotification>, IdempotencyKey, Reply<KeyedInsert>);
 
-/// Writes everything in one transaction; one outcome per report and per
-/// keyed insert, in order.
+/// What one transaction did: an outcome per report and per keyed insert,
+/// in order, and how many webhook deliveries it added.
+type Written = (Vec<Result<(), LeaseLost>>, Vec<KeyedInsert>, usize);
+
+/// Writes everything in one transaction.
 async fn transact(
     pool: &Pool,
+    routes: &WebhookRoutes,
     plain: &[(Vec<NewNotification>, Reply<()>)],
     keyed: &[KeyedCommand],
     reports: &[&RoundReport],
-) -> Result<(Vec<Result<(), LeaseLost>>, Vec<KeyedInsert>), StoreError> {
+) -> Result<Written, StoreError> {
     let mut client = pool
         .get()
         .await
@@ -157,6 +176,8 @@ async fn transact(
         let mut dues = Vec::with_capacity(inserts.len());
         let mut deliver_by: Vec<Option<i64>> = Vec::with_capacity(inserts.len());
         let mut priorities: Vec<i16> = Vec::with_capacity(inserts.len());
+        let mut callbacks: Vec<Option<&str>> = Vec::with_capacity(inserts.len());
+        let mut hedges: Vec<bool> = Vec::with_capacity(inserts.len());
         for n in &inserts {
             ids.push(n.id.as_uuid());
             channels.push(n.channel.as_str());
@@ -168,18 +189,22 @@ async fn transact(
             dues.push(n.due_at().0);
             deliver_by.push(n.deliver_by.map(|t| t.0));
             priorities.push(n.priority.rank());
+            callbacks.push(n.callback_url.as_deref());
+            hedges.push(n.hedge);
         }
         let stmt = tx
             .prepare_cached(
                 "INSERT INTO notifications
                      (id, channel, payload, status, due_at, lease_token,
-                      created_at, updated_at, expires_at, deliver_by, priority)
+                      created_at, updated_at, expires_at, deliver_by, priority, callback_url,
+                      hedge)
                  SELECT id, channel, payload, status, due, token, at, at, expires, deliver_by,
-                        priority
+                        priority, callback_url, hedge
                    FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::int8[],
-                               $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::int2[])
+                               $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::int2[],
+                               $11::text[], $12::bool[])
                      AS n(id, channel, payload, at, expires, token, status, due, deliver_by,
-                          priority)",
+                          priority, callback_url, hedge)",
             )
             .await
             .map_err(pg)?;
@@ -196,6 +221,8 @@ async fn transact(
                 &dues,
                 &deliver_by,
                 &priorities,
+                &callbacks,
+                &hedges,
             ],
         )
         .await
@@ -221,6 +248,13 @@ async fn transact(
     }
     won.sort_unstable();
     add_attempts(&tx, reports, &won).await?;
+    let ended: Vec<Uuid> = won
+        .iter()
+        .map(|&i| reports[i])
+        .filter(|r| r.completion.ends())
+        .map(|r| r.id.as_uuid())
+        .collect();
+    let added = webhooks::record_endings(&tx, routes, &ended).await?;
 
     // Handed-off inserts are already in their dispatcher's hands.
     let wakes = inserts.iter().any(|n| n.lease.is_none())
@@ -235,7 +269,7 @@ async fn transact(
             .map_err(pg)?;
     }
     tx.commit().await.map_err(pg)?;
-    Ok((outcomes, keyed_outcomes))
+    Ok((outcomes, keyed_outcomes, added))
 }
 
 /// The inserted notifications' metadata, one row per entry.

@@ -7,10 +7,13 @@
 //! connection, which WAL lets run beside the writer.
 
 mod api_keys;
+mod providers;
 mod schema;
+mod webhooks;
 
 pub use schema::MIGRATIONS;
 
+use std::cell::Cell;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,18 +22,21 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::rows::{
     ATTEMPT_COLUMNS, AttemptRow, ClaimedRow, RECORD_COLUMNS, RecordRow, SummaryRow, id_from_bytes,
     status_from,
 };
 use super::{
-    ApiKeyRecord, CancelOutcome, Claimed, EXPIRED_UNSENT, IdempotencyKey, KeyedInsert, LeaseLost,
-    LeaseToken, ListFilter, ListParam, NewNotification, NotificationRecord, NotificationSummary,
-    ReplayOutcome, RoundReport, Store, StoreError, StoredAnswer,
+    ApiKeyRecord, CancelOutcome, Claimed, ClaimedWebhook, EXPIRED_UNSENT, IdempotencyKey,
+    KeyedInsert, LeaseLost, LeaseToken, ListFilter, ListParam, NewNotification, NotificationRecord,
+    NotificationSummary, ReplayOutcome, RoundReport, Store, StoreError, StoredAnswer,
+    WebhookDeliveryRecord, WebhookReport, WebhookRoutes, WebhookStatus,
 };
+use crate::domain::webhook::WebhookId;
 use crate::domain::{NotificationId, Status, UnixMillis};
+use webhooks::Outbox;
 
 /// SQLite's `synchronous` setting: `full` fsyncs every commit that
 /// acknowledges something, so an accepted notification survives a power cut
@@ -87,6 +93,18 @@ enum Command {
         reply: Reply<Vec<Claimed>>,
     },
     Complete(Vec<RoundReport>, Reply<Vec<Result<(), LeaseLost>>>),
+    ClaimWebhooks {
+        now: UnixMillis,
+        limit: usize,
+        lease: Duration,
+        reply: Reply<Vec<ClaimedWebhook>>,
+    },
+    CompleteWebhooks(Vec<WebhookReport>, Reply<Vec<Result<(), LeaseLost>>>),
+    PurgeWebhooks {
+        before: UnixMillis,
+        limit: usize,
+        reply: Reply<u64>,
+    },
     Replay {
         id: NotificationId,
         now: UnixMillis,
@@ -109,6 +127,12 @@ enum Command {
         reply: Reply<u64>,
     },
     Key(api_keys::KeyWrite, Reply<bool>),
+    DisableProvider {
+        name: String,
+        disabled: bool,
+        at: UnixMillis,
+        reply: Reply<bool>,
+    },
     Ping(Reply<()>),
     Close(Reply<()>),
 }
@@ -151,17 +175,34 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
     /// When a transaction last failed to commit (ms since the epoch; 0: never).
     last_failure: Arc<AtomicI64>,
+    /// Poked when a commit added webhook deliveries.
+    webhooks_added: Arc<Notify>,
 }
 
 impl SqliteStore {
+    /// A store whose ending notifications send no webhooks.
     pub async fn open(path: &str, options: SqliteOptions) -> Result<Self, StoreError> {
+        Self::open_routed(path, options, Arc::default()).await
+    }
+
+    /// A store that writes the events of ending notifications to the
+    /// webhook outbox for `routes`.
+    pub async fn open_routed(
+        path: &str,
+        options: SqliteOptions,
+        routes: Arc<WebhookRoutes>,
+    ) -> Result<Self, StoreError> {
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || Self::open_blocking(Path::new(&path), options))
+        tokio::task::spawn_blocking(move || Self::open_blocking(Path::new(&path), options, routes))
             .await
             .map_err(|e| StoreError::Backend(Box::new(e)))?
     }
 
-    fn open_blocking(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+    fn open_blocking(
+        path: &Path,
+        options: SqliteOptions,
+        routes: Arc<WebhookRoutes>,
+    ) -> Result<Self, StoreError> {
         let writer = Connection::open(path).map_err(backend)?;
         writer
             .execute_batch(&format!(
@@ -186,14 +227,24 @@ impl SqliteStore {
         let max_batch = options.max_batch.max(1);
         let last_failure = Arc::new(AtomicI64::new(0));
         let failures = Arc::clone(&last_failure);
+        let webhooks_added = Arc::new(Notify::new());
+        let added = Arc::clone(&webhooks_added);
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx, max_batch, options.synchronous, &failures))
+            .spawn(move || {
+                let writer = Writer {
+                    conn: writer,
+                    routes,
+                    added,
+                };
+                writer_loop(&writer, rx, max_batch, options.synchronous, &failures)
+            })
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         Ok(Self {
             commands: tx,
             reader: Arc::new(Mutex::new(reader)),
             last_failure,
+            webhooks_added,
         })
     }
 
@@ -220,13 +271,22 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(
+/// The writer thread's connection, and where its transactions' webhook
+/// events go.
+struct Writer {
     conn: Connection,
+    routes: Arc<WebhookRoutes>,
+    added: Arc<Notify>,
+}
+
+fn writer_loop(
+    writer: &Writer,
     mut rx: mpsc::Receiver<Command>,
     max_batch: usize,
     synchronous: Synchronous,
     last_failure: &AtomicI64,
 ) {
+    let conn = &writer.conn;
     let mut batch = Vec::with_capacity(max_batch);
     let mut syncing = true;
     while let Some(first) = rx.blocking_recv() {
@@ -253,10 +313,16 @@ fn writer_loop(
         }
         let closing = batch.iter().any(|c| matches!(c, Command::Close(_)));
         let (started, writes) = (std::time::Instant::now(), batch.len());
-        let committed = run_batch(&conn, batch.drain(..));
+        let outbox = Outbox {
+            routes: &writer.routes,
+            added: Cell::new(0),
+        };
+        let committed = run_batch(conn, &outbox, batch.drain(..));
         crate::metrics::metrics().store_commit(started.elapsed(), writes);
         if !committed {
             last_failure.store(UnixMillis::now().0, Ordering::Relaxed);
+        } else if outbox.added.get() > 0 {
+            writer.added.notify_one();
         }
         if closing {
             break;
@@ -274,6 +340,9 @@ fn must_sync(cmd: &Command) -> bool {
         cmd,
         Command::Claim { .. }
             | Command::Complete(..)
+            | Command::ClaimWebhooks { .. }
+            | Command::CompleteWebhooks(..)
+            | Command::PurgeWebhooks { .. }
             | Command::Purge { .. }
             | Command::PurgeKeys { .. }
             | Command::Ping(_)
@@ -281,10 +350,14 @@ fn must_sync(cmd: &Command) -> bool {
 }
 
 /// Runs `commands` in one transaction; returns whether it committed.
-fn run_batch(conn: &Connection, commands: impl Iterator<Item = Command>) -> bool {
+fn run_batch(
+    conn: &Connection,
+    outbox: &Outbox<'_>,
+    commands: impl Iterator<Item = Command>,
+) -> bool {
     let begun = conn.execute_batch("BEGIN IMMEDIATE");
     let answers: Vec<Answer> = commands
-        .map(|cmd| execute(conn, cmd, begun.is_ok()))
+        .map(|cmd| execute(conn, outbox, cmd, begun.is_ok()))
         .collect();
     let committed = match begun {
         Ok(()) => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
@@ -302,7 +375,7 @@ fn run_batch(conn: &Connection, commands: impl Iterator<Item = Command>) -> bool
 }
 
 /// Runs one command inside the open transaction (`open`), or not at all.
-fn execute(conn: &Connection, cmd: Command, open: bool) -> Answer {
+fn execute(conn: &Connection, outbox: &Outbox<'_>, cmd: Command, open: bool) -> Answer {
     match cmd {
         Command::Insert(n, reply) => answer(reply, open.then(|| insert(conn, &n))),
         Command::InsertMany(ns, reply) => answer(reply, open.then(|| insert_many(conn, &ns))),
@@ -314,8 +387,27 @@ fn execute(conn: &Connection, cmd: Command, open: bool) -> Answer {
             limit,
             lease,
             reply,
-        } => answer(reply, open.then(|| claim(conn, now, limit, lease))),
-        Command::Complete(reports, reply) => answer(reply, open.then(|| complete(conn, &reports))),
+        } => answer(reply, open.then(|| claim(conn, outbox, now, limit, lease))),
+        Command::Complete(reports, reply) => {
+            answer(reply, open.then(|| complete(conn, outbox, &reports)))
+        }
+        Command::ClaimWebhooks {
+            now,
+            limit,
+            lease,
+            reply,
+        } => answer(
+            reply,
+            open.then(|| webhooks::claim(conn, now, limit, lease)),
+        ),
+        Command::CompleteWebhooks(reports, reply) => {
+            answer(reply, open.then(|| webhooks::complete(conn, &reports)))
+        }
+        Command::PurgeWebhooks {
+            before,
+            limit,
+            reply,
+        } => answer(reply, open.then(|| webhooks::purge(conn, before, limit))),
         Command::Replay {
             id,
             now,
@@ -334,6 +426,15 @@ fn execute(conn: &Connection, cmd: Command, open: bool) -> Answer {
             reply,
         } => answer(reply, open.then(|| purge_keys(conn, before, limit))),
         Command::Key(change, reply) => answer(reply, open.then(|| api_keys::write(conn, &change))),
+        Command::DisableProvider {
+            name,
+            disabled,
+            at,
+            reply,
+        } => answer(
+            reply,
+            open.then(|| providers::set_disabled(conn, &name, disabled, at)),
+        ),
         Command::Ping(reply) => answer(reply, open.then(|| probe(conn))),
         Command::Close(reply) => answer(reply, open.then_some(Ok(()))),
     }
@@ -355,8 +456,9 @@ fn insert(conn: &Connection, n: &NewNotification) -> Result<(), StoreError> {
         .prepare_cached(
             "INSERT INTO notifications
                  (id, channel, payload, status, due_at, lease_token,
-                  created_at, updated_at, expires_at, deliver_by, priority)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)",
+                  created_at, updated_at, expires_at, deliver_by, priority, callback_url,
+                  hedge)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12)",
         )
         .map_err(backend)?;
     stmt.execute(params![
@@ -369,7 +471,9 @@ fn insert(conn: &Connection, n: &NewNotification) -> Result<(), StoreError> {
         n.created_at.0,
         n.expires_at.0,
         n.deliver_by.map(|t| t.0),
-        n.priority.rank()
+        n.priority.rank(),
+        n.callback_url,
+        n.hedge
     ])
     .map_err(backend)?;
     if !n.metadata.is_empty() {
@@ -482,6 +586,7 @@ fn purge_keys(conn: &Connection, before: UnixMillis, limit: usize) -> Result<u64
 
 fn claim(
     conn: &Connection,
+    outbox: &Outbox<'_>,
     now: UnixMillis,
     limit: usize,
     lease: Duration,
@@ -518,7 +623,8 @@ fn claim(
                                        AND status IN ('scheduled', 'queued', 'retrying', 'sending')
                                      ORDER BY due_at LIMIT ?4)
                     LIMIT ?4)
-             RETURNING id, channel, payload, rounds, created_at, expires_at, deliver_by, status",
+             RETURNING id, channel, payload, rounds, created_at, expires_at, deliver_by, status,
+                       hedge",
         )
         .map_err(backend)?;
     let rows = stmt
@@ -536,25 +642,34 @@ fn claim(
                         expires_at: r.get(5)?,
                         deliver_by: r.get(6)?,
                         status: r.get(7)?,
+                        hedge: r.get(8)?,
                     },
                 ))
             },
         )
         .map_err(backend)?;
     let mut claimed = Vec::with_capacity(limit.min(1024));
+    let mut expired = Vec::new();
     for row in rows {
         let (id, row) = row.map_err(backend)?;
         let row = ClaimedRow {
             id: id_from_bytes(&id)?,
             ..row
         };
-        claimed.extend(row.decode(token, lease_until)?);
+        let id = row.id;
+        match row.decode(token, lease_until)? {
+            Some(c) => claimed.push(c),
+            None => expired.push(id),
+        }
     }
+    drop(stmt);
+    webhooks::record_endings(conn, outbox, &expired)?;
     Ok(claimed)
 }
 
 fn complete(
     conn: &Connection,
+    outbox: &Outbox<'_>,
     reports: &[RoundReport],
 ) -> Result<Vec<Result<(), LeaseLost>>, StoreError> {
     let mut update = conn
@@ -579,6 +694,7 @@ fn complete(
         )
         .map_err(backend)?;
     let mut results = Vec::with_capacity(reports.len());
+    let mut ended = Vec::new();
     for r in reports {
         let c = super::completion_columns(r);
         let (status, due_at, counted, provider, error) = (
@@ -612,8 +728,12 @@ fn complete(
                 ])
                 .map_err(backend)?;
         }
+        if r.completion.ends() {
+            ended.push(r.id);
+        }
         results.push(Ok(()));
     }
+    webhooks::record_endings(conn, outbox, &ended)?;
     Ok(results)
 }
 
@@ -741,6 +861,8 @@ fn read_record(
                 delivered_by: r.get(9)?,
                 last_error: r.get(10)?,
                 payload: r.get(11)?,
+                callback_url: r.get(12)?,
+                hedge: r.get(13)?,
             })
         })
         .optional()
@@ -960,6 +1082,56 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn claim_webhooks(
+        &self,
+        now: UnixMillis,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedWebhook>, StoreError> {
+        self.call(|reply| Command::ClaimWebhooks {
+            now,
+            limit,
+            lease,
+            reply,
+        })
+        .await
+    }
+
+    async fn complete_webhooks(
+        &self,
+        reports: Vec<WebhookReport>,
+    ) -> Result<Vec<Result<(), LeaseLost>>, StoreError> {
+        self.call(|reply| Command::CompleteWebhooks(reports, reply))
+            .await
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        status: Option<WebhookStatus>,
+        after: Option<WebhookId>,
+        limit: usize,
+    ) -> Result<Vec<WebhookDeliveryRecord>, StoreError> {
+        self.read(move |conn| webhooks::list(conn, status, after, limit))
+            .await
+    }
+
+    async fn webhook_backlog(&self) -> Result<Vec<(WebhookStatus, u64)>, StoreError> {
+        self.read(webhooks::backlog).await
+    }
+
+    async fn purge_webhooks(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
+        self.call(|reply| Command::PurgeWebhooks {
+            before,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    fn webhooks_added(&self) -> Arc<Notify> {
+        Arc::clone(&self.webhooks_added)
+    }
+
     async fn create_api_key(&self, key: ApiKeyRecord) -> Result<bool, StoreError> {
         self.call(|reply| Command::Key(api_keys::KeyWrite::Create(key), reply))
             .await
@@ -973,6 +1145,26 @@ impl Store for SqliteStore {
 
     async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
         self.read(api_keys::all).await
+    }
+
+    async fn set_provider_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
+        at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.call(|reply| Command::DisableProvider {
+            name,
+            disabled,
+            at,
+            reply,
+        })
+        .await
+    }
+
+    async fn disabled_providers(&self) -> Result<Vec<(String, UnixMillis)>, StoreError> {
+        self.read(providers::disabled).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

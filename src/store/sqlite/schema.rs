@@ -117,6 +117,53 @@ CREATE TABLE api_keys (
 );
 ",
     ),
+    (
+        8,
+        // Providers an operator took out of rotation, by name: kept across
+        // restarts and reloads, read by every instance.
+        "
+CREATE TABLE disabled_providers (
+    name        TEXT PRIMARY KEY NOT NULL,
+    disabled_at INTEGER NOT NULL
+);
+",
+    ),
+    (
+        9,
+        // Status webhooks: a notification's own callback URL, and the
+        // outbox of deliveries (one per event and receiver), written with
+        // the transition that ended the notification. `due_at` is the next
+        // attempt while pending, the lease's end while sending, NULL once
+        // delivered or failed; only unfinished rows are in its index.
+        "
+ALTER TABLE notifications ADD COLUMN callback_url TEXT;
+CREATE TABLE webhook_deliveries (
+    id               BLOB PRIMARY KEY NOT NULL,
+    notification_id  BLOB NOT NULL,
+    event            TEXT NOT NULL,
+    target           TEXT NOT NULL,
+    url              TEXT NOT NULL,
+    payload          TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    due_at           INTEGER,
+    lease_token      INTEGER,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    last_http_status INTEGER,
+    last_error       TEXT
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (due_at)
+    WHERE status IN ('pending', 'sending');
+CREATE INDEX webhook_deliveries_status ON webhook_deliveries (status, id);
+",
+    ),
+    (
+        10,
+        // The client asked for hedged sends (a second provider when the
+        // first is slow).
+        "ALTER TABLE notifications ADD COLUMN hedge INTEGER NOT NULL DEFAULT 0;",
+    ),
 ];
 
 /// The version a database has once every migration is applied.

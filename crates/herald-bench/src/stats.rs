@@ -102,6 +102,31 @@ pub async fn poll(
     samples
 }
 
+/// The sum of a counter's series (every label set) in Herald's
+/// `GET /metrics`, read once on a fresh connection.
+pub async fn read_counter(addr: SocketAddr, name: &str) -> Option<u64> {
+    let mut conn = Conn::open(addr).await.ok()?;
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), conn.get("/metrics"))
+        .await
+        .ok()?
+        .ok()?;
+    if !status.is_success() {
+        return None;
+    }
+    Some(sum_counter(std::str::from_utf8(&body).ok()?, name))
+}
+
+/// `name{…} 12` and `name 3` lines of the Prometheus text format, summed
+/// (0 before the counter's first series exists).
+pub fn sum_counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name))
+        .filter(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 /// Least-squares slope of the backlog, in notifications per second, over
 /// the samples taken in `[from_ms, to_ms]`: near 0 when the backlog is flat.
 pub fn backlog_slope(samples: &[StatsSample], from_ms: i64, to_ms: i64) -> Option<f64> {
@@ -133,6 +158,18 @@ mod tests {
         assert_eq!((s.delivered, s.dead, s.t_ms), (90, 1, 1500));
         assert_eq!(StatsSample::parse(b"{}", 0), None);
         assert_eq!(StatsSample::parse(b"<html>", 0), None);
+    }
+
+    #[test]
+    fn sums_a_counters_series() {
+        let text = "# TYPE herald_attempts counter\n\
+            herald_attempts_total{provider=\"sms-provider1\",outcome=\"delivered\"} 7\n\
+            herald_attempts_total{provider=\"sms-provider2\",outcome=\"transient\"} 5\n\
+            herald_attempts_total_other 100\n\
+            herald_in_flight 3\n";
+        assert_eq!(sum_counter(text, "herald_attempts_total"), 12);
+        assert_eq!(sum_counter(text, "herald_in_flight"), 3);
+        assert_eq!(sum_counter(text, "herald_hedges_total"), 0);
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::args::ChannelMix;
-use super::histogram::Percentiles;
+use super::floor::Floor;
+use super::histogram::{Percentiles, human_micros};
+use super::pin::Pinning;
 use super::procfs::ProcSample;
 use super::stats::StatsSample;
 
@@ -37,12 +39,21 @@ pub struct Report {
     /// Open loop only: from when the request was due.
     pub accept_latency_from_due: Option<Percentiles>,
     pub delivery: Delivery,
+    /// Provider requests Herald made over the load and the drain (its
+    /// `herald_attempts_total`), when its `/metrics` could be read.
+    pub provider_attempts: Option<u64>,
+    /// Rounds that sent a hedge over the same span (`herald_hedges_total`).
+    pub hedged_rounds: Option<u64>,
     pub backlog: Backlog,
     /// Only when the bench started Herald itself.
     pub herald_process: Option<ProcessReport>,
     pub simulator_process: Option<ProcessReport>,
     /// This process, during the load: what the load itself cost.
     pub bench_process: ProcessReport,
+    /// `--pin`: which CPU ran what.
+    pub pinning: Option<Pinning>,
+    /// `--floor`: the no-op floors, and Herald's figures against them.
+    pub floor: Option<Floor>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +64,8 @@ pub struct Machine {
     /// CPU the whole machine used while the load ran, in % of one core
     /// (at most 100 × cores).
     pub busy_percent_during_load: Option<f64>,
+    /// The same for each core, in core order, in % of that core.
+    pub per_core_busy_percent_during_load: Option<Vec<f64>>,
     /// Of that, what processes other than the bench and the processes it
     /// spawned used: other work on the machine that skews the figures. With
     /// `--target`, this includes the Herald under test.
@@ -189,6 +202,14 @@ impl Report {
                 opt(self.machine.others_percent_during_load, "%")
             );
         }
+        if let Some(cores) = &self.machine.per_core_busy_percent_during_load {
+            let each: Vec<String> = cores
+                .iter()
+                .enumerate()
+                .map(|(i, p)| format!("cpu{i} {p:.0}%"))
+                .collect();
+            let _ = writeln!(s, "  per core: {}{}", each.join(", "), self.pinned());
+        }
         let _ = writeln!(s, "\naccept");
         let _ = writeln!(
             s,
@@ -226,6 +247,21 @@ impl Report {
         );
         if let Some(p) = &d.accept_to_delivered {
             let _ = writeln!(s, "  accept→delivered {}", p.line());
+        }
+        if let Some(n) = self.provider_attempts {
+            let _ = writeln!(
+                s,
+                "  {n} provider requests{}{}",
+                if d.delivered > 0 {
+                    format!(" ({:.2} per delivered)", n as f64 / d.delivered as f64)
+                } else {
+                    String::new()
+                },
+                match self.hedged_rounds {
+                    Some(h) if h > 0 => format!("; {h} rounds hedged"),
+                    _ => String::new(),
+                }
+            );
         }
         let b = &self.backlog;
         let _ = writeln!(
@@ -268,7 +304,71 @@ impl Report {
             opt(b.cpu_secs_during_load, "s"),
             opt(b.cpu_percent_during_load, "%"),
         );
+        if let Some(f) = &self.floor {
+            render_floor(&mut s, f);
+        }
         s
+    }
+
+    fn pinned(&self) -> String {
+        self.pinning.map_or(String::new(), |p| {
+            format!(
+                " (pinned: herald on cpu{}, simulator and bench on cpu{})",
+                p.herald_cpu, p.others_cpu
+            )
+        })
+    }
+}
+
+fn render_floor(s: &mut String, f: &Floor) {
+    let us = |v: Option<f64>| v.map_or("?".into(), |v| human_micros(v.round() as u64));
+    let times = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.1}×"));
+    let _ = writeln!(
+        s,
+        "\nfloor (herald noop-server: Herald's HTTP stack, every body read, none parsed)"
+    );
+    for (name, run, whose) in [
+        ("inbound ", &f.inbound, "the server"),
+        ("outbound", &f.outbound, "hyper's pooled client"),
+    ] {
+        let _ = writeln!(
+            s,
+            "  {name} {:.0} requests/s, {} CPU per request ({whose}){}; latency {}",
+            run.requests_per_sec,
+            us(run.cpu_us_per_request),
+            if run.errors > 0 {
+                format!(", {} errors", run.errors)
+            } else {
+                String::new()
+            },
+            run.latency.line()
+        );
+    }
+    if let Some(h) = &f.herald {
+        let _ = writeln!(
+            s,
+            "  herald   {} CPU per accepted: {} a no-op request",
+            us(Some(h.cpu_us_per_accepted)),
+            times(h.accepted_vs_floor)
+        );
+        // Nothing delivered (`--role api`): nothing to say about delivery.
+        if h.cpu_us_per_delivered.is_some() {
+            let _ = writeln!(
+                s,
+                "           {} CPU per delivered ({} provider requests each): {} its floor of {}",
+                us(h.cpu_us_per_delivered),
+                h.attempts_per_delivered
+                    .map_or("?".into(), |a| format!("{a:.2}")),
+                times(h.delivered_vs_floor),
+                us(h.floor_us_per_delivered)
+            );
+            let _ = writeln!(
+                s,
+                "           delivered/s {} the no-op requests/s",
+                h.delivered_rate_vs_floor_rate
+                    .map_or("?".into(), |v| format!("{v:.2}×"))
+            );
+        }
     }
 }
 
@@ -290,6 +390,7 @@ fn thin(samples: &[StatsSample], n: usize) -> Vec<StatsSample> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::floor::FloorRun;
 
     fn sample_report() -> Report {
         Report {
@@ -304,6 +405,7 @@ mod tests {
                 cores: 2,
                 load_average_before: Some([0.5, 0.4, 0.3]),
                 busy_percent_during_load: Some(150.0),
+                per_core_busy_percent_during_load: Some(vec![98.0, 52.0]),
                 others_percent_during_load: Some(10.0),
             },
             load_secs: 10.0,
@@ -370,6 +472,13 @@ mod tests {
             )),
             simulator_process: None,
             bench_process: ProcessReport::new(7, ProcReadings::default(), 10.0, 10.0),
+            provider_attempts: Some(1980),
+            hedged_rounds: Some(12),
+            pinning: Some(Pinning {
+                herald_cpu: 0,
+                others_cpu: 1,
+            }),
+            floor: None,
         }
     }
 
@@ -390,6 +499,60 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn herald_is_stated_against_the_floor() {
+        let mut report = sample_report();
+        let run = |requests, cpu_secs: f64| {
+            let mut run = FloorRun {
+                requests,
+                secs: 10.0,
+                requests_per_sec: requests as f64 / 10.0,
+                cpu_secs: Some(cpu_secs),
+                ..FloorRun::default()
+            };
+            run.cpu_us_per_request = Some(cpu_secs * 1e6 / requests as f64);
+            run
+        };
+        let floor = Floor {
+            // 20 µs a no-op request in, 10 µs a request out.
+            inbound: run(1_000, 0.02),
+            outbound: run(2_000, 0.02),
+            herald: None,
+        };
+        report.floor = Some(floor.with_herald(&report));
+        let h = report.floor.as_ref().unwrap().herald.as_ref().unwrap();
+        // 4.0 s of CPU during the load for 990 accepted; 5.0 s in all for
+        // 990 delivered through 1,980 provider requests.
+        assert!((h.cpu_us_per_accepted - 4_040.4).abs() < 0.1, "{h:?}");
+        assert!(
+            (h.accepted_vs_floor.unwrap() - 202.02).abs() < 0.01,
+            "{h:?}"
+        );
+        assert_eq!(h.attempts_per_delivered, Some(2.0));
+        assert_eq!(h.floor_us_per_delivered, Some(40.0));
+        assert!(
+            (h.delivered_vs_floor.unwrap() - 126.26).abs() < 0.01,
+            "{h:?}"
+        );
+        assert!((h.delivered_rate_vs_floor_rate.unwrap() - 0.985).abs() < 1e-9);
+        let text = report.render();
+        for want in [
+            "inbound  100 requests/s, 20µs CPU per request (the server)",
+            "outbound 200 requests/s, 10µs CPU per request (hyper's pooled client)",
+            "4.04ms CPU per accepted: 202.0× a no-op request",
+            "5.05ms CPU per delivered (2.00 provider requests each): 126.3× its floor of 40µs",
+            "delivered/s 0.98× the no-op requests/s",
+            "per core: cpu0 98%, cpu1 52% (pinned: herald on cpu0, simulator and bench on cpu1)",
+            "1980 provider requests (2.00 per delivered); 12 rounds hedged",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        let v = serde_json::to_value(&report).unwrap();
+        assert_eq!(v["floor"]["herald"]["attempts_per_delivered"], 2.0);
+        assert_eq!(v["floor"]["inbound"]["requests"], 1_000);
+        assert_eq!(v["pinning"]["herald_cpu"], 0);
     }
 
     #[test]

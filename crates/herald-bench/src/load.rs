@@ -12,7 +12,7 @@ use super::BenchError;
 use super::args::ChannelMix;
 use super::client::Conn;
 use super::histogram::Latencies;
-use super::messages::{Marker, batch_request, request, with_priority};
+use super::messages::{Marker, batch_request, options, request, with_options};
 
 /// What every worker follows.
 pub struct Plan {
@@ -32,7 +32,9 @@ pub struct Plan {
     pub keep_accepted: bool,
     /// Notifications per request, through `POST /v1/batch`.
     pub batch: Option<u32>,
-    pub priority: Option<String>,
+    /// What every notification carries beside its message
+    /// ([`options`](super::messages::options)).
+    pub options: Option<String>,
 }
 
 impl Plan {
@@ -145,17 +147,17 @@ async fn worker(plan: Arc<Plan>, live: Arc<Live>) -> Outcome {
         };
         // A batch of n carries notifications seq·n … seq·n + n − 1.
         let per_request = plan.batch.map_or(1, u64::from);
-        let (path, body) = match (plan.batch, plan.priority.as_deref()) {
-            (Some(n), priority) => batch_request(
+        let (path, body) = match (plan.batch, plan.options.as_deref()) {
+            (Some(n), options) => batch_request(
                 &plan.marker,
                 plan.mix,
                 seq * u64::from(n),
                 n.into(),
-                priority,
+                options,
             ),
-            (None, Some(priority)) => {
+            (None, Some(options)) => {
                 let (path, body) = request(&plan.marker, plan.mix, seq);
-                (path, with_priority(body, priority))
+                (path, with_options(body, options))
             }
             (None, None) => request(&plan.marker, plan.mix, seq),
         };
@@ -204,11 +206,12 @@ fn note_error(out: &mut Outcome, live: &Live, message: String) {
 pub async fn preload_low(addr: SocketAddr, mix: ChannelMix, count: u64) -> Result<(), BenchError> {
     const PER_BATCH: u64 = 1_000;
     let marker = Marker::random();
+    let low = options(Some("low"), false);
     let mut conn = Conn::open(addr).await?;
     let mut first = 0;
     while first < count {
         let n = PER_BATCH.min(count - first);
-        let (path, body) = batch_request(&marker, mix, first, n, Some("low"));
+        let (path, body) = batch_request(&marker, mix, first, n, low.as_deref());
         let status = conn.post_json(path, body).await?;
         if status.as_u16() != 202 {
             return Err(BenchError::Preload {
@@ -237,7 +240,7 @@ mod tests {
             rate: Some(4_000),
             keep_accepted: false,
             batch: None,
-            priority: None,
+            options: None,
         };
         assert_eq!(plan.due(0, 4_000), start);
         assert_eq!(plan.due(1, 4_000) - start, Duration::from_micros(250));

@@ -12,16 +12,19 @@
 //! so stopping it drops every socket it holds; `axum::serve` would not allow
 //! that.
 
+mod args;
 mod http;
 
 #[cfg(test)]
 mod tests;
 
+pub use args::{MockArgs, Slow, parse_rate, parse_slow};
+
 use std::future::Future;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -29,7 +32,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::domain::{Channel, UnixMillis};
+use herald_contract::Channel;
 
 use self::http::ProviderState;
 
@@ -42,6 +45,8 @@ pub struct SimulatorConfig {
     pub failure_rate: f64,
     /// Delay added before answering a valid request. Default 0.
     pub latency: Duration,
+    /// Providers with a delay of their own instead. Default none.
+    pub slow: Vec<Slow>,
     /// One port per SMS provider, in provider order; 0 lets the OS choose.
     /// Default `[8071, 8072, 8073]`.
     pub sms_ports: Vec<u16>,
@@ -58,6 +63,7 @@ impl Default for SimulatorConfig {
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             failure_rate: 0.5,
             latency: Duration::ZERO,
+            slow: Vec::new(),
             sms_ports: vec![8071, 8072, 8073],
             email_ports: vec![8091, 8092, 8093],
             seed: None,
@@ -69,13 +75,19 @@ impl Default for SimulatorConfig {
 /// `Sending sms via Provider N: {...}`, the ground truth of delivery.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Delivery {
-    pub ts: UnixMillis,
+    /// When it was sent: RFC 3339 in UTC, to the millisecond, in the line.
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub ts: SystemTime,
     pub channel: Channel,
     /// 1-based, as in the endpoint path.
     pub provider: u8,
     pub port: u16,
     /// The request body as parsed.
     pub body: serde_json::Value,
+}
+
+fn rfc3339_millis<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
 }
 
 /// A running set of simulated providers.
@@ -119,6 +131,16 @@ impl Simulator {
                     format!("at most 255 {channel} providers"),
                 ));
             }
+            if let Some(s) = cfg
+                .slow
+                .iter()
+                .find(|s| s.channel == channel && usize::from(s.provider) > ports.len())
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("--slow {s}: there is no {channel} provider {}", s.provider),
+                ));
+            }
         }
         let mut sim = Simulator {
             sms: Vec::with_capacity(cfg.sms_ports.len()),
@@ -140,12 +162,18 @@ impl Simulator {
                 // see their stop senders dropped and close down.
                 let listener = bind(SocketAddr::new(cfg.host, port))?;
                 let addr = listener.local_addr()?;
+                let number = (i + 1) as u8;
+                let latency = cfg
+                    .slow
+                    .iter()
+                    .rfind(|s| s.channel == channel && s.provider == number)
+                    .map_or(cfg.latency, |s| s.latency);
                 let state = Arc::new(ProviderState::new(
                     channel,
-                    (i + 1) as u8,
+                    number,
                     addr.port(),
                     cfg.failure_rate,
-                    cfg.latency,
+                    latency,
                     rng,
                     sink.clone(),
                 ));

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -17,8 +17,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::Delivery;
-use crate::domain::validation::{is_blank, is_valid_email, is_valid_phone};
-use crate::domain::{Channel, UnixMillis};
+use herald_contract::{Channel, is_blank, is_valid_email, is_valid_phone};
 
 /// body-parser's default `limit: '100kb'`.
 const JSON_LIMIT: usize = 100 * 1024;
@@ -176,7 +175,7 @@ pub(super) async fn handle(state: Arc<ProviderState>, req: Request<Incoming>) ->
     }
     // A closed sink only means nobody is listening.
     let _ = state.sink.send(Delivery {
-        ts: UnixMillis::now(),
+        ts: SystemTime::now(),
         channel: state.channel,
         provider: state.number,
         port: state.port,

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::args::ChannelMix;
-use crate::domain::Channel;
+use herald_contract::Channel;
 
 /// Tags every text of one run: `hb<run id in hex>-<sequence number>`.
 #[derive(Debug, Clone)]
@@ -68,14 +68,27 @@ pub fn request(marker: &Marker, mix: ChannelMix, seq: u64) -> (&'static str, Byt
     }
 }
 
+/// The options every notification of a load carries beside its message,
+/// as JSON object members (`"priority":"high","hedge":true`); `None`: none.
+pub fn options(priority: Option<&str>, hedge: bool) -> Option<String> {
+    let mut members = Vec::new();
+    if let Some(p) = priority {
+        members.push(format!(r#""priority":"{p}""#));
+    }
+    if hedge {
+        members.push(r#""hedge":true"#.to_owned());
+    }
+    (!members.is_empty()).then(|| members.join(","))
+}
+
 /// One notification of a batch: the single request's body with its
-/// channel (and priority) added.
-fn batch_item(marker: &Marker, mix: ChannelMix, seq: u64, priority: Option<&str>) -> String {
+/// channel (and options) added.
+fn batch_item(marker: &Marker, mix: ChannelMix, seq: u64, options: Option<&str>) -> String {
     let (path, body) = request(marker, mix, seq);
     let channel = if path == "/v1/sms" { "sms" } else { "email" };
     let fields = std::str::from_utf8(&body[1..]).expect("bench bodies are UTF-8");
-    match priority {
-        Some(p) => format!(r#"{{"channel":"{channel}","priority":"{p}",{fields}"#),
+    match options {
+        Some(o) => format!(r#"{{"channel":"{channel}",{o},{fields}"#),
         None => format!(r#"{{"channel":"{channel}",{fields}"#),
     }
 }
@@ -86,10 +99,10 @@ pub fn batch_request(
     mix: ChannelMix,
     first: u64,
     n: u64,
-    priority: Option<&str>,
+    options: Option<&str>,
 ) -> (&'static str, Bytes) {
     let items: Vec<String> = (first..first + n)
-        .map(|seq| batch_item(marker, mix, seq, priority))
+        .map(|seq| batch_item(marker, mix, seq, options))
         .collect();
     (
         "/v1/batch",
@@ -97,16 +110,16 @@ pub fn batch_request(
     )
 }
 
-/// A single request's body with a priority.
-pub fn with_priority(body: Bytes, priority: &str) -> Bytes {
+/// A single request's body with [`options`] added.
+pub fn with_options(body: Bytes, options: &str) -> Bytes {
     let fields = std::str::from_utf8(&body[1..]).expect("bench bodies are UTF-8");
-    Bytes::from(format!(r#"{{"priority":"{priority}",{fields}"#))
+    Bytes::from(format!(r#"{{{options},{fields}"#))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::validation::{RawEmail, RawSms, validate_email, validate_sms};
+    use herald::domain::validation::{RawEmail, RawSms, validate_email, validate_sms};
 
     #[test]
     fn bodies_are_valid_and_unique() {
@@ -128,7 +141,8 @@ mod tests {
     #[test]
     fn batches_carry_every_request_of_their_range() {
         let m = Marker::new(7);
-        let (path, body) = batch_request(&m, ChannelMix::Mix, 10, 3, Some("high"));
+        let high = options(Some("high"), false);
+        let (path, body) = batch_request(&m, ChannelMix::Mix, 10, 3, high.as_deref());
         assert_eq!(path, "/v1/batch");
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let items = v["notifications"].as_array().unwrap();
@@ -137,9 +151,14 @@ mod tests {
         assert_eq!(items[1]["channel"], "email");
         assert_eq!(items[2]["priority"], "high");
         assert_eq!(m.find_seq(&items[2].to_string()), Some(12));
-        let single = with_priority(request(&m, ChannelMix::Sms, 1).1, "low");
+        let both = options(Some("low"), true).unwrap();
+        let single = with_options(request(&m, ChannelMix::Sms, 1).1, &both);
         let v: serde_json::Value = serde_json::from_slice(&single).unwrap();
         assert_eq!(v["priority"], "low");
+        assert_eq!(v["hedge"], true);
+        let raw: RawSms = serde_json::from_slice(&single).unwrap();
+        assert!(validate_sms(raw).is_ok());
+        assert_eq!(options(None, false), None);
     }
 
     #[test]

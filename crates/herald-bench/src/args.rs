@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::BenchError;
-use crate::cli::parse_rate;
+use herald_sim::parse_rate;
 
 /// Longest run `--count` alone may take: every load loop is bounded in time.
 pub const DEFAULT_TIME_CAP: Duration = Duration::from_secs(600);
@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// The priority of every notification the load sends.
     #[arg(long, value_parser = ["high", "normal", "low"])]
     pub priority: Option<String>,
+    /// Every notification the load sends asks to be hedged (`"hedge":
+    /// true`); the delay is the spawned Herald's `hedge.*_after_ms`
+    /// (`HERALD_HEDGE__SMS_AFTER_MS=100`, say).
+    #[arg(long)]
+    pub hedge: bool,
     /// Before the load, store this many `low` notifications (in batches of
     /// 1,000, not measured): the backlog a `--priority high` load must not
     /// wait behind.
@@ -67,12 +72,27 @@ pub struct BenchArgs {
     /// With --spawn: the simulator's delay before answering, in ms.
     #[arg(long, default_value_t = 0, requires = "spawn")]
     pub simulator_latency_ms: u64,
+    /// With --spawn: one simulated provider slower than the rest, as
+    /// `CHANNEL:N=MS` (`sms:1=2000`); repeat for more.
+    #[arg(long, requires = "spawn", value_parser = herald_sim::parse_slow)]
+    pub slow: Vec<herald_sim::Slow>,
     /// With --spawn: the simulator's share of valid requests answered 500.
     #[arg(long, default_value_t = 0.5, requires = "spawn", value_parser = parse_rate)]
     pub failure_rate: f64,
     /// With --spawn: keep the temporary directory (config, store, logs).
     #[arg(long, requires = "spawn")]
     pub keep: bool,
+    /// Before the load, measure the floor: the same load against a no-op
+    /// server of Herald's HTTP stack (`herald noop-server`), and hyper's
+    /// pooled client against it for the provider side; the report gives
+    /// Herald's CPU per notification as multiples of them.
+    #[arg(long)]
+    pub floor: bool,
+    /// With --spawn: Herald (and the no-op server) on CPU 0, the simulator
+    /// and the bench on CPU 1 (util-linux's `taskset`); the report adds each
+    /// core's use.
+    #[arg(long, requires = "spawn")]
+    pub pin: bool,
     /// Write the report as JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,

@@ -7,15 +7,22 @@
 //! - [`histogram`]: HDR latency histograms and their percentiles;
 //! - [`stats`]: the backlog over time, from `GET /v1/stats`;
 //! - [`procfs`]: CPU time and RSS of the spawned processes;
+//! - [`floor`]: `--floor`, the same load against a no-op server of Herald's
+//!   HTTP stack ([`noop`], `herald noop-server`) and hyper's client against
+//!   it, to state Herald's CPU as multiples of them;
+//! - [`pin`]: `--pin`, Herald on one CPU and the rest on the other;
 //! - [`report`]: the findings as text or JSON.
 //!
 //! Benchmarks report; they assert nothing about speed.
 
 pub mod args;
 mod client;
+pub mod floor;
 pub mod histogram;
 mod load;
 pub mod messages;
+pub mod noop;
+pub mod pin;
 pub mod procfs;
 pub mod report;
 mod spawn;
@@ -34,6 +41,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub use args::{BenchArgs, ChannelMix, Target};
 use histogram::Latencies;
 use load::{Live, Outcome, Plan};
+use pin::Pinning;
 use report::{Backlog, Delivery, Machine, ProcReadings, ProcessReport, Report};
 use spawn::{DeliveryLog, Spawned};
 use stats::StatsSample;
@@ -68,6 +76,10 @@ pub enum BenchError {
     },
     #[error("{what} did not start listening in time; its log: {}", log.display())]
     Start { what: &'static str, log: PathBuf },
+    #[error("{what} did not start listening in time")]
+    NotListening { what: &'static str },
+    #[error("{0}")]
+    Pin(String),
     #[error("storing the low-priority backlog was answered {status}")]
     Preload { status: u16 },
     #[error("a bench task failed")]
@@ -89,15 +101,33 @@ pub async fn main(args: BenchArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// Herald's counter of provider requests, by provider and outcome.
+const ATTEMPTS: &str = "herald_attempts_total";
+/// Herald's counter of rounds that sent a hedge, by outcome.
+const HEDGES: &str = "herald_hedges_total";
+
 /// How long after Herald starts the idle RSS is read.
 const SETTLE: Duration = Duration::from_secs(1);
 
 pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
+    let pinning = if args.pin {
+        let pinning = Pinning::choose()?;
+        pinning.pin_this_process()?;
+        Some(pinning)
+    } else {
+        None
+    };
+    // First, so that Herald's run is the last thing measured.
+    let floor = if args.floor {
+        Some(floor::measure(args, pinning).await?)
+    } else {
+        None
+    };
     let marker = messages::Marker::random();
     let (addr, target, spawned) = if args.spawn {
         let a = args.clone();
         let m = marker.clone();
-        let spawned = tokio::task::spawn_blocking(move || spawn::start(&a, &m)).await??;
+        let spawned = tokio::task::spawn_blocking(move || spawn::start(&a, &m, pinning)).await??;
         let addr = spawned.herald_addr;
         (addr, format!("http://{addr}"), Some(spawned))
     } else {
@@ -105,7 +135,13 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         (Target::parse(url)?.addr, url.to_owned(), None)
     };
     // From here on the children are stopped whatever happens.
-    let result = measure(args, &marker, addr, target, spawned.as_ref()).await;
+    let result = measure(args, &marker, addr, target, spawned.as_ref())
+        .await
+        .map(|mut report| {
+            report.pinning = pinning;
+            report.floor = floor.map(|f| f.with_herald(&report));
+            report
+        });
     if let Some(s) = spawned {
         let dir = tokio::task::spawn_blocking(move || s.stop()).await?;
         if args.keep {
@@ -130,18 +166,25 @@ async fn measure(
         }
         None => (None, None),
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Not `available_parallelism`: under `--pin` this process may use one.
+    let cores = procfs::core_busy_secs().map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |c| c.len(),
+    );
     let load_average_before = procfs::load_average();
     let time_limit = args.time_limit();
     if args.backlog_low > 0 {
         load::preload_low(addr, args.channel, args.backlog_low).await?;
     }
     let stats_before = stats::read_once(addr, Instant::now()).await;
+    let attempts_before = stats::read_counter(addr, ATTEMPTS).await;
+    let hedges_before = stats::read_counter(addr, HEDGES).await;
 
     let start = Instant::now();
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let me = std::process::id();
     let machine_before = procfs::machine_busy_secs();
+    let cores_before = procfs::core_busy_secs();
     let bench_before = procfs::sample(me);
     let cpu_before = pids.map(|(h, s)| (procfs::sample(h), procfs::sample(s)));
     let plan = Arc::new(Plan {
@@ -154,7 +197,7 @@ async fn measure(
         rate: args.rate,
         keep_accepted: spawned.is_some(),
         batch: args.batch,
-        priority: args.priority.clone(),
+        options: messages::options(args.priority.as_deref(), args.hedge),
     });
     let live = Arc::new(Live::default());
     let stop_polling = Arc::new(AtomicBool::new(false));
@@ -183,6 +226,7 @@ async fn measure(
     let cpu_at_load_end = pids.map(|(h, s)| (procfs::sample(h), procfs::sample(s)));
     let bench_at_load_end = procfs::sample(me);
     let machine_at_load_end = procfs::machine_busy_secs();
+    let cores_at_load_end = procfs::core_busy_secs();
     ticker.abort();
     let load_secs = (load_end - start).as_secs_f64();
     let stats_at_load_end = stats::read_once(addr, start).await;
@@ -197,6 +241,8 @@ async fn measure(
     let end = Instant::now();
     let cpu_after = pids.map(|(h, s)| (procfs::sample(h), procfs::sample(s)));
     let stats_end = stats::read_once(addr, start).await;
+    let attempts_end = stats::read_counter(addr, ATTEMPTS).await;
+    let hedges_end = stats::read_counter(addr, HEDGES).await;
     stop_polling.store(true, Ordering::Relaxed);
     let samples = poller.await?;
 
@@ -240,10 +286,20 @@ async fn measure(
         let bench = bench_at_load_end
             .zip(bench_before)
             .map(|(a, b)| 100.0 * (a.cpu_secs - b.cpu_secs) / load_secs.max(1e-9));
+        let per_core = cores_before
+            .zip(cores_at_load_end)
+            .filter(|(a, b)| a.len() == b.len())
+            .map(|(a, b)| {
+                a.iter()
+                    .zip(&b)
+                    .map(|(a, b)| 100.0 * (b - a) / load_secs.max(1e-9))
+                    .collect()
+            });
         Machine {
             cores,
             load_average_before,
             busy_percent_during_load: busy,
+            per_core_busy_percent_during_load: per_core,
             others_percent_during_load: busy
                 .zip(bench)
                 .map(|(busy, bench)| (busy - spawned_cpu - bench).max(0.0)),
@@ -289,6 +345,12 @@ async fn measure(
         accept_latency: outcome.latency.summary(),
         accept_latency_from_due: args.rate.map(|_| outcome.latency_from_due.summary()),
         delivery,
+        provider_attempts: attempts_before
+            .zip(attempts_end)
+            .map(|(a, b)| b.saturating_sub(a)),
+        hedged_rounds: hedges_before
+            .zip(hedges_end)
+            .map(|(a, b)| b.saturating_sub(a)),
         backlog,
         herald_process,
         simulator_process,
@@ -303,6 +365,8 @@ async fn measure(
             load_secs,
             load_secs,
         ),
+        pinning: None,
+        floor: None,
     })
 }
 

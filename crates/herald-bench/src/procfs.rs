@@ -55,12 +55,29 @@ pub fn machine_busy_secs() -> Option<f64> {
     parse_machine_busy(stat.lines().next()?)
 }
 
+/// CPU seconds each core spent busy, in core order (`cpu0`, `cpu1`, …).
+pub fn core_busy_secs() -> Option<Vec<f64>> {
+    parse_core_busy(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// The `cpuN` lines of `/proc/stat` (after the total) → busy seconds each.
+pub fn parse_core_busy(stat: &str) -> Option<Vec<f64>> {
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(parse_busy)
+        .collect()
+}
+
 /// `cpu  user nice system idle iowait irq softirq steal …` → busy seconds.
 pub fn parse_machine_busy(line: &str) -> Option<f64> {
+    line.starts_with("cpu ").then(|| parse_busy(line))?
+}
+
+/// `cpuN user nice system idle iowait irq softirq steal …` (or the total
+/// line, `cpu`) → busy seconds.
+fn parse_busy(line: &str) -> Option<f64> {
     let mut it = line.split_whitespace();
-    if it.next()? != "cpu" {
-        return None;
-    }
+    it.next()?.strip_prefix("cpu")?;
     let ticks: Vec<u64> = it.take(8).map(|v| v.parse().ok()).collect::<Option<_>>()?;
     let [user, nice, system, _idle, _iowait, irq, softirq, steal] = ticks[..] else {
         return None;
@@ -92,6 +109,13 @@ mod tests {
         assert_eq!(parse_machine_busy(line), Some(14.0));
         assert_eq!(parse_machine_busy("cpu0 1 2 3 4 5 6 7 8"), None);
         assert_eq!(parse_machine_busy("cpu 1 2"), None);
+    }
+
+    #[test]
+    fn parses_each_cores_busy_time() {
+        let stat = "cpu  2000 0 600 18000 0 0 0 0 0 0\ncpu0 1000 0 300 9000 0 0 0 0 0 0\ncpu1 1000 0 300 9000 0 0 40 0 0 0\nintr 1 2 3\n";
+        assert_eq!(parse_core_busy(stat), Some(vec![13.0, 13.4]));
+        assert_eq!(parse_core_busy("cpu  1 2 3 4 5 6 7 8\ncpu0 1 2\n"), None);
     }
 
     #[test]

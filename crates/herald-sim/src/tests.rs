@@ -1,4 +1,4 @@
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,6 +15,7 @@ fn config(failure_rate: f64) -> SimulatorConfig {
         host: IpAddr::V4(Ipv4Addr::LOCALHOST),
         failure_rate,
         latency: Duration::ZERO,
+        slow: Vec::new(),
         sms_ports: vec![0; 3],
         email_ports: vec![0; 3],
         seed: Some(7),
@@ -614,6 +615,37 @@ async fn latency_delays_valid_requests_only() {
 }
 
 #[tokio::test]
+async fn a_slow_provider_delays_only_its_own_answers() {
+    let mut cfg = config(0.0);
+    cfg.slow = vec![parse_slow("sms:2=300").unwrap()];
+    let (sim, _rx) = start(cfg).await;
+    let client = reqwest::Client::new();
+    let t = Instant::now();
+    assert_eq!(
+        post(&client, &sim.url(Channel::Sms, 2), &sms_ok())
+            .await
+            .status,
+        200
+    );
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    let t = Instant::now();
+    assert_eq!(
+        post(&client, &sim.url(Channel::Sms, 1), &sms_ok())
+            .await
+            .status,
+        200
+    );
+    assert!(t.elapsed() < Duration::from_millis(300));
+    sim.shutdown().await;
+
+    // Only providers that exist can be slow.
+    let mut cfg = config(0.0);
+    cfg.slow = vec![parse_slow("email:4=10").unwrap()];
+    let (tx, _rx) = mpsc::unbounded_channel();
+    assert!(Simulator::start(cfg, tx).await.is_err());
+}
+
+#[tokio::test]
 async fn options_lists_post() {
     let (sim, _rx) = start(config(0.0)).await;
     let client = reqwest::Client::new();
@@ -666,7 +698,7 @@ async fn urls_and_bad_configs() {
 #[test]
 fn delivery_lines() {
     let d = Delivery {
-        ts: UnixMillis(1_700_000_000_123),
+        ts: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
         channel: Channel::Email,
         provider: 2,
         port: 8092,

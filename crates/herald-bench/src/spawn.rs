@@ -1,19 +1,20 @@
 //! `--spawn`: the provider simulator and Herald as child processes of this
 //! very executable, on free loopback ports, with a scratch directory for the
-//! config, the store and the logs.
+//! config, the store and the logs; and `--floor`'s no-op server the same way.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use super::BenchError;
 use super::args::{BenchArgs, ScratchDir};
 use super::messages::Marker;
-use crate::domain::Channel;
+use super::pin::{self, Pinning};
+use super::{BenchError, noop};
+use herald_contract::Channel;
 
 /// How long a child may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,18 +40,19 @@ pub struct Spawned {
 
 /// Starts the simulator, then Herald pointed at it; returns once Herald
 /// listens. Blocking: call it from `spawn_blocking`.
-pub fn start(args: &BenchArgs, marker: &Marker) -> Result<Spawned, BenchError> {
+pub fn start(
+    args: &BenchArgs,
+    marker: &Marker,
+    pinning: Option<Pinning>,
+) -> Result<Spawned, BenchError> {
     let dir = ScratchDir::create(args.keep).map_err(|source| BenchError::Io {
         what: "creating a temporary directory".into(),
         source,
     })?;
-    let exe = std::env::current_exe().map_err(|source| BenchError::Io {
-        what: "finding the herald executable".into(),
-        source,
-    })?;
+    let exe = current_exe()?;
 
     // The simulator: every port chosen by the OS, reported on stderr.
-    let mut simulator = Command::new(&exe)
+    let mut simulator = pin::command(pinning, |p| p.others_cpu, exe.as_os_str())
         .args([
             "mock-providers",
             "--sms-ports",
@@ -62,6 +64,11 @@ pub fn start(args: &BenchArgs, marker: &Marker) -> Result<Spawned, BenchError> {
         .arg(args.failure_rate.to_string())
         .arg("--latency-ms")
         .arg(args.simulator_latency_ms.to_string())
+        .args(
+            args.slow
+                .iter()
+                .flat_map(|s| ["--slow".to_owned(), s.to_string()]),
+        )
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -101,7 +108,7 @@ pub fn start(args: &BenchArgs, marker: &Marker) -> Result<Spawned, BenchError> {
         what: format!("creating {}", herald_log.display()),
         source,
     })?;
-    let mut cmd = Command::new(&exe);
+    let mut cmd = pin::command(pinning, |p| p.herald_cpu, exe.as_os_str());
     cmd.arg("serve")
         .arg("--config")
         .arg(&config_path)
@@ -124,7 +131,7 @@ pub fn start(args: &BenchArgs, marker: &Marker) -> Result<Spawned, BenchError> {
             });
         }
     };
-    let addr = listening_addr(herald.stdout.take().expect("piped"));
+    let addr = listening_addr(herald.stdout.take().expect("piped"), herald_listening);
     let herald_addr = match addr.recv_timeout(START_TIMEOUT) {
         Ok(addr) => addr,
         Err(_) => {
@@ -152,6 +159,59 @@ impl Spawned {
         stop(&mut self.herald);
         stop(&mut self.simulator);
         self.dir
+    }
+}
+
+fn current_exe() -> Result<std::path::PathBuf, BenchError> {
+    std::env::current_exe().map_err(|source| BenchError::Io {
+        what: "finding the herald executable".into(),
+        source,
+    })
+}
+
+/// `herald noop-server`, started and listening.
+pub struct NoopServer {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+/// Starts `herald noop-server` (on Herald's CPU when pinning) and returns
+/// once it listens. Blocking: call it from `spawn_blocking`.
+pub fn start_noop(pinning: Option<Pinning>) -> Result<NoopServer, BenchError> {
+    let exe = current_exe()?;
+    let mut child = pin::command(pinning, |p| p.herald_cpu, exe.as_os_str())
+        .arg("noop-server")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|source| BenchError::Spawn {
+            what: "herald noop-server",
+            source,
+        })?;
+    let addr = listening_addr(
+        child.stdout.take().expect("piped"),
+        noop::parse_listening_line,
+    );
+    match addr.recv_timeout(START_TIMEOUT) {
+        Ok(addr) => Ok(NoopServer { addr, child }),
+        Err(_) => {
+            stop(&mut child);
+            Err(BenchError::NotListening {
+                what: "herald noop-server",
+            })
+        }
+    }
+}
+
+impl NoopServer {
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then killed if it has not exited within 15 s.
+    pub fn stop(mut self) {
+        stop(&mut self.child);
     }
 }
 
@@ -254,17 +314,26 @@ fn read_deliveries(stdout: ChildStdout, marker: Marker, log: Arc<DeliveryLog>) {
     });
 }
 
-/// Herald's `herald listening on http://ADDR` line; the rest of stdout is
-/// drained so the child never blocks on a full pipe.
-fn listening_addr(stdout: ChildStdout) -> mpsc::Receiver<SocketAddr> {
+/// Herald's `herald listening on http://ADDR` line.
+fn herald_listening(line: &str) -> Option<SocketAddr> {
+    line.trim()
+        .strip_prefix("herald listening on http://")?
+        .parse()
+        .ok()
+}
+
+/// The address in the first line of stdout that `parse` finds one in; the
+/// rest of stdout is drained so the child never blocks on a full pipe.
+fn listening_addr(
+    stdout: ChildStdout,
+    parse: fn(&str) -> Option<SocketAddr>,
+) -> mpsc::Receiver<SocketAddr> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-            if let Some(addr) = line.trim().strip_prefix("herald listening on http://")
-                && let Ok(addr) = addr.parse()
-            {
+            if let Some(addr) = parse(&line) {
                 let _ = tx.send(addr);
                 break;
             }
@@ -296,7 +365,7 @@ mod tests {
 
     #[test]
     fn reads_the_simulators_listening_lines() {
-        let line = "2026-11-22T20:50:04.123Z  INFO herald::simulator: sms provider 2 listening on http://127.0.0.1:40123/api/sms/provider2";
+        let line = "2026-11-22T20:50:04.123Z  INFO herald_sim: sms provider 2 listening on http://127.0.0.1:40123/api/sms/provider2";
         assert_eq!(
             parse_listening_line(line),
             Some((
