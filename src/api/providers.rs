@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -122,6 +123,12 @@ pub struct ProviderPath {
     name: String,
 }
 
+/// The name in the path; one that is not even UTF-8 names no provider.
+fn provider_name(path: Result<Path<ProviderPath>, PathRejection>) -> Result<String, Problem> {
+    path.map(|Path(p)| p.name)
+        .map_err(|_| Problem::not_found("provider of that name"))
+}
+
 /// Take a provider out of rotation.
 ///
 /// It gets no new attempts, on every instance (this one at once, the others
@@ -141,9 +148,9 @@ pub struct ProviderPath {
 )]
 pub async fn disable(
     State(state): State<Arc<ApiState>>,
-    Path(ProviderPath { name }): Path<ProviderPath>,
+    path: Result<Path<ProviderPath>, PathRejection>,
 ) -> Result<Json<ProviderHealth>, Problem> {
-    set_enabled(&state, &name, false).await
+    set_enabled(&state, &provider_name(path)?, false).await
 }
 
 /// Put a provider back in rotation.
@@ -160,9 +167,9 @@ pub async fn disable(
 )]
 pub async fn enable(
     State(state): State<Arc<ApiState>>,
-    Path(ProviderPath { name }): Path<ProviderPath>,
+    path: Result<Path<ProviderPath>, PathRejection>,
 ) -> Result<Json<ProviderHealth>, Problem> {
-    set_enabled(&state, &name, true).await
+    set_enabled(&state, &provider_name(path)?, true).await
 }
 /// Written to the store for every instance, applied here at once; rounds
 /// in flight finish what they started.
