@@ -514,6 +514,36 @@ mod tests {
         assert!(problem_types.as_array().unwrap().len() >= 21);
     }
 
+    /// Every `$ref` in `value`, wherever it is nested.
+    fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    out.push(r);
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_names_a_component() {
+        // A type named only by a parameter's `value_type` is not collected
+        // into the components by utoipa: its reference would dangle.
+        let doc = doc();
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(!found.is_empty());
+        for r in found {
+            let pointer = r
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("{r}: not local"));
+            assert!(doc.pointer(pointer).is_some(), "{r} names nothing");
+        }
+    }
+
     #[test]
     fn bodies_are_required_and_keyed_answers_say_when_replayed() {
         let doc = doc();
