@@ -109,9 +109,12 @@ async fn server(command: ServerCommand) -> anyhow::Result<()> {
         ServerCommand::Providers(args) => providers(args).await?,
         ServerCommand::Openapi => {
             use std::io::Write;
-            std::io::stdout()
-                .write_all(herald::api::openapi::document().as_bytes())
-                .context("could not write the document")?;
+            let written = std::io::stdout().write_all(herald::api::openapi::document().as_bytes());
+            // A reader that stopped early (`herald openapi | head`) is not an error.
+            match written {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other.context("could not write the document")?,
+            }
         }
     }
     Ok(())
