@@ -3,7 +3,7 @@
 # Needs Rust; starts a throwaway PostgreSQL cluster for the tests (installing
 # Debian's postgresql package if initdb is missing) and stops it at the end;
 # installs Debian's chromium and chromium-driver for the dashboard's browser
-# test if they are missing.
+# test, and schemathesis for the OpenAPI test, if they are missing.
 # Everything the tests use runs on 127.0.0.1.
 #
 # The integration tests run against both stores: SQLite always, PostgreSQL
@@ -34,6 +34,15 @@ if ! python3 -c "import aiosmtpd" 2>/dev/null; then
     echo "== aiosmtpd"
     python3 -m pip install --quiet aiosmtpd ||
         python3 -m pip install --quiet --break-system-packages aiosmtpd
+fi
+
+# The OpenAPI test (tests/openapi.rs) runs schemathesis against a live Herald,
+# at the version it was tested with.
+SCHEMATHESIS_VERSION=4.32.5
+if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('schemathesis') != '$SCHEMATHESIS_VERSION')" 2>/dev/null; then
+    echo "== schemathesis $SCHEMATHESIS_VERSION"
+    python3 -m pip install --quiet "schemathesis==$SCHEMATHESIS_VERSION" ||
+        python3 -m pip install --quiet --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
 # The dashboard's browser test drives Debian's Chromium through chromedriver.

@@ -1,6 +1,6 @@
-//! The server's subcommands: `serve`, `migrate`, `keys`, `providers`. The
-//! binary puts its tools' (`mock-providers`, `demo`, `bench`, crates of
-//! their own) beside them.
+//! The server's subcommands: `serve`, `migrate`, `keys`, `providers`,
+//! `openapi`. The binary puts its tools' (`mock-providers`, `demo`, `bench`,
+//! crates of their own) beside them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +21,9 @@ pub enum Command {
     /// List providers, or take one out of rotation and put it back (in the
     /// store, followed by every instance within dispatch.providers_refresh_ms).
     Providers(ProvidersArgs),
+    /// Print the API's OpenAPI 3.1 document, as `GET /openapi.json` serves
+    /// it (`herald openapi > docs/openapi.json` refreshes the checked-in copy).
+    Openapi,
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +167,8 @@ mod tests {
         let cli =
             Cli::try_parse_from(["herald", "migrate", "--store", "postgres://h@x/db"]).unwrap();
         assert!(matches!(cli.command, Command::Migrate(_)));
+        let cli = Cli::try_parse_from(["herald", "openapi"]).unwrap();
+        assert!(matches!(cli.command, Command::Openapi));
         let cli = Cli::try_parse_from([
             "herald",
             "keys",

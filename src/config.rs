@@ -143,6 +143,23 @@ pub struct HttpConfig {
     /// Connections open at once; beyond it new ones get a 503 and are closed
     /// at once. Keep it below the open-file limit (`ulimit -n`).
     pub max_connections: usize,
+    /// HTTPS on `listen` and `metrics.listen`: a PEM certificate chain,
+    /// leaf first, and its private key; both or neither. SIGHUP reads them
+    /// again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl HttpConfig {
+    /// The certificate and key files, when HTTPS is on.
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        Some((
+            self.tls_cert_file.as_deref()?,
+            self.tls_key_file.as_deref()?,
+        ))
+    }
 }
 
 impl Default for HttpConfig {
@@ -152,6 +169,8 @@ impl Default for HttpConfig {
             idle_timeout_ms: 60_000,
             request_timeout_ms: 30_000,
             max_connections: 1024,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -774,6 +793,12 @@ impl Config {
         {
             return Err(invalid("http", "every setting must be at least 1"));
         }
+        if h.tls_cert_file.is_some() != h.tls_key_file.is_some() {
+            return Err(invalid(
+                "http.tls_cert_file",
+                "goes with http.tls_key_file: set both or neither",
+            ));
+        }
         if self.auth.refresh_ms == 0 {
             return Err(invalid("auth.refresh_ms", "must be at least 1"));
         }
@@ -1028,6 +1053,32 @@ mod tests {
             )
             .unwrap();
             assert_eq!(c.role, Role::Api);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn listener_tls_from_the_environment_both_files_or_neither() {
+        Jail::expect_with(|jail| {
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.http.tls_files(), None);
+            jail.set_env("HERALD_HTTP__TLS_CERT_FILE", "/etc/herald/cert.pem");
+            assert!(matches!(
+                Config::load(None, &Overrides::default()),
+                Err(ConfigError::Invalid {
+                    key: "http.tls_cert_file",
+                    ..
+                })
+            ));
+            jail.set_env("HERALD_HTTP__TLS_KEY_FILE", "/etc/herald/key.pem");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(
+                c.http.tls_files(),
+                Some((
+                    Path::new("/etc/herald/cert.pem"),
+                    Path::new("/etc/herald/key.pem")
+                ))
+            );
             Ok(())
         });
     }

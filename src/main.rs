@@ -91,10 +91,11 @@ async fn server(command: ServerCommand) -> anyhow::Result<()> {
             let config = args.load().context("invalid configuration")?;
             init_logging_batched(&config.log);
             app::refuse_exposure_without_keys(&config)?;
+            app::listener_tls(&config)?;
             let (listener, addr) = app::bind(config.listen)
                 .await
                 .with_context(|| format!("could not listen on {}", config.listen))?;
-            announce(addr, &config.store);
+            announce(addr, &config);
             match args.source() {
                 Some(source) => {
                     app::serve_from(source, config, listener, shutdown_signal()).await?
@@ -113,6 +114,15 @@ async fn server(command: ServerCommand) -> anyhow::Result<()> {
         }
         ServerCommand::Keys(args) => keys(args).await?,
         ServerCommand::Providers(args) => providers(args).await?,
+        ServerCommand::Openapi => {
+            use std::io::Write;
+            let written = std::io::stdout().write_all(herald::api::openapi::document().as_bytes());
+            // A reader that stopped early (`herald openapi | head`) is not an error.
+            match written {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other.context("could not write the document")?,
+            }
+        }
     }
     Ok(())
 }
@@ -120,6 +130,9 @@ async fn server(command: ServerCommand) -> anyhow::Result<()> {
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     ignore_hangup_until_serving();
     let mut config = args.serve.load().context("invalid configuration")?;
+    // The demo's lines to try (curl, the dashboard) are plain http://.
+    config.http.tls_cert_file = None;
+    config.http.tls_key_file = None;
     init_logging_batched(&config.log);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let sim = simulator::Simulator::start(args.mock.simulator_config(), tx)
@@ -133,7 +146,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let (listener, addr) = app::bind(config.listen)
         .await
         .with_context(|| format!("could not listen on {}", config.listen))?;
-    announce(addr, &config.store);
+    announce(addr, &config);
     herald::logging::flush();
     eprintln!(
         "simulated providers (failing {:.0}% of requests): SMS {}, email {}",
@@ -255,9 +268,18 @@ async fn providers(args: herald::cli::ProvidersArgs) -> anyhow::Result<()> {
 }
 
 /// The one line on stdout a script (or a test) waits for.
-fn announce(addr: std::net::SocketAddr, store: &str) {
-    println!("herald listening on http://{addr}");
-    tracing::info!(%addr, store = %herald::store::redacted(store), "herald started");
+fn announce(addr: std::net::SocketAddr, config: &herald::config::Config) {
+    let scheme = match config.http.tls_files() {
+        Some(_) => "https",
+        None => "http",
+    };
+    println!("herald listening on {scheme}://{addr}");
+    tracing::info!(
+        %addr,
+        tls = scheme == "https",
+        store = %herald::store::redacted(&config.store),
+        "herald started"
+    );
 }
 
 /// Logs go to stderr, as text or JSON; `RUST_LOG` wins over `log.level`.

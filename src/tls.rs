@@ -1,5 +1,6 @@
-//! TLS for every connection Herald makes (HTTPS providers, SMTP, PostgreSQL):
-//! rustls with the `ring` provider, no OpenSSL.
+//! TLS for every connection Herald makes (HTTPS providers, SMTP, PostgreSQL)
+//! and, with [`ListenerTls`], for the connections it takes: rustls with the
+//! `ring` provider, no OpenSSL.
 //!
 //! Trust anchors are the public web roots compiled in from `webpki-roots`,
 //! unless a CA file (PEM) is given: then exactly the certificates in that
@@ -15,22 +16,30 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, RootCertStore};
 
+mod server;
+
+pub use server::ListenerTls;
+
+/// Errors about a file name it by `what` it holds (`CA`, `certificate`,
+/// `key`) and its path.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("could not read the CA file {path}")]
-    ReadCa {
+    #[error("could not read the {what} file {path}")]
+    ReadFile {
+        what: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("the CA file {path} is not valid PEM")]
+    #[error("the {what} file {path} is not valid PEM")]
     BadPem {
+        what: &'static str,
         path: PathBuf,
         #[source]
         source: rustls::pki_types::pem::Error,
     },
-    #[error("the CA file {path} holds no certificate")]
-    NoCertificate { path: PathBuf },
+    #[error("the {what} file {path} holds no certificate")]
+    NoCertificate { what: &'static str, path: PathBuf },
     #[error("the CA file {path} holds a certificate that cannot be a trust anchor")]
     BadCertificate {
         path: PathBuf,
@@ -39,6 +48,31 @@ pub enum TlsError {
     },
     #[error("TLS settings refused")]
     Config(#[source] rustls::Error),
+    // Boxed, as is BadKey's: rustls's errors are large, and this type is
+    // carried inside other layers' errors.
+    #[error("the certificate file {path} holds a certificate that cannot be parsed")]
+    BadServerCertificate {
+        path: PathBuf,
+        #[source]
+        source: Box<rustls::Error>,
+    },
+    // No source: a PEM parser's message may quote the file, and this one
+    // holds a secret.
+    #[error("the key file {path} is not valid PEM")]
+    BadKeyPem { path: PathBuf },
+    #[error("the key file {path} holds no private key (PEM: PKCS#8, RSA or SEC1)")]
+    NoPrivateKey { path: PathBuf },
+    #[error("the key file {path} holds a key that cannot be used")]
+    BadKey {
+        path: PathBuf,
+        #[source]
+        source: Box<rustls::Error>,
+    },
+    #[error("the key file {key_file} does not match the certificate in {cert_file}")]
+    KeyMismatch {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
 }
 
 /// The one crypto provider: ring (aws-lc-rs would need cmake and a C
@@ -49,22 +83,38 @@ pub fn crypto() -> Arc<CryptoProvider> {
 
 /// The certificates of a PEM file, in order; at least one.
 pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::ReadCa {
-        path: path.to_owned(),
-        source,
-    })?;
+    read_certificates(path, "CA")
+}
+
+/// The certificates of the PEM file holding `what`, in order; at least
+/// one. Other sections (a key kept in the same file) are passed over.
+fn read_certificates(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_file(path, what)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::BadPem {
+            what,
             path: path.to_owned(),
             source,
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
+            what,
             path: path.to_owned(),
         });
     }
     Ok(certs)
+}
+
+fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::ReadFile {
+        what,
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The public roots, or the CA file's certificates instead.
@@ -119,7 +169,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
         let err = client_config(Some(&missing)).unwrap_err();
-        assert!(matches!(err, TlsError::ReadCa { .. }), "{err:?}");
+        assert!(matches!(err, TlsError::ReadFile { .. }), "{err:?}");
         assert!(err.to_string().contains("missing.pem"));
 
         let empty = dir.path().join("empty.pem");

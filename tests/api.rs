@@ -246,6 +246,9 @@ async fn bad_input_gets_problem_details(backend: Backend) {
         404,
     );
     assert_problem(&c.get("/v1/notifications/garbage").await, 404);
+    // Not even UTF-8: still no such notification, as a problem.
+    assert_problem(&c.get("/v1/notifications/%FF").await, 404);
+    assert_problem(&c.delete("/v1/notifications/%FF").await, 404);
     assert_problem(&c.get("/nowhere").await, 404);
     assert_problem(&c.get("/v1/sms").await, 405);
     assert_problem(&c.get("/v1/notifications?status=lost").await, 400);
@@ -578,4 +581,10 @@ async fn batches_store_every_valid_item_and_name_the_bad_ones(backend: Backend) 
         400,
     );
     assert_problem(&c.get("/v1/notifications?cursor=xyz").await, 400);
+    // Both names of the cursor: refused, not one of them ignored unchecked.
+    assert_problem(
+        &c.get("/v1/notifications?cursor=ntf_0190c3f5a1b27c3d8e4f5a6b7c8d9e0f&after=xyz")
+            .await,
+        400,
+    );
 }

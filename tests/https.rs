@@ -4,9 +4,8 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use herald::config::ProviderConfig;
@@ -115,27 +114,8 @@ fn a_ca_file_that_cannot_be_read_stops_herald_at_start_up() {
         ));
     }
     std::fs::write(&config, toml).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let until = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > until {
-            let _ = child.kill();
-            panic!("herald kept running with an unreadable CA file");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, _, stderr) = support::serve_to_its_end(&config);
     assert!(!status.success());
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(
         stderr.contains("could not read the CA file") && stderr.contains("no-such-ca.pem"),
         "{stderr}"

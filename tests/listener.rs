@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Backend, Herald, Sim, TestStore};
+use support::{Backend, Herald, Sim, TestStore, assert_all_closed, read_until_closed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -18,21 +18,6 @@ async fn herald_with(http: &str) -> (Herald, Sim, TestStore, tempfile::TempDir) 
     let config = format!("{}\n[http]\n{http}\n", sim.herald_config(&store.url, ""));
     let herald = Herald::start(dir.path(), &config);
     (herald, sim, store, dir)
-}
-
-/// Reads until the peer closes the connection (or resets it); what it sent
-/// meanwhile, or `None` if it still holds the connection after `limit`.
-async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let until = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&got).into_owned()),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
 }
 
 /// Reads one answer (head and a body of `content-length` bytes).
@@ -80,14 +65,7 @@ async fn connections_sending_half_a_header_are_closed() {
     for _ in 0..100 {
         held.push(TcpStream::connect(herald.addr).await.unwrap());
     }
-    for (i, s) in held.iter_mut().enumerate() {
-        assert!(
-            read_until_closed(s, Duration::from_secs(20))
-                .await
-                .is_some(),
-            "connection {i} is still open"
-        );
-    }
+    assert_all_closed(&mut held).await;
     let a = herald.client().get("/healthz").await;
     assert_eq!(a.status, 200, "still serving");
 }

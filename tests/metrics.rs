@@ -153,20 +153,7 @@ async fn metrics_on_an_address_of_their_own() {
     );
     let herald = Herald::start(dir.path(), &config);
     assert_eq!(herald.client().get("/metrics").await.status, 404);
-    // The address it got is in the log.
-    let until = Instant::now() + Duration::from_secs(10);
-    let addr = loop {
-        let found = herald.logs().lines().find_map(|l| {
-            let rest = l.split("metrics listening").nth(1)?;
-            let addr = rest.split("addr=").nth(1)?.split_whitespace().next()?;
-            addr.parse::<std::net::SocketAddr>().ok()
-        });
-        if let Some(addr) = found {
-            break addr;
-        }
-        assert!(Instant::now() < until, "{}", herald.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let addr = herald.metrics_addr().await;
     assert_eq!(herald.client().sms("counted").await.status, 202);
     let text = scrape(&support::Client::new(addr)).await;
     assert!(

@@ -18,7 +18,7 @@ use base64::Engine;
 use tokio::time::Instant;
 
 use super::ApiState;
-use super::problem::Problem;
+use super::problem::{Problem, ProblemType};
 use crate::dispatch::rate::TokenBucket;
 use crate::store::{ApiKeyRecord, Store, StoreError};
 
@@ -197,7 +197,7 @@ fn known(k: ApiKeyRecord) -> Option<KnownKey> {
 }
 
 /// The scopes any one of which lets a request through; empty: open to all.
-fn needed(method: &Method, path: &str) -> &'static [Scope] {
+pub(super) fn needed(method: &Method, path: &str) -> &'static [Scope] {
     match path {
         "/healthz" | "/readyz" | "/openapi.json" => &[],
         // The dashboard's page holds no data; what it shows needs a key.
@@ -312,7 +312,7 @@ impl Problem {
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "/problems/unauthorized",
+            ProblemType::Unauthorized,
             "An API key is needed",
             "send a valid, unrevoked key as `Authorization: Bearer KEY` or `X-Api-Key: KEY`".into(),
         )
@@ -321,7 +321,7 @@ impl Problem {
     pub fn forbidden(scope: &str) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
-            "/problems/forbidden",
+            ProblemType::Forbidden,
             "This key may not do that",
             format!("this request needs a key with the {scope} scope"),
         )
@@ -330,7 +330,7 @@ impl Problem {
     pub fn rate_limited() -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "/problems/rate-limited",
+            ProblemType::RateLimited,
             "Too many requests for this key",
             "this key is over its rate limit on this instance; wait for Retry-After".into(),
         )
@@ -339,7 +339,7 @@ impl Problem {
     pub fn busy() -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "/problems/instance-busy",
+            ProblemType::InstanceBusy,
             "This instance is over its request limit",
             "auth.global_rate_per_sec was reached; wait for Retry-After or try another".into(),
         )

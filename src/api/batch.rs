@@ -10,15 +10,17 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
-use super::ApiState;
 use super::auth::CallerScope;
 use super::problem::Problem;
 use super::submit::{
-    Keyed, hand_over, parse_object, prepare, read_body, refuse_unsendable, store, validate,
+    ACCEPTED, Keyed, Receipt, hand_over, parse_object, prepare, read_body, refuse_unsendable,
+    store, validate,
 };
+use super::{ApiState, idempotency};
 use crate::domain::options::{OptionLimits, RawOptions};
 use crate::domain::validation::{FieldError, RawEmail, RawSms, validate_email, validate_sms};
 use crate::domain::{Message, UnixMillis};
@@ -28,6 +30,42 @@ struct RawBatch {
     notifications: Option<Value>,
 }
 
+/// What a batch answers: one result per item, in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchAnswer {
+    results: Vec<BatchResult>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+enum BatchResult {
+    /// The item was stored.
+    Accepted(Receipt),
+    /// The item was refused; the others were stored all the same.
+    Refused { error: Problem },
+}
+
+/// Accept many notifications at once.
+///
+/// Each item is validated on its own; every valid one is stored in one
+/// commit (all of them, or on 503 none), and the answer holds one result per
+/// item, in order. 422 only when no item is valid.
+#[utoipa::path(
+    post,
+    path = "/v1/batch",
+    operation_id = "send_batch",
+    tag = "notifications",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = idempotency::DESCRIPTION, nullable = false,
+            min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]+$"),
+    ),
+    request_body(content = ref("#/components/schemas/BatchRequest"), content_type = "application/json"),
+    responses(
+        (status = 202, description = ACCEPTED, body = BatchAnswer),
+        (status = 422, description = "No item is valid, or `notifications` is missing, empty \
+            or over `accept.batch_max_items`: `errors` names every bad field"),
+    ),
+)]
 pub async fn batch(
     State(state): State<Arc<ApiState>>,
     caller: CallerScope,
@@ -71,33 +109,34 @@ pub async fn batch(
         match valid {
             Ok((message, options)) => {
                 let p = prepare(&state, message, options, now);
-                results.push(json!({"id": p.notification.id, "status": p.status}));
+                results.push(BatchResult::Accepted(Receipt {
+                    id: p.notification.id,
+                    status: p.status,
+                }));
                 prepared.push(p);
             }
-            Err(errors) => results.push(json!({"error": Problem::invalid(errors)})),
+            Err(errors) => results.push(BatchResult::Refused {
+                error: Problem::invalid(errors),
+            }),
         }
     }
     if prepared.is_empty() {
         let errors = results
-            .iter()
+            .into_iter()
             .enumerate()
             .flat_map(|(i, r)| {
-                r["error"]["errors"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(move |e| {
-                        FieldError::new(
-                            format!("notifications[{i}].{}", e["field"].as_str().unwrap_or("")),
-                            e["message"].as_str().unwrap_or(""),
-                        )
-                    })
+                match r {
+                    BatchResult::Refused { error } => error.errors,
+                    BatchResult::Accepted(_) => Vec::new(),
+                }
+                .into_iter()
+                .map(move |e| FieldError::new(format!("notifications[{i}].{}", e.field), e.message))
             })
             .collect();
         return Err(Problem::invalid(errors));
     }
 
-    let answer = json!({"results": results});
+    let answer = json!(BatchAnswer { results });
     let accepted: Vec<_> = prepared
         .iter()
         .map(|p| (p.notification.id, p.notification.channel))

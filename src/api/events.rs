@@ -18,6 +18,26 @@ use super::ApiState;
 use super::auth::{Caller, Scope};
 use super::live::Beat;
 
+/// The live view, pushed: providers, throughput and backlog.
+///
+/// A stream of server-sent events, each `event: snapshot` with one line of
+/// JSON in its `data`: an `EventSnapshot`. The first comes at once and carries the last 15 minutes of samples; each
+/// later one, a second apart, the samples since the one before, with the
+/// providers and this process's totals every time. The stream ends when the
+/// instance shuts down or the key is revoked; it has no end otherwise.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    operation_id = "events",
+    tag = "operations",
+    responses((status = 200, description = "The stream, open until shutdown: each of its \
+        events as a `SnapshotEvent`", body = ref("#/components/schemas/SnapshotEvent"),
+        content_type = "text/event-stream", headers(
+            // Described once, with their values, in api/openapi.rs.
+            ("Cache-Control" = String),
+            ("X-Accel-Buffering" = String),
+        ))),
+)]
 pub async fn stream(
     State(state): State<Arc<ApiState>>,
     caller: Option<Extension<Caller>>,
@@ -41,9 +61,13 @@ pub async fn stream(
                 return None;
             }
             let (snapshot, last) = state.live.snapshot(after);
-            let event = Event::default()
-                .event("snapshot")
-                .data(snapshot.to_string());
+            let event = match Event::default().event("snapshot").json_data(&snapshot) {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::error!(error = %crate::error::chain(&e), "a snapshot could not be written");
+                    return None;
+                }
+            };
             Some((
                 Ok::<_, Infallible>(event),
                 (state, caller, beats, last, false),

@@ -8,6 +8,11 @@ use super::problem::Problem;
 const HEADER: &str = "idempotency-key";
 const MAX_KEY_CHARS: usize = 255;
 
+/// The header as the document describes it.
+pub const DESCRIPTION: &str = "1 to 255 visible ASCII characters. A retry with the same key \
+    and body within `accept.idempotency_ttl_secs` (24 h) gets the first answer and stores \
+    nothing; the same key with another body is 409. Keys are scoped by API key.";
+
 /// Whose keys these are: the API key's name, so callers never meet each
 /// other's keys; the anonymous scope (empty) when keys are off.
 pub fn caller_scope(caller: &super::auth::CallerScope) -> String {

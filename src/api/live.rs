@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::watch;
+use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 use crate::dispatch::live::LiveProviders;
 use crate::domain::UnixMillis;
@@ -23,7 +25,7 @@ pub const HISTORY_LEN: usize = 900;
 
 /// Unfinished notifications by status, as the backlog gauge last read them
 /// (`herald_backlog`, refreshed every few seconds from the store).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Backlog {
     pub scheduled: u64,
     pub queued: u64,
@@ -43,12 +45,14 @@ pub struct Reading {
 
 /// One second of the chart: rates between two readings, the backlog at the
 /// later one.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, ToSchema)]
+#[schema(as = LiveSample)]
 pub struct Sample {
     /// Unix milliseconds of the reading that ends it.
     pub t: i64,
-    /// Per second.
+    /// Accepted per second.
     pub accepted: f64,
+    /// Delivered per second.
     pub delivered: f64,
     pub backlog: Backlog,
 }
@@ -140,6 +144,48 @@ pub struct Live {
 /// Outcomes whose totals a snapshot carries.
 const OUTCOMES: [&str; 5] = ["accepted", "delivered", "failed", "dead", "expired"];
 
+/// What one `snapshot` event of `GET /v1/events` carries, as one line of
+/// JSON in its `data`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = EventSnapshot)]
+pub struct Snapshot {
+    /// When it was taken, in Unix milliseconds.
+    pub at: i64,
+    /// Milliseconds between samples (and between snapshots).
+    pub interval_ms: u64,
+    /// Every provider in use, as `GET /v1/providers` shows it.
+    #[schema(value_type = Vec<super::providers::ProviderHealth>)]
+    pub providers: serde_json::Value,
+    #[schema(schema_with = totals)]
+    pub totals: serde_json::Value,
+    /// The samples since the previous snapshot, oldest first; the first
+    /// snapshot of a stream carries the last 15 minutes.
+    pub samples: Vec<Sample>,
+}
+
+/// This process's notifications by outcome since it started.
+fn totals() -> Schema {
+    OUTCOMES
+        .iter()
+        .fold(
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .description(Some(
+                    "This process's notifications by outcome since it started",
+                )),
+            |o, outcome| {
+                o.property(
+                    *outcome,
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(0)),
+                )
+                .required(*outcome)
+            },
+        )
+        .into()
+}
+
 impl Default for Live {
     fn default() -> Self {
         Self::new()
@@ -217,17 +263,17 @@ impl Live {
     /// A snapshot: the providers, this process's totals, and the samples
     /// after `after` (the whole history for `None`). Also returns the last
     /// sample's time, the `after` of the next one.
-    pub fn snapshot(&self, after: Option<i64>) -> (serde_json::Value, Option<i64>) {
+    pub fn snapshot(&self, after: Option<i64>) -> (Snapshot, Option<i64>) {
         let latest = self.latest();
         let samples = latest.history.since(after);
         let last = samples.last().map(|s| s.t).or(after);
-        let snapshot = json!({
-            "at": UnixMillis::now().0,
-            "interval_ms": SAMPLE_INTERVAL.as_millis() as u64,
-            "providers": latest.providers,
-            "totals": latest.totals,
-            "samples": samples,
-        });
+        let snapshot = Snapshot {
+            at: UnixMillis::now().0,
+            interval_ms: SAMPLE_INTERVAL.as_millis() as u64,
+            providers: latest.providers.clone(),
+            totals: latest.totals.clone(),
+            samples,
+        };
         (snapshot, last)
     }
 }
@@ -306,11 +352,11 @@ mod tests {
             seen += 1;
         }
         let (first, last) = live.snapshot(None);
-        assert_eq!(first["samples"].as_array().unwrap().len(), 1);
-        assert_eq!(first["providers"], json!([]));
-        assert!(first["totals"]["accepted"].is_u64());
+        assert_eq!(first.samples.len(), 1);
+        assert_eq!(first.providers, json!([]));
+        assert!(first.totals["accepted"].is_u64());
         let (next, _) = live.snapshot(last);
-        assert!(next["samples"].as_array().unwrap().is_empty());
+        assert!(next.samples.is_empty());
 
         stop_tx.send(true).unwrap();
         sampler.await.unwrap();

@@ -10,6 +10,21 @@ use super::ApiState;
 use crate::dispatch::breaker::BreakerState;
 use crate::metrics::{ProviderGauges, metrics};
 
+/// Prometheus metrics, in the text format.
+///
+/// Served here unless `metrics.listen` serves it on an address of its own
+/// (then this path is 404).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Counters, histograms and gauges", body = String,
+            content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 404, description = "`metrics.listen` serves it elsewhere"),
+    ),
+)]
 pub async fn scrape(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     let m = metrics();
     // Breakers are read now, one lock each: as cheap as the counters.

@@ -9,6 +9,7 @@ mod idempotency;
 pub mod live;
 mod metrics;
 mod notifications;
+pub mod openapi;
 pub mod problem;
 pub mod providers;
 mod submit;
@@ -22,8 +23,10 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use tokio::sync::Notify;
+use utoipa::openapi::path::Paths;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::dispatch::handoff::Handoff;
 use crate::dispatch::live::LiveProviders;
@@ -71,51 +74,15 @@ impl ApiState {
 
 /// The API; with `/metrics` too unless `metrics.listen` serves it apart.
 pub fn router(state: Arc<ApiState>, with_metrics: bool) -> Router {
-    let limit = state.body_limit;
-    let batch_limit = state.batch_body_limit;
-    let work = Router::new()
-        .route("/v1/sms", post(submit::sms))
-        .route("/v1/email", post(submit::email))
-        // The reference service's paths, so its clients can switch unchanged.
-        .route("/api/sms", post(submit::sms))
-        .route("/api/email", post(submit::email))
-        .route(
-            "/v1/batch",
-            post(batch::batch).layer(DefaultBodyLimit::max(batch_limit)),
-        )
-        .route("/v1/notifications", get(notifications::list))
-        .route(
-            "/v1/notifications/{id}",
-            get(notifications::get).delete(notifications::cancel),
-        )
-        .route("/v1/notifications/{id}/replay", post(notifications::replay))
-        .route("/v1/stats", get(notifications::stats))
-        .route("/v1/providers", get(providers::list))
-        .route("/v1/providers/reload", post(providers::reload))
-        .route("/v1/providers/{name}/disable", post(providers::disable))
-        .route("/v1/providers/{name}/enable", post(providers::enable))
-        .route("/v1/events", get(events::stream))
-        .route("/", get(dashboard::root))
-        .route("/dashboard", get(dashboard::page))
-        .route("/dashboard/app.js", get(dashboard::script))
-        .route("/dashboard/style.css", get(dashboard::style))
-        .route("/v1/webhooks/deliveries", get(webhooks::deliveries))
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
-            refuse_while_draining,
-        ));
-    let mut router = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
-    if with_metrics {
-        // Scraped while draining too: the drain is worth watching.
-        router = router.route("/metrics", get(metrics::scrape));
-    }
+    let work = work_routes(state.batch_body_limit).layer(middleware::from_fn_with_state(
+        Arc::clone(&state),
+        refuse_while_draining,
+    ));
+    let (router, _) = open_routes(with_metrics).merge(work).split_for_parts();
     router
-        .merge(work)
         .fallback(|| async { Problem::not_found("such route") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(DefaultBodyLimit::max(state.body_limit))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             auth::authorize,
@@ -123,10 +90,81 @@ pub fn router(state: Arc<ApiState>, with_metrics: bool) -> Router {
         .with_state(state)
 }
 
+// Every route is added with `routes!(handler)`: the handler's
+// `#[utoipa::path]` gives its method and path, so the route is served
+// exactly as it is documented (GET /openapi.json, `herald openapi`). A new
+// route is its handler's attribute and one more line below; clippy refuses
+// `Router::route`, which would serve a route the document does not show.
+
+/// The API's work, refused with 503 while draining.
+fn work_routes(batch_body_limit: usize) -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::default()
+        .routes(routes!(submit::sms))
+        .routes(routes!(submit::email))
+        .routes(compatible("/api/sms", routes!(submit::sms)))
+        .routes(compatible("/api/email", routes!(submit::email)))
+        .routes(routes!(batch::batch).layer(DefaultBodyLimit::max(batch_body_limit)))
+        .routes(routes!(notifications::list))
+        .routes(routes!(notifications::get, notifications::cancel))
+        .routes(routes!(notifications::replay))
+        .routes(routes!(notifications::stats))
+        .routes(routes!(providers::list))
+        .routes(routes!(providers::reload))
+        .routes(routes!(providers::disable))
+        .routes(routes!(providers::enable))
+        .routes(routes!(events::stream))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(dashboard::root))
+        .routes(routes!(dashboard::page))
+        .routes(routes!(dashboard::script))
+        .routes(routes!(dashboard::style))
+}
+
+/// Answered while draining too (the drain is worth watching): health,
+/// readiness, metrics and the document.
+fn open_routes(with_metrics: bool) -> OpenApiRouter<Arc<ApiState>> {
+    let routes = OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(openapi::serve));
+    if with_metrics {
+        routes.routes(routes!(metrics::scrape))
+    } else {
+        routes
+    }
+}
+
+/// Every route the API serves, `/metrics` included, as documented.
+fn documented_routes() -> utoipa::openapi::OpenApi {
+    open_routes(true).merge(work_routes(0)).into_openapi()
+}
+
+/// The same operation at the reference service's `path`, so its clients
+/// can switch to Herald unchanged.
+fn compatible(
+    path: &str,
+    (schemas, paths, method_router): UtoipaMethodRouter<Arc<ApiState>>,
+) -> UtoipaMethodRouter<Arc<ApiState>> {
+    let mut moved = Paths::new();
+    for (_, mut item) in paths.paths {
+        for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+            operation.operation_id = operation
+                .operation_id
+                .take()
+                .map(|id| format!("{id}_compat"));
+            operation.tags = Some(vec!["compatibility".into()]);
+        }
+        moved.paths.insert(path.to_owned(), item);
+    }
+    (schemas, moved, method_router)
+}
+
 /// `/metrics` alone, for its own address (`metrics.listen`).
 pub fn metrics_router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics::scrape))
+    let (router, _) = OpenApiRouter::default()
+        .routes(routes!(metrics::scrape))
+        .split_for_parts();
+    router
         .fallback(|| async { Problem::not_found("such route on the metrics address") })
         .with_state(state)
 }

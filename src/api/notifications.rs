@@ -5,17 +5,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
 use super::problem::Problem;
+use super::submit::Receipt;
 use crate::domain::{Channel, NotificationId, Priority, Status, UnixMillis};
-use crate::store::{CancelOutcome, ListFilter, ReplayOutcome};
+use crate::store::{
+    CancelOutcome, ListFilter, NotificationRecord, NotificationSummary, ReplayOutcome,
+};
 
 const MAX_PAGE: usize = 1_000;
 
@@ -24,38 +28,137 @@ fn store_problem(e: crate::store::StoreError) -> Problem {
     Problem::store_unavailable()
 }
 
-fn parse_id(raw: &str) -> Result<NotificationId, Problem> {
-    raw.parse()
-        .map_err(|_| Problem::not_found("notification with this id"))
+/// The notification a path names.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct NotificationPath {
+    /// As the 202 answer gave it.
+    #[param(value_type = NotificationId)]
+    id: String,
 }
 
+/// The id in the path; one that is not an id (nor even UTF-8) names no
+/// notification.
+fn parse_id(
+    path: Result<Path<NotificationPath>, PathRejection>,
+) -> Result<NotificationId, Problem> {
+    path.ok()
+        .and_then(|Path(p)| p.id.parse().ok())
+        .ok_or_else(|| Problem::not_found("notification with this id"))
+}
+
+/// Status, history and every attempt of one notification.
+#[utoipa::path(
+    get,
+    path = "/v1/notifications/{id}",
+    operation_id = "get_notification",
+    tag = "notifications",
+    params(NotificationPath),
+    responses(
+        (status = 200, description = "The notification", body = NotificationRecord),
+        (status = 404, description = "No notification with this id"),
+    ),
+)]
 pub async fn get(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
+    path: Result<Path<NotificationPath>, PathRejection>,
 ) -> Result<Response, Problem> {
-    let id = parse_id(&id)?;
+    let id = parse_id(path)?;
     match state.store.get(id).await.map_err(store_problem)? {
         Some(record) => Ok(Json(record).into_response()),
         None => Err(Problem::not_found("notification with this id")),
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A listing's filters and page; every filter given must match.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    #[param(value_type = Option<Status>)]
     status: Option<String>,
+    #[param(value_type = Option<Channel>)]
     channel: Option<String>,
+    #[param(value_type = Option<Priority>)]
     priority: Option<String>,
+    /// Created at or after this (RFC 3339).
+    #[param(format = DateTime)]
     created_after: Option<String>,
+    /// Created before this (RFC 3339).
+    #[param(format = DateTime)]
     created_before: Option<String>,
-    /// One metadata entry to match: `metadata_key` and `metadata_value`.
+    /// One metadata entry to match: `metadata_key` and `metadata_value`
+    /// go together.
     metadata_key: Option<String>,
     metadata_value: Option<String>,
-    /// `oldest` (first; the default) or `newest` (first).
+    /// `oldest` first (the default) or `newest` first; follow `next` with
+    /// the same order.
+    #[param(value_type = Option<Order>, inline)]
     order: Option<String>,
-    /// The `next` of the previous page (`after` is its older name).
+    /// The `next` of the previous page.
+    #[param(value_type = Option<NotificationId>)]
     cursor: Option<String>,
+    /// The older name of `cursor`; not together with it.
+    #[param(value_type = Option<NotificationId>)]
     after: Option<String>,
+    /// Items per page (100 when not given); taken as 1 to 1,000.
+    #[param(minimum = 0)]
     limit: Option<usize>,
+}
+
+/// Which end of the listing comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[schema(rename_all = "lowercase")]
+enum Order {
+    Oldest,
+    Newest,
+}
+
+impl Order {
+    const ALL: [Order; 2] = [Order::Oldest, Order::Newest];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Order::Oldest => "oldest",
+            Order::Newest => "newest",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// A page of a listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page {
+    /// In the listing's `order`: oldest first unless `newest` was asked for.
+    items: Vec<NotificationSummary>,
+    /// The `cursor` of the following page; `null` on the last one.
+    #[schema(required = true)]
+    next: Option<NotificationId>,
+}
+
+/// How many notifications are in each status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stats {
+    #[schema(schema_with = by_status)]
+    by_status: BTreeMap<&'static str, u64>,
+}
+
+/// Every status, always present, with its count.
+fn by_status() -> Schema {
+    Status::ALL
+        .iter()
+        .fold(ObjectBuilder::new().schema_type(Type::Object), |o, s| {
+            o.property(
+                s.as_str(),
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .required(s.as_str())
+        })
+        .into()
 }
 
 fn one_of<T>(
@@ -83,11 +186,24 @@ fn timestamp(name: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, Proble
     .transpose()
 }
 
-/// `GET /v1/notifications`, oldest first (`order=newest`: newest first),
-/// filtered by any of `status`, `channel`, `priority`, `created_after`
-/// (inclusive) and `created_before`; `next` is the `cursor` of the following
-/// page (opaque to clients; pages never shift when new notifications
-/// arrive). `?status=dead` is the dead-letter view.
+/// List notifications.
+///
+/// Oldest first (`order=newest`: newest first), filtered by any of
+/// `status`, `channel`, `priority`, `created_after` (inclusive),
+/// `created_before` and one metadata entry; `next` is the `cursor` of the
+/// following page (opaque to clients; pages never shift when new
+/// notifications arrive). `?status=dead` is the dead-letter view.
+#[utoipa::path(
+    get,
+    path = "/v1/notifications",
+    operation_id = "list_notifications",
+    tag = "notifications",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page", body = Page),
+        (status = 400, description = "A filter, the order or the cursor is invalid"),
+    ),
+)]
 pub async fn list(
     State(state): State<Arc<ApiState>>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -127,21 +243,22 @@ pub async fn list(
         newest_first: one_of(
             "order",
             q.order.as_deref(),
-            |o| match o {
-                "oldest" => Some(false),
-                "newest" => Some(true),
-                _ => None,
-            },
-            &["oldest", "newest"],
-        )?
-        .unwrap_or(false),
+            Order::parse,
+            &Order::ALL.map(Order::as_str),
+        )? == Some(Order::Newest),
     };
-    let after = match q.cursor.as_deref().or(q.after.as_deref()) {
-        Some(a) => Some(
+    let after = match (q.cursor.as_deref(), q.after.as_deref()) {
+        // Two cursors: one of them would be ignored unchecked.
+        (Some(_), Some(_)) => {
+            return Err(Problem::bad_query(
+                "give cursor or after (its older name), not both".into(),
+            ));
+        }
+        (Some(a), None) | (None, Some(a)) => Some(
             a.parse::<NotificationId>()
                 .map_err(|_| Problem::bad_query("cursor: not a cursor this API gave".into()))?,
         ),
-        None => None,
+        (None, None) => None,
     };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let items = state
@@ -152,15 +269,29 @@ pub async fn list(
     let next = (items.len() == limit)
         .then(|| items.last().map(|n| n.id))
         .flatten();
-    Ok(Json(json!({"items": items, "next": next})).into_response())
+    Ok(Json(Page { items, next }).into_response())
 }
 
-/// Puts a dead or failed notification back in the queue.
+/// Replay a dead or failed notification.
+///
+/// It goes back in the queue with a fresh round budget.
+#[utoipa::path(
+    post,
+    path = "/v1/notifications/{id}/replay",
+    operation_id = "replay_notification",
+    tag = "notifications",
+    params(NotificationPath),
+    responses(
+        (status = 202, description = "Queued again", body = Receipt),
+        (status = 404, description = "No notification with this id"),
+        (status = 409, description = "It is neither dead nor failed"),
+    ),
+)]
 pub async fn replay(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
+    path: Result<Path<NotificationPath>, PathRejection>,
 ) -> Result<Response, Problem> {
-    let id = parse_id(&id)?;
+    let id = parse_id(path)?;
     let now = UnixMillis::now();
     let outcome = state
         .store
@@ -172,7 +303,10 @@ pub async fn replay(
             state.wake.notify_one();
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({"id": id, "status": "queued"})),
+                Json(Receipt {
+                    id,
+                    status: Status::Queued,
+                }),
             )
                 .into_response())
         }
@@ -183,22 +317,38 @@ pub async fn replay(
     }
 }
 
-/// `DELETE /v1/notifications/{id}`: takes back a notification that has not
-/// started sending; it becomes `canceled` and is never sent.
+/// Cancel a notification.
+///
+/// Takes back one that has not started sending (`scheduled`, `queued` or
+/// `retrying`): it becomes `canceled`, is never sent, and stays readable.
+#[utoipa::path(
+    delete,
+    path = "/v1/notifications/{id}",
+    operation_id = "cancel_notification",
+    tag = "notifications",
+    params(NotificationPath),
+    responses(
+        (status = 200, description = "Canceled", body = Receipt),
+        (status = 404, description = "No notification with this id"),
+        (status = 409, description = "It is sending (it may be at a provider already) or final"),
+    ),
+)]
 pub async fn cancel(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
+    path: Result<Path<NotificationPath>, PathRejection>,
 ) -> Result<Response, Problem> {
-    let id = parse_id(&id)?;
+    let id = parse_id(path)?;
     let outcome = state
         .store
         .cancel(id, UnixMillis::now())
         .await
         .map_err(store_problem)?;
     match outcome {
-        CancelOutcome::Canceled => {
-            Ok(Json(json!({"id": id, "status": "canceled"})).into_response())
-        }
+        CancelOutcome::Canceled => Ok(Json(Receipt {
+            id,
+            status: Status::Canceled,
+        })
+        .into_response()),
         CancelOutcome::NotFound => Err(Problem::not_found("notification with this id")),
         CancelOutcome::NotCancelable(status) => Err(Problem::conflict(format!(
             "only scheduled, queued or retrying notifications can be canceled; this one is {status}"
@@ -206,12 +356,19 @@ pub async fn cancel(
     }
 }
 
-/// How many notifications are in each status.
+/// Count notifications by status.
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    operation_id = "stats",
+    tag = "operations",
+    responses((status = 200, description = "Every status with its count", body = Stats)),
+)]
 pub async fn stats(State(state): State<Arc<ApiState>>) -> Result<Response, Problem> {
     let counts = state.store.counts().await.map_err(store_problem)?;
     let mut by_status: BTreeMap<&str, u64> = Status::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     for (status, n) in counts {
         by_status.insert(status.as_str(), n);
     }
-    Ok(Json(json!({ "by_status": by_status })).into_response())
+    Ok(Json(Stats { by_status }).into_response())
 }

@@ -3,19 +3,73 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::domain::validation::FieldError;
 
-#[derive(Debug, Serialize)]
+/// An error answer (`application/problem+json`).
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: ProblemType,
+    /// The same for every problem of a type.
     pub title: &'static str,
+    /// The answer's HTTP status.
     #[serde(serialize_with = "as_u16")]
+    #[schema(value_type = u16, minimum = 400, maximum = 599)]
     pub status: StatusCode,
+    /// What went wrong with this request.
     pub detail: String,
+    /// Every bad field of a notification (422 only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+}
+
+/// Every kind of problem the API answers with: a relative URI naming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum ProblemType {
+    #[serde(rename = "/problems/malformed-json")]
+    MalformedJson,
+    #[serde(rename = "/problems/unreadable-body")]
+    UnreadableBody,
+    #[serde(rename = "/problems/bad-query")]
+    BadQuery,
+    #[serde(rename = "/problems/bad-idempotency-key")]
+    BadIdempotencyKey,
+    #[serde(rename = "/problems/unauthorized")]
+    Unauthorized,
+    #[serde(rename = "/problems/forbidden")]
+    Forbidden,
+    #[serde(rename = "/problems/not-found")]
+    NotFound,
+    #[serde(rename = "/problems/method-not-allowed")]
+    MethodNotAllowed,
+    #[serde(rename = "/problems/conflict")]
+    Conflict,
+    #[serde(rename = "/problems/idempotency-key-reused")]
+    IdempotencyKeyReused,
+    #[serde(rename = "/problems/too-large")]
+    TooLarge,
+    #[serde(rename = "/problems/unsupported-media-type")]
+    UnsupportedMediaType,
+    #[serde(rename = "/problems/validation")]
+    Validation,
+    #[serde(rename = "/problems/rate-limited")]
+    RateLimited,
+    #[serde(rename = "/problems/instance-busy")]
+    InstanceBusy,
+    #[serde(rename = "/problems/store-unavailable")]
+    StoreUnavailable,
+    #[serde(rename = "/problems/request-timeout")]
+    RequestTimeout,
+    #[serde(rename = "/problems/shutting-down")]
+    ShuttingDown,
+    #[serde(rename = "/problems/too-many-connections")]
+    TooManyConnections,
+    #[serde(rename = "/problems/no-config-file")]
+    NoConfigFile,
+    #[serde(rename = "/problems/config-refused")]
+    ConfigRefused,
 }
 
 fn as_u16<S: serde::Serializer>(s: &StatusCode, ser: S) -> Result<S::Ok, S::Error> {
@@ -25,7 +79,7 @@ fn as_u16<S: serde::Serializer>(s: &StatusCode, ser: S) -> Result<S::Ok, S::Erro
 impl Problem {
     pub(super) fn new(
         status: StatusCode,
-        kind: &'static str,
+        kind: ProblemType,
         title: &'static str,
         detail: String,
     ) -> Self {
@@ -41,7 +95,7 @@ impl Problem {
     pub fn malformed_json(detail: String) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
-            "/problems/malformed-json",
+            ProblemType::MalformedJson,
             "The body is not valid JSON",
             detail,
         )
@@ -50,7 +104,7 @@ impl Problem {
     pub fn unsupported_media_type() -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "/problems/unsupported-media-type",
+            ProblemType::UnsupportedMediaType,
             "The body must be JSON",
             "send the body with Content-Type: application/json".into(),
         )
@@ -59,7 +113,7 @@ impl Problem {
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "/problems/too-large",
+            ProblemType::TooLarge,
             "The body is too large",
             format!("the body must be at most {limit} bytes"),
         )
@@ -68,7 +122,7 @@ impl Problem {
     pub fn bad_body(detail: String) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
-            "/problems/unreadable-body",
+            ProblemType::UnreadableBody,
             "The body could not be read",
             detail,
         )
@@ -78,7 +132,7 @@ impl Problem {
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         let mut p = Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "/problems/validation",
+            ProblemType::Validation,
             "The notification is invalid",
             format!("invalid fields: {}", fields.join(", ")),
         );
@@ -90,7 +144,7 @@ impl Problem {
     pub fn not_a_json_object(detail: String) -> Self {
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "/problems/validation",
+            ProblemType::Validation,
             "The notification is invalid",
             detail,
         )
@@ -99,7 +153,7 @@ impl Problem {
     pub fn not_found(what: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            "/problems/not-found",
+            ProblemType::NotFound,
             "Not found",
             format!("no {what} here"),
         )
@@ -108,7 +162,7 @@ impl Problem {
     pub fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "/problems/method-not-allowed",
+            ProblemType::MethodNotAllowed,
             "Method not allowed",
             "this route does not take that method".into(),
         )
@@ -117,7 +171,7 @@ impl Problem {
     pub fn bad_query(detail: String) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
-            "/problems/bad-query",
+            ProblemType::BadQuery,
             "The query is invalid",
             detail,
         )
@@ -126,7 +180,7 @@ impl Problem {
     pub fn conflict(detail: String) -> Self {
         Self::new(
             StatusCode::CONFLICT,
-            "/problems/conflict",
+            ProblemType::Conflict,
             "The request conflicts with the notification's state",
             detail,
         )
@@ -135,7 +189,7 @@ impl Problem {
     pub fn bad_idempotency_key(detail: String) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
-            "/problems/bad-idempotency-key",
+            ProblemType::BadIdempotencyKey,
             "The Idempotency-Key header is invalid",
             detail,
         )
@@ -145,7 +199,7 @@ impl Problem {
     pub fn idempotency_key_reused() -> Self {
         Self::new(
             StatusCode::CONFLICT,
-            "/problems/idempotency-key-reused",
+            ProblemType::IdempotencyKeyReused,
             "This Idempotency-Key was used for a different request",
             "a retry must repeat the first request exactly; use a new key for a new request".into(),
         )
@@ -154,7 +208,7 @@ impl Problem {
     pub fn store_unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "/problems/store-unavailable",
+            ProblemType::StoreUnavailable,
             "The store is unavailable",
             "nothing was stored; try again".into(),
         )
@@ -165,7 +219,7 @@ impl Problem {
     pub fn request_timeout(limit: std::time::Duration) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "/problems/request-timeout",
+            ProblemType::RequestTimeout,
             "The request took too long",
             format!(
                 "it did not finish within {} ms (http.request_timeout_ms); \
@@ -175,10 +229,21 @@ impl Problem {
         )
     }
 
+    /// Over `http.max_connections`: answered before any routing.
+    pub fn too_many_connections() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ProblemType::TooManyConnections,
+            "Too many connections",
+            "this instance has as many connections open as it allows; try again or try another"
+                .into(),
+        )
+    }
+
     pub fn draining() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "/problems/shutting-down",
+            ProblemType::ShuttingDown,
             "Herald is shutting down",
             "this instance accepts no new work; try another or try again".into(),
         )

@@ -8,8 +8,10 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::json;
+use utoipa::ToSchema;
 
 use super::auth::CallerScope;
 use super::problem::Problem;
@@ -20,6 +22,27 @@ use crate::domain::validation::{FieldError, RawEmail, RawSms, validate_email, va
 use crate::domain::{Message, NotificationId, Status, UnixMillis};
 use crate::store::{IdempotencyKey, KeyedInsert, NewNotification, StoredAnswer};
 
+/// Accept an SMS.
+///
+/// Answers 202 once it is stored; it is delivered in the background (follow
+/// `Location`). `POST /api/sms` is the same, at the reference service's path.
+#[utoipa::path(
+    post,
+    path = "/v1/sms",
+    operation_id = "send_sms",
+    tag = "notifications",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = idempotency::DESCRIPTION, nullable = false,
+            min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]+$"),
+    ),
+    request_body(content = ref("#/components/schemas/SmsRequest"), content_type = "application/json"),
+    responses(
+        (status = 202, description = ACCEPTED, body = Receipt, headers(
+            ("Location" = String, description = "The notification: `/v1/notifications/{id}`"),
+        )),
+        (status = 422, description = INVALID),
+    ),
+)]
 pub async fn sms(
     State(state): State<Arc<ApiState>>,
     caller: CallerScope,
@@ -33,6 +56,28 @@ pub async fn sms(
     accept(&state, validate_sms(raw), options, keyed).await
 }
 
+/// Accept an email.
+///
+/// Answers 202 once it is stored; it is delivered in the background (follow
+/// `Location`). `POST /api/email` is the same, at the reference service's
+/// path.
+#[utoipa::path(
+    post,
+    path = "/v1/email",
+    operation_id = "send_email",
+    tag = "notifications",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = idempotency::DESCRIPTION, nullable = false,
+            min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]+$"),
+    ),
+    request_body(content = ref("#/components/schemas/EmailRequest"), content_type = "application/json"),
+    responses(
+        (status = 202, description = ACCEPTED, body = Receipt, headers(
+            ("Location" = String, description = "The notification: `/v1/notifications/{id}`"),
+        )),
+        (status = 422, description = INVALID),
+    ),
+)]
 pub async fn email(
     State(state): State<Arc<ApiState>>,
     caller: CallerScope,
@@ -45,6 +90,19 @@ pub async fn email(
     let options: RawOptions = parse_object(&body)?;
     accept(&state, validate_email(raw), options, keyed).await
 }
+
+/// What a request that changed a notification answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Receipt {
+    pub id: NotificationId,
+    pub status: Status,
+}
+
+// What the accepting routes' answers mean, for the document (which adds
+// their 400, 409, 413 and 415: api/openapi.rs).
+pub(super) const ACCEPTED: &str = "Stored (committed to disk or database): it will be delivered, \
+    or end `failed`, `dead` or `expired`. A repeated Idempotency-Key gets the first answer again.";
+pub(super) const INVALID: &str = "Failed validation: `errors` names every bad field";
 
 /// `application/json`, or any `application/*+json`, with any parameters.
 fn is_json(headers: &HeaderMap) -> bool {
@@ -176,7 +234,10 @@ async fn accept(
     let to = crate::logging::recipients(&message);
     let prepared = prepare(state, message, options, now);
     let id = prepared.notification.id;
-    let answer = json!({"id": id, "status": prepared.status});
+    let answer = json!(Receipt {
+        id,
+        status: prepared.status,
+    });
     if let Some(first) = store(state, vec![prepared.notification], keyed, &answer, now).await? {
         // A retry: nothing was stored; the reserved room goes back unused.
         return Ok(first);

@@ -1,5 +1,5 @@
-//! One client connection: served by hyper, watched for clients that hold
-//! it without using it.
+//! One client connection: its TLS handshake when the listener has TLS,
+//! then served by hyper, watched for clients that hold it without using it.
 //!
 //! hyper's own header timeout also runs while a keep-alive connection sits
 //! idle, so the two limits could not differ; each connection instead tracks
@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 /// How long a connection may wait in each phase.
 #[derive(Debug, Clone, Copy)]
@@ -117,13 +118,14 @@ impl<B: Body + Unpin> Body for Answering<B> {
     }
 }
 
-/// The socket, reporting what it reads to the connection's [`Activity`].
-struct Watched {
-    inner: TcpStream,
+/// The connection (TCP, or TLS over it), reporting what it reads to the
+/// connection's [`Activity`].
+struct Watched<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -138,7 +140,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -177,10 +179,12 @@ impl AsyncWrite for Watched {
 }
 
 /// Serves `stream` until the client closes it, it waits too long, or `stop`
-/// turns true (then the request under way is finished first). `_slot` is
-/// the connection's place under the connection cap.
+/// turns true (then the request under way is finished first). With `tls`,
+/// the handshake comes first. `_slot` is the connection's place under the
+/// connection cap, held through the handshake too.
 pub(super) async fn serve(
     stream: TcpStream,
+    tls: Option<TlsAcceptor>,
     router: Router,
     timeouts: Timeouts,
     mut stop: watch::Receiver<bool>,
@@ -190,6 +194,43 @@ pub(super) async fn serve(
     let _ = stream.set_nodelay(true);
     // A fresh connection waits for its first head.
     let activity = Arc::new(Activity(Mutex::new((Phase::Head, Instant::now()))));
+    let Some(tls) = tls else {
+        return serve_http(stream, router, timeouts, stop, activity).await;
+    };
+    // The handshake and the first head share the head's deadline, counted
+    // from the opening: a client that stops mid-handshake holds no more
+    // than one that stops mid-header.
+    let (_, opened) = activity.get();
+    let handshake = tokio::time::timeout_at(opened + timeouts.header_read, tls.accept(stream));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            // A client that does not trust the certificate, or speaks
+            // plain HTTP to this port: its problem, not the server's.
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("closing a connection whose TLS handshake did not finish in time");
+                return;
+            }
+        },
+        () = super::http::stopped(&mut stop) => return,
+    };
+    serve_http(stream, router, timeouts, stop, activity).await;
+}
+
+/// HTTP/1.1 on an open connection.
+async fn serve_http<S>(
+    stream: S,
+    router: Router,
+    timeouts: Timeouts,
+    mut stop: watch::Receiver<bool>,
+    activity: Arc<Activity>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: Arc::clone(&activity),

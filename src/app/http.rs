@@ -1,5 +1,6 @@
 //! The HTTP server: the API, or only the health checks on a worker; with
-//! a cap on connections and limits on how long a client may hold one.
+//! a cap on connections and limits on how long a client may hold one; over
+//! TLS when the listener has it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,12 +13,14 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use super::connection::{self, Timeouts};
 use crate::api::problem::Problem;
 use crate::api::{self, ApiState};
 use crate::config::{Config, HttpConfig};
+use crate::tls::ListenerTls;
 
 pub(super) struct HttpServer {
     task: JoinHandle<()>,
@@ -25,35 +28,45 @@ pub(super) struct HttpServer {
 }
 
 impl HttpServer {
-    /// Serves on `listener` until `stop` turns true; then finishes the
-    /// requests under way.
+    /// Serves on `listener` (over `tls` if given) until `stop` turns true;
+    /// then finishes the requests under way.
     pub fn start(
         config: &Config,
         listener: TcpListener,
+        tls: Option<&ListenerTls>,
         state: Arc<ApiState>,
         stop: watch::Receiver<bool>,
     ) -> Self {
-        Self::start_with(config, listener, routes(config, state), stop)
+        Self::start_with(config, listener, tls, routes(config, state), stop)
     }
 
-    /// Serves `/metrics` alone on `listener`, with the same limits.
+    /// Serves `/metrics` alone on `listener`, with the same limits and TLS.
     pub fn start_metrics(
         config: &Config,
         listener: TcpListener,
+        tls: Option<&ListenerTls>,
         state: Arc<ApiState>,
         stop: watch::Receiver<bool>,
     ) -> Self {
         let router = api::metrics_router(state).layer(middleware::from_fn(count));
-        Self::start_with(config, listener, router, stop)
+        Self::start_with(config, listener, tls, router, stop)
     }
 
     fn start_with(
         config: &Config,
         listener: TcpListener,
+        tls: Option<&ListenerTls>,
         router: Router,
         stop: watch::Receiver<bool>,
     ) -> Self {
-        let task = tokio::spawn(accept_loop(listener, router, config.http.clone(), stop));
+        let tls = tls.map(ListenerTls::acceptor);
+        let task = tokio::spawn(accept_loop(
+            listener,
+            tls,
+            router,
+            config.http.clone(),
+            stop,
+        ));
         Self { task, ended: false }
     }
 
@@ -80,6 +93,7 @@ impl HttpServer {
 
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     router: Router,
     limits: HttpConfig,
     mut stop: watch::Receiver<bool>,
@@ -110,13 +124,14 @@ async fn accept_loop(
             Ok(slot) => {
                 connections.spawn(connection::serve(
                     stream,
+                    tls.clone(),
                     router.clone(),
                     timeouts,
                     stop.clone(),
                     slot,
                 ));
             }
-            Err(_) => refuse(stream),
+            Err(_) => refuse(stream, tls.is_some()),
         }
     }
     // No new connections; those open finish their request and close.
@@ -125,13 +140,19 @@ async fn accept_loop(
 }
 
 /// Over the cap: a 503 if the socket takes it at once, then closed. Never
-/// queued, never waited on.
-fn refuse(stream: TcpStream) {
-    const BODY: &str = r#"{"type":"/problems/too-many-connections","title":"Too many connections","status":503,"detail":"this instance has as many connections open as it allows; try again or try another"}"#;
+/// queued, never waited on. Over TLS only closed: a handshake to say 503
+/// would spend on the client the CPU the cap is there to save.
+fn refuse(stream: TcpStream, tls: bool) {
+    if tls {
+        tracing::debug!("refused a TLS connection over http.max_connections");
+        return;
+    }
+    let body = serde_json::to_string(&Problem::too_many_connections()).unwrap_or_default();
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
-         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
-        BODY.len()
+         retry-after: 1\r\n{REQUEST_ID}: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        fresh_request_id(),
+        body.len()
     );
     let _ = stream.try_write(answer.as_bytes());
     tracing::debug!("refused a connection over http.max_connections");
@@ -167,13 +188,17 @@ async fn request_id(request: Request, next: Next) -> Response {
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         });
-    let id = given.map_or_else(|| format!("{:032x}", fastrand::u128(..)), str::to_owned);
+    let id = given.map_or_else(fresh_request_id, str::to_owned);
     let span = tracing::info_span!("request", request_id = %id);
     let mut response = next.run(request).instrument(span).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
+}
+
+fn fresh_request_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
 }
 
 /// Counts every answer by route (the pattern, never the id in the path)

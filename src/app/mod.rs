@@ -33,6 +33,7 @@ use crate::config::{Config, ConfigSource};
 use crate::dispatch::live::LiveProviders;
 use crate::provider::BuildError;
 use crate::store::{self, Store, StoreError};
+use crate::tls::{ListenerTls, TlsError};
 use delivery::Delivery;
 use http::HttpServer;
 
@@ -56,6 +57,8 @@ pub enum AppError {
     Retry(#[from] crate::dispatch::backoff::BackoffError),
     #[error("invalid webhook settings")]
     Webhooks(#[from] crate::webhook::ReceiversError),
+    #[error("cannot serve HTTPS with http.tls_cert_file and http.tls_key_file")]
+    Tls(#[from] TlsError),
     #[error(
         "refusing to serve on {addr} without API keys: anyone who reaches it could send \
          on your providers' bill. Create keys (herald keys create) and set auth.required = true, \
@@ -99,6 +102,15 @@ async fn run(
     let hangup = reload::catch_hangup();
     let drain_timeout = Duration::from_millis(config.dispatch.drain_timeout_ms);
     refuse_exposure_without_keys(&config)?;
+    let tls = listener_tls(&config)?.map(Arc::new);
+    if clear_text_beyond_loopback(&config) {
+        tracing::warn!(
+            addr = %config.listen,
+            "serving plain HTTP beyond loopback: API keys and personal data (phone numbers, \
+             addresses, texts) travel in clear text unless a proxy in front terminates TLS; \
+             http.tls_cert_file and http.tls_key_file make Herald serve HTTPS itself"
+        );
+    }
     let auth_required = config.auth_required();
     let store = open_store(&config).await?;
     let auth = Arc::new(Auth::new(auth_required, config.auth.global_rate_per_sec));
@@ -159,10 +171,11 @@ async fn run(
             let (listener, local) = bind(addr)
                 .await
                 .map_err(|source| AppError::Bind { addr, source })?;
-            tracing::info!(addr = %local, "metrics listening");
+            tracing::info!(addr = %local, tls = tls.is_some(), "metrics listening");
             Some(HttpServer::start_metrics(
                 &config,
                 listener,
+                tls.as_deref(),
                 Arc::clone(&state),
                 stop.clone(),
             ))
@@ -175,14 +188,14 @@ async fn run(
         .serves_api()
         .then(|| tokio::spawn(Arc::clone(&state.live).run(Arc::clone(&providers), stop.clone())));
     let mut delivery = delivery.start(stop.clone());
-    let mut http = HttpServer::start(&config, listener, Arc::clone(&state), stop);
+    let mut http = HttpServer::start(&config, listener, tls.as_deref(), Arc::clone(&state), stop);
     let backlog = backlog::start(Arc::clone(&store));
     let rotation = rotation::start(
         Arc::clone(&providers),
         Arc::clone(&store),
         Duration::from_millis(config.dispatch.providers_refresh_ms),
     );
-    let hangup = hangup.map(|hangup| reload::on_hangup(hangup, reloader));
+    let hangup = hangup.map(|hangup| reload::on_hangup(hangup, reloader, tls));
     let keys = auth_required.then(|| {
         keys::start(
             Arc::clone(&auth),
@@ -239,6 +252,22 @@ pub fn refuse_exposure_without_keys(config: &Config) -> Result<(), AppError> {
     Ok(())
 }
 
+/// The listeners' TLS, when `http.tls_cert_file` and `http.tls_key_file`
+/// are set: read at start-up, and checked before binding too, so that a
+/// pair that does not load stops `serve` before it says it listens.
+pub fn listener_tls(config: &Config) -> Result<Option<ListenerTls>, AppError> {
+    let Some((cert_file, key_file)) = config.http.tls_files() else {
+        return Ok(None);
+    };
+    Ok(Some(ListenerTls::load(cert_file, key_file)?))
+}
+
+/// Plain HTTP beyond loopback is allowed (a proxy in front may terminate
+/// TLS), but worth a warning.
+fn clear_text_beyond_loopback(config: &Config) -> bool {
+    config.http.tls_files().is_none() && !config.listen.ip().is_loopback()
+}
+
 async fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
     store::open(&config.store, &config.store_options())
         .await
@@ -262,4 +291,20 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     Ok((listener, local))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_worth_a_warning_only_beyond_loopback() {
+        let mut config = Config::default();
+        assert!(!clear_text_beyond_loopback(&config));
+        config.listen = "10.0.0.5:8080".parse().unwrap();
+        assert!(clear_text_beyond_loopback(&config));
+        config.http.tls_cert_file = Some("cert.pem".into());
+        config.http.tls_key_file = Some("key.pem".into());
+        assert!(!clear_text_beyond_loopback(&config));
+    }
 }

@@ -3,6 +3,10 @@
 //! layers as at start (file < environment < flags) and only its providers
 //! are applied. A file that does not load, or a provider that does not
 //! build, is refused and the providers in use stay.
+//!
+//! SIGHUP also reads the listeners' certificate and key again, from the
+//! paths they were read from at start, so a renewed certificate needs no
+//! restart; a pair that does not load is refused and the one in use stays.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,6 +19,7 @@ use crate::dispatch::breaker::BreakerConfig;
 use crate::dispatch::live::{Changes, LiveProviders};
 use crate::error::{BoxError, chain};
 use crate::provider::BuildError;
+use crate::tls::ListenerTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -185,19 +190,28 @@ pub(super) fn catch_hangup() -> Option<Hangup> {
     None
 }
 
-/// Reloads on every SIGHUP. Without a config file there is nothing to
-/// read again: that is logged, and the process goes on.
-pub(super) fn on_hangup(hangup: Hangup, reloader: Option<Arc<Reloader>>) -> JoinHandle<()> {
+/// Reloads on every SIGHUP: the certificate, if the listeners have one,
+/// and the providers, if there is a config file. With neither there is
+/// nothing to read again: that is logged, and the process goes on.
+pub(super) fn on_hangup(
+    hangup: Hangup,
+    reloader: Option<Arc<Reloader>>,
+    tls: Option<Arc<ListenerTls>>,
+) -> JoinHandle<()> {
     #[cfg(unix)]
     {
         let mut hangup = hangup;
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
+                if let Some(tls) = &tls {
+                    reload_certificate(tls);
+                }
                 match &reloader {
                     // Refusals are logged by the reload itself.
                     Some(reloader) => {
                         let _ = reloader.reload();
                     }
+                    None if tls.is_some() => {}
                     None => tracing::warn!(
                         "SIGHUP: serve was started without a config file; nothing to reload"
                     ),
@@ -207,6 +221,20 @@ pub(super) fn on_hangup(hangup: Hangup, reloader: Option<Arc<Reloader>>) -> Join
     }
     #[cfg(not(unix))]
     match hangup {}
+}
+
+/// Reads the certificate and key again; logs the outcome.
+fn reload_certificate(tls: &ListenerTls) {
+    match tls.reload() {
+        Ok(()) => tracing::info!(
+            cert_file = %tls.cert_file().display(),
+            "TLS certificate reloaded; new connections get it"
+        ),
+        Err(e) => tracing::error!(
+            error = %chain(&e),
+            "the TLS certificate and key were refused; the pair in use stays"
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -10,32 +10,57 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
 
 use super::pool::Providers;
 use crate::domain::UnixMillis;
 use crate::store::{Store, StoreError};
 
 /// What a reload did, by provider name.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(as = ProviderChanges)]
 pub struct Changes {
+    /// New names: new providers, their breakers closed.
     pub added: Vec<String>,
+    /// Names the file no longer has: they take no new attempts and finish
+    /// what they hold.
     pub removed: Vec<String>,
     /// Kept, health and all, with new settings.
     pub changed: Vec<Changed>,
     /// The same name with another kind, URL, credentials or `ca_file`: a
     /// new provider, its breaker closed.
     pub replaced: Vec<String>,
+    /// Kept as they were.
     pub unchanged: Vec<String>,
     /// Settings besides the providers that differ in the file: not
     /// applied, they wait for a restart.
     pub needs_restart: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A provider kept with new settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(as = ProviderChanged)]
 pub struct Changed {
     pub name: String,
     /// Which: `weight`, `timeout_ms`, `max_in_flight`, `rate_per_sec`, `burst`.
+    #[schema(schema_with = reconfigurable)]
     pub settings: Vec<&'static str>,
+}
+
+/// The settings a reload applies to a provider it keeps
+/// (`app::providers::plan` names them).
+fn reconfigurable() -> Schema {
+    let name = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([
+            "weight",
+            "timeout_ms",
+            "max_in_flight",
+            "rate_per_sec",
+            "burst",
+        ]));
+    ArrayBuilder::new().items(name).min_items(Some(1)).into()
 }
 
 impl Changes {

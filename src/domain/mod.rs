@@ -4,6 +4,7 @@ pub mod callback;
 pub mod notification;
 pub mod options;
 pub mod rfc3339;
+pub mod schema;
 pub mod validation;
 pub mod webhook;
 

@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize, Serializer};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub use herald_contract::Channel;
@@ -134,7 +135,7 @@ impl Serialize for UnixMillis {
 /// `failed` when a provider refuses the message for good. A client may
 /// cancel what has not started sending (`canceled`); what is not delivered
 /// by the client's own deadline ends `expired`, never sent late.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Scheduled,
@@ -196,7 +197,18 @@ impl Status {
 /// Which work a claim takes first: `high` (one-time codes) before `normal`
 /// before `low` (newsletters); within one priority, in due order.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
+    ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
@@ -249,7 +261,8 @@ impl fmt::Display for Status {
 }
 
 /// The provider contract's SMS body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = SmsMessage)]
 pub struct Sms {
     pub phone: String,
     pub text: String,
@@ -258,7 +271,8 @@ pub struct Sms {
 /// An email: the provider contract's body, plus what real email providers
 /// also carry. The extras are stored only when given, so an email without
 /// them is stored as exactly the contract's body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = EmailMessage)]
 pub struct Email {
     pub subject: String,
     /// The text body.
@@ -311,7 +325,7 @@ impl Message {
 }
 
 /// How one attempt at one provider ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
     /// The provider accepted the message (2xx).
@@ -351,10 +365,11 @@ impl AttemptOutcome {
 }
 
 /// One request to one provider, as kept in the history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Attempt {
     pub provider: String,
     pub started_at: UnixMillis,
+    #[schema(minimum = 0)]
     pub duration_ms: u64,
     pub outcome: AttemptOutcome,
     pub http_status: Option<u16>,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::callback::CallbackPolicy;
 use super::validation::FieldError;
@@ -14,14 +15,31 @@ use super::{Priority, UnixMillis, rfc3339};
 
 /// The optional fields as they arrive, untyped, so that every bad one is
 /// named at once with the message's own.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[schema(
+    as = DeliveryOptions,
+    description = "When to send, until when it is worth sending, how urgent it is, labels, \
+        hedging, and where its end is called back"
+)]
 pub struct RawOptions {
+    /// Not before this (RFC 3339); at most `accept.schedule_horizon_secs`
+    /// ahead. A time past is now.
+    #[schema(schema_with = super::schema::timestamp_or_null)]
     pub send_at: Option<Value>,
+    /// Not delivered by this (RFC 3339), it ends `expired`, never sent late.
+    /// Later than now and than `send_at`; not together with `ttl_secs`.
+    #[schema(schema_with = super::schema::timestamp_or_null)]
     pub expires_at: Option<Value>,
+    #[schema(schema_with = super::schema::ttl_secs)]
     pub ttl_secs: Option<Value>,
+    /// `high` is claimed before `normal` (the default) before `low`.
+    #[schema(value_type = Option<Priority>)]
     pub priority: Option<Value>,
+    #[schema(schema_with = super::schema::metadata)]
     pub metadata: Option<Value>,
+    #[schema(schema_with = super::schema::hedge)]
     pub hedge: Option<Value>,
+    #[schema(schema_with = super::schema::callback_url)]
     pub callback_url: Option<Value>,
 }
 
@@ -142,16 +160,22 @@ fn timestamp(
     }
 }
 
+/// A horizon as a caller reads it: whole days as days (humantime would
+/// write 60 days as months of 30.44 days).
+fn span(d: Duration) -> String {
+    match d.as_secs() {
+        s if s > 0 && s % 86_400 == 0 => format!("{} days", s / 86_400),
+        _ => humantime::format_duration(d).to_string(),
+    }
+}
+
 pub fn validate_options(
     raw: RawOptions,
     limits: OptionLimits<'_>,
 ) -> Result<DeliveryOptions, Vec<FieldError>> {
     let mut errors = Vec::new();
     let horizon = limits.now.plus(limits.horizon);
-    let horizon_text = format!(
-        "must be at most {} ahead",
-        humantime::format_duration(limits.horizon)
-    );
+    let horizon_text = format!("must be at most {} ahead", span(limits.horizon));
 
     let send_at = timestamp(&mut errors, "send_at", raw.send_at);
     if send_at.is_some_and(|t| t > horizon) {
@@ -201,9 +225,10 @@ pub fn validate_options(
                 format!("must be later than {after}"),
             ));
         } else if by > horizon.plus(limits.horizon) {
+            // A deadline may lie one horizon beyond the latest send_at.
             errors.push(FieldError::new(
                 field,
-                horizon_text.replace("at most", "at most twice"),
+                format!("must be at most {} ahead", span(limits.horizon * 2)),
             ));
         }
     }
@@ -297,6 +322,15 @@ mod tests {
             check(json!({"expires_at": "2023-11-14T00:00:00Z"})),
             Err(vec!["expires_at".into()])
         );
+        // A deadline may reach one horizon past the latest send_at.
+        let far = validate_options(
+            serde_json::from_value(json!({"ttl_secs": 61 * 86_400})).unwrap(),
+            LIMITS,
+        )
+        .unwrap_err();
+        assert_eq!(far[0].field, "ttl_secs");
+        assert_eq!(far[0].message, "must be at most 60 days ahead");
+        assert!(check(json!({"ttl_secs": 59 * 86_400})).is_ok());
         // A deadline before the scheduled time could never be met.
         assert_eq!(
             check(json!({"send_at": "2023-11-15T00:00:00Z", "expires_at": "2023-11-14T23:00:00Z"})),

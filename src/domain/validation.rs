@@ -7,6 +7,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::notification::{Email, Message, Sms};
 
@@ -21,8 +22,10 @@ pub const MAX_RECIPIENTS: usize = 100;
 pub const MAX_ADDRESS_CHARS: usize = 254;
 
 /// One bad field, named as the client sent it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, ToSchema)]
 pub struct FieldError {
+    /// As sent: `phone`, `recipients[2]`, `metadata.order`, in a batch
+    /// `notifications[3].text`.
     pub field: String,
     pub message: String,
 }
@@ -62,19 +65,29 @@ pub fn to_e164(phone: &str) -> Option<String> {
 }
 
 /// The request bodies as they arrive: every field optional and untyped, so a
-/// client learns about every bad field at once, not only the first.
-#[derive(Debug, Default, Deserialize)]
+/// client learns about every bad field at once, not only the first. Their
+/// schemas say what validation requires of each.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[schema(as = SmsFields, description = "An SMS: the number and the text")]
 pub struct RawSms {
+    #[schema(schema_with = super::schema::phone, required = true)]
     pub phone: Option<Value>,
+    #[schema(schema_with = super::schema::sms_text, required = true)]
     pub text: Option<Value>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[schema(as = EmailFields, description = "An email: subject, text body, recipients, and optionally an HTML body and a Reply-To")]
 pub struct RawEmail {
+    #[schema(schema_with = super::schema::subject, required = true)]
     pub subject: Option<Value>,
+    #[schema(schema_with = super::schema::email_body, required = true)]
     pub body: Option<Value>,
+    #[schema(schema_with = super::schema::recipients, required = true)]
     pub recipients: Option<Value>,
+    #[schema(schema_with = super::schema::html)]
     pub html: Option<Value>,
+    #[schema(schema_with = super::schema::reply_to)]
     pub reply_to: Option<Value>,
 }
 

@@ -7,13 +7,14 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::json;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::notification::uuid_after;
 use super::{Channel, NotificationId, Status, UnixMillis};
 
 /// What happened to a notification: one event per final transition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub enum WebhookEvent {
     #[serde(rename = "notification.delivered")]
     Delivered,

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::Notify;
+use utoipa::ToSchema;
 
 use crate::domain::webhook::WebhookId;
 use crate::domain::{Attempt, Channel, NotificationId, Priority, Status, UnixMillis};
@@ -202,7 +203,8 @@ pub struct RoundReport {
 pub struct LeaseLost;
 
 /// Everything known about one notification.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Notification)]
 pub struct NotificationRecord {
     pub id: NotificationId,
     pub channel: Channel,
@@ -218,21 +220,27 @@ pub struct NotificationRecord {
     /// The client's deadline: not delivered by then, `expired`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<UnixMillis>,
+    /// Delivery rounds so far.
     pub rounds: u32,
+    /// The provider that accepted it.
     pub delivered_by: Option<String>,
     pub last_error: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     /// The client asked for hedged sends.
     pub hedge: bool,
+    /// Where this notification's webhook events go, besides `[[webhooks]]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// The message as its provider receives it.
+    #[schema(schema_with = crate::domain::schema::message)]
     pub message: serde_json::Value,
+    /// Every request to a provider, oldest first.
     pub attempts: Vec<Attempt>,
 }
 
 /// A line of a listing.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct NotificationSummary {
     pub id: NotificationId,
     pub channel: Channel,

@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::LeaseToken;
 use super::rows::WEBHOOK_COLUMNS;
@@ -83,7 +84,7 @@ impl WebhookRoutes {
 }
 
 /// Whose URL a delivery goes to, and so which secret signs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WebhookTarget {
     /// A `[[webhooks]]` endpoint of the settings.
@@ -121,7 +122,7 @@ pub struct NewWebhookDelivery {
 
 /// A delivery's place in its life: `pending` (due at its time), `sending`
 /// (leased by a worker), then `delivered` or `failed` for good.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WebhookStatus {
     Pending,
@@ -201,8 +202,9 @@ pub struct WebhookReport {
     pub at: UnixMillis,
 }
 
-/// A delivery as the admin listing shows it.
-#[derive(Debug, Clone, Serialize)]
+/// A delivery as the admin listing shows it: one event to one receiver.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = WebhookDelivery)]
 pub struct WebhookDeliveryRecord {
     pub id: WebhookId,
     pub notification_id: NotificationId,
@@ -211,12 +213,18 @@ pub struct WebhookDeliveryRecord {
     /// Without its query string, which may carry a token.
     pub url: String,
     pub status: WebhookStatus,
+    /// Attempts made so far.
     pub attempts: u32,
+    /// When its event happened.
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
+    /// When it is next due, while it is pending.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<UnixMillis>,
+    /// The last attempt's HTTP status, if the receiver answered.
+    #[schema(required = true)]
     pub last_http_status: Option<u16>,
+    #[schema(required = true)]
     pub last_error: Option<String>,
 }
 

@@ -113,6 +113,27 @@ cooldown_max_ms = 500
     }
 }
 
+/// Whether `python3` can import `module`. Where it cannot, the test is
+/// skipped with a notice, and fails under `CI=true` (`scripts/test.sh`
+/// installs the modules the tests use).
+pub fn python_has(module: &str) -> bool {
+    let found = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("python3 with {module} is missing; ./scripts/test.sh installs it");
+        }
+        eprintln!(
+            "NOTICE: skipping a test: python3 -c 'import {module}' failed \
+             (./scripts/test.sh installs it)"
+        );
+    }
+    found
+}
+
 /// `herald serve` as a child process.
 pub struct Herald {
     child: Child,
@@ -168,7 +189,11 @@ impl Herald {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("herald listening on http://") {
+                let url = line.strip_prefix("herald listening on ");
+                if let Some(addr) = url.and_then(|u| {
+                    u.strip_prefix("http://")
+                        .or_else(|| u.strip_prefix("https://"))
+                }) {
                     let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
                 }
             }
@@ -230,6 +255,24 @@ impl Herald {
     pub fn logs(&self) -> String {
         read(&self.log)
     }
+
+    /// The address `metrics.listen` got, which the log says; waited for
+    /// up to 10 s.
+    pub async fn metrics_addr(&self) -> SocketAddr {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.logs().lines().find_map(|l| {
+                let rest = l.split("metrics listening").nth(1)?;
+                let addr = rest.split("addr=").nth(1)?.split_whitespace().next()?;
+                addr.parse::<SocketAddr>().ok()
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(Instant::now() < until, "{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Herald {
@@ -254,6 +297,63 @@ pub fn herald_cli(command: &str, store: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `herald serve --config CONFIG` (on a free port) to its end, which
+/// must come within 20 s: how it exited, its stdout and its stderr.
+pub fn serve_to_its_end(config: &Path) -> (ExitStatus, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("herald serve kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Reads until the peer closes the connection (or resets it); what it sent
+/// meanwhile, or `None` if it still holds the connection after `limit`.
+pub async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Asserts that the server closes every one of `held` within 20 s.
+pub async fn assert_all_closed(held: &mut [tokio::net::TcpStream]) {
+    for (i, s) in held.iter_mut().enumerate() {
+        assert!(
+            read_until_closed(s, Duration::from_secs(20))
+                .await
+                .is_some(),
+            "connection {i} is still open"
+        );
+    }
 }
 
 fn read(path: &Path) -> String {

@@ -21,18 +21,7 @@ impl SmtpFixture {
     /// `None` (with a notice) when aiosmtpd is missing; under `CI=true` a
     /// missing aiosmtpd fails the test (`scripts/test.sh` installs it).
     pub fn start(starttls: Option<&TestCa>) -> Option<Self> {
-        let found = Command::new("python3")
-            .args(["-c", "import aiosmtpd"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("python3 with aiosmtpd is missing; ./scripts/test.sh installs it");
-            }
-            eprintln!(
-                "NOTICE: skipping an SMTP test: python3 -c 'import aiosmtpd' failed (./scripts/test.sh installs it)"
-            );
+        if !super::python_has("aiosmtpd") {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -74,6 +74,11 @@ async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
     }
 }
 
+// Not Herald's API, so nothing to document: the workspace's clippy.toml
+// makes Herald add its routes with `routes!` (documented), and once built
+// Herald's router is this same plain axum `Router`, which is what the floor
+// must measure.
+#[allow(clippy::disallowed_methods)]
 fn router() -> Router {
     Router::new()
         .route("/v1/sms", post(accepted))

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 /// The contract's two kinds of provider: `/api/sms/providerN` and
 /// `/api/email/providerN`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+// Its schema is derived here, beside the serde attributes it must agree
+// with; a trait implementation in the server would break the orphan rule.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
     Sms,

@@ -261,7 +261,7 @@ mod tests {
         };
         assert!(matches!(
             connector(&settings),
-            Err(PgTlsError::Tls(TlsError::ReadCa { .. }))
+            Err(PgTlsError::Tls(TlsError::ReadFile { .. }))
         ));
     }
 }
