@@ -42,18 +42,6 @@ async fn herald_with(
 }
 
 /// Waits up to 10 s for `needle` in Herald's log.
-async fn log_shows(herald: &Herald, needle: &str) {
-    let until = Instant::now() + Duration::from_secs(10);
-    while !herald.logs().contains(needle) {
-        assert!(
-            Instant::now() < until,
-            "no {needle:?} in: {}",
-            herald.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn an_sms_goes_in_and_comes_back_over_https(backend: Backend) {
     let Some(store) = TestStore::new(backend).await else {
         return;
@@ -134,7 +122,7 @@ async fn untrusted_clients_and_plain_http_do_not_reach_the_api() {
         refused.to_string().contains("invalid peer certificate"),
         "{refused}"
     );
-    log_shows(&herald, "TLS handshake failed").await;
+    herald.log_shows("TLS handshake failed").await;
 
     // Plain HTTP to the TLS port: a TLS alert at most, never an answer.
     let mut plain = TcpStream::connect(herald.addr).await.unwrap();
@@ -240,7 +228,7 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_it_over_a_bad_one() {
         assert!(Instant::now() < until, "still the old certificate");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    log_shows(&herald, "TLS certificate reloaded").await;
+    herald.log_shows("TLS certificate reloaded").await;
     // A connection opened before keeps going on its own handshake.
     assert_eq!(before.request("GET", "/healthz", None).await.0, 200);
 
@@ -248,7 +236,9 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_it_over_a_bad_one() {
     let next = ca.issue();
     std::fs::write(&ca.cert_file, &next.cert_pem).unwrap();
     herald.sighup();
-    log_shows(&herald, "the TLS certificate and key were refused").await;
+    herald
+        .log_shows("the TLS certificate and key were refused")
+        .await;
     let mut after = HttpsConnection::open(herald.addr, &ca.ca_file)
         .await
         .unwrap();

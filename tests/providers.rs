@@ -355,10 +355,8 @@ timeout_ms = 10000
             .unwrap()
             .starts_with("0A")
     );
-    assert!(
-        herald.logs().contains("an operator must act"),
-        "said loudly"
-    );
+    // Said loudly.
+    herald.log_shows("an operator must act").await;
 
     let sent = one(&vonage, "ok-1");
     assert_eq!(sent.path, "/sms/json");

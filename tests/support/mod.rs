@@ -256,6 +256,16 @@ impl Herald {
         read(&self.log)
     }
 
+    /// Waits up to 10 s for `needle` in the log: serve writes its lines in
+    /// batches, up to 10 ms after they were logged.
+    pub async fn log_shows(&self, needle: &str) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !self.logs().contains(needle) {
+            assert!(Instant::now() < until, "no {needle:?} in: {}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The address `metrics.listen` got, which the log says; waited for
     /// up to 10 s.
     pub async fn metrics_addr(&self) -> SocketAddr {
