@@ -166,19 +166,31 @@ fn routes(config: &Config, state: Arc<ApiState>) -> Router {
         router.layer(middleware::from_fn(health_only))
     };
     let limit = Duration::from_millis(config.http.request_timeout_ms);
-    router
-        .layer(middleware::from_fn(move |request, next| {
-            within(limit, request, next)
-        }))
-        .layer(middleware::from_fn(count))
-        .layer(middleware::from_fn(request_id))
+    router.layer(middleware::from_fn(move |request, next| {
+        observed(limit, request, next)
+    }))
 }
 
 const REQUEST_ID: &str = "x-request-id";
 
+/// A request's id, its count and its time limit, in one layer: each
+/// `from_fn` layer costs every request a clone of the service beneath it
+/// and a boxed future.
+async fn observed(limit: Duration, request: Request, next: Next) -> Response {
+    let id = request_id(&request);
+    let route = route(&request);
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = within(limit, request, next).instrument(span).await;
+    crate::metrics::metrics().http_request(&route, response.status().as_u16());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
 /// Every log line of a request carries its id: the caller's `X-Request-Id`
 /// when it is a sane token, a fresh one otherwise; echoed in the answer.
-async fn request_id(request: Request, next: Next) -> Response {
+fn request_id(request: &Request) -> String {
     let given = request
         .headers()
         .get(REQUEST_ID)
@@ -188,26 +200,24 @@ async fn request_id(request: Request, next: Next) -> Response {
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         });
-    let id = given.map_or_else(fresh_request_id, str::to_owned);
-    let span = tracing::info_span!("request", request_id = %id);
-    let mut response = next.run(request).instrument(span).await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
-    response
+    given.map_or_else(fresh_request_id, str::to_owned)
 }
 
 fn fresh_request_id() -> String {
     format!("{:032x}", fastrand::u128(..))
 }
 
-/// Counts every answer by route (the pattern, never the id in the path)
-/// and status.
-async fn count(request: Request, next: Next) -> Response {
-    let route = request
+/// Answers are counted by route: the pattern, never the id in the path.
+fn route(request: &Request) -> String {
+    request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned())
+}
+
+/// Counts every answer by route and status.
+async fn count(request: Request, next: Next) -> Response {
+    let route = route(&request);
     let response = next.run(request).await;
     crate::metrics::metrics().http_request(&route, response.status().as_u16());
     response
