@@ -25,7 +25,7 @@ async fn the_log_holds_ids_and_no_personal_data() {
         "{}\n[log]\nformat = \"json\"\n",
         sim.herald_config(&store.url, "")
     );
-    let herald = Herald::start(dir.path(), &config);
+    let mut herald = Herald::start(dir.path(), &config);
     let client = herald.client();
     let http = reqwest::Client::new();
 
@@ -64,9 +64,8 @@ async fn the_log_holds_ids_and_no_personal_data() {
         .await;
     assert_eq!(bad.status, 422);
     assert!(client.wait_until_settled(Duration::from_secs(30)).await);
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let log = herald.logs();
+    let log = herald.logs_at_exit();
     let lines: Vec<Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))

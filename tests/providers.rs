@@ -113,7 +113,7 @@ timeout_ms = 10000
         twilio.url(),
         email.url()
     );
-    let herald = Herald::start_with_env(
+    let mut herald = Herald::start_with_env(
         dir.path(),
         &config(&store, &providers),
         "all",
@@ -245,15 +245,15 @@ timeout_ms = 10000
         "kept for the kinds that send it"
     );
 
-    // The token never shows: not in the debug log, not in the API.
-    let logs = herald.logs();
-    assert!(logs.contains("DEBUG"), "the log was at debug level");
-    assert!(!logs.contains(TWILIO_TOKEN), "the token is in the log");
+    // The token never shows: not in the API, not in the debug log.
     let providers = c.get("/v1/providers").await.body.to_string();
     assert!(providers.contains("twilio") && !providers.contains(TWILIO_TOKEN));
     for id in [&local, &invalid, &full] {
         assert!(!record(&c, id).await.to_string().contains(TWILIO_TOKEN));
     }
+    let logs = herald.logs_at_exit();
+    assert!(logs.contains("DEBUG"), "the log was at debug level");
+    assert!(!logs.contains(TWILIO_TOKEN), "the token is in the log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

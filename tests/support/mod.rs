@@ -256,6 +256,16 @@ impl Herald {
         read(&self.log)
     }
 
+    /// Stops serve (SIGTERM) and reads its whole log: what a check that a
+    /// line is absent needs, since serve writes its lines in batches, up to
+    /// 10 ms after they were logged, and all of them at exit.
+    pub fn logs_at_exit(&mut self) -> String {
+        self.sigterm();
+        let exit = self.wait_exit(Duration::from_secs(30));
+        assert!(exit.is_some(), "serve did not exit: {}", self.logs());
+        self.logs()
+    }
+
     /// Waits up to 10 s for `needle` in the log: serve writes its lines in
     /// batches, up to 10 ms after they were logged.
     pub async fn log_shows(&self, needle: &str) {
