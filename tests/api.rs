@@ -303,6 +303,9 @@ async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
                 .unwrap()
                 .to_owned(),
         );
+        // Ids start with their accept's millisecond and are random after
+        // it: two accepted in the same millisecond list in either order.
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert!(c.wait_until_settled(Duration::from_secs(20)).await);
     let rec = c.get(&format!("/v1/notifications/{}", ids[0])).await.body;
