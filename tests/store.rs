@@ -50,20 +50,12 @@ store_matrix!(
 );
 
 fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
-    NewNotification {
-        id: NotificationId::new_at(now),
-        channel: Channel::Sms,
-        payload: format!(r#"{{"phone":"01712345678","text":"{text}"}}"#),
-        created_at: now,
-        expires_at: now.plus(Duration::from_secs(3600)),
-        deliver_by: None,
-        send_at: None,
-        priority: Priority::Normal,
-        metadata: Default::default(),
-        hedge: false,
-        callback_url: None,
-        lease: None,
-    }
+    NewNotification::due_now(
+        Channel::Sms,
+        format!(r#"{{"phone":"01712345678","text":"{text}"}}"#),
+        now,
+        now.plus(Duration::from_secs(3600)),
+    )
 }
 
 fn attempt(provider: &str, outcome: AttemptOutcome, status: u16) -> Attempt {

@@ -334,7 +334,7 @@ mod tests {
     use crate::dispatch::clock::{Clock, TokioClock};
     use crate::dispatch::pool::{ChannelPool, Providers};
     use crate::dispatch::scripted::{Scripted, delivered, failing, lenient_breaker, pool, pool_of};
-    use crate::domain::{AttemptOutcome, Channel, Message, Priority, Sms, Status, UnixMillis};
+    use crate::domain::{AttemptOutcome, Channel, Message, Sms, Status, UnixMillis};
     use crate::store::{NewNotification, SqliteOptions, SqliteStore};
 
     struct Rig {
@@ -361,28 +361,18 @@ mod tests {
             let mut ids = Vec::new();
             for i in 0..count {
                 let now = self.clock.now();
-                let id = NotificationId::new_at(now);
                 let message = Message::Sms(Sms {
                     phone: "01712345678".into(),
                     text: format!("message {i}"),
                 });
-                self.store
-                    .insert(NewNotification {
-                        id,
-                        channel: Channel::Sms,
-                        payload: message.to_provider_json(),
-                        created_at: now,
-                        expires_at: now.plus(Duration::from_secs(3600)),
-                        deliver_by: None,
-                        send_at: None,
-                        priority: Priority::Normal,
-                        metadata: Default::default(),
-                        hedge: false,
-                        callback_url: None,
-                        lease: None,
-                    })
-                    .await
-                    .unwrap();
+                let notification = NewNotification::due_now(
+                    Channel::Sms,
+                    message.to_provider_json(),
+                    now,
+                    now.plus(Duration::from_secs(3600)),
+                );
+                let id = notification.id;
+                self.store.insert(notification).await.unwrap();
                 ids.push(id);
             }
             ids

@@ -99,6 +99,31 @@ pub struct NewNotification {
 }
 
 impl NewNotification {
+    /// Due at its creation, with none of a client's options (set them on
+    /// the result); its id carries `created_at`, and past `expires_at` it is
+    /// `dead`.
+    pub fn due_now(
+        channel: Channel,
+        payload: String,
+        created_at: UnixMillis,
+        expires_at: UnixMillis,
+    ) -> Self {
+        Self {
+            id: NotificationId::new_at(created_at),
+            channel,
+            payload,
+            created_at,
+            expires_at,
+            deliver_by: None,
+            send_at: None,
+            priority: Priority::Normal,
+            metadata: BTreeMap::new(),
+            hedge: false,
+            callback_url: None,
+            lease: None,
+        }
+    }
+
     /// The status it is stored with.
     pub fn initial_status(&self) -> Status {
         match (self.lease, self.send_at) {

@@ -1236,7 +1236,7 @@ mod tests {
     use rusqlite::StatementStatus;
 
     use super::*;
-    use crate::domain::{Channel, Priority};
+    use crate::domain::Channel;
 
     fn migrated() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
@@ -1257,20 +1257,12 @@ mod tests {
     }
 
     fn queued(now: UnixMillis) -> NewNotification {
-        NewNotification {
-            id: NotificationId::new_at(now),
-            channel: Channel::Sms,
-            payload: "{}".into(),
-            created_at: now,
-            expires_at: now.plus(Duration::from_secs(60)),
-            deliver_by: None,
-            send_at: None,
-            priority: Priority::Normal,
-            metadata: Default::default(),
-            hedge: false,
-            callback_url: None,
-            lease: None,
-        }
+        NewNotification::due_now(
+            Channel::Sms,
+            "{}".into(),
+            now,
+            now.plus(Duration::from_secs(60)),
+        )
     }
 
     #[test]
