@@ -237,21 +237,25 @@ impl<'a> Round<'a> {
                 self.lease_ran_short = true;
                 return Start::Nothing;
             };
-            // Wait for the rate limit's token no longer than the lease allows;
-            // a provider with none free in time is passed over this round.
-            let Some(wait) = slot.reserve(if hedge { Duration::ZERO } else { room }) else {
-                continue;
-            };
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            let room = room.saturating_sub(wait);
             let permit = if hedge {
-                match slot.try_acquire_in_flight() {
-                    Some(permit) => permit,
-                    None => continue,
+                // Room first: a provider passed over keeps its rate token.
+                let Some(permit) = slot.try_acquire_in_flight() else {
+                    continue;
+                };
+                if slot.reserve(Duration::ZERO).is_none() {
+                    continue;
                 }
+                permit
             } else {
+                // Wait for the rate limit's token no longer than the lease
+                // allows; a provider with none free in time is passed over.
+                let Some(wait) = slot.reserve(room) else {
+                    continue;
+                };
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                let room = room.saturating_sub(wait);
                 let Ok(permit) = tokio::time::timeout(room, slot.acquire_in_flight()).await else {
                     self.lease_ran_short = true;
                     return Start::Nothing;
@@ -898,6 +902,46 @@ mod tests {
         assert_eq!(outcomes(&r), [("slow", AttemptOutcome::Delivered)]);
         assert_eq!(r.at, start.plus(SLOW));
         assert_eq!(slow.sent().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hedge_passing_over_a_full_provider_leaves_it_its_rate_token() {
+        let clock = TokioClock::starting_at(T0);
+        let slow = slow(delivered("s"));
+        let full = Arc::new(Scripted::new("full", [delivered("f")]));
+        let slots = vec![
+            ProviderSlot::new(
+                Arc::clone(&slow) as Arc<dyn crate::provider::Provider>,
+                1,
+                8,
+                lenient_breaker(),
+            ),
+            // One token per 1,000 s: taken now, it would not be back by the end.
+            ProviderSlot::new(
+                Arc::clone(&full) as Arc<dyn crate::provider::Provider>,
+                1,
+                1,
+                lenient_breaker(),
+            )
+            .with_rate_limit(0.001, 1),
+        ];
+        let pool = ChannelPool::new(Channel::Sms, slots);
+        let s_full = &pool.slots()[1];
+        let held = s_full.try_acquire_in_flight().unwrap();
+        // The round starts at `slow` (`full` out of rotation then); by the
+        // hedge, 100 ms later, `full` is back but has no connection free.
+        s_full.set_enabled(false);
+        let policy = hedging(HedgeWhen::All, HedgeAfter::Millis(100));
+        let back = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            s_full.set_enabled(true);
+        };
+        let n = asked(&clock);
+        let (r, ()) = tokio::join!(run_round(&pool, &policy, &clock, &n), back);
+        assert_eq!(outcomes(&r), [("slow", AttemptOutcome::Delivered)]);
+        assert!(full.sent().is_empty());
+        drop(held);
+        assert_eq!(s_full.reserve(Duration::ZERO), Some(Duration::ZERO));
     }
 
     #[tokio::test(start_paused = true)]
