@@ -188,7 +188,9 @@ fn timestamp(name: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, Proble
 
 /// List notifications.
 ///
-/// Oldest first (`order=newest`: newest first), filtered by any of
+/// Oldest first (`order=newest`: newest first), by the time each was
+/// accepted, and those one instance accepted in the same millisecond (a
+/// batch's items) in the order it accepted them; filtered by any of
 /// `status`, `channel`, `priority`, `created_after` (inclusive),
 /// `created_before` and one metadata entry; `next` is the `cursor` of the
 /// following page (opaque to clients; pages never shift when new

@@ -1,7 +1,9 @@
 //! What a notification is: its channel, its message, its life cycle.
 
+use std::cmp::Ordering as Cmp;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize, Serializer};
@@ -23,12 +25,19 @@ impl NotificationId {
     }
 
     /// An id whose time part is `t`, for a notification created at `t`.
+    /// The ids one process makes for the same millisecond count up, so they
+    /// sort in the order they were made (a batch's items, sends in a row).
     pub fn new_at(t: UnixMillis) -> Self {
+        let millis = t.0.max(0) as u64;
         // A thread-local generator instead of the OS's: `Uuid::new_v7` asks
         // the kernel for every id, a syscall on each accepted request.
         let mut random = [0u8; 10];
         fastrand::fill(&mut random);
-        Self(uuid::Builder::from_unix_timestamp_millis(t.0.max(0) as u64, &random).into_uuid())
+        if let Some(sequence) = next_in_millisecond(millis) {
+            // The 12 bits after the version: RFC 9562's counter (6.2).
+            random[..2].copy_from_slice(&sequence.to_be_bytes());
+        }
+        Self(uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid())
     }
 
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
@@ -50,6 +59,29 @@ impl NotificationId {
         let mut bytes = [0u8; 16];
         bytes[..6].copy_from_slice(&(t.0.max(0) as u64).to_be_bytes()[2..]);
         Self(Uuid::from_bytes(bytes))
+    }
+}
+
+/// The newest millisecond an id was made for, and how many were made for
+/// it, as `millis << 12 | count - 1`.
+static LAST_ID: AtomicU64 = AtomicU64::new(0);
+
+/// The place of the next id of `millis` among those made before it for
+/// the same millisecond; `None` (a random place) for a millisecond older
+/// than the newest (a clock set back, or an id made for a past time) and
+/// past 4,096 ids in one millisecond.
+fn next_in_millisecond(millis: u64) -> Option<u16> {
+    let mut last = LAST_ID.load(Ordering::Relaxed);
+    loop {
+        let next = match millis.cmp(&(last >> 12)) {
+            Cmp::Greater => millis << 12,
+            Cmp::Equal if last & 0xfff < 0xfff => last + 1,
+            _ => return None,
+        };
+        match LAST_ID.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some((next & 0xfff) as u16),
+            Err(seen) => last = seen,
+        }
     }
 }
 
@@ -423,6 +455,25 @@ mod tests {
         let a = NotificationId::new();
         let b = NotificationId::new();
         assert!(a < b);
+    }
+
+    #[test]
+    fn ids_of_one_millisecond_sort_in_the_order_they_were_made() {
+        // Far ahead of the other tests' times, which then get random places.
+        let t = UnixMillis(32_503_680_000_000);
+        let made: Vec<_> = (0..4096).map(|_| NotificationId::new_at(t)).collect();
+        assert!(made.windows(2).all(|w| w[0] < w[1]));
+        assert!(made.iter().all(|id| *id >= NotificationId::first_at(t)));
+        assert!(
+            made.iter()
+                .all(|id| *id < NotificationId::first_at(UnixMillis(t.0 + 1)))
+        );
+        // Past 4,096 in one millisecond, and for a past one: random places,
+        // still within their millisecond.
+        let more = NotificationId::new_at(t);
+        assert!(more >= NotificationId::first_at(t));
+        let past = NotificationId::new_at(UnixMillis(t.0 - 1));
+        assert!(past < NotificationId::first_at(t));
     }
 
     #[test]
