@@ -5,6 +5,8 @@
 mod support;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -19,6 +21,7 @@ store_matrix!(
     every_event_arrives_signed_and_a_500_is_retried_with_the_same_id,
     a_callback_url_gets_its_events_and_a_host_not_allowed_is_refused,
     a_receiver_that_never_answers_does_not_slow_delivery,
+    a_failed_delivery_is_delivered_again_when_an_operator_asks,
 );
 
 /// A fresh `whsec_` secret: 32 random bytes.
@@ -522,4 +525,96 @@ async fn a_callback_secret_is_required_once_callback_hosts_are_allowed() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("callback_secret"), "{err}");
+}
+
+/// The webhook deliveries in `status`.
+async fn deliveries(client: &support::Client, status: &str) -> Vec<serde_json::Value> {
+    let page = client
+        .get(&format!("/v1/webhooks/deliveries?status={status}"))
+        .await;
+    page.body["items"].as_array().cloned().unwrap_or_default()
+}
+
+async fn a_failed_delivery_is_delivered_again_when_an_operator_asks(backend: Backend) {
+    let secret = new_secret();
+    // 410 (gone: failed at once, no retry) until the receiver is fixed.
+    let fixed = Arc::new(AtomicBool::new(false));
+    let hooks = {
+        let (fixed, secret) = (Arc::clone(&fixed), secret.clone());
+        Fixture::start(move |r, _| {
+            if !signature_is_valid(&secret, r) {
+                reply(401, "{}")
+            } else if fixed.load(Ordering::SeqCst) {
+                reply(200, "{}")
+            } else {
+                reply(410, r#"{"error": "no such hook yet"}"#)
+            }
+        })
+        .await
+    };
+    let settings = format!(
+        "[webhooks_settings]\n{FAST_RETRIES}[[webhooks]]\nurl = \"{}/hooks\"\n\
+         secret = \"${{TEST_SECRET}}\"\nevents = [\"notification.delivered\"]\n",
+        hooks.url()
+    );
+    let Some(rig) = Rig::start(backend, &settings, &secret).await else {
+        return;
+    };
+    let client = rig.herald.client();
+    assert_eq!(client.sms("redeliver-me").await.status, 202);
+
+    let until = Instant::now() + Duration::from_secs(30);
+    let item = loop {
+        if let [item] = deliveries(&client, "failed").await.as_slice() {
+            break item.clone();
+        }
+        assert!(Instant::now() < until, "no failed delivery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(item["last_http_status"], 410, "{item}");
+    let id = item["id"].as_str().unwrap().to_owned();
+    let redeliver = format!("/v1/webhooks/deliveries/{id}/redeliver");
+
+    fixed.store(true, Ordering::SeqCst);
+    let again = client.post(&redeliver, &json!({})).await;
+    assert_eq!(again.status, 202, "{:?}", again.body);
+    assert_eq!(again.body, json!({"id": id, "status": "pending"}));
+    let until = Instant::now() + Duration::from_secs(30);
+    let delivered = loop {
+        if let [item] = deliveries(&client, "delivered").await.as_slice() {
+            break item.clone();
+        }
+        assert!(Instant::now() < until, "not delivered again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(delivered["id"], id.as_str());
+    assert_eq!(
+        delivered["attempts"], 1,
+        "a fresh attempt budget: {delivered}"
+    );
+    assert_eq!(delivered["last_http_status"], 200);
+    // The same event and webhook-id, signed again.
+    let sent = hooks.requests();
+    assert_eq!(sent.len(), 2);
+    assert!(sent.iter().all(|r| r.header("webhook-id") == id));
+    assert_eq!(sent[0].body, sent[1].body);
+
+    // Only a failed one; an id that names none.
+    let twice = client.post(&redeliver, &json!({})).await;
+    assert_eq!(twice.status, 409, "{:?}", twice.body);
+    assert!(
+        twice.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("this one is delivered")
+    );
+    for unknown in ["msg_01a2280ff6a070008694a7806ed00b50", "nope"] {
+        let none = client
+            .post(
+                &format!("/v1/webhooks/deliveries/{unknown}/redeliver"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(none.status, 404, "{unknown}: {:?}", none.body);
+    }
 }

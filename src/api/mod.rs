@@ -114,6 +114,7 @@ fn work_routes(batch_body_limit: usize) -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(providers::enable))
         .routes(routes!(events::stream))
         .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::redeliver))
         .routes(routes!(dashboard::root))
         .routes(routes!(dashboard::page))
         .routes(routes!(dashboard::script))

@@ -1,19 +1,22 @@
 //! `GET /v1/webhooks/deliveries`: the webhook outbox for the operator,
-//! oldest first; `?status=failed` lists what no receiver took.
+//! oldest first; `?status=failed` lists what no receiver took, and
+//! `POST /v1/webhooks/deliveries/{id}/redeliver` sends one of those again.
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
 use super::problem::Problem;
+use crate::domain::UnixMillis;
 use crate::domain::webhook::WebhookId;
-use crate::store::{WebhookDeliveryRecord, WebhookStatus};
+use crate::store::{RedeliverOutcome, StoreError, WebhookDeliveryRecord, WebhookStatus};
 
 const MAX_PAGE: usize = 1_000;
 
@@ -90,12 +93,80 @@ pub async fn deliveries(
         .store
         .webhook_deliveries(status, after, limit)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %crate::error::chain(&e), "a store read failed");
-            Problem::store_unavailable()
-        })?;
+        .map_err(store_problem)?;
     let next = (items.len() == limit)
         .then(|| items.last().map(|d| d.id))
         .flatten();
     Ok(Json(DeliveryPage { items, next }).into_response())
+}
+
+fn store_problem(e: StoreError) -> Problem {
+    tracing::error!(error = %crate::error::chain(&e), "a webhook store call failed");
+    Problem::store_unavailable()
+}
+
+/// The delivery a path names.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct DeliveryPath {
+    /// As the listing gave it (`msg_…`, the `webhook-id` receivers saw).
+    #[param(value_type = WebhookId)]
+    id: String,
+}
+
+/// A delivery that will be attempted again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Redelivery {
+    id: WebhookId,
+    /// `pending`: due at once.
+    status: WebhookStatus,
+}
+
+/// Deliver a failed webhook again.
+///
+/// For a receiver that was down, misconfigured or refusing: the delivery
+/// is `pending` again, due at once, with the attempts and maximum age of a
+/// new one (its `created_at` becomes now). It keeps its id, so the
+/// `webhook-id` a receiver dedupes by is the same.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/deliveries/{id}/redeliver",
+    operation_id = "redeliver_webhook",
+    tag = "webhooks",
+    params(DeliveryPath),
+    responses(
+        (status = 202, description = "Pending again", body = Redelivery),
+        (status = 404, description = "No webhook delivery with this id"),
+        (status = 409, description = "It has not failed"),
+    ),
+)]
+pub async fn redeliver(
+    State(state): State<Arc<ApiState>>,
+    path: Result<Path<DeliveryPath>, PathRejection>,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found("webhook delivery with this id");
+    let id: WebhookId = path
+        .ok()
+        .and_then(|Path(p)| p.id.parse().ok())
+        .ok_or_else(not_found)?;
+    let outcome = state
+        .store
+        .redeliver_webhook(id, UnixMillis::now())
+        .await
+        .map_err(store_problem)?;
+    match outcome {
+        RedeliverOutcome::Requeued => Ok((
+            StatusCode::ACCEPTED,
+            Json(Redelivery {
+                id,
+                status: WebhookStatus::Pending,
+            }),
+        )
+            .into_response()),
+        RedeliverOutcome::NotFound => Err(not_found()),
+        RedeliverOutcome::NotFailed(status) => Err(Problem::conflict(format!(
+            "only a failed delivery can be delivered again; this one is {}",
+            status.as_str()
+        ))),
+    }
 }

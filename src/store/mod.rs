@@ -32,8 +32,8 @@ use crate::domain::webhook::WebhookId;
 use crate::domain::{Attempt, Channel, NotificationId, Priority, Status, UnixMillis};
 
 pub use outbox::{
-    ClaimedWebhook, NewWebhookDelivery, WebhookCompletion, WebhookDeliveryRecord, WebhookReport,
-    WebhookRoute, WebhookRoutes, WebhookStatus, WebhookTarget,
+    ClaimedWebhook, NewWebhookDelivery, RedeliverOutcome, WebhookCompletion, WebhookDeliveryRecord,
+    WebhookReport, WebhookRoute, WebhookRoutes, WebhookStatus, WebhookTarget,
 };
 pub use postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PostgresOptions, PostgresStore};
 pub use sqlite::{MIGRATIONS as SQLITE_MIGRATIONS, SqliteOptions, SqliteStore, Synchronous};
@@ -565,6 +565,16 @@ pub trait Store: Send + Sync {
         after: Option<WebhookId>,
         limit: usize,
     ) -> Result<Vec<WebhookDeliveryRecord>, StoreError>;
+
+    /// Makes a `failed` webhook delivery `pending` again, due at `now`, with
+    /// the attempts and the maximum age of a new one (its `created_at`
+    /// becomes `now`); its id, and so the `webhook-id` receivers dedupe by,
+    /// stays.
+    async fn redeliver_webhook(
+        &self,
+        id: WebhookId,
+        now: UnixMillis,
+    ) -> Result<RedeliverOutcome, StoreError>;
 
     /// How many webhook deliveries are unfinished (pending, sending), read
     /// through the index of unfinished rows.

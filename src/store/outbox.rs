@@ -120,6 +120,16 @@ pub struct NewWebhookDelivery {
     pub created_at: UnixMillis,
 }
 
+/// What asking to deliver a webhook again found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedeliverOutcome {
+    /// Pending again, due at once, with a fresh attempt budget.
+    Requeued,
+    NotFound,
+    /// Only a `failed` delivery can be delivered again.
+    NotFailed(WebhookStatus),
+}
+
 /// A delivery's place in its life: `pending` (due at its time), `sending`
 /// (leased by a worker), then `delivered` or `failed` for good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]

@@ -39,8 +39,8 @@ use super::rows::{
 use super::{
     ApiKeyRecord, CancelOutcome, Claimed, ClaimedWebhook, EXPIRED_UNSENT, IdempotencyKey,
     KeyedInsert, LeaseLost, LeaseToken, ListFilter, ListParam, NewNotification, NotificationRecord,
-    NotificationSummary, ReplayOutcome, RoundReport, Store, StoreError, WebhookDeliveryRecord,
-    WebhookReport, WebhookRoutes, WebhookStatus,
+    NotificationSummary, RedeliverOutcome, ReplayOutcome, RoundReport, Store, StoreError,
+    WebhookDeliveryRecord, WebhookReport, WebhookRoutes, WebhookStatus,
 };
 use crate::domain::webhook::WebhookId;
 use crate::domain::{NotificationId, Status, UnixMillis};
@@ -633,6 +633,21 @@ impl Store for PostgresStore {
     async fn purge_webhooks(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
         let client = self.client().await?;
         webhooks::purge(&client, before, limit).await
+    }
+
+    async fn redeliver_webhook(
+        &self,
+        id: WebhookId,
+        now: UnixMillis,
+    ) -> Result<RedeliverOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let outcome = webhooks::redeliver(&tx, id, now).await?;
+        tx.commit().await.map_err(pg)?;
+        if outcome == RedeliverOutcome::Requeued {
+            self.webhooks_added.notify_one();
+        }
+        Ok(outcome)
     }
 
     fn webhooks_added(&self) -> Arc<Notify> {

@@ -19,8 +19,8 @@ use crate::store::rows::{
     webhook_status_from,
 };
 use crate::store::{
-    ClaimedWebhook, LeaseLost, LeaseToken, StoreError, WebhookDeliveryRecord, WebhookReport,
-    WebhookStatus,
+    ClaimedWebhook, LeaseLost, LeaseToken, RedeliverOutcome, StoreError, WebhookDeliveryRecord,
+    WebhookReport, WebhookStatus,
 };
 
 fn webhook_id(u: Uuid) -> WebhookId {
@@ -294,6 +294,41 @@ pub(super) async fn backlog(
     rows.iter()
         .map(|r| Ok((webhook_status_from(r.get(0))?, r.get::<_, i64>(1) as u64)))
         .collect()
+}
+
+pub(super) async fn redeliver(
+    tx: &Transaction<'_>,
+    id: WebhookId,
+    now: UnixMillis,
+) -> Result<RedeliverOutcome, StoreError> {
+    let key = id.as_uuid();
+    let Some(row) = tx
+        .query_opt(
+            "SELECT status FROM webhook_deliveries WHERE id = $1 FOR UPDATE",
+            &[&key],
+        )
+        .await
+        .map_err(pg)?
+    else {
+        return Ok(RedeliverOutcome::NotFound);
+    };
+    let status = webhook_status_from(row.get(0))?;
+    if status != WebhookStatus::Failed {
+        return Ok(RedeliverOutcome::NotFailed(status));
+    }
+    tx.execute(
+        "UPDATE webhook_deliveries
+            SET status = 'pending', due_at = $2, attempts = 0, lease_token = NULL,
+                created_at = $2, updated_at = $2
+          WHERE id = $1",
+        &[&key, &now.0],
+    )
+    .await
+    .map_err(pg)?;
+    tx.execute("SELECT pg_notify($1, '')", &[&WEBHOOKS_CHANNEL])
+        .await
+        .map_err(pg)?;
+    Ok(RedeliverOutcome::Requeued)
 }
 
 pub(super) async fn purge(

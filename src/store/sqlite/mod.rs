@@ -32,8 +32,8 @@ use super::rows::{
 use super::{
     ApiKeyRecord, CancelOutcome, Claimed, ClaimedWebhook, EXPIRED_UNSENT, IdempotencyKey,
     KeyedInsert, LeaseLost, LeaseToken, ListFilter, ListParam, NewNotification, NotificationRecord,
-    NotificationSummary, ReplayOutcome, RoundReport, Store, StoreError, StoredAnswer,
-    WebhookDeliveryRecord, WebhookReport, WebhookRoutes, WebhookStatus,
+    NotificationSummary, RedeliverOutcome, ReplayOutcome, RoundReport, Store, StoreError,
+    StoredAnswer, WebhookDeliveryRecord, WebhookReport, WebhookRoutes, WebhookStatus,
 };
 use crate::domain::webhook::WebhookId;
 use crate::domain::{NotificationId, Status, UnixMillis};
@@ -111,6 +111,11 @@ enum Command {
         now: UnixMillis,
         expires_at: UnixMillis,
         reply: Reply<ReplayOutcome>,
+    },
+    RedeliverWebhook {
+        id: WebhookId,
+        now: UnixMillis,
+        reply: Reply<RedeliverOutcome>,
     },
     Cancel {
         id: NotificationId,
@@ -465,6 +470,10 @@ fn execute(conn: &Connection, outbox: &Outbox<'_>, cmd: Command, open: bool) -> 
             expires_at,
             reply,
         } => answer(reply, open.then(|| replay(conn, id, now, expires_at))),
+        Command::RedeliverWebhook { id, now, reply } => answer(
+            reply,
+            open.then(|| webhooks::redeliver(conn, outbox, id, now)),
+        ),
         Command::Cancel { id, now, reply } => answer(reply, open.then(|| cancel(conn, id, now))),
         Command::Purge {
             before,
@@ -1174,6 +1183,15 @@ impl Store for SqliteStore {
             reply,
         })
         .await
+    }
+
+    async fn redeliver_webhook(
+        &self,
+        id: WebhookId,
+        now: UnixMillis,
+    ) -> Result<RedeliverOutcome, StoreError> {
+        self.call(|reply| Command::RedeliverWebhook { id, now, reply })
+            .await
     }
 
     fn webhooks_added(&self) -> Arc<Notify> {

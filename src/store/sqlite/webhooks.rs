@@ -17,8 +17,8 @@ use crate::store::rows::{
     webhook_id_from_bytes, webhook_status_from,
 };
 use crate::store::{
-    ClaimedWebhook, LeaseLost, LeaseToken, StoreError, WebhookDeliveryRecord, WebhookReport,
-    WebhookStatus,
+    ClaimedWebhook, LeaseLost, LeaseToken, RedeliverOutcome, StoreError, WebhookDeliveryRecord,
+    WebhookReport, WebhookStatus,
 };
 
 /// Where the writer's transaction sends events, and how many rows it added
@@ -185,6 +185,40 @@ pub(super) fn complete(
             Ok(if changed == 1 { Ok(()) } else { Err(LeaseLost) })
         })
         .collect()
+}
+
+pub(super) fn redeliver(
+    conn: &Connection,
+    outbox: &Outbox<'_>,
+    id: WebhookId,
+    now: UnixMillis,
+) -> Result<RedeliverOutcome, StoreError> {
+    let key = &id.as_bytes()[..];
+    let status: Option<String> = conn
+        .query_row(
+            "SELECT status FROM webhook_deliveries WHERE id = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    let Some(status) = status else {
+        return Ok(RedeliverOutcome::NotFound);
+    };
+    let status = webhook_status_from(&status)?;
+    if status != WebhookStatus::Failed {
+        return Ok(RedeliverOutcome::NotFailed(status));
+    }
+    conn.execute(
+        "UPDATE webhook_deliveries
+            SET status = 'pending', due_at = ?2, attempts = 0, lease_token = NULL,
+                created_at = ?2, updated_at = ?2
+          WHERE id = ?1",
+        params![key, now.0],
+    )
+    .map_err(backend)?;
+    outbox.added.set(outbox.added.get() + 1);
+    Ok(RedeliverOutcome::Requeued)
 }
 
 pub(super) fn purge(
