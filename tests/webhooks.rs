@@ -527,12 +527,23 @@ async fn a_callback_secret_is_required_once_callback_hosts_are_allowed() {
     assert!(err.contains("callback_secret"), "{err}");
 }
 
-/// The webhook deliveries in `status`.
-async fn deliveries(client: &support::Client, status: &str) -> Vec<serde_json::Value> {
-    let page = client
-        .get(&format!("/v1/webhooks/deliveries?status={status}"))
-        .await;
-    page.body["items"].as_array().cloned().unwrap_or_default()
+/// The one webhook delivery in `status`, waited for up to 30 s.
+async fn the_one(client: &support::Client, status: &str) -> serde_json::Value {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = client
+            .get(&format!("/v1/webhooks/deliveries?status={status}"))
+            .await;
+        if let Some([item]) = page.body["items"].as_array().map(Vec::as_slice) {
+            return item.clone();
+        }
+        assert!(
+            Instant::now() < until,
+            "no {status} delivery: {:?}",
+            page.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn a_failed_delivery_is_delivered_again_when_an_operator_asks(backend: Backend) {
@@ -563,14 +574,7 @@ async fn a_failed_delivery_is_delivered_again_when_an_operator_asks(backend: Bac
     let client = rig.herald.client();
     assert_eq!(client.sms("redeliver-me").await.status, 202);
 
-    let until = Instant::now() + Duration::from_secs(30);
-    let item = loop {
-        if let [item] = deliveries(&client, "failed").await.as_slice() {
-            break item.clone();
-        }
-        assert!(Instant::now() < until, "no failed delivery");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let item = the_one(&client, "failed").await;
     assert_eq!(item["last_http_status"], 410, "{item}");
     let id = item["id"].as_str().unwrap().to_owned();
     let redeliver = format!("/v1/webhooks/deliveries/{id}/redeliver");
@@ -579,14 +583,7 @@ async fn a_failed_delivery_is_delivered_again_when_an_operator_asks(backend: Bac
     let again = client.post(&redeliver, &json!({})).await;
     assert_eq!(again.status, 202, "{:?}", again.body);
     assert_eq!(again.body, json!({"id": id, "status": "pending"}));
-    let until = Instant::now() + Duration::from_secs(30);
-    let delivered = loop {
-        if let [item] = deliveries(&client, "delivered").await.as_slice() {
-            break item.clone();
-        }
-        assert!(Instant::now() < until, "not delivered again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let delivered = the_one(&client, "delivered").await;
     assert_eq!(delivered["id"], id.as_str());
     assert_eq!(
         delivered["attempts"], 1,
