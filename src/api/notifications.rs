@@ -23,11 +23,6 @@ use crate::store::{
 
 const MAX_PAGE: usize = 1_000;
 
-fn store_problem(e: crate::store::StoreError) -> Problem {
-    tracing::error!(error = %crate::error::chain(&e), "a store read failed");
-    Problem::store_unavailable()
-}
-
 /// The notification a path names.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
@@ -64,7 +59,7 @@ pub async fn get(
     path: Result<Path<NotificationPath>, PathRejection>,
 ) -> Result<Response, Problem> {
     let id = parse_id(path)?;
-    match state.store.get(id).await.map_err(store_problem)? {
+    match state.store.get(id).await.map_err(Problem::from_store)? {
         Some(record) => Ok(Json(record).into_response()),
         None => Err(Problem::not_found("notification with this id")),
     }
@@ -267,7 +262,7 @@ pub async fn list(
         .store
         .list(filter, after, limit)
         .await
-        .map_err(store_problem)?;
+        .map_err(Problem::from_store)?;
     let next = (items.len() == limit)
         .then(|| items.last().map(|n| n.id))
         .flatten();
@@ -299,7 +294,7 @@ pub async fn replay(
         .store
         .replay(id, now, now.plus(state.max_age))
         .await
-        .map_err(store_problem)?;
+        .map_err(Problem::from_store)?;
     match outcome {
         ReplayOutcome::Requeued => {
             state.wake.notify_one();
@@ -344,7 +339,7 @@ pub async fn cancel(
         .store
         .cancel(id, UnixMillis::now())
         .await
-        .map_err(store_problem)?;
+        .map_err(Problem::from_store)?;
     match outcome {
         CancelOutcome::Canceled => Ok(Json(Receipt {
             id,
@@ -367,7 +362,7 @@ pub async fn cancel(
     responses((status = 200, description = "Every status with its count", body = Stats)),
 )]
 pub async fn stats(State(state): State<Arc<ApiState>>) -> Result<Response, Problem> {
-    let counts = state.store.counts().await.map_err(store_problem)?;
+    let counts = state.store.counts().await.map_err(Problem::from_store)?;
     let mut by_status: BTreeMap<&str, u64> = Status::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     for (status, n) in counts {
         by_status.insert(status.as_str(), n);

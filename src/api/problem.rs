@@ -214,6 +214,12 @@ impl Problem {
         )
     }
 
+    /// A store call that failed: logged with its cause, answered 503.
+    pub fn from_store(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %crate::error::chain(&e), "a store call failed");
+        Self::store_unavailable()
+    }
+
     /// The request did not finish in time; one that carried a notification
     /// may or may not have been stored.
     pub fn request_timeout(limit: std::time::Duration) -> Self {

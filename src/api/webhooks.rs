@@ -16,7 +16,7 @@ use super::ApiState;
 use super::problem::Problem;
 use crate::domain::UnixMillis;
 use crate::domain::webhook::WebhookId;
-use crate::store::{RedeliverOutcome, StoreError, WebhookDeliveryRecord, WebhookStatus};
+use crate::store::{RedeliverOutcome, WebhookDeliveryRecord, WebhookStatus};
 
 const MAX_PAGE: usize = 1_000;
 
@@ -93,16 +93,11 @@ pub async fn deliveries(
         .store
         .webhook_deliveries(status, after, limit)
         .await
-        .map_err(store_problem)?;
+        .map_err(Problem::from_store)?;
     let next = (items.len() == limit)
         .then(|| items.last().map(|d| d.id))
         .flatten();
     Ok(Json(DeliveryPage { items, next }).into_response())
-}
-
-fn store_problem(e: StoreError) -> Problem {
-    tracing::error!(error = %crate::error::chain(&e), "a webhook store call failed");
-    Problem::store_unavailable()
 }
 
 /// The delivery a path names.
@@ -153,7 +148,7 @@ pub async fn redeliver(
         .store
         .redeliver_webhook(id, UnixMillis::now())
         .await
-        .map_err(store_problem)?;
+        .map_err(Problem::from_store)?;
     match outcome {
         RedeliverOutcome::Requeued => Ok((
             StatusCode::ACCEPTED,
