@@ -260,7 +260,6 @@ async fn a_reload_adds_reweights_and_refuses_a_bad_file() {
     assert_eq!(a.body["added"], json!(["twilio"]));
     assert!(!a.body.to_string().contains(SECRET));
     assert!(provider_view(&client, "twilio").await.is_some());
-    drop(client);
     assert!(
         !herald.logs_at_exit().contains(SECRET),
         "a secret in the log"
