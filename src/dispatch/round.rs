@@ -982,17 +982,31 @@ mod tests {
         for _ in 0..100 {
             pool.slots()[0].record_latency(Duration::from_millis(150));
         }
-        let mut hedged = 0;
-        for _ in 0..6 {
+        // Each round starts at the slow provider (the fast one is out of
+        // rotation until 50 ms in); its own p90, not the fast one's, sets the
+        // hedge. Three rounds add three answers of 2 s: still under a tenth.
+        let fast = &pool.slots()[1];
+        for _ in 0..3 {
             let start = clock.now();
-            let r = run_round(&pool, &policy, &clock, &asked(&clock)).await;
-            if let [hedge, _] = r.attempts.as_slice() {
-                assert_eq!(hedge.provider, "fast");
-                assert_eq!(hedge.started_at, start.plus(Duration::from_millis(150)));
-                hedged += 1;
-            }
+            fast.set_enabled(false);
+            let back = async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                fast.set_enabled(true);
+            };
+            let n = asked(&clock);
+            let (r, ()) = tokio::join!(run_round(&pool, &policy, &clock, &n), back);
+            let [first, hedge] = r.attempts.as_slice() else {
+                panic!("not hedged: {:?}", outcomes(&r));
+            };
+            let (first, hedge) = if first.provider == "slow" {
+                (first, hedge)
+            } else {
+                (hedge, first)
+            };
+            assert_eq!((first.provider.as_str(), first.started_at), ("slow", start));
+            assert_eq!(hedge.provider, "fast");
+            assert_eq!(hedge.started_at, start.plus(Duration::from_millis(150)));
         }
-        assert!(hedged > 0);
     }
 
     #[tokio::test(start_paused = true)]
