@@ -95,13 +95,8 @@ async fn server(command: ServerCommand) -> anyhow::Result<()> {
             let (listener, addr) = app::bind(config.listen)
                 .await
                 .with_context(|| format!("could not listen on {}", config.listen))?;
-            announce(addr, &config);
-            match args.source() {
-                Some(source) => {
-                    app::serve_from(source, config, listener, shutdown_signal()).await?
-                }
-                None => app::serve(config, listener, shutdown_signal()).await?,
-            }
+            let announce = announcement(addr, &config);
+            app::launch(config, args.source(), listener, shutdown_signal(), announce).await?;
         }
         ServerCommand::Migrate(args) => {
             let config = args.load().context("invalid configuration")?;
@@ -146,9 +141,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let (listener, addr) = app::bind(config.listen)
         .await
         .with_context(|| format!("could not listen on {}", config.listen))?;
-    announce(addr, &config);
-    herald::logging::flush();
-    eprintln!(
+    let announce = announcement(addr, &config);
+    let simulated = format!(
         "simulated providers (failing {:.0}% of requests): SMS {}, email {}",
         args.mock.failure_rate * 100.0,
         (1..=sim.providers(Channel::Sms))
@@ -160,14 +154,19 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(" "),
     );
-    eprintln!(
-        "\nsend an SMS:\n  curl -i http://{addr}/v1/sms -H 'content-type: application/json' \
-         -d '{{\"phone\": \"01712345678\", \"text\": \"Hello from Herald\"}}'\n\
-         then follow the Location header:\n  curl http://{addr}/v1/notifications/<id>\n\
-         watch it live on the dashboard:\n  http://{addr}/dashboard\n\
-         each successful send is printed below as a JSON line; Ctrl-C stops.\n"
-    );
-    app::serve(config, listener, shutdown_signal()).await?;
+    let ready = move || {
+        announce();
+        herald::logging::flush();
+        eprintln!("{simulated}");
+        eprintln!(
+            "\nsend an SMS:\n  curl -i http://{addr}/v1/sms -H 'content-type: application/json' \
+             -d '{{\"phone\": \"01712345678\", \"text\": \"Hello from Herald\"}}'\n\
+             then follow the Location header:\n  curl http://{addr}/v1/notifications/<id>\n\
+             watch it live on the dashboard:\n  http://{addr}/dashboard\n\
+             each successful send is printed below as a JSON line; Ctrl-C stops.\n"
+        );
+    };
+    app::launch(config, None, listener, shutdown_signal(), ready).await?;
     sim.shutdown().await;
     printer.await??;
     Ok(())
@@ -267,19 +266,21 @@ async fn providers(args: herald::cli::ProvidersArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The one line on stdout a script (or a test) waits for.
-fn announce(addr: std::net::SocketAddr, config: &herald::config::Config) {
+/// The one line on stdout a script (or a test) waits for, written once
+/// the store is open, the providers built and the API answering.
+fn announcement(
+    addr: std::net::SocketAddr,
+    config: &herald::config::Config,
+) -> impl FnOnce() + use<> {
     let scheme = match config.http.tls_files() {
         Some(_) => "https",
         None => "http",
     };
-    println!("herald listening on {scheme}://{addr}");
-    tracing::info!(
-        %addr,
-        tls = scheme == "https",
-        store = %herald::store::redacted(&config.store),
-        "herald started"
-    );
+    let store = herald::store::redacted(&config.store);
+    move || {
+        println!("herald listening on {scheme}://{addr}");
+        tracing::info!(%addr, tls = scheme == "https", %store, "herald started");
+    }
 }
 
 /// Logs go to stderr, as text or JSON; `RUST_LOG` wins over `log.level`.

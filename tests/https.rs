@@ -114,8 +114,10 @@ fn a_ca_file_that_cannot_be_read_stops_herald_at_start_up() {
         ));
     }
     std::fs::write(&config, toml).unwrap();
-    let (status, _, stderr) = support::serve_to_its_end(&config);
+    let (status, stdout, stderr) = support::serve_to_its_end(&config);
     assert!(!status.success());
+    // The providers are built before serve says it listens.
+    assert!(!stdout.contains("listening"), "{stdout}");
     assert!(
         stderr.contains("could not read the CA file") && stderr.contains("no-such-ca.pem"),
         "{stderr}"

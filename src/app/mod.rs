@@ -77,25 +77,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
-    run(config, None, listener, shutdown).await
+    launch(config, None, listener, shutdown, || {}).await
 }
 
-/// Like [`serve`], for a config read from `source`: SIGHUP and
+/// Like [`serve`], calling `ready` once the store is open, the providers
+/// built and the API answering. With a `source`, SIGHUP and
 /// `POST /v1/providers/reload` read it again and apply its providers.
-pub async fn serve_from(
-    source: ConfigSource,
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), AppError> {
-    run(config, Some(source), listener, shutdown).await
-}
-
-async fn run(
+pub async fn launch(
     config: Config,
     source: Option<ConfigSource>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(),
 ) -> Result<(), AppError> {
     // Caught before anything else: a SIGHUP during start-up must not end
     // the process; it is handled once the providers are up.
@@ -189,6 +182,7 @@ async fn run(
         .then(|| tokio::spawn(Arc::clone(&state.live).run(Arc::clone(&providers), stop.clone())));
     let mut delivery = delivery.start(stop.clone());
     let mut http = HttpServer::start(&config, listener, tls.as_deref(), Arc::clone(&state), stop);
+    ready();
     let backlog = backlog::start(Arc::clone(&store));
     let rotation = rotation::start(
         Arc::clone(&providers),
@@ -286,7 +280,8 @@ pub async fn migrate(config: &Config) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Binds the configured address; logs and prints where the API listens.
+/// Binds the configured address; answers the listener and the address it
+/// got (with port 0, a free one).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
