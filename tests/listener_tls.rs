@@ -124,7 +124,8 @@ async fn untrusted_clients_and_plain_http_do_not_reach_the_api() {
     );
     herald.log_shows("TLS handshake failed").await;
 
-    // Plain HTTP to the TLS port: a TLS alert at most, never an answer.
+    // Plain HTTP to the TLS port: a readable 400 sent in clear, before any
+    // routing.
     let mut plain = TcpStream::connect(herald.addr).await.unwrap();
     plain
         .write_all(
@@ -136,7 +137,17 @@ async fn untrusted_clients_and_plain_http_do_not_reach_the_api() {
     let answer = read_until_closed(&mut plain, Duration::from_secs(10))
         .await
         .expect("closed");
-    assert!(!answer.contains("HTTP/1.1"), "{answer:?}");
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer:?}"
+    );
+    assert!(
+        answer.contains("application/problem+json") && answer.contains("/problems/https-required"),
+        "{answer:?}"
+    );
+    herald
+        .log_shows("answered plain HTTP on the TLS listener")
+        .await;
 
     // Neither stopped the listener nor counted as the server's error.
     let mut https = HttpsConnection::open(herald.addr, &ca.ca_file)

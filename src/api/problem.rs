@@ -66,6 +66,8 @@ pub enum ProblemType {
     ShuttingDown,
     #[serde(rename = "/problems/too-many-connections")]
     TooManyConnections,
+    #[serde(rename = "/problems/https-required")]
+    HttpsRequired,
     #[serde(rename = "/problems/no-config-file")]
     NoConfigFile,
     #[serde(rename = "/problems/config-refused")]
@@ -242,6 +244,19 @@ impl Problem {
             ProblemType::TooManyConnections,
             "Too many connections",
             "this instance has as many connections open as it allows; try again or try another"
+                .into(),
+        )
+    }
+
+    /// Plain HTTP sent to a listener that speaks HTTPS: answered before
+    /// any TLS, so that a client shows why instead of a broken connection.
+    pub fn https_required() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ProblemType::HttpsRequired,
+            "This port speaks HTTPS",
+            "the request was sent as plain HTTP to a listener that serves HTTPS only; \
+             send it to the same address with https://"
                 .into(),
         )
     }

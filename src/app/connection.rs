@@ -201,7 +201,27 @@ pub(super) async fn serve(
     // from the opening: a client that stops mid-handshake holds no more
     // than one that stops mid-header.
     let (_, opened) = activity.get();
-    let handshake = tokio::time::timeout_at(opened + timeouts.header_read, tls.accept(stream));
+    let deadline = opened + timeouts.header_read;
+    let mut first = [0u8; 1];
+    let peeked = tokio::select! {
+        peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => peeked,
+        () = super::http::stopped(&mut stop) => return,
+    };
+    match peeked {
+        // A handshake starts with 0x16; a request line with a method in
+        // capitals. Without this, plain HTTP gets a TLS alert that no HTTP
+        // client can show.
+        Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
+            return answer_https_required(stream, deadline).await;
+        }
+        Ok(Ok(1)) => {}
+        Ok(_) => return,
+        Err(_) => {
+            tracing::debug!("closing a connection that sent nothing in time");
+            return;
+        }
+    }
+    let handshake = tokio::time::timeout_at(deadline, tls.accept(stream));
     let stream = tokio::select! {
         done = handshake => match done {
             Ok(Ok(stream)) => stream,
@@ -219,6 +239,29 @@ pub(super) async fn serve(
         () = super::http::stopped(&mut stop) => return,
     };
     serve_http(stream, router, timeouts, stop, activity).await;
+}
+
+/// Answers plain HTTP on a TLS listener with a readable 400, then closes.
+/// What the client sent is read and dropped first (up to `deadline`), since
+/// closing over unread bytes resets the connection and can lose the answer.
+async fn answer_https_required(mut stream: TcpStream, deadline: Instant) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tracing::debug!("answered plain HTTP on the TLS listener with 400");
+    let answer = super::http::closing_answer(&crate::api::problem::Problem::https_required(), "");
+    let exchange = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout_at(deadline, exchange).await;
 }
 
 /// HTTP/1.1 on an open connection.

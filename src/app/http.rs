@@ -147,15 +147,23 @@ fn refuse(stream: TcpStream, tls: bool) {
         tracing::debug!("refused a TLS connection over http.max_connections");
         return;
     }
-    let body = serde_json::to_string(&Problem::too_many_connections()).unwrap_or_default();
-    let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
-         retry-after: 1\r\n{REQUEST_ID}: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        fresh_request_id(),
-        body.len()
-    );
+    let answer = closing_answer(&Problem::too_many_connections(), "retry-after: 1\r\n");
     let _ = stream.try_write(answer.as_bytes());
     tracing::debug!("refused a connection over http.max_connections");
+}
+
+/// A whole HTTP/1.1 answer carrying `problem`, for a connection that is
+/// closed before hyper ever sees it; `headers` are extra lines, each
+/// ending in CRLF.
+pub(super) fn closing_answer(problem: &Problem, headers: &str) -> String {
+    let body = serde_json::to_string(problem).unwrap_or_default();
+    format!(
+        "HTTP/1.1 {}\r\ncontent-type: application/problem+json\r\n{headers}\
+         {REQUEST_ID}: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        problem.status,
+        fresh_request_id(),
+        body.len()
+    )
 }
 
 fn routes(config: &Config, state: Arc<ApiState>) -> Router {
