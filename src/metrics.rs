@@ -8,7 +8,7 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{LazyLock, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -40,6 +40,7 @@ pub struct Metrics {
     commit_batch: Histogram,
     webhook_deliveries: Family<Labels1, Counter>,
     webhook_pending: Gauge,
+    certificate_expiry: Family<Labels1, Gauge>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -153,6 +154,12 @@ impl Metrics {
             "Webhook deliveries not yet delivered or failed, from a periodic query",
             webhook_pending.clone(),
         );
+        let certificate_expiry = Family::<Labels1, Gauge>::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the listeners' TLS certificate expires (Unix time), by file; only with TLS on",
+            certificate_expiry.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -171,6 +178,7 @@ impl Metrics {
             commit_batch,
             webhook_deliveries,
             webhook_pending,
+            certificate_expiry,
         }
     }
 
@@ -178,6 +186,17 @@ impl Metrics {
         self.http_requests
             .get_or_create(&[("route", route.to_owned()), ("status", status.to_string())])
             .inc();
+    }
+
+    /// The certificate in `cert_file` is valid until `not_after`.
+    pub fn certificate_expiry(&self, cert_file: &str, not_after: SystemTime) {
+        let secs = match not_after.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+            Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
+        };
+        self.certificate_expiry
+            .get_or_create(&[("cert_file", cert_file.to_owned())])
+            .set(secs);
     }
 
     pub fn accepted(&self, channel: &str, took: Duration) {

@@ -263,6 +263,63 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_it_over_a_bad_one() {
 }
 
 /// `herald serve` with `config` to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_near_or_past_its_end_is_warned_about_and_its_expiry_measured() {
+    let ca = TestCa::new();
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap();
+    let install = |leaf: &support::tls::Leaf| {
+        std::fs::write(&ca.cert_file, &leaf.cert_pem).unwrap();
+        std::fs::write(&ca.key_file, &leaf.key_pem).unwrap();
+    };
+    let expiry = |at: time::OffsetDateTime| {
+        format!(
+            "herald_tls_certificate_expiry_timestamp_seconds{{cert_file=\"{}\"}} {}",
+            ca.cert_file.display(),
+            at.unix_timestamp()
+        )
+    };
+    let soon = now + time::Duration::days(3);
+    install(&ca.issue_until(soon));
+    let (herald, _sim, _store, _dir) = herald_with(&ca, "", &[]).await;
+    herald
+        .log_shows("the TLS certificate expires soon: renew it, then send SIGHUP")
+        .await;
+    assert!(herald.logs().contains("days_left=2"), "{}", herald.logs());
+    let mut c = HttpsConnection::open(herald.addr, &ca.ca_file)
+        .await
+        .unwrap();
+    let (status, metrics) = c.get_text("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains(&expiry(soon)), "{metrics}");
+
+    // Served all the same once expired (clients decide), but said loudly.
+    let past = now - time::Duration::days(1);
+    install(&ca.issue_until(past));
+    herald.sighup();
+    herald.log_shows("the TLS certificate has expired").await;
+    let (_, metrics) = c.get_text("/metrics").await;
+    assert!(metrics.contains(&expiry(past)), "{metrics}");
+
+    // A renewal far from its end: measured, not warned about.
+    let later = now + time::Duration::days(90);
+    install(&ca.issue_until(later));
+    herald.sighup();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = c.get_text("/metrics").await;
+        if metrics.contains(&expiry(later)) {
+            break;
+        }
+        assert!(Instant::now() < until, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = herald.logs();
+    assert_eq!(logs.matches("expires soon").count(), 1, "{logs}");
+    assert_eq!(logs.matches("has expired").count(), 1, "{logs}");
+}
+
 fn serve_with(dir: &Path, config: &str) -> (std::process::ExitStatus, String, String) {
     let path = dir.join("herald.toml");
     std::fs::write(&path, config).unwrap();

@@ -96,6 +96,9 @@ pub async fn launch(
     let drain_timeout = Duration::from_millis(config.dispatch.drain_timeout_ms);
     refuse_exposure_without_keys(&config)?;
     let tls = listener_tls(&config)?.map(Arc::new);
+    if let Some(tls) = &tls {
+        reload::note_certificate_expiry(tls);
+    }
     if clear_text_beyond_loopback(&config) {
         tracing::warn!(
             addr = %config.listen,

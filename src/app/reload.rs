@@ -9,7 +9,7 @@
 //! restart; a pair that does not load is refused and the one in use stays.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinHandle;
 
@@ -226,14 +226,47 @@ pub(super) fn on_hangup(
 /// Reads the certificate and key again; logs the outcome.
 fn reload_certificate(tls: &ListenerTls) {
     match tls.reload() {
-        Ok(()) => tracing::info!(
-            cert_file = %tls.cert_file().display(),
-            "TLS certificate reloaded; new connections get it"
-        ),
+        Ok(()) => {
+            tracing::info!(
+                cert_file = %tls.cert_file().display(),
+                "TLS certificate reloaded; new connections get it"
+            );
+            note_certificate_expiry(tls);
+        }
         Err(e) => tracing::error!(
             error = %chain(&e),
             "the TLS certificate and key were refused; the pair in use stays"
         ),
+    }
+}
+
+/// A certificate this close to its end is warned about at start-up and on
+/// each reload: a renewal that failed shows before clients refuse it.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Publishes when the served certificate expires (a gauge to alert on),
+/// and warns when that is near or past.
+pub(super) fn note_certificate_expiry(tls: &ListenerTls) {
+    let Some(not_after) = tls.not_after() else {
+        return;
+    };
+    let cert_file = tls.cert_file().display().to_string();
+    crate::metrics::metrics().certificate_expiry(&cert_file, not_after);
+    let expires = x509_cert::der::DateTime::from_system_time(not_after)
+        .map_or_else(|_| "?".to_owned(), |t| t.to_string());
+    match not_after.duration_since(SystemTime::now()) {
+        Err(_) => tracing::error!(
+            %cert_file,
+            %expires,
+            "the TLS certificate has expired: clients refuse it. Renew it, then send SIGHUP"
+        ),
+        Ok(left) if left < EXPIRY_WARNING => tracing::warn!(
+            %cert_file,
+            %expires,
+            days_left = left.as_secs() / 86_400,
+            "the TLS certificate expires soon: renew it, then send SIGHUP"
+        ),
+        Ok(_) => {}
     }
 }
 

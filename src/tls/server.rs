@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::PrivateKeyDer;
@@ -13,6 +14,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{InconsistentKeys, ServerConfig};
 use tokio_rustls::TlsAcceptor;
+use x509_cert::der::Decode;
 
 use super::{TlsError, crypto, read_certificates, read_file};
 
@@ -68,6 +70,20 @@ impl ListenerTls {
 
     pub fn cert_file(&self) -> &Path {
         &self.certificate.cert_file
+    }
+
+    /// When the certificate served now stops being valid; `None` when its
+    /// leaf does not parse as X.509 (rustls serves it as given).
+    pub fn not_after(&self) -> Option<SystemTime> {
+        let served = Arc::clone(
+            &self
+                .certificate
+                .current
+                .read()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let leaf = x509_cert::Certificate::from_der(served.cert.first()?).ok()?;
+        Some(leaf.tbs_certificate.validity.not_after.to_system_time())
     }
 
     /// Reads the files again and serves the new pair to connections opened
@@ -178,6 +194,28 @@ mod tests {
             &format!("{}{}", text(&key_file), text(&cert_file)),
         );
         ListenerTls::load(&both, &both).unwrap();
+    }
+
+    #[test]
+    fn the_served_certificates_expiry_is_read_and_follows_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let ending = |year| {
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+            params.not_after = rcgen::date_time_ymd(year, 3, 1);
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            write(dir.path(), "cert.pem", &cert.pem());
+            write(dir.path(), "key.pem", &key.serialize_pem());
+        };
+        let at = |secs| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        ending(2030);
+        let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let tls = ListenerTls::load(&cert_file, &key_file).unwrap();
+        // 2030-03-01T00:00:00Z
+        assert_eq!(tls.not_after(), Some(at(1_898_553_600)));
+        ending(2031);
+        tls.reload().unwrap();
+        assert_eq!(tls.not_after(), Some(at(1_930_089_600)));
     }
 
     #[test]

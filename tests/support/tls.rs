@@ -53,7 +53,7 @@ impl TestCa {
         let ca_key = KeyPair::generate().unwrap();
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
-        let leaf = issue(&issuer);
+        let leaf = issue(&issuer, None);
 
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, text: &str| {
@@ -74,7 +74,12 @@ impl TestCa {
     /// Another server certificate of this CA, with a key of its own (a
     /// renewal).
     pub fn issue(&self) -> Leaf {
-        issue(&self.issuer)
+        issue(&self.issuer, None)
+    }
+
+    /// The same, valid until `not_after`.
+    pub fn issue_until(&self, not_after: time::OffsetDateTime) -> Leaf {
+        issue(&self.issuer, Some(not_after))
     }
 
     pub fn dir(&self) -> &Path {
@@ -93,9 +98,12 @@ impl TestCa {
     }
 }
 
-fn issue(issuer: &Issuer<'static, KeyPair>) -> Leaf {
+fn issue(issuer: &Issuer<'static, KeyPair>, not_after: Option<time::OffsetDateTime>) -> Leaf {
     let mut params =
         CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    if let Some(not_after) = not_after {
+        params.not_after = not_after;
+    }
     params
         .distinguished_name
         .push(DnType::CommonName, "localhost");
@@ -183,6 +191,20 @@ impl HttpsConnection {
         path: &str,
         body: Option<&Value>,
     ) -> (u16, Value) {
+        let (status, bytes) = self.exchange(method, path, body).await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// A GET whose answer is text (`/metrics`).
+    pub async fn get_text(&mut self, path: &str) -> (u16, String) {
+        let (status, bytes) = self.exchange("GET", path, None).await;
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    async fn exchange(&mut self, method: &str, path: &str, body: Option<&Value>) -> (u16, Bytes) {
         let request = Request::builder()
             .method(method)
             .uri(path)
@@ -199,10 +221,7 @@ impl HttpsConnection {
             let response = self.sender.send_request(request).await.unwrap();
             let status = response.status().as_u16();
             let bytes = response.into_body().collect().await.unwrap().to_bytes();
-            (
-                status,
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            )
+            (status, bytes)
         });
         answer.await.expect("an answer within 10 s")
     }
