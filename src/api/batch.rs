@@ -55,10 +55,7 @@ enum BatchResult {
     path = "/v1/batch",
     operation_id = "send_batch",
     tag = "notifications",
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = idempotency::DESCRIPTION, nullable = false,
-            min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]+$"),
-    ),
+    params(idempotency::Header),
     request_body(content = ref("#/components/schemas/BatchRequest"), content_type = "application/json"),
     responses(
         (status = 202, description = ACCEPTED, body = BatchAnswer),

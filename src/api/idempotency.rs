@@ -8,10 +8,25 @@ use super::problem::Problem;
 const HEADER: &str = "idempotency-key";
 const MAX_KEY_CHARS: usize = 255;
 
-/// The header as the document describes it.
-pub const DESCRIPTION: &str = "1 to 255 visible ASCII characters. A retry with the same key \
-    and body within `accept.idempotency_ttl_secs` (24 h) gets the first answer and stores \
-    nothing; the same key with another body is 409. Keys are scoped by API key.";
+/// The header as the document describes it (`params(idempotency::Header)`
+/// on each route that takes it).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(dead_code, reason = "describes a header, which `key` reads")]
+pub struct Header {
+    /// 1 to 255 visible ASCII characters. A retry with the same key and body
+    /// within `accept.idempotency_ttl_secs` (24 h) gets the first answer and
+    /// stores nothing; the same key with another body is 409. Keys are
+    /// scoped by API key.
+    #[param(
+        rename = "Idempotency-Key",
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[\\x21-\\x7E]+$"
+    )]
+    idempotency_key: Option<String>,
+}
 
 /// Whose keys these are: the API key's name, so callers never meet each
 /// other's keys; the anonymous scope (empty) when keys are off.

@@ -31,10 +31,7 @@ use crate::store::{IdempotencyKey, KeyedInsert, NewNotification, StoredAnswer};
     path = "/v1/sms",
     operation_id = "send_sms",
     tag = "notifications",
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = idempotency::DESCRIPTION, nullable = false,
-            min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]+$"),
-    ),
+    params(idempotency::Header),
     request_body(content = ref("#/components/schemas/SmsRequest"), content_type = "application/json"),
     responses(
         (status = 202, description = ACCEPTED, body = Receipt, headers(
@@ -66,10 +63,7 @@ pub async fn sms(
     path = "/v1/email",
     operation_id = "send_email",
     tag = "notifications",
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = idempotency::DESCRIPTION, nullable = false,
-            min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]+$"),
-    ),
+    params(idempotency::Header),
     request_body(content = ref("#/components/schemas/EmailRequest"), content_type = "application/json"),
     responses(
         (status = 202, description = ACCEPTED, body = Receipt, headers(
