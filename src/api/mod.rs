@@ -6,6 +6,7 @@ mod dashboard;
 mod events;
 mod health;
 mod idempotency;
+mod listing;
 pub mod live;
 mod metrics;
 mod notifications;

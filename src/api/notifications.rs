@@ -13,15 +13,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::{IntoParams, ToSchema};
 
-use super::ApiState;
 use super::problem::Problem;
 use super::submit::Receipt;
+use super::{ApiState, listing};
 use crate::domain::{Channel, NotificationId, Priority, Status, UnixMillis};
 use crate::store::{
     CancelOutcome, ListFilter, NotificationRecord, NotificationSummary, ReplayOutcome,
 };
-
-const MAX_PAGE: usize = 1_000;
 
 /// The notification a path names.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -156,23 +154,6 @@ fn by_status() -> Schema {
         .into()
 }
 
-fn one_of<T>(
-    name: &str,
-    raw: Option<&str>,
-    parse: fn(&str) -> Option<T>,
-    all: &[&str],
-) -> Result<Option<T>, Problem> {
-    raw.map(|v| {
-        parse(v).ok_or_else(|| {
-            Problem::bad_query(format!(
-                "{name} must be one of {}; not {v:?}",
-                all.join(", ")
-            ))
-        })
-    })
-    .transpose()
-}
-
 fn timestamp(name: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, Problem> {
     raw.map(|v| {
         crate::domain::rfc3339::parse(v)
@@ -217,19 +198,19 @@ pub async fn list(
     };
     let filter = ListFilter {
         metadata,
-        status: one_of(
+        status: listing::one_of(
             "status",
             q.status.as_deref(),
             Status::parse,
             &Status::ALL.map(Status::as_str),
         )?,
-        channel: one_of(
+        channel: listing::one_of(
             "channel",
             q.channel.as_deref(),
             Channel::parse,
             &Channel::ALL.map(Channel::as_str),
         )?,
-        priority: one_of(
+        priority: listing::one_of(
             "priority",
             q.priority.as_deref(),
             Priority::parse,
@@ -237,7 +218,7 @@ pub async fn list(
         )?,
         created_from: timestamp("created_after", q.created_after.as_deref())?,
         created_before: timestamp("created_before", q.created_before.as_deref())?,
-        newest_first: one_of(
+        newest_first: listing::one_of(
             "order",
             q.order.as_deref(),
             Order::parse,
@@ -251,21 +232,15 @@ pub async fn list(
                 "give cursor or after (its older name), not both".into(),
             ));
         }
-        (Some(a), None) | (None, Some(a)) => Some(
-            a.parse::<NotificationId>()
-                .map_err(|_| Problem::bad_query("cursor: not a cursor this API gave".into()))?,
-        ),
-        (None, None) => None,
+        (given, older) => listing::cursor::<NotificationId>(given.or(older))?,
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let limit = listing::limit(q.limit);
     let items = state
         .store
         .list(filter, after, limit)
         .await
         .map_err(Problem::from_store)?;
-    let next = (items.len() == limit)
-        .then(|| items.last().map(|n| n.id))
-        .flatten();
+    let next = listing::next(&items, limit, |n| n.id);
     Ok(Json(Page { items, next }).into_response())
 }
 

@@ -12,13 +12,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::ApiState;
 use super::problem::Problem;
+use super::{ApiState, listing};
 use crate::domain::UnixMillis;
 use crate::domain::webhook::WebhookId;
 use crate::store::{RedeliverOutcome, WebhookDeliveryRecord, WebhookStatus};
-
-const MAX_PAGE: usize = 1_000;
 
 /// The listing's filter and page.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -68,35 +66,20 @@ pub async fn deliveries(
     query: Result<Query<DeliveriesQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = query.map_err(|e| Problem::bad_query(e.body_text()))?;
-    let status = q
-        .status
-        .as_deref()
-        .map(|s| {
-            WebhookStatus::parse(s).ok_or_else(|| {
-                Problem::bad_query(format!(
-                    "status must be one of {}; not {s:?}",
-                    WebhookStatus::ALL.map(WebhookStatus::as_str).join(", ")
-                ))
-            })
-        })
-        .transpose()?;
-    let after = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.parse::<WebhookId>()
-                .map_err(|_| Problem::bad_query("cursor: not a cursor this API gave".into()))
-        })
-        .transpose()?;
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let status = listing::one_of(
+        "status",
+        q.status.as_deref(),
+        WebhookStatus::parse,
+        &WebhookStatus::ALL.map(WebhookStatus::as_str),
+    )?;
+    let after = listing::cursor::<WebhookId>(q.cursor.as_deref())?;
+    let limit = listing::limit(q.limit);
     let items = state
         .store
         .webhook_deliveries(status, after, limit)
         .await
         .map_err(Problem::from_store)?;
-    let next = (items.len() == limit)
-        .then(|| items.last().map(|d| d.id))
-        .flatten();
+    let next = listing::next(&items, limit, |d| d.id);
     Ok(Json(DeliveryPage { items, next }).into_response())
 }
 
