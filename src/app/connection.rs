@@ -226,7 +226,7 @@ pub(super) async fn serve(
         done = handshake => match done {
             Ok(Ok(stream)) => stream,
             // A client that does not trust the certificate, or speaks
-            // plain HTTP to this port: its problem, not the server's.
+            // neither TLS nor HTTP: its problem, not the server's.
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
                 return;
