@@ -91,7 +91,6 @@ async fn server(command: ServerCommand) -> anyhow::Result<()> {
             let config = args.load().context("invalid configuration")?;
             init_logging_batched(&config.log);
             app::refuse_exposure_without_keys(&config)?;
-            app::listener_tls(&config)?;
             let (listener, addr) = app::bind(config.listen)
                 .await
                 .with_context(|| format!("could not listen on {}", config.listen))?;

@@ -250,9 +250,9 @@ pub fn refuse_exposure_without_keys(config: &Config) -> Result<(), AppError> {
 }
 
 /// The listeners' TLS, when `http.tls_cert_file` and `http.tls_key_file`
-/// are set: read at start-up, and checked before binding too, so that a
-/// pair that does not load stops `serve` before it says it listens.
-pub fn listener_tls(config: &Config) -> Result<Option<ListenerTls>, AppError> {
+/// are set: read at start-up, before `ready`, so that a pair that does not
+/// load stops `serve` before it says it listens.
+fn listener_tls(config: &Config) -> Result<Option<ListenerTls>, AppError> {
     let Some((cert_file, key_file)) = config.http.tls_files() else {
         return Ok(None);
     };
