@@ -75,13 +75,7 @@ impl ListenerTls {
     /// When the certificate served now stops being valid; `None` when its
     /// leaf does not parse as X.509 (rustls serves it as given).
     pub fn not_after(&self) -> Option<SystemTime> {
-        let served = Arc::clone(
-            &self
-                .certificate
-                .current
-                .read()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let served = self.certificate.served();
         let leaf = x509_cert::Certificate::from_der(served.cert.first()?).ok()?;
         Some(leaf.tbs_certificate.validity.not_after.to_system_time())
     }
@@ -97,11 +91,16 @@ impl ListenerTls {
     }
 }
 
+impl Certificate {
+    /// The pair handshakes get now.
+    fn served(&self) -> Arc<CertifiedKey> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 impl ResolvesServerCert for Certificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(
-            &self.current.read().unwrap_or_else(|p| p.into_inner()),
-        ))
+        Some(self.served())
     }
 }
 
@@ -172,10 +171,6 @@ mod tests {
         (write(dir, "cert.pem", &cert), write(dir, "key.pem", &key))
     }
 
-    fn served(tls: &ListenerTls) -> Arc<CertifiedKey> {
-        Arc::clone(&tls.certificate.current.read().unwrap())
-    }
-
     #[test]
     fn a_pair_loads_and_offers_http1_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -185,7 +180,7 @@ mod tests {
             tls.acceptor().config().alpn_protocols,
             [b"http/1.1".to_vec()]
         );
-        assert_eq!(served(&tls).cert.len(), 1);
+        assert_eq!(tls.certificate.served().cert.len(), 1);
         // A certificate file that also holds the key is read the same.
         let text = |path| std::fs::read_to_string(path).unwrap();
         let both = write(
@@ -265,17 +260,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cert_file, key_file) = write_pair(dir.path());
         let tls = ListenerTls::load(&cert_file, &key_file).unwrap();
-        let first = served(&tls);
+        let first = tls.certificate.served();
 
         write_pair(dir.path());
         tls.reload().unwrap();
-        let second = served(&tls);
+        let second = tls.certificate.served();
         assert_ne!(second.cert, first.cert);
 
         // A renewal caught half-written: the new certificate, the old key.
         let (cert, _) = pair();
         write(dir.path(), "cert.pem", &cert);
         assert!(matches!(tls.reload(), Err(TlsError::KeyMismatch { .. })));
-        assert_eq!(served(&tls).cert, second.cert);
+        assert_eq!(tls.certificate.served().cert, second.cert);
     }
 }
