@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::watch;
 use utoipa::ToSchema;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::Schema;
 
 use crate::dispatch::live::LiveProviders;
 use crate::domain::UnixMillis;
@@ -165,24 +165,10 @@ pub struct Snapshot {
 
 /// This process's notifications by outcome since it started.
 fn totals() -> Schema {
-    OUTCOMES
-        .iter()
-        .fold(
-            ObjectBuilder::new()
-                .schema_type(Type::Object)
-                .description(Some(
-                    "This process's notifications by outcome since it started",
-                )),
-            |o, outcome| {
-                o.property(
-                    *outcome,
-                    ObjectBuilder::new()
-                        .schema_type(Type::Integer)
-                        .minimum(Some(0)),
-                )
-                .required(*outcome)
-            },
-        )
+    super::openapi::counts(OUTCOMES)
+        .description(Some(
+            "This process's notifications by outcome since it started",
+        ))
         .into()
 }
 

@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::Schema;
 use utoipa::{IntoParams, ToSchema};
 
 use super::problem::Problem;
@@ -140,18 +140,7 @@ pub struct Stats {
 
 /// Every status, always present, with its count.
 fn by_status() -> Schema {
-    Status::ALL
-        .iter()
-        .fold(ObjectBuilder::new().schema_type(Type::Object), |o, s| {
-            o.property(
-                s.as_str(),
-                ObjectBuilder::new()
-                    .schema_type(Type::Integer)
-                    .minimum(Some(0)),
-            )
-            .required(s.as_str())
-        })
-        .into()
+    super::openapi::counts(Status::ALL.map(Status::as_str)).into()
 }
 
 fn timestamp(name: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, Problem> {

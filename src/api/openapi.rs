@@ -12,6 +12,7 @@ use axum::http::{Method, header};
 use axum::response::IntoResponse;
 use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 
 use super::auth::{self, Scope};
 use super::live::Snapshot;
@@ -99,6 +100,22 @@ const FIXED: [&str; 5] = [
     "Cache-Control",
     "X-Accel-Buffering",
 ];
+
+/// An object holding a count (an integer, at least 0) under each of
+/// `names`, every one always present.
+pub(super) fn counts<'a>(names: impl IntoIterator<Item = &'a str>) -> ObjectBuilder {
+    names
+        .into_iter()
+        .fold(ObjectBuilder::new().schema_type(Type::Object), |o, name| {
+            o.property(
+                name,
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .required(name)
+        })
+}
 
 fn component(kind: &str, name: &str) -> Value {
     json!({ "$ref": format!("#/components/{kind}/{name}") })
