@@ -904,6 +904,16 @@ mod tests {
         assert_eq!(slow.sent().len(), 1);
     }
 
+    /// Takes `slot` out of rotation now; the future puts it back after
+    /// `delay` (joined with a round, which then starts elsewhere).
+    fn out_of_rotation_for(slot: &ProviderSlot, delay: Duration) -> impl Future<Output = ()> + '_ {
+        slot.set_enabled(false);
+        async move {
+            tokio::time::sleep(delay).await;
+            slot.set_enabled(true);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_hedge_passing_over_a_full_provider_leaves_it_its_rate_token() {
         let clock = TokioClock::starting_at(T0);
@@ -930,12 +940,8 @@ mod tests {
         let held = s_full.try_acquire_in_flight().unwrap();
         // The round starts at `slow` (`full` out of rotation then); by the
         // hedge, 100 ms later, `full` is back but has no connection free.
-        s_full.set_enabled(false);
         let policy = hedging(HedgeWhen::All, HedgeAfter::Millis(100));
-        let back = async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            s_full.set_enabled(true);
-        };
+        let back = out_of_rotation_for(s_full, Duration::from_millis(50));
         let n = asked(&clock);
         let (r, ()) = tokio::join!(run_round(&pool, &policy, &clock, &n), back);
         assert_eq!(outcomes(&r), [("slow", AttemptOutcome::Delivered)]);
@@ -988,11 +994,7 @@ mod tests {
         let fast = &pool.slots()[1];
         for _ in 0..3 {
             let start = clock.now();
-            fast.set_enabled(false);
-            let back = async {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                fast.set_enabled(true);
-            };
+            let back = out_of_rotation_for(fast, Duration::from_millis(50));
             let n = asked(&clock);
             let (r, ()) = tokio::join!(run_round(&pool, &policy, &clock, &n), back);
             let [first, hedge] = r.attempts.as_slice() else {
