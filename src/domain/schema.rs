@@ -203,16 +203,23 @@ pub fn message() -> Schema {
         .into()
 }
 
+/// An id as the API writes it: `prefix` and a UUID's 32 hex digits.
+fn prefixed_uuid(prefix: &str, description: &str, example: &str) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(format!("^{prefix}[0-9a-fA-F]{{32}}$")))
+        .description(Some(description))
+        .examples([json!(example)])
+        .into()
+}
+
 impl PartialSchema for NotificationId {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .pattern(Some("^ntf_[0-9a-fA-F]{32}$"))
-            .description(Some(
-                "`ntf_` and a UUIDv7 in hex: ids sort by creation time.",
-            ))
-            .examples([json!("ntf_0190c3f5a1b27c3d8e4f5a6b7c8d9e0f")])
-            .into()
+        prefixed_uuid(
+            "ntf_",
+            "`ntf_` and a UUIDv7 in hex: ids sort by creation time.",
+            "ntf_0190c3f5a1b27c3d8e4f5a6b7c8d9e0f",
+        )
     }
 }
 
@@ -220,15 +227,12 @@ impl ToSchema for NotificationId {}
 
 impl PartialSchema for WebhookId {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .pattern(Some("^msg_[0-9a-fA-F]{32}$"))
-            .description(Some(
-                "`msg_` and a UUIDv7 in hex, sent as `webhook-id`: one per event and receiver, \
-                 the same on every retry of it.",
-            ))
-            .examples([json!("msg_01a2272cbc827da282488d771c8a6377")])
-            .into()
+        prefixed_uuid(
+            "msg_",
+            "`msg_` and a UUIDv7 in hex, sent as `webhook-id`: one per event and receiver, the \
+             same on every retry of it.",
+            "msg_01a2272cbc827da282488d771c8a6377",
+        )
     }
 }
 
