@@ -4,13 +4,15 @@
 //! `cargo bench --bench dispatch`; `cargo test --all-targets` only builds
 //! and runs each once, untimed.
 
+#![allow(clippy::disallowed_methods)]
+
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use herald::dispatch::breaker::{Breaker, BreakerConfig, Signal};
 use herald::dispatch::router::pick_weighted;
-use herald::dispatch::window::OutcomeWindow;
+use herald::resilience::breaker::{Breaker, BreakerConfig, Signal};
+use herald::resilience::window::OutcomeWindow;
 use tokio::time::Instant;
 
 fn router(c: &mut Criterion) {

@@ -13,13 +13,13 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::dispatch::backoff::Backoff;
-use crate::dispatch::breaker::BreakerConfig;
-use crate::dispatch::hedge::{ChannelHedge, HedgeAfter, HedgeWhen, Hedging};
 use crate::domain::Channel;
 use crate::domain::callback::CallbackPolicy;
 use crate::domain::webhook::WebhookEvent;
 use crate::logging::LogConfig;
+use crate::resilience::backoff::Backoff;
+use crate::resilience::breaker::BreakerConfig;
+use crate::resilience::hedge::{ChannelHedge, HedgeAfter, HedgeWhen, Hedging};
 use crate::secret::Secret;
 use crate::store::{PostgresOptions, SqliteOptions, StoreOptions, WebhookRoute, WebhookRoutes};
 use crate::webhook::SigningKey;
@@ -273,7 +273,7 @@ pub struct HealthConfig {
     pub half_open_probes: u32,
 }
 
-/// Hedged sends, per channel (`dispatch/hedge.rs`): which notifications,
+/// Hedged sends, per channel (`resilience/hedge.rs`): which notifications,
 /// and after how long alone in flight a request gets a second provider
 /// beside it.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -949,7 +949,7 @@ impl Config {
         }
     }
 
-    pub fn webhook_backoff(&self) -> Result<Backoff, crate::dispatch::backoff::BackoffError> {
+    pub fn webhook_backoff(&self) -> Result<Backoff, crate::resilience::backoff::BackoffError> {
         let s = &self.webhooks_settings;
         Backoff::try_new(
             Duration::from_millis(s.base_ms),
@@ -966,7 +966,7 @@ impl Config {
         }
     }
 
-    pub fn backoff(&self) -> Result<Backoff, crate::dispatch::backoff::BackoffError> {
+    pub fn backoff(&self) -> Result<Backoff, crate::resilience::backoff::BackoffError> {
         Backoff::try_new(
             Duration::from_millis(self.retry.base_ms),
             self.retry.factor,

@@ -24,6 +24,7 @@ pub mod error;
 pub mod logging;
 pub mod metrics;
 pub mod provider;
+pub mod resilience;
 pub mod secret;
 pub mod store;
 pub mod tls;

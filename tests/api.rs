@@ -1,6 +1,8 @@
 //! The HTTP API's contract: what it accepts, what it refuses and how.
 //! Herald runs in-process here, on a real socket.
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! API keys through the real binary: `herald keys` against the store a
 //! running `herald serve` uses, and what the API answers each key.
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::process::Command;

@@ -1,5 +1,7 @@
 //! Crashes and shutdowns: nothing accepted is lost.
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::net::SocketAddr;

@@ -6,6 +6,8 @@
 //! installs them). It runs on SQLite only: what the page shows comes from
 //! the API, whose store behaviour the store contract covers on both engines.
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::collections::HashMap;

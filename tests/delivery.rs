@@ -1,6 +1,8 @@
 //! End to end through the 50%-failing provider simulator: Herald as a real
 //! process, providers as real HTTP servers on loopback.
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //! timeout, and that a revoked key or a shutdown ends it (the shutdown
 //! without waiting out its drain timeout).
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,8 @@
 //! Hedged sends end to end: Herald as a real process, one simulated SMS
 //! provider slow (3 s) beside a fast one.
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::time::{Duration, Instant, SystemTime};

@@ -2,6 +2,8 @@
 //! server on loopback with a certificate it signed, and Herald trusting that
 //! CA through a provider's `ca_file`, or not.
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::sync::Arc;

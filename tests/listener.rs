@@ -2,6 +2,8 @@
 //! them, and readiness while the store cannot write. Herald runs as a real
 //! child process.
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::time::{Duration, Instant};

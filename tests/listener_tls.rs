@@ -2,6 +2,8 @@
 //! certificate of a throwaway CA made at run time, clients that trust that
 //! CA or not, clients that never finish a handshake, and a renewal by SIGHUP.
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::path::Path;

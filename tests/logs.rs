@@ -2,6 +2,8 @@
 //! a request's lines, lifecycle events by notification id, and no phone
 //! number, address or message text.
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::time::Duration;

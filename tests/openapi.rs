@@ -3,6 +3,8 @@
 //! against a live `herald serve` from the document it serves, finds no
 //! server error and no answer that contradicts the document.
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -2,6 +2,8 @@
 //! cluster `scripts/test.sh` starts; `HERALD_TEST_PG_CA` names the CA that
 //! signed its certificate).
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use herald::domain::{Channel, NotificationId, UnixMillis};

@@ -6,6 +6,8 @@
 //! Each SMS provider is a fixture that answers 200 and records what it
 //! got, so a test sees which provider carried which message.
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::process::Command;

@@ -2,6 +2,8 @@
 //! each provider's API as a fixture on loopback that answers as the
 //! provider documents and records exactly what Herald sent.
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::sync::Arc;

@@ -4,6 +4,8 @@
 //!
 //! PostgreSQL only (see `support::pg_server_url` for when these skip).
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::sync::Arc;

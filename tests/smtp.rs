@@ -2,6 +2,8 @@
 //! server on loopback (aiosmtpd, tests/fixtures/smtp_server.py) that can
 //! answer 451 once, or 550, and records what it received.
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::path::Path;

@@ -1,6 +1,8 @@
 //! The storage contract, run against both engines: a real SQLite file and a
 //! fresh database on a real PostgreSQL server.
 
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::collections::HashSet;

@@ -5,6 +5,7 @@
 //! store to be let in and a revocation reaches every instance within that.
 //! Rate limits are token buckets per key and per instance.
 
+use crate::resilience::clock;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,11 +16,10 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use tokio::time::Instant;
 
 use super::ApiState;
 use super::problem::{Problem, ProblemType};
-use crate::dispatch::rate::TokenBucket;
+use crate::resilience::rate::TokenBucket;
 use crate::store::{ApiKeyRecord, Store, StoreError};
 
 /// What a key may do.
@@ -116,7 +116,7 @@ impl Auth {
                 Mutex::new(TokenBucket::new(
                     rate,
                     TokenBucket::default_burst(rate),
-                    Instant::now(),
+                    clock::instant(),
                 ))
             }),
         }
@@ -165,7 +165,7 @@ impl Auth {
     /// A token from the caller's bucket, if it has a limit.
     fn take(&self, caller: &Caller) -> Option<(u32, Result<u32, std::time::Duration>)> {
         let (rate, burst) = caller.limit?;
-        let now = Instant::now();
+        let now = clock::instant();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let bucket = buckets
             .entry(caller.name.clone())
@@ -254,7 +254,7 @@ pub async fn authorize(
         let taken = global
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take(Instant::now());
+            .take(clock::instant());
         if let Err(wait) = taken {
             let mut response = Problem::busy().into_response();
             set(&mut response, header::RETRY_AFTER, seconds(wait));

@@ -2,6 +2,7 @@
 //! Each item is validated on its own; the valid ones are stored together,
 //! and the answer has one result per item, in order.
 
+use crate::resilience::clock;
 use std::sync::Arc;
 
 use axum::Json;
@@ -90,7 +91,7 @@ pub async fn batch(
         }
     };
 
-    let started = tokio::time::Instant::now();
+    let started = clock::instant();
     let now = UnixMillis::now();
     let limits = OptionLimits {
         now,

@@ -7,8 +7,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::ApiState;
-use crate::dispatch::breaker::BreakerState;
 use crate::metrics::{ProviderGauges, metrics};
+use crate::resilience::breaker::BreakerState;
 
 /// Prometheus metrics, in the text format.
 ///

@@ -13,11 +13,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
 use super::problem::{Problem, ProblemType};
-use crate::dispatch::breaker::BreakerState;
 use crate::dispatch::live::{Changes, LiveProviders};
 use crate::dispatch::pool::ProviderSlot;
 use crate::domain::{Channel, UnixMillis};
 use crate::error::BoxError;
+use crate::resilience::breaker::BreakerState;
 
 /// Reads the config file again and puts its providers in use (the wiring
 /// knows the file).

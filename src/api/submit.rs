@@ -1,5 +1,6 @@
 //! Accepting notifications: check, validate, commit, then answer 202.
 
+use crate::resilience::clock;
 use std::sync::Arc;
 
 use axum::Json;
@@ -215,7 +216,7 @@ async fn accept(
     options: RawOptions,
     keyed: Option<Keyed>,
 ) -> Result<Response, Problem> {
-    let started = tokio::time::Instant::now();
+    let started = clock::instant();
     let now = UnixMillis::now();
     let limits = OptionLimits {
         now,

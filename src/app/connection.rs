@@ -6,6 +6,7 @@
 //! what it is doing (waiting for a head, answering, sending an answer,
 //! idle) and is closed once it has spent too long waiting.
 
+use crate::resilience::clock;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -49,7 +50,7 @@ struct Activity(Mutex<(Phase, Instant)>);
 
 impl Activity {
     fn set(&self, phase: Phase) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (phase, Instant::now());
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (phase, clock::instant());
     }
 
     fn get(&self) -> (Phase, Instant) {
@@ -60,7 +61,7 @@ impl Activity {
     fn wrote_bytes(&self) {
         let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if state.0 == Phase::Sending {
-            state.1 = Instant::now();
+            state.1 = clock::instant();
         }
     }
 
@@ -68,7 +69,7 @@ impl Activity {
     fn saw_bytes(&self) {
         let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if state.0 == Phase::Idle {
-            *state = (Phase::Head, Instant::now());
+            *state = (Phase::Head, clock::instant());
         }
     }
 
@@ -193,7 +194,7 @@ pub(super) async fn serve(
     // Small answers to small requests: never wait to fill a segment.
     let _ = stream.set_nodelay(true);
     // A fresh connection waits for its first head.
-    let activity = Arc::new(Activity(Mutex::new((Phase::Head, Instant::now()))));
+    let activity = Arc::new(Activity(Mutex::new((Phase::Head, clock::instant()))));
     let Some(tls) = tls else {
         return serve_http(stream, router, timeouts, stop, activity).await;
     };
@@ -296,7 +297,7 @@ async fn serve_http<S>(
     // The phase may change while this sleeps: look again at least this often.
     let tick = timeouts.header_read.min(timeouts.idle);
     loop {
-        let next_look = Instant::now() + tick;
+        let next_look = clock::instant() + tick;
         let wake_at = activity
             .deadline(timeouts)
             .map_or(next_look, |d| d.min(next_look));
@@ -309,7 +310,7 @@ async fn serve_http<S>(
             }
             () = tokio::time::sleep_until(wake_at) => {
                 let (phase, _) = activity.get();
-                if activity.deadline(timeouts).is_some_and(|d| d <= Instant::now()) {
+                if activity.deadline(timeouts).is_some_and(|d| d <= clock::instant()) {
                     tracing::debug!(?phase, "closing a connection that waited too long");
                     return;
                 }

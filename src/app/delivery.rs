@@ -1,6 +1,7 @@
 //! The delivering half: the dispatcher, the webhook worker and the
 //! retention purge, started only where the role delivers.
 
+use crate::resilience::clock;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +59,7 @@ impl Delivery {
                 Arc::clone(providers),
                 policy,
                 settings,
-                crate::dispatch::clock::system(),
+                crate::resilience::clock::system(),
                 Arc::clone(wake),
             )
         });
@@ -151,7 +152,7 @@ fn webhook_worker(
         Arc::clone(store),
         Arc::new(receivers),
         settings,
-        crate::dispatch::clock::system(),
+        crate::resilience::clock::system(),
     )))
 }
 
@@ -177,7 +178,7 @@ impl RunningDelivery {
     /// drain (they were told to stop already, and drain side by side), then
     /// stops the purge; returns whether the dispatcher failed.
     pub async fn stop(self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
+        let deadline = clock::instant() + limit;
         let failed = match self.dispatcher {
             None => false,
             Some(dispatcher) => match tokio::time::timeout_at(deadline, dispatcher).await {

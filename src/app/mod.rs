@@ -54,7 +54,7 @@ pub enum AppError {
         source: std::io::Error,
     },
     #[error("invalid retry settings")]
-    Retry(#[from] crate::dispatch::backoff::BackoffError),
+    Retry(#[from] crate::resilience::backoff::BackoffError),
     #[error("invalid webhook settings")]
     Webhooks(#[from] crate::webhook::ReceiversError),
     #[error("cannot serve HTTPS with http.tls_cert_file and http.tls_key_file")]

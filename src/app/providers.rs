@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use crate::config::{ProviderConfig, ProvidersConfig};
-use crate::dispatch::breaker::BreakerConfig;
 use crate::dispatch::live::{Changed, Changes};
 use crate::dispatch::pool::{ChannelPool, ProviderSlot, Providers, SlotSettings};
-use crate::dispatch::rate::TokenBucket;
 use crate::domain::Channel;
 use crate::provider::{self, BuildError, Provider};
+use crate::resilience::breaker::BreakerConfig;
+use crate::resilience::rate::TokenBucket;
 
 pub(super) fn build(
     providers: &ProvidersConfig,
@@ -193,9 +193,9 @@ pub(super) fn rebuild(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::breaker::BreakerState;
-    use crate::dispatch::breaker::Signal;
     use crate::dispatch::pool::Tried;
+    use crate::resilience::breaker::BreakerState;
+    use crate::resilience::breaker::Signal;
 
     fn contract(name: &str, port: u16) -> ProviderConfig {
         ProviderConfig::contract(name.into(), format!("http://127.0.0.1:{port}/api/sms/p"))

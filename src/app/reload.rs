@@ -8,17 +8,18 @@
 //! paths they were read from at start, so a renewed certificate needs no
 //! restart; a pair that does not load is refused and the one in use stays.
 
+use crate::resilience::clock;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
 use super::providers;
 use crate::config::{Config, ConfigError, ConfigSource, ProvidersConfig};
-use crate::dispatch::breaker::BreakerConfig;
 use crate::dispatch::live::{Changes, LiveProviders};
 use crate::error::{BoxError, chain};
 use crate::provider::BuildError;
+use crate::resilience::breaker::BreakerConfig;
 use crate::tls::ListenerTls;
 
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +255,7 @@ pub(super) fn note_certificate_expiry(tls: &ListenerTls) {
     crate::metrics::metrics().certificate_expiry(&cert_file, not_after);
     let expires = x509_cert::der::DateTime::from_system_time(not_after)
         .map_or_else(|_| "?".to_owned(), |t| t.to_string());
-    match not_after.duration_since(SystemTime::now()) {
+    match not_after.duration_since(clock::wall()) {
         Err(_) => tracing::error!(
             %cert_file,
             %expires,

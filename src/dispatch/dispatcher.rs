@@ -6,15 +6,14 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::Instant;
 
-use super::clock::SharedClock;
 use super::handoff::{Fresh, Handoff};
 use super::live::LiveProviders;
 use super::results::{self, Finished, Held, lock};
 use super::round::{RetryPolicy, run_round};
 use crate::domain::NotificationId;
 use crate::error::chain;
+use crate::resilience::clock::{self, SharedClock};
 use crate::store::{Claimed, Completion, LeaseToken, RoundReport, Store};
 
 /// The least time between two claims, unless the last one came back full.
@@ -97,20 +96,20 @@ impl Dispatcher {
         let mut store_backoff = Duration::from_millis(50);
         let mut fresh = self.fresh.take().expect("a dispatcher runs once");
 
-        let mut last_claim = Instant::now();
+        let mut last_claim = clock::instant();
         while !*shutdown.borrow() {
             // Wake-ups come in bursts (every stored notification that was
             // not handed over, every poll); claiming at each would make one
             // small writer transaction per notification. Gathering for a
             // moment makes each claim carry what came due meanwhile.
-            let gather = (last_claim + MIN_CLAIM_GAP).saturating_duration_since(Instant::now());
+            let gather = (last_claim + MIN_CLAIM_GAP).saturating_duration_since(clock::instant());
             if !gather.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(gather) => {}
                     _ = shutdown.changed() => continue,
                 }
             }
-            last_claim = Instant::now();
+            last_claim = clock::instant();
             let want = self
                 .capacity
                 .available_permits()
@@ -228,7 +227,7 @@ impl Dispatcher {
         if in_flight > 0 {
             tracing::info!(in_flight, "draining rounds in flight");
         }
-        let deadline = Instant::now() + self.settings.drain_timeout;
+        let deadline = clock::instant() + self.settings.drain_timeout;
         let rounds = &mut running.rounds;
         while !rounds.is_empty() {
             match tokio::time::timeout_at(deadline, rounds.join_next()).await {
@@ -248,7 +247,7 @@ impl Dispatcher {
         // The last sender goes: the writer writes what it has, then stops.
         let Running { held, results, .. } = running;
         drop(results);
-        if tokio::time::timeout_at(deadline.max(Instant::now() + WRITER_GRACE), &mut writer)
+        if tokio::time::timeout_at(deadline.max(clock::instant() + WRITER_GRACE), &mut writer)
             .await
             .is_err()
         {
@@ -330,11 +329,11 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::dispatch::backoff::Backoff;
-    use crate::dispatch::clock::{Clock, TokioClock};
     use crate::dispatch::pool::{ChannelPool, Providers};
     use crate::dispatch::scripted::{Scripted, delivered, failing, lenient_breaker, pool, pool_of};
     use crate::domain::{AttemptOutcome, Channel, Message, Sms, Status, UnixMillis};
+    use crate::resilience::backoff::Backoff;
+    use crate::resilience::clock::{Clock, TokioClock};
     use crate::store::{NewNotification, SqliteOptions, SqliteStore};
 
     struct Rig {
@@ -462,6 +461,7 @@ mod tests {
         assert_eq!(failures, sick.sent().len());
     }
 
+    #[allow(clippy::disallowed_methods)] // a real-time bound, beside paused time
     #[tokio::test(start_paused = true)]
     async fn shutdown_gives_back_the_leases_of_rounds_cut_short() {
         let rig = Rig::new().await;
@@ -486,7 +486,7 @@ mod tests {
         assert_eq!(rig.count(Status::Sending).await, 3);
 
         stop.send(true).unwrap();
-        let started = tokio::time::Instant::now();
+        let started = clock::instant();
         run.await.unwrap();
         // The drain timeout (1 s), not the provider's 60 s.
         assert!(started.elapsed() < Duration::from_secs(5));

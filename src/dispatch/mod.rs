@@ -1,20 +1,13 @@
-//! Delivery: claiming work from the store, choosing a provider, and the
-//! health, breaker and backoff rules behind those choices.
+//! Delivery: claiming work from the store, choosing a provider and sending
+//! through it. The health, breaker and backoff rules behind those choices
+//! are in [`crate::resilience`].
 
-pub mod backoff;
-pub mod breaker;
-pub mod clock;
 pub mod dispatcher;
 pub mod handoff;
-pub mod hedge;
-pub mod in_flight;
-pub mod latency;
 pub mod live;
 pub mod pool;
-pub mod rate;
 mod results;
 pub mod round;
 pub mod router;
 #[cfg(test)]
 mod scripted;
-pub mod window;

@@ -1,5 +1,6 @@
 //! The providers of each channel, with the health each one has shown.
 
+use crate::resilience::clock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -7,14 +8,14 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use super::breaker::{Breaker, BreakerConfig, BreakerState, Permit, Signal};
-use super::hedge::ChannelHedge;
-use super::in_flight::InFlightCap;
-use super::latency::{LATENCY_WINDOW, LatencyWindow};
-use super::rate::TokenBucket;
 use super::router::pick_weighted;
 use crate::domain::Channel;
 use crate::provider::Provider;
+use crate::resilience::breaker::{Breaker, BreakerConfig, BreakerState, Permit, Signal};
+use crate::resilience::hedge::ChannelHedge;
+use crate::resilience::in_flight::InFlightCap;
+use crate::resilience::latency::{LATENCY_WINDOW, LatencyWindow};
+use crate::resilience::rate::TokenBucket;
 
 /// A round tries each provider at most once; the set of those tried is a
 /// bit mask, which caps a channel at 64 providers.
@@ -82,7 +83,7 @@ impl ProviderSlot {
 
     /// At most `rate` requests a second, `burst` at once.
     pub fn with_rate_limit(self, rate: f64, burst: u32) -> Self {
-        *self.health.rate() = Some(TokenBucket::new(rate, burst, Instant::now()));
+        *self.health.rate() = Some(TokenBucket::new(rate, burst, clock::instant()));
         self.health.limited.store(true, Ordering::Release);
         self
     }
@@ -95,7 +96,7 @@ impl ProviderSlot {
         let health = &self.health;
         health.in_flight.resize(settings.max_in_flight);
         let mut rate = health.rate();
-        let now = Instant::now();
+        let now = clock::instant();
         *rate = match (rate.take(), settings.rate) {
             (Some(mut bucket), Some((per_sec, burst))) => {
                 bucket.set_limit(per_sec, burst, now);
@@ -122,7 +123,7 @@ impl ProviderSlot {
         }
         match self.health.rate().as_mut() {
             None => Some(Duration::ZERO),
-            Some(bucket) => bucket.reserve(Instant::now(), max_wait),
+            Some(bucket) => bucket.reserve(clock::instant(), max_wait),
         }
     }
 
@@ -207,7 +208,7 @@ impl ProviderSlot {
         let breaker = self.breaker();
         let window = breaker.window();
         (
-            breaker.state(Instant::now()),
+            breaker.state(clock::instant()),
             window.len(),
             window.failures(),
         )
@@ -240,7 +241,7 @@ impl<'a> Admission<'a> {
         let Some(permit) = self.permit.take() else {
             return;
         };
-        let now = Instant::now();
+        let now = clock::instant();
         let mut breaker = self.slot.breaker();
         breaker.record(permit, signal, now);
         if let Some(pause) = pause {
@@ -314,7 +315,7 @@ impl ChannelPool {
     /// A disabled provider is passed over like an open breaker, without
     /// touching its breaker.
     pub fn pick(&self, tried: &mut Tried, rng: &mut fastrand::Rng) -> Option<Admission<'_>> {
-        let now = Instant::now();
+        let now = clock::instant();
         // A breaker may refuse between the look and the acquire (another task
         // took the last probe); then that provider is skipped for this round.
         for _ in 0..self.slots.len() {
@@ -342,7 +343,7 @@ impl ChannelPool {
     /// When a provider able to carry the message (not in `unable`) will
     /// take a request again.
     pub fn next_admission(&self, unable: Tried) -> NextAdmission {
-        let now = Instant::now();
+        let now = clock::instant();
         let mut earliest: Option<Instant> = None;
         for (i, slot) in self.slots.iter().enumerate() {
             if unable.contains(i) || !slot.in_rotation() {

@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::JoinHandle;
 
-use super::clock::{Clock, SharedClock};
 use crate::domain::{Channel, NotificationId, UnixMillis};
 use crate::error::chain;
+use crate::resilience::clock::{Clock, SharedClock};
 use crate::store::Completion;
 use crate::store::{LeaseToken, RoundReport, Store};
 
@@ -142,7 +142,7 @@ mod tests {
     use tokio::sync::Semaphore;
 
     use super::*;
-    use crate::dispatch::clock::TokioClock;
+    use crate::resilience::clock::TokioClock;
     use crate::store::{Completion, SqliteOptions, SqliteStore};
 
     #[tokio::test(start_paused = true)]

@@ -5,6 +5,7 @@
 //! requests at once): the first to deliver wins, and the round still waits
 //! for the other, so that its outcome reaches its breaker and the history.
 
+use crate::resilience::clock;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
@@ -13,13 +14,13 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use super::backoff::Backoff;
-use super::breaker::Signal;
-use super::clock::Clock;
-use super::hedge::Hedging;
 use super::pool::{Admission, ChannelPool, NextAdmission, Tried};
 use crate::domain::{Attempt, AttemptOutcome, Message, UnixMillis};
 use crate::provider::{Outgoing, Verdict};
+use crate::resilience::backoff::Backoff;
+use crate::resilience::breaker::Signal;
+use crate::resilience::clock::Clock;
+use crate::resilience::hedge::Hedging;
 use crate::store::{Claimed, Completion, RoundReport};
 
 /// How rounds run and end: hedging, when a failed round is tried again,
@@ -47,7 +48,7 @@ pub async fn run_round(
     n: &Claimed,
 ) -> RoundReport {
     let lease_left = n.lease_until.since(clock.now());
-    let deadline = Instant::now() + lease_left - (lease_left / 10).min(LEASE_MARGIN_MAX);
+    let deadline = clock::instant() + lease_left - (lease_left / 10).min(LEASE_MARGIN_MAX);
     if past_deadline(n, clock.now()) {
         return report(n, clock, Vec::new(), expired());
     }
@@ -232,7 +233,7 @@ impl<'a> Round<'a> {
             // could then send the same message beside it.
             let Some(room) = self
                 .deadline
-                .checked_duration_since(Instant::now() + provider.timeout())
+                .checked_duration_since(clock::instant() + provider.timeout())
             else {
                 self.lease_ran_short = true;
                 return Start::Nothing;
@@ -267,7 +268,7 @@ impl<'a> Round<'a> {
                 admission,
                 _permit: permit,
                 started_at: self.clock.now(),
-                started: Instant::now(),
+                started: clock::instant(),
                 hedge,
             });
         }
@@ -396,7 +397,7 @@ fn wait_for_a_provider(
     }
     match pool.next_admission(unable) {
         NextAdmission::Now => policy.idle_recheck,
-        NextAdmission::At(at) => at.saturating_duration_since(Instant::now()),
+        NextAdmission::At(at) => at.saturating_duration_since(clock::instant()),
         NextAdmission::OutOfRotation => policy.out_of_rotation_recheck,
     }
 }
@@ -460,13 +461,13 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::dispatch::breaker::BreakerState;
-    use crate::dispatch::clock::TokioClock;
-    use crate::dispatch::hedge::{ChannelHedge, HedgeAfter, HedgeWhen};
     use crate::dispatch::pool::ProviderSlot;
     use crate::dispatch::scripted::{Scripted, delivered, failing, lenient_breaker, pool};
     use crate::domain::{Channel, NotificationId, Sms};
     use crate::provider::Verdict;
+    use crate::resilience::breaker::BreakerState;
+    use crate::resilience::clock::TokioClock;
+    use crate::resilience::hedge::{ChannelHedge, HedgeAfter, HedgeWhen};
     use crate::store::LeaseToken;
 
     const T0: UnixMillis = UnixMillis(1_700_000_000_000);

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::breaker::BreakerConfig;
 use super::pool::{ChannelPool, ProviderSlot};
 use crate::domain::{AttemptOutcome, Channel, Message, NotificationId};
 use crate::provider::{Outgoing, Provider, Verdict};
+use crate::resilience::breaker::BreakerConfig;
 
 pub struct Scripted {
     name: String,

@@ -131,10 +131,10 @@ impl Serialize for NotificationId {
 pub struct UnixMillis(pub i64);
 
 impl UnixMillis {
-    pub fn now() -> Self {
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+    /// The wall-clock instant `at` (zero before 1970). Read the clock with
+    /// [`UnixMillis::now`], defined in `resilience::clock`.
+    pub fn from_system(at: SystemTime) -> Self {
+        let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
         Self(since.as_millis() as i64)
     }
 

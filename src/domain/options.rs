@@ -54,7 +54,7 @@ pub struct DeliveryOptions {
     /// The client's own labels, stored and returned as given.
     pub metadata: BTreeMap<String, String>,
     /// Asked to be hedged: sent to a second provider too when the first is
-    /// slow (`dispatch/hedge.rs`).
+    /// slow (`resilience/hedge.rs`).
     pub hedge: bool,
     /// Where this notification's own webhook events go.
     pub callback_url: Option<String>,

@@ -5,6 +5,7 @@
 //! (text, then HTML); `Authorization: Bearer KEY`. A 202 queues the message,
 //! its id in `X-Message-Id` (docs/providers.md).
 
+use crate::resilience::clock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -140,7 +141,7 @@ impl Provider for Sendgrid {
         let mut request = transport::post(&self.uri, transport::JSON, body);
         transport::authorize(&mut request, self.auth.clone());
         match self.transport.exchange(request).await {
-            Ok(answer) => classify(&answer, SystemTime::now()),
+            Ok(answer) => classify(&answer, clock::wall()),
             Err(err) => Verdict::no_answer(&err),
         }
     }

@@ -2,6 +2,7 @@
 //! per provider, over plain HTTP or TLS (rustls), one deadline per exchange,
 //! the whole answer read.
 
+use crate::resilience::clock;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -36,7 +37,7 @@ impl HttpAnswer {
         self.headers
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()))
+            .and_then(|v| parse_retry_after(v, clock::wall()))
     }
 
     /// The body as JSON of the shape `T`, if it is that.

@@ -5,21 +5,21 @@
 //! tasks and its breakers are its own, so a slow or dead receiver holds up
 //! only its own deliveries, never a notification.
 
+use crate::resilience::clock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::Instant;
 
 use super::receivers::{Receivers, Sent, origin};
-use crate::dispatch::backoff::Backoff;
-use crate::dispatch::breaker::{Breaker, BreakerConfig, BreakerState, Signal};
-use crate::dispatch::clock::SharedClock;
 use crate::domain::UnixMillis;
 use crate::domain::webhook::WebhookId;
 use crate::error::chain;
+use crate::resilience::backoff::Backoff;
+use crate::resilience::breaker::{Breaker, BreakerConfig, BreakerState, Signal};
+use crate::resilience::clock::SharedClock;
 use crate::store::{ClaimedWebhook, LeaseToken, Store, WebhookCompletion, WebhookReport};
 
 /// Most deliveries claimed in one go.
@@ -263,13 +263,13 @@ impl WebhookWorker {
         let admitted = {
             let mut breakers = lock(&self.breakers);
             if breakers.len() >= MAX_BREAKERS && !breakers.contains_key(&key) {
-                let at = Instant::now();
+                let at = clock::instant();
                 breakers.retain(|_, b| b.state(at) != BreakerState::Closed);
             }
             let breaker = breakers
                 .entry(key.clone())
                 .or_insert_with(|| Breaker::new(self.settings.breaker.clone()));
-            let at = Instant::now();
+            let at = clock::instant();
             breaker.try_acquire(at).ok_or_else(|| {
                 breaker
                     .admits_at(at)
@@ -293,8 +293,8 @@ impl WebhookWorker {
         let retry = retry.clone();
         let results = results.clone();
         attempts.spawn(async move {
-            let started = Instant::now();
-            let sent = receivers.send(&d, SystemTime::now()).await;
+            let started = clock::instant();
+            let sent = receivers.send(&d, clock::wall()).await;
             let took = started.elapsed();
             let signal = match &sent {
                 Sent::Delivered { .. } => Signal::Success,
@@ -303,7 +303,7 @@ impl WebhookWorker {
                 },
             };
             if let Some(b) = lock(&breakers).get_mut(&key) {
-                b.record(probe, signal, Instant::now());
+                b.record(probe, signal, clock::instant());
             }
             let receiver = origin(&d.url);
             let http_status = match &sent {
@@ -335,7 +335,7 @@ impl WebhookWorker {
         mut writer: JoinHandle<()>,
         held: Held,
     ) {
-        let deadline = Instant::now() + self.settings.drain_timeout;
+        let deadline = clock::instant() + self.settings.drain_timeout;
         while !attempts.is_empty() {
             match tokio::time::timeout_at(deadline, attempts.join_next()).await {
                 Ok(Some(joined)) => log_join(joined),
@@ -352,7 +352,7 @@ impl WebhookWorker {
             }
         }
         drop(results);
-        let grace = deadline.max(Instant::now() + Duration::from_millis(500));
+        let grace = deadline.max(clock::instant() + Duration::from_millis(500));
         if tokio::time::timeout_at(grace, &mut writer).await.is_err() {
             writer.abort();
         }

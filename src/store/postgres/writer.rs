@@ -7,6 +7,7 @@
 //! waits for its commit, the next takes what arrived meanwhile. A batch's
 //! round trips, not the server's work, bound a single writer.
 
+use crate::resilience::clock;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -95,7 +96,7 @@ async fn write_batch(pool: &Pool, outbox: &Outbox, batch: Vec<Command>) {
         }
     }
     let reports: Vec<&RoundReport> = completes.iter().flat_map(|(r, _)| r.iter()).collect();
-    let started = tokio::time::Instant::now();
+    let started = clock::instant();
     let written = transact(pool, &outbox.routes, &inserts, &keyed, &reports).await;
     crate::metrics::metrics().store_commit(
         started.elapsed(),

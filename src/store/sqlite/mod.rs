@@ -13,6 +13,7 @@ mod webhooks;
 
 pub use schema::MIGRATIONS;
 
+use crate::resilience::clock;
 use std::cell::Cell;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
@@ -367,7 +368,7 @@ fn writer_loop(
             }
         }
         let closing = batch.iter().any(|c| matches!(c, Command::Close(_)));
-        let (started, writes) = (std::time::Instant::now(), batch.len());
+        let (started, writes) = (clock::instant(), batch.len());
         let outbox = Outbox {
             routes: &writer.routes,
             added: Cell::new(0),

@@ -90,12 +90,13 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resilience::clock;
 
     const SEC: Duration = Duration::from_secs(1);
 
     #[test]
     fn take_answers_at_once() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = TokenBucket::new(2.0, 2, t0);
         assert_eq!(b.take(t0), Ok(1));
         assert_eq!(b.take(t0), Ok(0));
@@ -105,7 +106,7 @@ mod tests {
 
     #[test]
     fn a_full_bucket_lets_its_burst_through_at_once() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = TokenBucket::new(5.0, 3, t0);
         for _ in 0..3 {
             assert_eq!(b.reserve(t0, Duration::ZERO), Some(Duration::ZERO));
@@ -117,7 +118,7 @@ mod tests {
 
     #[test]
     fn reservations_queue_up_behind_each_other() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = TokenBucket::new(5.0, 1, t0);
         let waits: Vec<_> = (0..6).map(|_| b.reserve(t0, SEC).unwrap()).collect();
         let ms: Vec<u128> = waits.iter().map(|w| w.as_millis()).collect();
@@ -131,7 +132,7 @@ mod tests {
     fn no_window_sees_more_than_rate_plus_burst() {
         // Greedy senders at 5/s with a burst of 2, over 10 s of virtual time:
         // every send time is when its reservation said.
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = TokenBucket::new(5.0, 2, t0);
         let mut sends = Vec::new();
         let mut now = t0;
@@ -150,7 +151,7 @@ mod tests {
 
     #[test]
     fn new_limits_keep_what_was_used() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = TokenBucket::new(1.0, 4, t0);
         for _ in 0..3 {
             assert!(b.reserve(t0, Duration::ZERO).is_some());
@@ -169,7 +170,7 @@ mod tests {
 
     #[test]
     fn an_idle_bucket_refills_up_to_its_burst_only() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = TokenBucket::new(2.0, 2, t0);
         assert!(b.reserve(t0, Duration::ZERO).is_some());
         assert!(b.reserve(t0, Duration::ZERO).is_some());

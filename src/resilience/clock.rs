@@ -1,13 +1,39 @@
-//! Where the dispatch loop reads wall-clock time from.
+//! The one place Herald reads the time (clippy's `disallowed-methods`
+//! refuses `Instant::now` and `SystemTime::now` everywhere else).
 //!
 //! Leases, due times and expiry are wall-clock [`UnixMillis`], stored and
-//! shared between processes; waits are tokio timers. Production reads the
-//! system clock. Tests use [`TokioClock`], which moves only with tokio's
-//! (paused) time, so the two never disagree and no test has to sleep.
+//! shared between processes; waits and durations are tokio instants, which
+//! paused test time moves too. The dispatch loop reads wall-clock time
+//! through a [`Clock`]: production's is the system clock; tests use
+//! [`TokioClock`], which moves only with tokio's (paused) time, so the two
+//! never disagree and no test has to sleep.
 
 use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::time::Instant;
 
 use crate::domain::UnixMillis;
+
+/// Now, on the monotonic clock: for timeouts, rates and durations.
+#[allow(clippy::disallowed_methods)]
+pub fn instant() -> Instant {
+    Instant::now()
+}
+
+/// Now, on the wall clock: for what other processes and people read
+/// (`Retry-After` dates, certificate expiry, signatures' timestamps).
+#[allow(clippy::disallowed_methods)]
+pub fn wall() -> SystemTime {
+    SystemTime::now()
+}
+
+impl UnixMillis {
+    /// Now, on the wall clock, as stored.
+    pub fn now() -> Self {
+        Self::from_system(wall())
+    }
+}
 
 pub trait Clock: Send + Sync {
     fn now(&self) -> UnixMillis;
@@ -29,14 +55,14 @@ impl Clock for SystemClock {
 #[derive(Debug, Clone, Copy)]
 pub struct TokioClock {
     wall: UnixMillis,
-    origin: tokio::time::Instant,
+    origin: Instant,
 }
 
 impl TokioClock {
     pub fn starting_at(wall: UnixMillis) -> Self {
         Self {
             wall,
-            origin: tokio::time::Instant::now(),
+            origin: instant(),
         }
     }
 }

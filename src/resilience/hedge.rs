@@ -130,7 +130,7 @@ impl<'de> Deserialize<'de> for HedgeAfter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::latency::LATENCY_WINDOW;
+    use crate::resilience::latency::LATENCY_WINDOW;
 
     #[test]
     fn who_is_hedged() {

@@ -369,6 +369,7 @@ fn later(now: Instant, d: Duration) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resilience::clock;
 
     const MS: Duration = Duration::from_millis(1);
     const SEC: Duration = Duration::from_secs(1);
@@ -504,7 +505,7 @@ mod tests {
 
     #[test]
     fn unvalidated_config_is_clamped_not_wedged() {
-        let now = Instant::now();
+        let now = clock::instant();
         let mut b = Breaker::new(BreakerConfig {
             window_size: 0,
             min_samples: 0,
@@ -528,7 +529,7 @@ mod tests {
 
     #[test]
     fn closed_admits_everything() {
-        let now = Instant::now();
+        let now = clock::instant();
         let mut b = breaker();
         assert_eq!(b.state(now), BreakerState::Closed);
         assert_eq!(b.admits_at(now), None);
@@ -543,7 +544,7 @@ mod tests {
 
     #[test]
     fn consecutive_unreachable_failures_open() {
-        let now = Instant::now();
+        let now = clock::instant();
         let mut b = breaker();
         for _ in 0..4 {
             attempt(&mut b, UNREACHABLE, now);
@@ -556,7 +557,7 @@ mod tests {
 
     #[test]
     fn success_or_an_answer_resets_the_consecutive_count() {
-        let now = Instant::now();
+        let now = clock::instant();
         for interruption in [Signal::Success, ANSWERED] {
             let mut b = breaker();
             for _ in 0..4 {
@@ -574,7 +575,7 @@ mod tests {
 
     #[test]
     fn ratio_rule_opens_once_min_samples_reached() {
-        let now = Instant::now();
+        let now = clock::instant();
         let mut b = breaker();
         for i in 1..50 {
             attempt(&mut b, ANSWERED, now);
@@ -587,7 +588,7 @@ mod tests {
 
     #[test]
     fn ratio_rule_threshold_is_inclusive() {
-        let now = Instant::now();
+        let now = clock::instant();
         // 4 failures then 1 success, repeated: exactly 0.8 at 50 samples.
         let mut b = breaker();
         for i in 0..50 {
@@ -620,7 +621,7 @@ mod tests {
         // The contract's providers answer HTTP 500 half the time at random.
         let mut rng = fastrand::Rng::with_seed(0xB4EA_4E45);
         let mut b = breaker();
-        let mut now = Instant::now();
+        let mut now = clock::instant();
         let mut failures = 0u32;
         for i in 0..100_000 {
             let p = b
@@ -642,7 +643,7 @@ mod tests {
 
     #[test]
     fn dead_provider_opens_within_consecutive_failures_requests() {
-        let mut now = Instant::now();
+        let mut now = clock::instant();
         let mut b = breaker();
         // Healthy history first: the consecutive rule doesn't need the window.
         for _ in 0..1_000 {
@@ -661,7 +662,7 @@ mod tests {
 
     #[test]
     fn provider_answering_only_errors_opens_via_ratio() {
-        let now = Instant::now();
+        let now = clock::instant();
         // From fresh: at exactly min_samples.
         let mut b = breaker();
         let mut n = 0;
@@ -688,7 +689,7 @@ mod tests {
 
     #[test]
     fn open_refuses_until_cooldown_then_goes_half_open() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = breaker();
         trip(&mut b, t0);
         for dt in [Duration::ZERO, MS, 999 * MS, SEC - Duration::from_nanos(1)] {
@@ -708,7 +709,7 @@ mod tests {
     #[test]
     fn half_open_admits_exactly_the_configured_probes() {
         for probes in [1, 3] {
-            let t0 = Instant::now();
+            let t0 = clock::instant();
             let mut b = breaker_with(|c| c.half_open_probes = probes);
             trip(&mut b, t0);
             let t1 = t0 + 2 * SEC;
@@ -725,7 +726,7 @@ mod tests {
 
     #[test]
     fn probe_success_closes_and_clears_the_window() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = breaker();
         attempt(&mut b, Signal::Success, t0);
         trip(&mut b, t0);
@@ -747,7 +748,7 @@ mod tests {
 
     #[test]
     fn probe_failure_reopens_with_doubled_cooldown() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = breaker();
         trip(&mut b, t0);
         let t1 = t0 + SEC;
@@ -762,7 +763,7 @@ mod tests {
 
     #[test]
     fn cooldown_doubles_up_to_the_cap() {
-        let mut now = Instant::now();
+        let mut now = clock::instant();
         let mut b = breaker();
         trip(&mut b, now);
         let mut cooldowns = vec![];
@@ -777,7 +778,7 @@ mod tests {
 
     #[test]
     fn cooldown_resets_after_closing() {
-        let mut now = Instant::now();
+        let mut now = clock::instant();
         let mut b = breaker();
         trip(&mut b, now);
         for _ in 0..4 {
@@ -794,7 +795,7 @@ mod tests {
 
     #[test]
     fn huge_cooldown_does_not_panic() {
-        let now = Instant::now();
+        let now = clock::instant();
         let mut b = breaker_with(|c| {
             c.cooldown_min = Duration::MAX;
             c.cooldown_max = Duration::MAX;
@@ -808,7 +809,7 @@ mod tests {
 
     #[test]
     fn pause_blocks_then_lifts_without_changing_state() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = breaker();
         attempt(&mut b, ANSWERED, t0);
         b.pause_until(t0 + 5 * SEC);
@@ -829,7 +830,7 @@ mod tests {
 
     #[test]
     fn the_later_pause_wins() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = breaker();
         b.pause_until(t0 + 10 * SEC);
         b.pause_until(t0 + 2 * SEC);
@@ -843,7 +844,7 @@ mod tests {
 
     #[test]
     fn pause_and_cooldown_combine_to_the_later() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = breaker();
         trip(&mut b, t0); // open until t0 + 1s
         b.pause_until(t0 + 3 * SEC);
@@ -860,7 +861,7 @@ mod tests {
 
     #[test]
     fn pause_in_the_past_is_no_pause() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = breaker();
         b.pause_until(t0);
         assert_eq!(b.admits_at(t0), None);
@@ -871,7 +872,7 @@ mod tests {
 
     #[test]
     fn cancel_frees_a_probe_slot_and_records_nothing() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = breaker();
         trip(&mut b, t0);
         let t1 = t0 + SEC;
@@ -886,7 +887,7 @@ mod tests {
 
     #[test]
     fn cancel_of_a_closed_permit_changes_nothing() {
-        let now = Instant::now();
+        let now = clock::instant();
         let mut b = breaker();
         let p = acquire(&mut b, now);
         b.cancel(p);
@@ -896,7 +897,7 @@ mod tests {
 
     #[test]
     fn cancelling_an_old_probe_frees_no_new_slot() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = breaker_with(|c| c.half_open_probes = 2);
         trip(&mut b, t0);
         let t1 = t0 + SEC;
@@ -917,7 +918,7 @@ mod tests {
 
     #[test]
     fn stragglers_are_counted_but_do_not_change_state() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = breaker();
         let early: Vec<Permit> = (0..4).map(|_| acquire(&mut b, t0)).collect();
         trip(&mut b, t0);
@@ -955,7 +956,7 @@ mod tests {
 
     #[test]
     fn late_result_of_a_sibling_probe_is_a_straggler() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = breaker_with(|c| c.half_open_probes = 2);
         trip(&mut b, t0);
         let t1 = t0 + SEC;
@@ -972,7 +973,7 @@ mod tests {
 
     #[test]
     fn admits_at_in_every_state() {
-        let t0 = Instant::now();
+        let t0 = clock::instant();
         let mut b = breaker();
         assert_eq!(b.admits_at(t0), None); // closed
         trip(&mut b, t0);
