@@ -8,6 +8,7 @@
 //! `/readyz`.
 
 mod backlog;
+mod components;
 mod connection;
 mod delivery;
 mod http;
@@ -34,6 +35,7 @@ use crate::dispatch::live::LiveProviders;
 use crate::provider::BuildError;
 use crate::store::{self, Store, StoreError};
 use crate::tls::{ListenerTls, TlsError};
+use components::{Component, Components};
 use delivery::Delivery;
 use http::HttpServer;
 
@@ -162,49 +164,62 @@ pub async fn launch(
     });
 
     let (stop_tx, stop) = watch::channel(false);
-    let metrics = match config.metrics.listen {
-        Some(addr) => {
-            let (listener, local) = bind(addr)
-                .await
-                .map_err(|source| AppError::Bind { addr, source })?;
-            tracing::info!(addr = %local, tls = tls.is_some(), "metrics listening");
-            Some(HttpServer::start_metrics(
-                &config,
-                listener,
-                tls.as_deref(),
-                Arc::clone(&state),
-                stop.clone(),
-            ))
-        }
-        None => None,
-    };
-    // The event stream's sampler; it ends every stream when told to stop.
-    let live = config
-        .role
-        .serves_api()
-        .then(|| tokio::spawn(Arc::clone(&state.live).run(Arc::clone(&providers), stop.clone())));
-    let mut delivery = delivery.start(stop.clone());
-    let mut http = HttpServer::start(&config, listener, tls.as_deref(), Arc::clone(&state), stop);
-    ready();
-    let backlog = backlog::start(Arc::clone(&store));
-    let rotation = rotation::start(
-        Arc::clone(&providers),
-        Arc::clone(&store),
-        Duration::from_millis(config.dispatch.providers_refresh_ms),
+    let mut running = Components::default();
+    running.add(
+        "delivery",
+        Component::Delivery(delivery.start(stop.clone())),
     );
-    let hangup = hangup.map(|hangup| reload::on_hangup(hangup, reloader, tls));
-    let keys = auth_required.then(|| {
-        keys::start(
-            Arc::clone(&auth),
+    // The event stream's sampler; it ends every stream when told to stop.
+    running.add_task(
+        "live",
+        config.role.serves_api().then(|| {
+            tokio::spawn(Arc::clone(&state.live).run(Arc::clone(&providers), stop.clone()))
+        }),
+    );
+    running.add_task("backlog", Some(backlog::start(Arc::clone(&store))));
+    running.add_task(
+        "rotation",
+        Some(rotation::start(
+            Arc::clone(&providers),
             Arc::clone(&store),
-            Duration::from_millis(config.auth.refresh_ms),
-        )
-    });
+            Duration::from_millis(config.dispatch.providers_refresh_ms),
+        )),
+    );
+    running.add_task(
+        "keys",
+        auth_required.then(|| {
+            keys::start(
+                Arc::clone(&auth),
+                Arc::clone(&store),
+                Duration::from_millis(config.auth.refresh_ms),
+            )
+        }),
+    );
+    running.add_task(
+        "hangup",
+        hangup.map(|hangup| reload::on_hangup(hangup, reloader, tls.clone())),
+    );
+    if let Some(addr) = config.metrics.listen {
+        let (listener, local) = bind(addr)
+            .await
+            .map_err(|source| AppError::Bind { addr, source })?;
+        tracing::info!(addr = %local, tls = tls.is_some(), "metrics listening");
+        let metrics = HttpServer::start_metrics(
+            &config,
+            listener,
+            tls.as_deref(),
+            Arc::clone(&state),
+            stop.clone(),
+        );
+        running.add("metrics", Component::Http(metrics));
+    }
+    let http = HttpServer::start(&config, listener, tls.as_deref(), Arc::clone(&state), stop);
+    running.add("http", Component::Http(http));
+    ready();
 
     tokio::select! {
         () = shutdown => {}
-        () = delivery.failed() => {}
-        () = http.ended() => {}
+        ended = running.first_ended() => tracing::error!(component = ended, "stopped by itself; stopping"),
     }
 
     // The order of shutdown: refuse new work at once; let the HTTP server
@@ -213,22 +228,7 @@ pub async fn launch(
     tracing::info!("shutting down: refusing new work, draining");
     state.draining.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    http.stop(drain_timeout).await;
-    if let Some(metrics) = metrics {
-        metrics.stop(drain_timeout).await;
-    }
-    let dispatcher_failed = delivery.stop(drain_timeout + Duration::from_secs(1)).await;
-    backlog.abort();
-    rotation.abort();
-    if let Some(hangup) = hangup {
-        hangup.abort();
-    }
-    if let Some(live) = live {
-        live.abort();
-    }
-    if let Some(keys) = keys {
-        keys.abort();
-    }
+    let dispatcher_failed = running.stop(drain_timeout).await;
     store.close().await;
     tracing::info!("stopped");
     if dispatcher_failed {
