@@ -464,6 +464,16 @@ mod tests {
     }
 
     #[test]
+    fn the_licence_is_the_packages() {
+        // utoipa fills `info.license` from Cargo.toml's `license`; an empty
+        // name there (no licence set) was what the document said before.
+        let doc = doc();
+        let license = &doc["info"]["license"];
+        assert_eq!(license["name"], "MIT OR Apache-2.0", "{license}");
+        assert_eq!(license["identifier"], "MIT OR Apache-2.0", "{license}");
+    }
+
+    #[test]
     fn every_operation_names_the_key_and_scopes_it_needs() {
         let doc = doc();
         for (path, method, op) in operations(&doc) {
