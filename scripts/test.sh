@@ -3,7 +3,8 @@
 # Needs Rust; starts a throwaway PostgreSQL cluster for the tests (installing
 # Debian's postgresql package if initdb is missing) and stops it at the end;
 # installs Debian's chromium and chromium-driver for the dashboard's browser
-# test, and schemathesis for the OpenAPI test, if they are missing.
+# test, podman for the container image's test (tests/packaging.rs), and
+# schemathesis for the OpenAPI test, if they are missing.
 # Everything the tests use runs on 127.0.0.1.
 #
 # The integration tests run against both stores: SQLite always, PostgreSQL
@@ -45,14 +46,18 @@ if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('schema
         python3 -m pip install --quiet --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
-# The dashboard's browser test drives Debian's Chromium through chromedriver.
-if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
-    echo "== chromium"
+# The dashboard's browser test drives Debian's Chromium through chromedriver;
+# the packaging test builds the container image with podman.
+missing=()
+[[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] || missing+=(chromium chromium-driver)
+command -v podman >/dev/null || missing+=(podman)
+if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "== ${missing[*]}"
     sudo=""
     [[ $(id -u) -ne 0 ]] && sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-        chromium chromium-driver
+        "${missing[@]}"
 fi
 
 echo "== tests"
