@@ -348,7 +348,8 @@ fn responses() -> Value {
             &["Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"],
         ),
         "Unavailable": problem_response(
-            "The store is unavailable (nothing was stored), the instance is shutting down, \
+            "The store is unavailable (a write whose commit was in doubt may have been stored: \
+             retry with the same `Idempotency-Key`), the instance is shutting down, \
              the request took longer than `http.request_timeout_ms`, or the instance has \
              `http.max_connections` open (over TLS, such a connection is closed unanswered)",
             &["Retry-After"],

@@ -94,6 +94,7 @@ impl Dispatcher {
             results,
         };
         let mut store_backoff = Duration::from_millis(50);
+        let mut claim_failing = false;
         let mut fresh = self.fresh.take().expect("a dispatcher runs once");
 
         let mut last_claim = clock::instant();
@@ -123,6 +124,10 @@ impl Dispatcher {
                     .await
                 {
                     Ok(batch) => {
+                        if claim_failing {
+                            tracing::info!("claiming works again");
+                            claim_failing = false;
+                        }
                         store_backoff = Duration::from_millis(50);
                         more_due = batch.len() == want;
                         // The API may have handed work over from the same
@@ -140,7 +145,13 @@ impl Dispatcher {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %chain(&e), "claiming failed; retrying");
+                        // Once per outage, not at every attempt.
+                        if claim_failing {
+                            tracing::debug!(error = %chain(&e), "claiming failed again");
+                        } else {
+                            tracing::warn!(error = %chain(&e), "claiming failed; retrying with backoff");
+                            claim_failing = true;
+                        }
                         tokio::select! {
                             _ = tokio::time::sleep(store_backoff) => {}
                             _ = shutdown.changed() => {}

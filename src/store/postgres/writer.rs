@@ -15,6 +15,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use uuid::Uuid;
 
+use super::health::Health;
 use super::{NOTIFY_CHANNEL, pg, webhooks};
 use crate::store::{
     Completion, IdempotencyKey, KeyedInsert, LeaseLost, NewNotification, RoundReport, StoreError,
@@ -45,6 +46,12 @@ impl Command {
 #[error("the batch's transaction failed")]
 pub struct BatchFailed(#[source] Arc<StoreError>);
 
+/// No writable primary was reachable a moment ago: the batch is failed at
+/// once rather than trying again before the backoff is over.
+#[derive(Debug, thiserror::Error)]
+#[error("no writable primary (next attempt in {0} ms)")]
+pub struct NoPrimary(u128);
+
 /// Where a writer's transactions send the events of ending notifications.
 pub struct Outbox {
     pub routes: Arc<WebhookRoutes>,
@@ -59,6 +66,7 @@ pub async fn run(
     queue: Arc<Mutex<mpsc::Receiver<Command>>>,
     max_batch: usize,
     outbox: Outbox,
+    health: Arc<Health>,
 ) {
     loop {
         let batch = {
@@ -79,11 +87,11 @@ pub async fn run(
             }
             batch
         };
-        write_batch(&pool, &outbox, batch).await;
+        write_batch(&pool, &outbox, &health, batch).await;
     }
 }
 
-async fn write_batch(pool: &Pool, outbox: &Outbox, batch: Vec<Command>) {
+async fn write_batch(pool: &Pool, outbox: &Outbox, health: &Health, batch: Vec<Command>) {
     let mut inserts = Vec::new();
     let mut keyed = Vec::new();
     let mut completes = Vec::new();
@@ -97,11 +105,23 @@ async fn write_batch(pool: &Pool, outbox: &Outbox, batch: Vec<Command>) {
     }
     let reports: Vec<&RoundReport> = completes.iter().flat_map(|(r, _)| r.iter()).collect();
     let started = clock::instant();
-    let written = transact(pool, &outbox.routes, &inserts, &keyed, &reports).await;
-    crate::metrics::metrics().store_commit(
-        started.elapsed(),
-        inserts.len() + keyed.len() + reports.len(),
-    );
+    let written = match health.wait() {
+        Some(wait) => Err(StoreError::Backend(Box::new(NoPrimary(wait.as_millis())))),
+        None => {
+            let written = transact(pool, &outbox.routes, &inserts, &keyed, &reports).await;
+            crate::metrics::metrics().store_commit(
+                started.elapsed(),
+                inserts.len() + keyed.len() + reports.len(),
+            );
+            match &written {
+                Ok(_) => health.succeeded(),
+                Err(e) => {
+                    health.failed(e);
+                }
+            }
+            written
+        }
+    };
     match written {
         Ok((outcomes, keyed_outcomes, added)) => {
             if added > 0 {
@@ -120,7 +140,13 @@ async fn write_batch(pool: &Pool, outbox: &Outbox, batch: Vec<Command>) {
             }
         }
         Err(e) => {
-            tracing::warn!(error = %crate::error::chain(&e), "a postgres write batch failed; its callers are told");
+            // A lost primary is logged once, by the health; each batch that
+            // meets it only here.
+            if e.connection_kind().is_some() {
+                tracing::debug!(error = %crate::error::chain(&e), "a postgres write batch failed; its callers are told");
+            } else {
+                tracing::warn!(error = %crate::error::chain(&e), "a postgres write batch failed; its callers are told");
+            }
             let e = Arc::new(e);
             let fail = || StoreError::Backend(Box::new(BatchFailed(Arc::clone(&e))));
             for (_, reply) in inserts {
