@@ -16,6 +16,11 @@ use serde_json::{Value, json};
 use support::fixture::{Fixture, reply};
 use support::{Backend, Client, Herald, TestStore};
 
+store_matrix!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_nul_byte_in_an_answer_is_stored_escaped_and_the_message_sent_once,
+);
+
 /// Short timings; `sms` and `email` hold the channels' provider tables,
 /// `extra` any table after them.
 fn config(store: &str, sms: &str, email: &str, extra: &str) -> String {
@@ -101,6 +106,51 @@ async fn deliveries(client: &Client, status: &str, count: usize, herald: &Herald
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Item 2: PostgreSQL refuses a NUL in a `text` column; kept as it came,
+/// the round's result could never be written, the lease lapsed and the
+/// SMS was sent again and again. Both the provider's answer and the
+/// webhook receiver's carry one.
+async fn a_nul_byte_in_an_answer_is_stored_escaped_and_the_message_sent_once(backend: Backend) {
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    let sms = Fixture::start(|_, _| reply(400, "{\"error\": \"bad\u{0}number\"}")).await;
+    let email = Fixture::start(|_, _| reply(200, "{}")).await;
+    // 410: the delivery fails for good at once, its result written once.
+    let hooks = Fixture::start(|_, _| reply(410, "gone\u{0}away")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Herald::start(
+        dir.path(),
+        &config(
+            &store.url,
+            &contract("sms", "nul-sms", &format!("{}/sms", sms.url())),
+            &contract("email", "mail", &format!("{}/email", email.url())),
+            &webhook(&format!("{}/hooks", hooks.url())),
+        ),
+    );
+    let client = herald.client();
+    let id = accept(
+        &client,
+        "/v1/sms",
+        json!({"phone": "01712345678", "text": "hi"}),
+    )
+    .await;
+
+    let n = reaches(&client, &id, "failed", &herald).await;
+    let error = n["last_error"].as_str().unwrap();
+    assert!(error.contains("bad\\u0000number"), "{n}");
+    assert!(!error.contains('\0'), "{n}");
+    let failed = deliveries(&client, "failed", 1, &herald).await;
+    let error = failed[0]["last_error"].as_str().unwrap();
+    assert!(error.contains("gone\\u0000away"), "{failed:?}");
+
+    // Both results are written: nothing is sent again, even after a lease
+    // would have lapsed.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(sms.requests().len(), 1, "the SMS was sent again");
+    assert_eq!(hooks.requests().len(), 1, "the webhook was sent again");
 }
 
 /// A server on loopback answering every request with `status` and a body
