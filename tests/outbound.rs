@@ -283,3 +283,80 @@ async fn huge_answers_are_read_up_to_a_bound_and_their_connections_dropped() {
         );
     }
 }
+
+/// Item 9: refusals quoting the recipient reach neither the stored error
+/// nor the webhook payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_and_numbers_in_refusals_are_redacted_before_they_are_stored_or_sent() {
+    let Some(store) = TestStore::new(Backend::Sqlite).await else {
+        return;
+    };
+    let sms = Fixture::start(|_, _| {
+        reply(
+            400,
+            r#"{"error": "The 'To' number +8801712345678 is not a mobile number"}"#,
+        )
+    })
+    .await;
+    let email = Fixture::start(|r, _| {
+        let to = r.json()["recipients"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        reply(
+            422,
+            format!(r#"{{"error": "550 5.1.1 <{to}>: Recipient address rejected"}}"#),
+        )
+    })
+    .await;
+    let hooks = Fixture::start(|_, _| reply(200, "{}")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Herald::start(
+        dir.path(),
+        &config(
+            &store.url,
+            &contract("sms", "sms", &format!("{}/sms", sms.url())),
+            &contract("email", "mail", &format!("{}/email", email.url())),
+            &webhook(&format!("{}/hooks", hooks.url())),
+        ),
+    );
+    let client = herald.client();
+    let texted = accept(
+        &client,
+        "/v1/sms",
+        json!({"phone": "01712345678", "text": "hi"}),
+    )
+    .await;
+    let mailed = accept(
+        &client,
+        "/v1/email",
+        json!({"subject": "s", "body": "b", "recipients": ["jane.private@example.com"]}),
+    )
+    .await;
+
+    for (id, secret, marker) in [
+        (&texted, "1712345678", "[number]"),
+        (&mailed, "jane.private", "[address]"),
+    ] {
+        let n = reaches(&client, id, "failed", &herald).await;
+        let error = n["last_error"].as_str().unwrap();
+        assert!(error.contains(marker), "{n}");
+        assert!(!error.contains(secret), "{n}");
+        let attempt = n["attempts"][0]["error"].as_str().unwrap();
+        assert!(!attempt.contains(secret), "{n}");
+    }
+    deliveries(&client, "delivered", 2, &herald).await;
+    let payloads = hooks.requests();
+    assert_eq!(payloads.len(), 2);
+    for p in &payloads {
+        let text = p.text();
+        assert!(!text.contains("1712345678"), "{text}");
+        assert!(!text.contains("jane.private"), "{text}");
+        let data = &p.json()["data"];
+        let error = data["attempts"]["last_error"].as_str().unwrap();
+        assert!(
+            error.contains("[number]") || error.contains("[address]"),
+            "{text}"
+        );
+    }
+}
