@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use support::fixture::{Fixture, reply};
+use support::smtp::SmtpFixture;
 use support::{Backend, Client, Herald, TestStore};
 
 store_matrix!(
@@ -359,4 +360,79 @@ async fn addresses_and_numbers_in_refusals_are_redacted_before_they_are_stored_o
             "{text}"
         );
     }
+}
+
+/// Item 4: a recipient the SMTP server cannot take (a non-ASCII address,
+/// no SMTPUTF8) is the message's failure: rejected, and never counted
+/// against the provider. Three of them left its breaker open (three
+/// provider faults in a row here), and legitimate mail behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_recipients_do_not_open_the_smtp_breaker() {
+    // aiosmtpd, as the fixture runs it, offers no SMTPUTF8.
+    let Some(smtp) = SmtpFixture::start(None) else {
+        return;
+    };
+    let Some(store) = TestStore::new(Backend::Sqlite).await else {
+        return;
+    };
+    let sms = Fixture::start(|_, _| reply(200, "{}")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let email = format!(
+        "[[providers.email]]\nname = \"smtp\"\nkind = \"smtp\"\nurl = \"smtp://127.0.0.1:{}\"\n\
+         from = \"noreply@example.test\"\ntimeout_ms = 2000\n",
+        smtp.port
+    );
+    let herald = Herald::start(
+        dir.path(),
+        &config(
+            &store.url,
+            &contract("sms", "sms", &format!("{}/sms", sms.url())),
+            &email,
+            "",
+        ),
+    );
+    let client = herald.client();
+    let mut crafted = Vec::new();
+    for i in 0..3 {
+        crafted.push(
+            accept(
+                &client,
+                "/v1/email",
+                json!({"subject": format!("crafted {i}"), "body": "b",
+                       "recipients": [format!("x{i}@exämple.com")]}),
+            )
+            .await,
+        );
+    }
+    for id in &crafted {
+        let n = reaches(&client, id, "failed", &herald).await;
+        assert_eq!(n["attempts"].as_array().unwrap().len(), 1, "{n}");
+        assert_eq!(n["attempts"][0]["outcome"], "rejected", "{n}");
+        assert!(
+            n["last_error"].as_str().unwrap().contains("SMTPUTF8"),
+            "{n}"
+        );
+    }
+    let providers = client.get("/v1/providers").await.body;
+    let health = providers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "smtp")
+        .unwrap()
+        .clone();
+    assert_eq!(health["breaker"], "closed", "{health}");
+    assert_eq!(health["failures"], 0, "{health}");
+
+    let legit = accept(
+        &client,
+        "/v1/email",
+        json!({"subject": "legit", "body": "b", "recipients": ["ok@example.test"]}),
+    )
+    .await;
+    let n = reaches(&client, &legit, "delivered", &herald).await;
+    assert_eq!(n["attempts"].as_array().unwrap().len(), 1, "{n}");
+    let received = smtp.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0]["subject"], "legit");
 }
