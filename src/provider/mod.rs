@@ -9,6 +9,7 @@
 
 pub mod contract;
 pub mod mailgun;
+pub mod outside;
 pub mod sendgrid;
 pub mod smtp;
 mod transport;
@@ -176,14 +177,17 @@ impl Verdict {
         Self {
             outcome: AttemptOutcome::Delivered,
             http_status,
-            provider_message_id,
+            // The provider's text: where it enters, made fit to store.
+            provider_message_id: provider_message_id.as_deref().map(outside::storable),
             unreachable: false,
             pause: None,
             error: None,
         }
     }
 
-    /// Any outcome but delivered, with the reason kept for the history.
+    /// Any outcome but delivered, with the reason kept for the history:
+    /// every error of every kind passes here, where it is made fit to
+    /// store and to send in a webhook payload ([`outside::error_text`]).
     pub fn failed(outcome: AttemptOutcome, http_status: Option<u16>, error: String) -> Self {
         debug_assert_ne!(outcome, AttemptOutcome::Delivered);
         Self {
@@ -192,7 +196,7 @@ impl Verdict {
             provider_message_id: None,
             unreachable: false,
             pause: None,
-            error: Some(error),
+            error: Some(outside::error_text(&error)),
         }
     }
 

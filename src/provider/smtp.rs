@@ -9,7 +9,10 @@
 //! Replies: 2xx delivers (the server's queue reply is the message id);
 //! 530/534/535/538 (authentication) are the provider's fault; other 5xx
 //! reject the message; 4xx are transient; no reply at all (refused,
-//! timed out, TLS failed) is transient and unreachable.
+//! timed out, TLS failed) is transient and unreachable. A message the
+//! server cannot carry (a non-ASCII address, no SMTPUTF8) is rejected; a
+//! server that cannot do what the settings ask (STARTTLS, a common AUTH
+//! mechanism) is the provider's fault.
 
 use std::time::Duration;
 
@@ -247,11 +250,23 @@ fn classify(e: &lettre_smtp::Error) -> Verdict {
         Some(530 | 534 | 535 | 538) => Verdict::failed(AttemptOutcome::ProviderFault, None, text),
         Some(_) if e.is_permanent() => Verdict::failed(AttemptOutcome::Rejected, None, text),
         Some(_) => Verdict::failed(AttemptOutcome::Transient, None, text),
+        // A message this server cannot carry (an address beyond ASCII
+        // without SMTPUTF8): the message's failure, not the server's, or
+        // crafted recipients would open its breaker.
+        None if refuses_the_message(e) => Verdict::failed(AttemptOutcome::Rejected, None, text),
         // Set-up the server cannot do (STARTTLS required but not offered,
         // no common authentication mechanism): the operator's to fix.
         None if e.is_client() => Verdict::failed(AttemptOutcome::ProviderFault, None, text),
         None => unreachable(text),
     }
+}
+
+/// lettre's refusals, before any command, of a message the server said it
+/// cannot take: non-ASCII addresses without SMTPUTF8, a non-ASCII message
+/// without 8BITMIME. lettre's error says which only in its text.
+fn refuses_the_message(e: &lettre_smtp::Error) -> bool {
+    let text = crate::error::chain(e);
+    e.is_client() && (text.contains("SMTPUTF8") || text.contains("8BITMIME"))
 }
 
 fn unreachable(error: String) -> Verdict {
