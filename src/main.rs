@@ -352,7 +352,11 @@ where
     };
     let layer = tracing_subscriber::fmt::layer().with_writer(writer);
     let layer = match log.format {
-        LogFormat::Text => layer.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        // Values escaped: text from outside never reaches a terminal raw.
+        LogFormat::Text => layer
+            .with_ansi(std::io::stderr().is_terminal())
+            .fmt_fields(herald::logging::EscapedFields)
+            .boxed(),
         LogFormat::Json => layer
             .json()
             .with_current_span(true)
