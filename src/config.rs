@@ -143,6 +143,11 @@ pub struct HttpConfig {
     /// Connections open at once; beyond it new ones get a 503 and are closed
     /// at once. Keep it below the open-file limit (`ulimit -n`).
     pub max_connections: usize,
+    /// With API keys off, requests must be addressed (`Host`) to a loopback
+    /// name or address, or to one of these names: a page that rebinds a
+    /// name of its own to this machine is refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
     /// HTTPS on `listen` and `metrics.listen`: a PEM certificate chain,
     /// leaf first, and its private key; both or neither. SIGHUP reads them
     /// again.
@@ -169,6 +174,7 @@ impl Default for HttpConfig {
             idle_timeout_ms: 60_000,
             request_timeout_ms: 30_000,
             max_connections: 1024,
+            allowed_hosts: Vec::new(),
             tls_cert_file: None,
             tls_key_file: None,
         }

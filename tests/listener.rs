@@ -126,7 +126,7 @@ async fn a_request_that_takes_too_long_gets_503() {
     let mut s = TcpStream::connect(herald.addr).await.unwrap();
     // A body announced but never finished.
     s.write_all(
-        b"POST /v1/sms HTTP/1.1\r\nhost: herald\r\ncontent-type: application/json\r\n\
+        b"POST /v1/sms HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
           content-length: 100\r\n\r\n{\"phone\":",
     )
     .await

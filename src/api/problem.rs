@@ -72,6 +72,10 @@ pub enum ProblemType {
     NoConfigFile,
     #[serde(rename = "/problems/config-refused")]
     ConfigRefused,
+    #[serde(rename = "/problems/unknown-host")]
+    UnknownHost,
+    #[serde(rename = "/problems/cross-site")]
+    CrossSite,
 }
 
 fn as_u16<S: serde::Serializer>(s: &StatusCode, ser: S) -> Result<S::Ok, S::Error> {
