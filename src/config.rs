@@ -143,6 +143,11 @@ pub struct HttpConfig {
     /// Connections open at once; beyond it new ones get a 503 and are closed
     /// at once. Keep it below the open-file limit (`ulimit -n`).
     pub max_connections: usize,
+    /// Connections one client address may hold of those; beyond it a new
+    /// connection is answered only a health check (anything else 429).
+    /// Behind a proxy every client shares its address: raise it to
+    /// `max_connections` there.
+    pub max_connections_per_client: usize,
     /// With API keys off, requests must be addressed (`Host`) to a loopback
     /// name or address, or to one of these names: a page that rebinds a
     /// name of its own to this machine is refused.
@@ -174,6 +179,7 @@ impl Default for HttpConfig {
             idle_timeout_ms: 60_000,
             request_timeout_ms: 30_000,
             max_connections: 1024,
+            max_connections_per_client: 256,
             allowed_hosts: Vec::new(),
             tls_cert_file: None,
             tls_key_file: None,
@@ -796,6 +802,7 @@ impl Config {
             || h.idle_timeout_ms == 0
             || h.request_timeout_ms == 0
             || h.max_connections == 0
+            || h.max_connections_per_client == 0
         {
             return Err(invalid("http", "every setting must be at least 1"));
         }
