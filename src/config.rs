@@ -499,6 +499,15 @@ pub struct WebhookConfig {
     /// Webhooks), or `${ENV_VAR}` holding it.
     #[serde(deserialize_with = "secret::deserialize_reference")]
     pub secret: Secret,
+    /// During a rotation, the secret being retired: each request is then
+    /// signed with both (two `v1,` signatures in `webhook-signature`), so
+    /// receivers may change over one at a time. Remove it when all have.
+    #[serde(
+        default,
+        deserialize_with = "secret::deserialize_optional_reference",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub previous_secret: Option<Secret>,
     #[serde(default = "all_webhook_events")]
     pub events: Vec<WebhookEvent>,
     #[serde(default = "default_webhook_timeout_ms")]
@@ -531,6 +540,13 @@ pub struct WebhooksSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub callback_secret: Option<Secret>,
+    /// During a rotation of `callback_secret`, the one being retired: each
+    /// callback is signed with both.
+    #[serde(
+        deserialize_with = "secret::deserialize_optional_reference",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub callback_previous_secret: Option<Secret>,
     pub callback_timeout_ms: u64,
     /// Webhook requests under way at once in this process.
     pub max_in_flight: usize,
@@ -553,6 +569,7 @@ impl Default for WebhooksSettings {
             callback_allowed_hosts: Vec::new(),
             callback_http_hosts: Vec::new(),
             callback_secret: None,
+            callback_previous_secret: None,
             callback_timeout_ms: default_webhook_timeout_ms(),
             max_in_flight: 64,
             poll_interval_ms: 1_000,
@@ -893,6 +910,11 @@ impl Config {
             }
             SigningKey::from_secret(&w.secret)
                 .map_err(|e| invalid("webhooks", format!("webhooks[{i}].secret: {e}")))?;
+            if let Some(previous) = &w.previous_secret {
+                SigningKey::from_secret(previous).map_err(|e| {
+                    invalid("webhooks", format!("webhooks[{i}].previous_secret: {e}"))
+                })?;
+            }
             if w.events.is_empty() || w.timeout_ms == 0 {
                 return Err(invalid(
                     "webhooks",
@@ -923,6 +945,20 @@ impl Config {
                     .map_err(|e| invalid("webhooks_settings.callback_secret", e.to_string()))?;
             }
             (None, true) => {}
+        }
+        match (&s.callback_previous_secret, &s.callback_secret) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "webhooks_settings.callback_previous_secret",
+                    "goes with callback_secret".into(),
+                ));
+            }
+            (Some(previous), Some(_)) => {
+                SigningKey::from_secret(previous).map_err(|e| {
+                    invalid("webhooks_settings.callback_previous_secret", e.to_string())
+                })?;
+            }
+            _ => {}
         }
         self.webhook_backoff()
             .map_err(|e| invalid("webhooks_settings", e.to_string()))?;

@@ -332,12 +332,47 @@ async fn every_event_arrives_signed_and_a_500_is_retried_with_the_same_id(backen
     );
 }
 
+/// A secret's rotation: with `previous_secret` set, every request carries
+/// a signature under each, so a receiver holding only the old secret and
+/// one holding only the new both verify it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_rotation_either_secret_verifies() {
+    let (old, new) = (new_secret(), new_secret());
+    let hooks = Fixture::start(|_, _| reply(200, "{}")).await;
+    let settings = format!(
+        "[webhooks_settings]\n{FAST_RETRIES}[[webhooks]]\nurl = \"{}/hooks\"\n\
+         secret = \"${{TEST_SECRET}}\"\nprevious_secret = \"{old}\"\ntimeout_ms = 2000\n",
+        hooks.url()
+    );
+    let mut rig = Rig::start(Backend::Sqlite, &settings, &new).await.unwrap();
+    let client = rig.herald.client();
+    assert_eq!(client.sms("rotating").await.status, 202);
+    assert!(
+        wait_for(Duration::from_secs(30), || !hooks.requests().is_empty()).await,
+        "{}",
+        rig.herald.logs()
+    );
+    let r = &hooks.requests()[0];
+    assert_eq!(r.header("webhook-signature").split(' ').count(), 2);
+    assert!(
+        signature_is_valid(&old, r),
+        "a receiver not changed over yet"
+    );
+    assert!(
+        signature_is_valid(&new, r),
+        "a receiver changed over already"
+    );
+    assert!(!signature_is_valid(&new_secret(), r));
+    let logs = rig.herald.logs_at_exit();
+    assert!(!logs.contains(&old) && !logs.contains(&new));
+}
+
 async fn a_callback_url_gets_its_events_and_a_host_not_allowed_is_refused(backend: Backend) {
     let secret = new_secret();
     let hooks = receiver(&secret).await;
     let settings = format!(
         "[webhooks_settings]\n{FAST_RETRIES}callback_allowed_hosts = [\"127.0.0.1\", \"*.example.com\"]\n\
-         callback_http_hosts = [\"127.0.0.1\"]\ncallback_secret = \"${{TEST_SECRET}}\"\n"
+         callback_http_hosts = [\"127.0.0.1\"]\ncallback_secret = \"${{TEST_SECRET}}\"\n
     );
     let Some(mut rig) = Rig::start(backend, &settings, &secret).await else {
         return;

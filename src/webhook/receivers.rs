@@ -11,7 +11,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
 use hyper::http::uri::Uri;
 use hyper::{Method, Request, StatusCode};
 
-use super::signature::{BadSecret, SigningKey};
+use super::signature::{BadSecret, Signer};
 use crate::config::Config;
 use crate::domain::callback::{BadHostPattern, CallbackPolicy};
 use crate::provider::{HttpTransport, SendError, TransportError};
@@ -36,12 +36,12 @@ pub enum ReceiversError {
 
 struct Endpoint {
     uri: Uri,
-    key: SigningKey,
+    key: Signer,
     transport: HttpTransport,
 }
 
 struct Callbacks {
-    key: SigningKey,
+    key: Signer,
     transport: HttpTransport,
     /// Checked again at each send: a host no longer allowed gets nothing.
     policy: CallbackPolicy,
@@ -97,8 +97,8 @@ impl Receivers {
                 w.ca_file.as_deref(),
             )
             .map_err(|e| ReceiversError::Endpoint(i, e))?;
-            let key =
-                SigningKey::from_secret(&w.secret).map_err(|e| ReceiversError::Secret(i, e))?;
+            let key = Signer::new(&w.secret, w.previous_secret.as_ref())
+                .map_err(|e| ReceiversError::Secret(i, e))?;
             endpoints.insert(
                 w.url.clone(),
                 Endpoint {
@@ -112,7 +112,8 @@ impl Receivers {
         let policy = config.callback_policy()?;
         let callbacks = match (&settings.callback_secret, policy.is_enabled()) {
             (Some(secret), true) => Some(Callbacks {
-                key: SigningKey::from_secret(secret).map_err(ReceiversError::CallbackSecret)?,
+                key: Signer::new(secret, settings.callback_previous_secret.as_ref())
+                    .map_err(ReceiversError::CallbackSecret)?,
                 transport: HttpTransport::new(
                     "callbacks",
                     Duration::from_millis(settings.callback_timeout_ms),
