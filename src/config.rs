@@ -547,6 +547,12 @@ pub struct WebhooksSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub callback_previous_secret: Option<Secret>,
+    /// Whether a callback may reach a private, loopback or link-local
+    /// address (checked on the addresses each connection is made to, not
+    /// on the name). Off: a name in `callback_allowed_hosts` that resolves
+    /// inside the network gets nothing. For tests, and for receivers that
+    /// are on the operator's own network.
+    pub callback_allow_private_addresses: bool,
     pub callback_timeout_ms: u64,
     /// Webhook requests under way at once in this process.
     pub max_in_flight: usize,
@@ -570,6 +576,7 @@ impl Default for WebhooksSettings {
             callback_http_hosts: Vec::new(),
             callback_secret: None,
             callback_previous_secret: None,
+            callback_allow_private_addresses: false,
             callback_timeout_ms: default_webhook_timeout_ms(),
             max_in_flight: 64,
             poll_interval_ms: 1_000,

@@ -9,6 +9,7 @@
 
 pub mod contract;
 pub mod mailgun;
+pub mod resolve;
 pub mod sendgrid;
 pub mod smtp;
 mod transport;

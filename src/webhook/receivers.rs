@@ -14,6 +14,7 @@ use hyper::{Method, Request, StatusCode};
 use super::signature::{BadSecret, Signer};
 use crate::config::Config;
 use crate::domain::callback::{BadHostPattern, CallbackPolicy};
+use crate::provider::resolve::{self, Resolver};
 use crate::provider::{HttpTransport, SendError, TransportError};
 use crate::store::{ClaimedWebhook, WebhookTarget};
 
@@ -45,6 +46,9 @@ struct Callbacks {
     transport: HttpTransport,
     /// Checked again at each send: a host no longer allowed gets nothing.
     policy: CallbackPolicy,
+    /// Whether internal addresses may be reached (else the transport's
+    /// resolver refuses them, and so does a URL naming one).
+    private_allowed: bool,
 }
 
 /// What an attempt came to.
@@ -114,14 +118,20 @@ impl Receivers {
             (Some(secret), true) => Some(Callbacks {
                 key: Signer::new(secret, settings.callback_previous_secret.as_ref())
                     .map_err(ReceiversError::CallbackSecret)?,
-                transport: HttpTransport::new(
+                transport: HttpTransport::with_resolver(
                     "callbacks",
                     Duration::from_millis(settings.callback_timeout_ms),
                     IDLE_CONNECTIONS,
                     None,
+                    if settings.callback_allow_private_addresses {
+                        Resolver::system()
+                    } else {
+                        Resolver::public_only()
+                    },
                 )
                 .map_err(ReceiversError::CallbackTransport)?,
                 policy,
+                private_allowed: settings.callback_allow_private_addresses,
             }),
             _ => None,
         };
@@ -172,6 +182,14 @@ impl Receivers {
                 let Ok(uri) = d.url.parse::<Uri>() else {
                     return Sent::permanent("callback_url is not a URL");
                 };
+                // An address in the URL is never resolved: checked here.
+                // A name is checked by the transport's resolver.
+                if !c.private_allowed && uri.host().is_some_and(names_internal_address) {
+                    return Sent::permanent(
+                        "callback_url names a private, loopback or link-local address, \
+                         which callbacks may not reach",
+                    );
+                }
                 (uri, &c.key, &c.transport)
             }
         };
@@ -190,6 +208,9 @@ impl Receivers {
                 permanent: answer.status == StatusCode::GONE,
                 retry_after: answer.retry_after(),
             },
+            Err(SendError::Connect(e)) if resolve::is_private_address(e.as_ref()) => {
+                Sent::permanent(crate::error::chain(e.as_ref()))
+            }
             Err(e) => Sent::Failed {
                 http_status: None,
                 unreachable: matches!(e, SendError::Connect(_) | SendError::Timeout(_)),
@@ -199,6 +220,14 @@ impl Receivers {
             },
         }
     }
+}
+
+/// A URL's host that is an internal IP address (IPv6 in brackets).
+fn names_internal_address(host: &str) -> bool {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(resolve::is_internal)
 }
 
 fn no_answer(e: &SendError) -> String {
@@ -264,6 +293,15 @@ pub fn origin(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_in_callback_urls_are_checked_names_are_left_to_the_resolver() {
+        assert!(names_internal_address("127.0.0.1"));
+        assert!(names_internal_address("[::1]"));
+        assert!(names_internal_address("169.254.169.254"));
+        assert!(!names_internal_address("93.184.216.34"));
+        assert!(!names_internal_address("localhost"));
+    }
 
     #[test]
     fn origins_leave_out_paths_queries_and_credentials() {
