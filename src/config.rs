@@ -143,6 +143,16 @@ pub struct HttpConfig {
     /// Connections open at once; beyond it new ones get a 503 and are closed
     /// at once. Keep it below the open-file limit (`ulimit -n`).
     pub max_connections: usize,
+    /// Connections one client address may hold of those; beyond it a new
+    /// connection is answered only a health check (anything else 429).
+    /// Behind a proxy every client shares its address: raise it to
+    /// `max_connections` there.
+    pub max_connections_per_client: usize,
+    /// With API keys off, requests must be addressed (`Host`) to a loopback
+    /// name or address, or to one of these names: a page that rebinds a
+    /// name of its own to this machine is refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
     /// HTTPS on `listen` and `metrics.listen`: a PEM certificate chain,
     /// leaf first, and its private key; both or neither. SIGHUP reads them
     /// again.
@@ -169,6 +179,8 @@ impl Default for HttpConfig {
             idle_timeout_ms: 60_000,
             request_timeout_ms: 30_000,
             max_connections: 1024,
+            max_connections_per_client: 256,
+            allowed_hosts: Vec::new(),
             tls_cert_file: None,
             tls_key_file: None,
         }
@@ -487,6 +499,15 @@ pub struct WebhookConfig {
     /// Webhooks), or `${ENV_VAR}` holding it.
     #[serde(deserialize_with = "secret::deserialize_reference")]
     pub secret: Secret,
+    /// During a rotation, the secret being retired: each request is then
+    /// signed with both (two `v1,` signatures in `webhook-signature`), so
+    /// receivers may change over one at a time. Remove it when all have.
+    #[serde(
+        default,
+        deserialize_with = "secret::deserialize_optional_reference",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub previous_secret: Option<Secret>,
     #[serde(default = "all_webhook_events")]
     pub events: Vec<WebhookEvent>,
     #[serde(default = "default_webhook_timeout_ms")]
@@ -519,6 +540,19 @@ pub struct WebhooksSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub callback_secret: Option<Secret>,
+    /// During a rotation of `callback_secret`, the one being retired: each
+    /// callback is signed with both.
+    #[serde(
+        deserialize_with = "secret::deserialize_optional_reference",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub callback_previous_secret: Option<Secret>,
+    /// Whether a callback may reach a private, loopback or link-local
+    /// address (checked on the addresses each connection is made to, not
+    /// on the name). Off: a name in `callback_allowed_hosts` that resolves
+    /// inside the network gets nothing. For tests, and for receivers that
+    /// are on the operator's own network.
+    pub callback_allow_private_addresses: bool,
     pub callback_timeout_ms: u64,
     /// Webhook requests under way at once in this process.
     pub max_in_flight: usize,
@@ -541,6 +575,8 @@ impl Default for WebhooksSettings {
             callback_allowed_hosts: Vec::new(),
             callback_http_hosts: Vec::new(),
             callback_secret: None,
+            callback_previous_secret: None,
+            callback_allow_private_addresses: false,
             callback_timeout_ms: default_webhook_timeout_ms(),
             max_in_flight: 64,
             poll_interval_ms: 1_000,
@@ -790,6 +826,7 @@ impl Config {
             || h.idle_timeout_ms == 0
             || h.request_timeout_ms == 0
             || h.max_connections == 0
+            || h.max_connections_per_client == 0
         {
             return Err(invalid("http", "every setting must be at least 1"));
         }
@@ -880,6 +917,11 @@ impl Config {
             }
             SigningKey::from_secret(&w.secret)
                 .map_err(|e| invalid("webhooks", format!("webhooks[{i}].secret: {e}")))?;
+            if let Some(previous) = &w.previous_secret {
+                SigningKey::from_secret(previous).map_err(|e| {
+                    invalid("webhooks", format!("webhooks[{i}].previous_secret: {e}"))
+                })?;
+            }
             if w.events.is_empty() || w.timeout_ms == 0 {
                 return Err(invalid(
                     "webhooks",
@@ -910,6 +952,20 @@ impl Config {
                     .map_err(|e| invalid("webhooks_settings.callback_secret", e.to_string()))?;
             }
             (None, true) => {}
+        }
+        match (&s.callback_previous_secret, &s.callback_secret) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "webhooks_settings.callback_previous_secret",
+                    "goes with callback_secret".into(),
+                ));
+            }
+            (Some(previous), Some(_)) => {
+                SigningKey::from_secret(previous).map_err(|e| {
+                    invalid("webhooks_settings.callback_previous_secret", e.to_string())
+                })?;
+            }
+            _ => {}
         }
         self.webhook_backoff()
             .map_err(|e| invalid("webhooks_settings", e.to_string()))?;

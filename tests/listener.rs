@@ -72,6 +72,61 @@ async fn connections_sending_half_a_header_are_closed() {
     assert_eq!(a.status, 200, "still serving");
 }
 
+/// One address holding its share of connections with half-sent heads: a
+/// health check from that address is still answered (a load balancer often
+/// shares it), an ordinary request from it is refused, and another address
+/// is served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_connection_cap_gets_health_checks_only() {
+    let (herald, _sim, _store, _dir) =
+        herald_with("max_connections_per_client = 20\nheader_read_timeout_ms = 30000").await;
+    let mut held = Vec::new();
+    // Past the client's cap, and past the room kept for connections over it.
+    for _ in 0..80 {
+        let mut s = TcpStream::connect(herald.addr).await.unwrap();
+        s.write_all(b"GET /v1/stats HTTP/1.1\r\nhost: 127.0.0.1\r\nx-wai")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(herald.addr).await.unwrap();
+        s.write_all(HEALTHZ).await.unwrap();
+        let answer = read_answer(&mut s).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let mut s = TcpStream::connect(herald.addr).await.unwrap();
+    s.write_all(b"GET /v1/stats HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.contains("/problems/too-many-client-connections"),
+        "{answer}"
+    );
+    // Another client is not held up by this one.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut s = other.connect(herald.addr).await.unwrap();
+    s.write_all(b"GET /v1/stats HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Room again for the first address once its connections close.
+    drop(held);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = herald.client().get("/v1/stats").await;
+        if a.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < until, "still refused: {}", a.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
     let (herald, _sim, _store, _dir) =
@@ -126,7 +181,7 @@ async fn a_request_that_takes_too_long_gets_503() {
     let mut s = TcpStream::connect(herald.addr).await.unwrap();
     // A body announced but never finished.
     s.write_all(
-        b"POST /v1/sms HTTP/1.1\r\nhost: herald\r\ncontent-type: application/json\r\n\
+        b"POST /v1/sms HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
           content-length: 100\r\n\r\n{\"phone\":",
     )
     .await

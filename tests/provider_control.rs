@@ -491,3 +491,101 @@ async fn without_a_config_file_there_is_nothing_to_reload() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// With keys off (the loopback default), a page in the operator's browser
+/// can neither switch a provider off with a form post nor read answers
+/// through a name it rebound to 127.0.0.1; curl and the dashboard still can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_requests_and_foreign_hosts_are_refused_without_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::new(Backend::Sqlite).await.unwrap();
+    let (_one, _two, text) = one_and_two(&store.url).await;
+    let herald = Herald::start(dir.path(), &text);
+    let client = herald.client();
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", herald.addr);
+    let problem = |body: &str| serde_json::from_str::<Value>(body).unwrap()["type"].clone();
+
+    // What a page on evil.example submits: a form, no preflight.
+    let form = http
+        .post(url("/v1/providers/one/disable"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", "https://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .body("x=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 403);
+    assert_eq!(form.headers()["content-type"], "application/problem+json");
+    assert_eq!(problem(&form.text().await.unwrap()), "/problems/cross-site");
+    // The same form from a page that sends no Origin (an old browser).
+    let blind = http
+        .post(url("/v1/providers/one/disable"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("x=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blind.status(), 415);
+    assert_eq!(
+        provider_view(&client, "one").await.unwrap()["enabled"],
+        true,
+        "nothing changed"
+    );
+
+    // DNS rebinding: the page's own name, now pointing at 127.0.0.1.
+    let rebound = http
+        .get(url("/v1/notifications?limit=5"))
+        .header("host", "attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 421);
+    assert_eq!(
+        problem(&rebound.text().await.unwrap()),
+        "/problems/unknown-host"
+    );
+    // A load balancer's probe may name the host as it likes.
+    let probe = http
+        .get(url("/healthz"))
+        .header("host", "herald.internal")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 200);
+
+    // curl -X POST: no Origin, no body, no content type.
+    let curl = http
+        .post(url("/v1/providers/one/disable"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(curl.status(), 200);
+    assert_eq!(
+        provider_view(&client, "one").await.unwrap()["enabled"],
+        false
+    );
+    // The dashboard: same origin, JSON.
+    let dashboard = http
+        .post(url("/v1/providers/one/enable"))
+        .header("origin", url(""))
+        .header("sec-fetch-site", "same-origin")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dashboard.status(), 200);
+    assert_eq!(
+        provider_view(&client, "one").await.unwrap()["enabled"],
+        true
+    );
+    let by_name = http
+        .get(url("/v1/stats"))
+        .header("host", format!("localhost:{}", herald.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_name.status(), 200);
+}

@@ -332,12 +332,48 @@ async fn every_event_arrives_signed_and_a_500_is_retried_with_the_same_id(backen
     );
 }
 
+/// A secret's rotation: with `previous_secret` set, every request carries
+/// a signature under each, so a receiver holding only the old secret and
+/// one holding only the new both verify it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_rotation_either_secret_verifies() {
+    let (old, new) = (new_secret(), new_secret());
+    let hooks = Fixture::start(|_, _| reply(200, "{}")).await;
+    let settings = format!(
+        "[webhooks_settings]\n{FAST_RETRIES}[[webhooks]]\nurl = \"{}/hooks\"\n\
+         secret = \"${{TEST_SECRET}}\"\nprevious_secret = \"{old}\"\ntimeout_ms = 2000\n",
+        hooks.url()
+    );
+    let mut rig = Rig::start(Backend::Sqlite, &settings, &new).await.unwrap();
+    let client = rig.herald.client();
+    assert_eq!(client.sms("rotating").await.status, 202);
+    assert!(
+        wait_for(Duration::from_secs(30), || !hooks.requests().is_empty()).await,
+        "{}",
+        rig.herald.logs()
+    );
+    let r = &hooks.requests()[0];
+    assert_eq!(r.header("webhook-signature").split(' ').count(), 2);
+    assert!(
+        signature_is_valid(&old, r),
+        "a receiver not changed over yet"
+    );
+    assert!(
+        signature_is_valid(&new, r),
+        "a receiver changed over already"
+    );
+    assert!(!signature_is_valid(&new_secret(), r));
+    let logs = rig.herald.logs_at_exit();
+    assert!(!logs.contains(&old) && !logs.contains(&new));
+}
+
 async fn a_callback_url_gets_its_events_and_a_host_not_allowed_is_refused(backend: Backend) {
     let secret = new_secret();
     let hooks = receiver(&secret).await;
     let settings = format!(
         "[webhooks_settings]\n{FAST_RETRIES}callback_allowed_hosts = [\"127.0.0.1\", \"*.example.com\"]\n\
-         callback_http_hosts = [\"127.0.0.1\"]\ncallback_secret = \"${{TEST_SECRET}}\"\n"
+         callback_http_hosts = [\"127.0.0.1\"]\ncallback_secret = \"${{TEST_SECRET}}\"\n\
+         callback_allow_private_addresses = true\n"
     );
     let Some(mut rig) = Rig::start(backend, &settings, &secret).await else {
         return;
@@ -429,6 +465,57 @@ async fn a_callback_url_gets_its_events_and_a_host_not_allowed_is_refused(backen
     let items = callbacks["items"].as_array().unwrap();
     assert_eq!(items.len(), 3, "only the notifications that named one");
     assert!(items.iter().all(|d| d["target"] == "callback"));
+    assert!(!rig.herald.logs_at_exit().contains(&secret));
+}
+
+/// A callback host allowed by name that resolves inside the network (here
+/// `localhost`, to 127.0.0.1), or an allowed address that is internal, gets
+/// nothing unless private addresses are allowed: checked on the addresses
+/// the connection is made to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_that_resolves_to_a_private_address_is_refused() {
+    let secret = new_secret();
+    let hooks = Fixture::start(|_, _| reply(200, "{}")).await;
+    let settings = format!(
+        "[webhooks_settings]\n{FAST_RETRIES}callback_allowed_hosts = [\"localhost\", \"127.0.0.1\"]\n\
+         callback_http_hosts = [\"localhost\", \"127.0.0.1\"]\ncallback_secret = \"${{TEST_SECRET}}\"\n"
+    );
+    let mut rig = Rig::start(Backend::Sqlite, &settings, &secret)
+        .await
+        .unwrap();
+    let client = rig.herald.client();
+    let port = hooks.addr.port();
+    for url in [
+        format!("http://localhost:{port}/by-name"),
+        format!("http://127.0.0.1:{port}/by-address"),
+    ] {
+        let a = client
+            .post(
+                "/v1/sms",
+                &json!({"phone": "01712345678", "text": "x", "callback_url": url}),
+            )
+            .await;
+        assert_eq!(a.status, 202, "allowed by name: {}", a.body);
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let listed = client
+            .get("/v1/webhooks/deliveries?status=failed")
+            .await
+            .body;
+        let items = listed["items"].as_array().cloned().unwrap_or_default();
+        if items.len() == 2 {
+            break items;
+        }
+        assert!(Instant::now() < until, "{listed}\n{}", rig.herald.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for item in &failed {
+        assert_eq!(item["attempts"], 1, "refused for good, not retried: {item}");
+        let error = item["last_error"].as_str().unwrap_or_default();
+        assert!(error.contains("private, loopback or link-local"), "{item}");
+    }
+    assert!(hooks.requests().is_empty(), "nothing reached the receiver");
     assert!(!rig.herald.logs_at_exit().contains(&secret));
 }
 

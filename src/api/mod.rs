@@ -2,6 +2,7 @@
 
 pub mod auth;
 mod batch;
+pub mod browsers;
 mod dashboard;
 mod events;
 mod health;
@@ -65,6 +66,8 @@ pub struct ApiState {
     pub live: Arc<live::Live>,
     /// Which `callback_url`s a notification may name.
     pub callbacks: CallbackPolicy,
+    /// With keys off: the checks that keep other sites' pages out.
+    pub browsers: Option<browsers::BrowserGuard>,
 }
 
 impl ApiState {
@@ -87,6 +90,10 @@ pub fn router(state: Arc<ApiState>, with_metrics: bool) -> Router {
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             auth::authorize,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            browsers::guard,
         ))
         .with_state(state)
 }

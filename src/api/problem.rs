@@ -66,12 +66,18 @@ pub enum ProblemType {
     ShuttingDown,
     #[serde(rename = "/problems/too-many-connections")]
     TooManyConnections,
+    #[serde(rename = "/problems/too-many-client-connections")]
+    TooManyClientConnections,
     #[serde(rename = "/problems/https-required")]
     HttpsRequired,
     #[serde(rename = "/problems/no-config-file")]
     NoConfigFile,
     #[serde(rename = "/problems/config-refused")]
     ConfigRefused,
+    #[serde(rename = "/problems/unknown-host")]
+    UnknownHost,
+    #[serde(rename = "/problems/cross-site")]
+    CrossSite,
 }
 
 fn as_u16<S: serde::Serializer>(s: &StatusCode, ser: S) -> Result<S::Ok, S::Error> {
@@ -253,6 +259,19 @@ impl Problem {
             ProblemType::TooManyConnections,
             "Too many connections",
             "this instance has as many connections open as it allows; try again or try another"
+                .into(),
+        )
+    }
+
+    /// Over `http.max_connections_per_client`: such a connection is
+    /// answered only its health check.
+    pub fn too_many_client_connections() -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ProblemType::TooManyClientConnections,
+            "Too many connections from this address",
+            "this address has as many connections open as http.max_connections_per_client \
+             allows; use one of them, or close some"
                 .into(),
         )
     }

@@ -100,7 +100,7 @@ pub(super) const ACCEPTED: &str = "Stored (committed to disk or database): it wi
 pub(super) const INVALID: &str = "Failed validation: `errors` names every bad field";
 
 /// `application/json`, or any `application/*+json`, with any parameters.
-fn is_json(headers: &HeaderMap) -> bool {
+pub(super) fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

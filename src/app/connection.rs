@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
@@ -182,14 +182,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 /// Serves `stream` until the client closes it, it waits too long, or `stop`
 /// turns true (then the request under way is finished first). With `tls`,
 /// the handshake comes first. `_slot` is the connection's place under the
-/// connection cap, held through the handshake too.
+/// connection caps, held through the handshake too.
 pub(super) async fn serve(
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
     router: Router,
     timeouts: Timeouts,
     mut stop: watch::Receiver<bool>,
-    _slot: OwnedSemaphorePermit,
+    _slot: super::http::Slot,
 ) {
     // Small answers to small requests: never wait to fill a segment.
     let _ = stream.set_nodelay(true);

@@ -2,17 +2,19 @@
 //! a cap on connections and limits on how long a client may hold one; over
 //! TLS when the listener has it.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
@@ -91,6 +93,60 @@ impl HttpServer {
     }
 }
 
+/// Connections of clients over `http.max_connections_per_client` kept at
+/// once; a newer one pushes out the oldest. They may ask only for a health
+/// check, so one client holding its share cannot make `/healthz` fail for
+/// the load balancer that shares its address.
+const OVER_CLIENT_CAP: usize = 32;
+
+/// How long a connection over its client's cap may take to send its head.
+const OVER_CLIENT_CAP_HEAD: Duration = Duration::from_secs(2);
+
+/// A connection's places: under the connection cap and, unless it is over
+/// it, under its client's.
+pub(super) struct Slot {
+    _global: OwnedSemaphorePermit,
+    _client: Option<ClientSlot>,
+}
+
+/// Connections open per client address.
+type Clients = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// One of a client address's connections; given back when dropped. The
+/// map holds only addresses with a connection open, so it is no larger
+/// than `http.max_connections`.
+struct ClientSlot {
+    clients: Clients,
+    ip: IpAddr,
+}
+
+impl ClientSlot {
+    fn take(clients: &Clients, ip: IpAddr, cap: usize) -> Option<Self> {
+        let mut open = clients.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            clients: Arc::clone(clients),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -102,12 +158,19 @@ async fn accept_loop(
         header_read: Duration::from_millis(limits.header_read_timeout_ms),
         idle: Duration::from_millis(limits.idle_timeout_ms),
     };
+    let over_cap_timeouts = Timeouts {
+        header_read: timeouts.header_read.min(OVER_CLIENT_CAP_HEAD),
+        idle: timeouts.idle.min(OVER_CLIENT_CAP_HEAD),
+    };
+    let over_cap_router = router.clone().layer(middleware::from_fn(health_check_only));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let clients = Clients::default();
+    let mut over_cap: VecDeque<AbortHandle> = VecDeque::new();
     let mut connections = JoinSet::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, or a connection reset before
                     // it was accepted: the listener itself is fine. Pausing
@@ -120,23 +183,70 @@ async fn accept_loop(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = stopped(&mut stop) => break,
         };
-        match Arc::clone(&slots).try_acquire_owned() {
-            Ok(slot) => {
+        let Ok(global) = Arc::clone(&slots).try_acquire_owned() else {
+            refuse(stream, tls.is_some());
+            continue;
+        };
+        let ip = peer.ip().to_canonical();
+        match ClientSlot::take(&clients, ip, limits.max_connections_per_client) {
+            Some(client) => {
                 connections.spawn(connection::serve(
                     stream,
                     tls.clone(),
                     router.clone(),
                     timeouts,
                     stop.clone(),
-                    slot,
+                    Slot {
+                        _global: global,
+                        _client: Some(client),
+                    },
                 ));
             }
-            Err(_) => refuse(stream, tls.is_some()),
+            None => {
+                over_cap.retain(|c| !c.is_finished());
+                if over_cap.len() >= OVER_CLIENT_CAP
+                    && let Some(oldest) = over_cap.pop_front()
+                {
+                    // Dropping its task closes it.
+                    oldest.abort();
+                }
+                tracing::debug!(%ip, "a client over http.max_connections_per_client: health checks only");
+                over_cap.push_back(connections.spawn(connection::serve(
+                    stream,
+                    tls.clone(),
+                    over_cap_router.clone(),
+                    over_cap_timeouts,
+                    stop.clone(),
+                    Slot {
+                        _global: global,
+                        _client: None,
+                    },
+                )));
+            }
         }
     }
     // No new connections; those open finish their request and close.
     drop(listener);
     while connections.join_next().await.is_some() {}
+}
+
+/// A connection over its client's cap: one health check answered, anything
+/// else 429; then closed.
+async fn health_check_only(request: Request, next: Next) -> Response {
+    let mut response = match request.uri().path() {
+        "/healthz" | "/readyz" => next.run(request).await,
+        _ => {
+            let mut refused = Problem::too_many_client_connections().into_response();
+            refused
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            refused
+        }
+    };
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Over the cap: a 503 if the socket takes it at once, then closed. Never

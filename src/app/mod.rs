@@ -161,6 +161,8 @@ pub async fn launch(
         callbacks: config
             .callback_policy()
             .map_err(crate::webhook::ReceiversError::from)?,
+        browsers: (!auth_required)
+            .then(|| crate::api::browsers::BrowserGuard::new(&config.http.allowed_hosts)),
     });
 
     let (stop_tx, stop) = watch::channel(false);

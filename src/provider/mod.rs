@@ -10,6 +10,7 @@
 pub mod contract;
 pub mod mailgun;
 pub mod outside;
+pub mod resolve;
 pub mod sendgrid;
 pub mod smtp;
 mod transport;

@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::SendError;
+use super::resolve::Resolver;
 use crate::tls::{self, TlsError};
 
 /// How much of an error body is kept in the attempt history.
@@ -84,7 +85,7 @@ pub enum TransportError {
 /// hyper's pooled HTTP/1.1 client, without reqwest's per-request work (URL
 /// parsing, proxy matching, header building): the profile showed it.
 pub struct HttpTransport {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>,
     timeout: Duration,
 }
 
@@ -100,11 +101,23 @@ impl HttpTransport {
         max_in_flight: usize,
         ca_file: Option<&Path>,
     ) -> Result<Self, TransportError> {
+        Self::with_resolver(name, timeout, max_in_flight, ca_file, Resolver::system())
+    }
+
+    /// Like [`HttpTransport::new`], resolving names with `resolver` (one
+    /// that refuses internal addresses, for callbacks).
+    pub fn with_resolver(
+        name: &str,
+        timeout: Duration,
+        max_in_flight: usize,
+        ca_file: Option<&Path>,
+        resolver: Resolver,
+    ) -> Result<Self, TransportError> {
         let tls = tls::client_config(ca_file).map_err(|source| TransportError::Tls {
             name: name.to_owned(),
             source,
         })?;
-        let mut connector = HttpConnector::new();
+        let mut connector = HttpConnector::new_with_resolver(resolver);
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
         // The TLS layer takes https:// URLs; the plain connector must let them through.

@@ -11,9 +11,10 @@ use hyper::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
 use hyper::http::uri::Uri;
 use hyper::{Method, Request, StatusCode};
 
-use super::signature::{BadSecret, SigningKey};
+use super::signature::{BadSecret, Signer};
 use crate::config::Config;
 use crate::domain::callback::{BadHostPattern, CallbackPolicy};
+use crate::provider::resolve::{self, Resolver};
 use crate::provider::{HttpTransport, SendError, TransportError, outside};
 use crate::store::{ClaimedWebhook, WebhookTarget};
 
@@ -36,15 +37,18 @@ pub enum ReceiversError {
 
 struct Endpoint {
     uri: Uri,
-    key: SigningKey,
+    key: Signer,
     transport: HttpTransport,
 }
 
 struct Callbacks {
-    key: SigningKey,
+    key: Signer,
     transport: HttpTransport,
     /// Checked again at each send: a host no longer allowed gets nothing.
     policy: CallbackPolicy,
+    /// Whether internal addresses may be reached (else the transport's
+    /// resolver refuses them, and so does a URL naming one).
+    private_allowed: bool,
 }
 
 /// What an attempt came to.
@@ -97,8 +101,8 @@ impl Receivers {
                 w.ca_file.as_deref(),
             )
             .map_err(|e| ReceiversError::Endpoint(i, e))?;
-            let key =
-                SigningKey::from_secret(&w.secret).map_err(|e| ReceiversError::Secret(i, e))?;
+            let key = Signer::new(&w.secret, w.previous_secret.as_ref())
+                .map_err(|e| ReceiversError::Secret(i, e))?;
             endpoints.insert(
                 w.url.clone(),
                 Endpoint {
@@ -112,15 +116,22 @@ impl Receivers {
         let policy = config.callback_policy()?;
         let callbacks = match (&settings.callback_secret, policy.is_enabled()) {
             (Some(secret), true) => Some(Callbacks {
-                key: SigningKey::from_secret(secret).map_err(ReceiversError::CallbackSecret)?,
-                transport: HttpTransport::new(
+                key: Signer::new(secret, settings.callback_previous_secret.as_ref())
+                    .map_err(ReceiversError::CallbackSecret)?,
+                transport: HttpTransport::with_resolver(
                     "callbacks",
                     Duration::from_millis(settings.callback_timeout_ms),
                     IDLE_CONNECTIONS,
                     None,
+                    if settings.callback_allow_private_addresses {
+                        Resolver::system()
+                    } else {
+                        Resolver::public_only()
+                    },
                 )
                 .map_err(ReceiversError::CallbackTransport)?,
                 policy,
+                private_allowed: settings.callback_allow_private_addresses,
             }),
             _ => None,
         };
@@ -171,6 +182,14 @@ impl Receivers {
                 let Ok(uri) = d.url.parse::<Uri>() else {
                     return Sent::permanent("callback_url is not a URL");
                 };
+                // An address in the URL is never resolved: checked here.
+                // A name is checked by the transport's resolver.
+                if !c.private_allowed && uri.host().is_some_and(names_internal_address) {
+                    return Sent::permanent(
+                        "callback_url names a private, loopback or link-local address, \
+                         which callbacks may not reach",
+                    );
+                }
                 (uri, &c.key, &c.transport)
             }
         };
@@ -193,6 +212,9 @@ impl Receivers {
                 permanent: answer.status == StatusCode::GONE,
                 retry_after: answer.retry_after(),
             },
+            Err(SendError::Connect(e)) if resolve::is_private_address(e.as_ref()) => {
+                Sent::permanent(crate::error::chain(e.as_ref()))
+            }
             Err(e) => Sent::Failed {
                 http_status: None,
                 unreachable: matches!(e, SendError::Connect(_) | SendError::Timeout(_)),
@@ -202,6 +224,14 @@ impl Receivers {
             },
         }
     }
+}
+
+/// A URL's host that is an internal IP address (IPv6 in brackets).
+fn names_internal_address(host: &str) -> bool {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(resolve::is_internal)
 }
 
 fn no_answer(e: &SendError) -> String {
@@ -267,6 +297,15 @@ pub fn origin(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_in_callback_urls_are_checked_names_are_left_to_the_resolver() {
+        assert!(names_internal_address("127.0.0.1"));
+        assert!(names_internal_address("[::1]"));
+        assert!(names_internal_address("169.254.169.254"));
+        assert!(!names_internal_address("93.184.216.34"));
+        assert!(!names_internal_address("localhost"));
+    }
 
     #[test]
     fn origins_leave_out_paths_queries_and_credentials() {

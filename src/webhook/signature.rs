@@ -54,9 +54,75 @@ impl SigningKey {
     }
 }
 
+/// What signs one receiver's requests: its secret and, during a rotation,
+/// the one being retired. Each request then carries a `v1,` signature under
+/// each, space-separated (Standard Webhooks), so a receiver that holds
+/// either secret verifies it and the receivers can change over one by one.
+#[derive(Debug)]
+pub struct Signer {
+    current: SigningKey,
+    previous: Option<SigningKey>,
+}
+
+impl Signer {
+    pub fn new(current: &Secret, previous: Option<&Secret>) -> Result<Self, BadSecret> {
+        Ok(Self {
+            current: SigningKey::from_secret(current)?,
+            previous: previous.map(SigningKey::from_secret).transpose()?,
+        })
+    }
+
+    /// The `webhook-signature` value: the current secret's signature
+    /// first, then the previous one's.
+    pub fn sign(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
+        let current = self.current.sign(id, timestamp, body);
+        match &self.previous {
+            Some(previous) => format!("{current} {}", previous.sign(id, timestamp, body)),
+            None => current,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A receiver's check, as the Standard Webhooks libraries do it: any
+    /// one `v1,` entry of the header made with its own secret.
+    fn verifies(secret: &str, header: &str, id: &str, timestamp: u64, body: &[u8]) -> bool {
+        let mine = SigningKey::from_secret(&Secret::new(secret))
+            .unwrap()
+            .sign(id, timestamp, body);
+        header.split(' ').any(|entry| entry == mine)
+    }
+
+    #[test]
+    fn during_a_rotation_either_secret_verifies() {
+        let old = format!("whsec_{}", STANDARD.encode([3u8; 32]));
+        let new = format!("whsec_{}", STANDARD.encode([4u8; 32]));
+        let other = format!("whsec_{}", STANDARD.encode([5u8; 32]));
+        let signer = Signer::new(&Secret::new(&new), Some(&Secret::new(&old))).unwrap();
+        let header = signer.sign("msg_a", 7, b"{}");
+        assert_eq!(header.split(' ').count(), 2);
+        assert!(header.split(' ').all(|e| e.starts_with("v1,")));
+        assert!(
+            verifies(&old, &header, "msg_a", 7, b"{}"),
+            "a receiver not yet changed"
+        );
+        assert!(
+            verifies(&new, &header, "msg_a", 7, b"{}"),
+            "a receiver already changed"
+        );
+        assert!(!verifies(&other, &header, "msg_a", 7, b"{}"));
+        assert!(!verifies(&old, &header, "msg_a", 7, b"{ }"));
+        // Outside a rotation: one signature, as before.
+        let single = Signer::new(&Secret::new(&new), None).unwrap();
+        assert_eq!(
+            single.sign("msg_a", 7, b"{}"),
+            header.split(' ').next().unwrap()
+        );
+        assert!(Signer::new(&Secret::new(&new), Some(&Secret::new("whsec_c2hvcnQ="))).is_err());
+    }
 
     #[test]
     fn the_reference_libraries_test_vector() {

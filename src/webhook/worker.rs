@@ -31,9 +31,65 @@ const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// How long a finished attempt waits for others to share its write.
 const GATHER: Duration = Duration::from_millis(2);
 
-/// Breakers kept before closed ones (which hold only history) are dropped:
-/// callback hosts are many.
+/// Breakers kept at most: callback hosts are many, and each notification
+/// may name a new one.
 const MAX_BREAKERS: usize = 1024;
+
+/// The receivers' breakers, by [`Receivers::breaker_key`], never more than
+/// `cap` of them.
+struct Breakers {
+    map: HashMap<String, Breaker>,
+    cap: usize,
+}
+
+impl Breakers {
+    fn new(cap: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// `key`'s breaker, made if it has none. At the cap, closed breakers
+    /// (which hold only history) go first; if every one is open, those
+    /// that would let a request through soonest go, since they are about
+    /// to probe their receiver anyway: a flood of hosts that never answer
+    /// cannot grow this without end.
+    fn entry(
+        &mut self,
+        key: &str,
+        config: &BreakerConfig,
+        now: tokio::time::Instant,
+    ) -> &mut Breaker {
+        if !self.map.contains_key(key) && self.map.len() >= self.cap {
+            self.map.retain(|_, b| b.state(now) != BreakerState::Closed);
+            let excess = (self.map.len() + 1).saturating_sub(self.cap);
+            if excess > 0 {
+                let mut by_admission: Vec<(Option<tokio::time::Instant>, String)> = self
+                    .map
+                    .iter()
+                    .map(|(k, b)| (b.admits_at(now), k.clone()))
+                    .collect();
+                by_admission.sort_unstable();
+                for (_, k) in by_admission.into_iter().take(excess) {
+                    self.map.remove(&k);
+                }
+            }
+        }
+        self.map
+            .entry(key.to_owned())
+            .or_insert_with(|| Breaker::new(config.clone()))
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut Breaker> {
+        self.map.get_mut(key)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
 
 /// When an attempt that failed is tried again, and when never.
 #[derive(Debug, Clone)]
@@ -151,7 +207,7 @@ pub struct WebhookWorker {
     clock: SharedClock,
     lease: Duration,
     capacity: Arc<Semaphore>,
-    breakers: Arc<Mutex<HashMap<String, Breaker>>>,
+    breakers: Arc<Mutex<Breakers>>,
 }
 
 impl WebhookWorker {
@@ -168,7 +224,7 @@ impl WebhookWorker {
             receivers,
             settings,
             clock,
-            breakers: Arc::default(),
+            breakers: Arc::new(Mutex::new(Breakers::new(MAX_BREAKERS))),
         }
     }
 
@@ -262,14 +318,8 @@ impl WebhookWorker {
         let key = Receivers::breaker_key(&d);
         let admitted = {
             let mut breakers = lock(&self.breakers);
-            if breakers.len() >= MAX_BREAKERS && !breakers.contains_key(&key) {
-                let at = clock::instant();
-                breakers.retain(|_, b| b.state(at) != BreakerState::Closed);
-            }
-            let breaker = breakers
-                .entry(key.clone())
-                .or_insert_with(|| Breaker::new(self.settings.breaker.clone()));
             let at = clock::instant();
+            let breaker = breakers.entry(&key, &self.settings.breaker, at);
             breaker.try_acquire(at).ok_or_else(|| {
                 breaker
                     .admits_at(at)
@@ -529,6 +579,35 @@ mod tests {
             WebhookCompletion::Failed { error, .. } => error,
             other => panic!("not failed: {other:?}"),
         }
+    }
+
+    #[test]
+    fn breakers_stay_under_their_cap_when_every_one_is_open() {
+        let config = BreakerConfig::default();
+        let now = clock::instant();
+        let mut breakers = Breakers::new(8);
+        let unreachable = Signal::Failure { unreachable: true };
+        // Each host a callback names, and none of them answering: each
+        // breaker opens, with cooldowns ending one after another.
+        for host in 0..100u64 {
+            let at = now + Duration::from_millis(host);
+            let b = breakers.entry(&format!("http://h{host}.example"), &config, at);
+            for _ in 0..config.consecutive_failures {
+                let permit = b.try_acquire(at).unwrap();
+                b.record(permit, unreachable, at);
+            }
+            assert_eq!(b.state(at), BreakerState::Open);
+            assert!(breakers.len() <= 8, "{} breakers", breakers.len());
+        }
+        let at = now + Duration::from_millis(100);
+        // The newest ones stay (they admit last), the hosts least recently
+        // opened went.
+        assert!(breakers.get_mut("http://h99.example").is_some());
+        assert!(breakers.get_mut("http://h0.example").is_none());
+        assert_eq!(
+            breakers.get_mut("http://h99.example").unwrap().state(at),
+            BreakerState::Open
+        );
     }
 
     #[test]
