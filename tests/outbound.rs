@@ -436,3 +436,37 @@ async fn crafted_recipients_do_not_open_the_smtp_breaker() {
     assert_eq!(received.len(), 1, "{received:?}");
     assert_eq!(received[0]["subject"], "legit");
 }
+
+/// Item 11: a kind that sends credentials, at a plain `http://` URL off
+/// loopback, stops the start unless the provider says `allow_insecure`,
+/// which then starts with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_over_plain_http_need_allow_insecure_and_get_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("herald.db").display());
+    // TEST-NET-1: never contacted, no SMS is sent.
+    let twilio = |allow: &str| {
+        format!(
+            "[[providers.sms]]\nname = \"tw\"\nkind = \"twilio\"\nurl = \"http://192.0.2.10:8080\"\n\
+             account_sid = \"AC123\"\nauth_token = \"tw-token-4711\"\nfrom = \"+15005550006\"\ntimeout_ms = 2000\n{allow}"
+        )
+    };
+    let email = contract("email", "mail", "http://127.0.0.1:9/email");
+    let path = dir.path().join("refused.toml");
+    std::fs::write(&path, config(&store, &twilio(""), &email, "")).unwrap();
+    let (status, _, stderr) = support::serve_to_its_end(&path);
+    assert!(!status.success());
+    assert!(stderr.contains("provider tw"), "{stderr}");
+    assert!(stderr.contains("http://192.0.2.10:8080"), "{stderr}");
+    assert!(stderr.contains("allow_insecure = true"), "{stderr}");
+    assert!(!stderr.contains("tw-token-4711"), "{stderr}");
+
+    let herald = Herald::start(
+        dir.path(),
+        &config(&store, &twilio("allow_insecure = true\n"), &email, ""),
+    );
+    herald
+        .log_shows("credentials are sent over plain HTTP, in clear")
+        .await;
+    assert!(!herald.logs().contains("tw-token-4711"));
+}
