@@ -147,6 +147,14 @@ impl SmtpProvider {
     pub fn new(common: &ProviderCommon, config: &SmtpConfig) -> Result<Self, BuildError> {
         let invalid = |reason: String| BuildError::invalid(common, reason);
         let endpoint = parse_url(&config.url).map_err(invalid)?;
+        // It would read as "credentials in clear are fine here": they never are.
+        if common.allow_insecure {
+            return Err(invalid(
+                "allow_insecure does not apply to smtp: with credentials TLS is required \
+                 (only a loopback address may go without)"
+                    .into(),
+            ));
+        }
         let from: Mailbox = config
             .from
             .parse()
@@ -370,6 +378,14 @@ mod tests {
         ] {
             assert!(SmtpProvider::new(&common, &config(fine)).is_ok(), "{fine}");
         }
+        let insecure = ProviderCommon {
+            allow_insecure: true,
+            ..common
+        };
+        let err = SmtpProvider::new(&insecure, &config("smtp://mail.example.com?tls=none"))
+            .err()
+            .expect("refused");
+        assert!(crate::error::chain(&err).contains("allow_insecure does not apply to smtp"));
     }
 
     #[test]
