@@ -368,13 +368,23 @@ type Heard = Arc<Mutex<Vec<String>>>;
 /// An SMTP server on 127.0.0.1 that offers AUTH but no STARTTLS (as a
 /// network that strips STARTTLS would make a real one look), accepts
 /// everything and records every line it receives.
-async fn plaintext_smtp() -> (u16, Heard, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+///
+/// On 127.0.0.1, and on [::1] at the same port where it can be had: the
+/// test names it `localhost`, which may resolve to either first.
+async fn plaintext_smtp() -> (u16, Heard, Vec<tokio::task::JoinHandle<()>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let heard: Heard = Arc::default();
-    let lines = Arc::clone(&heard);
-    let task = tokio::spawn(async move {
+    let mut tasks = vec![serve_plaintext(listener, Arc::clone(&heard))];
+    if let Ok(v6) = tokio::net::TcpListener::bind(("::1", port)).await {
+        tasks.push(serve_plaintext(v6, Arc::clone(&heard)));
+    }
+    (port, heard, tasks)
+}
+
+fn serve_plaintext(listener: tokio::net::TcpListener, lines: Heard) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let lines = Arc::clone(&lines);
             tokio::spawn(async move {
@@ -418,8 +428,7 @@ async fn plaintext_smtp() -> (u16, Heard, tokio::task::JoinHandle<()>) {
                 }
             });
         }
-    });
-    (port, heard, task)
+    })
 }
 
 /// Item 1: a username and password with a plain `smtp://` URL mean
