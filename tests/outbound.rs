@@ -362,6 +362,181 @@ async fn addresses_and_numbers_in_refusals_are_redacted_before_they_are_stored_o
     }
 }
 
+/// Lines an SMTP server received, in order.
+type Heard = Arc<Mutex<Vec<String>>>;
+
+/// An SMTP server on 127.0.0.1 that offers AUTH but no STARTTLS (as a
+/// network that strips STARTTLS would make a real one look), accepts
+/// everything and records every line it receives.
+///
+/// On 127.0.0.1, and on [::1] at the same port where it can be had: the
+/// test names it `localhost`, which may resolve to either first.
+async fn plaintext_smtp() -> (u16, Heard, Vec<tokio::task::JoinHandle<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heard: Heard = Arc::default();
+    let mut tasks = vec![serve_plaintext(listener, Arc::clone(&heard))];
+    if let Ok(v6) = tokio::net::TcpListener::bind(("::1", port)).await {
+        tasks.push(serve_plaintext(v6, Arc::clone(&heard)));
+    }
+    (port, heard, tasks)
+}
+
+fn serve_plaintext(listener: tokio::net::TcpListener, lines: Heard) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let lines = Arc::clone(&lines);
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut read = BufReader::new(read);
+                if write.write_all(b"220 plain ESMTP\r\n").await.is_err() {
+                    return;
+                }
+                let mut in_data = false;
+                // Bounded: a connection gets at most this many lines.
+                for _ in 0..1000 {
+                    let mut line = String::new();
+                    match read.read_line(&mut line).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    lines.lock().unwrap().push(line.trim_end().to_owned());
+                    let verb = line.to_ascii_uppercase();
+                    let answer: &[u8] = if in_data {
+                        if line.trim_end() != "." {
+                            continue;
+                        }
+                        in_data = false;
+                        b"250 2.0.0 queued\r\n"
+                    } else if verb.starts_with("EHLO") {
+                        b"250-plain\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
+                    } else if verb.starts_with("AUTH") {
+                        b"235 2.7.0 accepted\r\n"
+                    } else if verb.starts_with("DATA") {
+                        in_data = true;
+                        b"354 go on\r\n"
+                    } else if verb.starts_with("QUIT") {
+                        let _ = write.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        b"250 OK\r\n"
+                    };
+                    if write.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// Item 1: a username and password with a plain `smtp://` URL mean
+/// STARTTLS required; a server that does not offer it fails the
+/// connection as the provider's fault and never hears AUTH.
+///
+/// The server is on 127.0.0.1, and a loopback address may go without TLS
+/// (a relay on the same host). The URL names it `localhost`, which Herald
+/// does not take as loopback (a name is resolved at connect time, and
+/// Herald cannot vouch for where it leads): that is the rule any other
+/// host name gets, exercised here against a server that is really there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_credentials_are_never_sent_to_a_server_without_starttls() {
+    let Some(store) = TestStore::new(Backend::Sqlite).await else {
+        return;
+    };
+    let (port, heard, _server) = plaintext_smtp().await;
+    let sms = Fixture::start(|_, _| reply(200, "{}")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let email = format!(
+        "[[providers.email]]\nname = \"smtp\"\nkind = \"smtp\"\nurl = \"smtp://localhost:{port}\"\n\
+         from = \"noreply@example.test\"\nusername = \"herald\"\npassword = \"pw-in-clear-4711\"\n\
+         timeout_ms = 2000\n"
+    );
+    let herald = Herald::start(
+        dir.path(),
+        &config(
+            &store.url,
+            &contract("sms", "sms", &format!("{}/sms", sms.url())),
+            &email,
+            "",
+        ),
+    );
+    let client = herald.client();
+    let id = accept(
+        &client,
+        "/v1/email",
+        json!({"subject": "s", "body": "b", "recipients": ["ok@example.test"]}),
+    )
+    .await;
+    let n = reaches(&client, &id, "dead", &herald).await;
+    let attempt = &n["attempts"][0];
+    assert_eq!(attempt["outcome"], "provider_fault", "{n}");
+    assert!(
+        attempt["error"].as_str().unwrap().contains("STARTTLS"),
+        "{n}"
+    );
+    // The provider's health shows it.
+    let providers = client.get("/v1/providers").await.body;
+    let smtp = providers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "smtp")
+        .unwrap();
+    assert!(smtp["failures"].as_u64().unwrap() >= 1, "{smtp}");
+
+    let heard = heard.lock().unwrap().clone();
+    assert!(
+        heard
+            .iter()
+            .any(|l| l.to_ascii_uppercase().starts_with("EHLO")),
+        "{heard:?}"
+    );
+    for line in &heard {
+        let verb = line.to_ascii_uppercase();
+        assert!(
+            !verb.starts_with("AUTH") && !verb.starts_with("MAIL"),
+            "{heard:?}"
+        );
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode("\0herald\0pw-in-clear-4711");
+    assert!(
+        !heard
+            .iter()
+            .any(|l| l.contains(&encoded) || l.contains("pw-in-clear")),
+        "{heard:?}"
+    );
+}
+
+/// Item 1, at start-up: `?tls=none` with credentials off loopback is
+/// refused with an error saying why, the password nowhere in it.
+#[test]
+fn smtp_credentials_over_tls_none_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let email = "[[providers.email]]\nname = \"smtp\"\nkind = \"smtp\"\n\
+                 url = \"smtp://mail.example.com:587?tls=none\"\nfrom = \"noreply@example.test\"\n\
+                 username = \"herald\"\npassword = \"pw-in-clear-4711\"\ntimeout_ms = 2000\n";
+    let path = dir.path().join("herald.toml");
+    let store = format!("sqlite://{}", dir.path().join("herald.db").display());
+    std::fs::write(
+        &path,
+        config(
+            &store,
+            &contract("sms", "sms", "http://127.0.0.1:9/sms"),
+            email,
+            "",
+        ),
+    )
+    .unwrap();
+    let (status, stdout, stderr) = support::serve_to_its_end(&path);
+    assert!(!status.success());
+    assert!(stderr.contains("provider smtp"), "{stderr}");
+    assert!(stderr.contains("in clear"), "{stderr}");
+    assert!(stderr.contains("?tls=required"), "{stderr}");
+    assert!(!stderr.contains("pw-in-clear") && !stdout.contains("pw-in-clear"));
+}
+
 /// Item 4: a recipient the SMTP server cannot take (a non-ASCII address,
 /// no SMTPUTF8) is the message's failure: rejected, and never counted
 /// against the provider. Three of them left its breaker open (three
@@ -435,4 +610,38 @@ async fn crafted_recipients_do_not_open_the_smtp_breaker() {
     let received = smtp.received();
     assert_eq!(received.len(), 1, "{received:?}");
     assert_eq!(received[0]["subject"], "legit");
+}
+
+/// Item 11: a kind that sends credentials, at a plain `http://` URL off
+/// loopback, stops the start unless the provider says `allow_insecure`,
+/// which then starts with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_over_plain_http_need_allow_insecure_and_get_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("herald.db").display());
+    // TEST-NET-1: never contacted, no SMS is sent.
+    let twilio = |allow: &str| {
+        format!(
+            "[[providers.sms]]\nname = \"tw\"\nkind = \"twilio\"\nurl = \"http://192.0.2.10:8080\"\n\
+             account_sid = \"AC123\"\nauth_token = \"tw-token-4711\"\nfrom = \"+15005550006\"\ntimeout_ms = 2000\n{allow}"
+        )
+    };
+    let email = contract("email", "mail", "http://127.0.0.1:9/email");
+    let path = dir.path().join("refused.toml");
+    std::fs::write(&path, config(&store, &twilio(""), &email, "")).unwrap();
+    let (status, _, stderr) = support::serve_to_its_end(&path);
+    assert!(!status.success());
+    assert!(stderr.contains("provider tw"), "{stderr}");
+    assert!(stderr.contains("http://192.0.2.10:8080"), "{stderr}");
+    assert!(stderr.contains("allow_insecure = true"), "{stderr}");
+    assert!(!stderr.contains("tw-token-4711"), "{stderr}");
+
+    let herald = Herald::start(
+        dir.path(),
+        &config(&store, &twilio("allow_insecure = true\n"), &email, ""),
+    );
+    herald
+        .log_shows("credentials are sent over plain HTTP, in clear")
+        .await;
+    assert!(!herald.logs().contains("tw-token-4711"));
 }

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use hyper::http::uri::Uri;
 
 use crate::config::{ProviderCommon, ProviderConfig, ProviderKind};
 use crate::domain::validation::to_e164;
@@ -101,6 +102,46 @@ pub fn build(config: &ProviderConfig, channel: Channel) -> Result<Arc<dyn Provid
             Arc::new(smtp::SmtpProvider::new(common, c)?)
         }
     })
+}
+
+/// Whether `host` is a loopback address written as one (`127.0.0.1`,
+/// `[::1]`). A name, even `localhost`, is not: it is resolved at connect
+/// time, and Herald cannot vouch for where it leads.
+pub(crate) fn is_loopback_address(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// For a kind that sends credentials to `uri`: a plain `http://` URL off
+/// loopback would put them on the network in clear. Refused unless the
+/// provider sets `allow_insecure = true`, and then warned about at each
+/// build (start-up, and a reload that builds it again).
+pub(crate) fn credentials_over(common: &ProviderCommon, uri: &Uri) -> Result<(), BuildError> {
+    let plain = uri.scheme() == Some(&hyper::http::uri::Scheme::HTTP);
+    if !plain || uri.host().is_some_and(is_loopback_address) {
+        return Ok(());
+    }
+    // Host and port only: a user or password in the URL is not shown.
+    let origin = match uri.port_u16() {
+        Some(port) => format!("http://{}:{port}", uri.host().unwrap_or_default()),
+        None => format!("http://{}", uri.host().unwrap_or_default()),
+    };
+    if !common.allow_insecure {
+        return Err(BuildError::invalid(
+            common,
+            format!(
+                "{origin} is plain HTTP off this machine: its credentials would cross the network in clear; \
+                 use https://, or set allow_insecure = true on this provider to accept that"
+            ),
+        ));
+    }
+    tracing::warn!(
+        provider = %common.name,
+        url = %origin,
+        "allow_insecure: this provider's credentials are sent over plain HTTP, in clear"
+    );
+    Ok(())
 }
 
 /// The HTTP client of one provider, sized by its settings; fails when its

@@ -72,9 +72,11 @@ impl Twilio {
             }
         };
         let path = format!("/2010-04-01/Accounts/{sid}/Messages.json");
+        let uri = HttpTransport::endpoint(&common.name, &config.url, &path)?;
+        super::credentials_over(common, &uri)?;
         Ok(Self {
             name: common.name.clone(),
-            uri: HttpTransport::endpoint(&common.name, &config.url, &path)?,
+            uri,
             auth: transport::basic_auth(sid, config.auth_token.expose()),
             sender,
             transport: http_transport(common)?,
