@@ -164,6 +164,22 @@ async fn steady_load(
     }
 }
 
+trait GetText {
+    async fn get_text(&self, path: &str) -> String;
+}
+
+impl GetText for Client {
+    /// A GET's body as text (`/metrics` is not JSON).
+    async fn get_text(&self, path: &str) -> String {
+        reqwest::get(format!("{}{path}", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
 /// Waits (up to `limit`) until every accepted key was delivered.
 async fn wait_delivered(sim: &Sim, keys: &HashSet<String>, limit: Duration) {
     let until = Instant::now() + limit;
@@ -335,6 +351,25 @@ async fn kill_9_of_the_primary_then_promotion_loses_nothing() {
     check_run(&sim, &sent, COUNT + 1, "kill -9 + promote").await;
     for c in &clients {
         wait_ready(c, true, Duration::from_secs(10)).await;
+    }
+    // The metrics tell the story: errors by kind, the reconnection, the
+    // time without a primary, and the host now written to.
+    let new_primary = cluster.node_url("primary");
+    let host = new_primary
+        .split('@')
+        .nth(1)
+        .and_then(|h| h.split('/').next())
+        .unwrap();
+    let metrics = clients[0].get_text("/metrics").await;
+    for needle in [
+        "herald_store_connection_errors_total{kind=\"",
+        "herald_store_reconnects_total{connection=\"pool\"}",
+        "herald_store_reconnects_total{connection=\"listen\"}",
+        "herald_store_unavailable_seconds_total",
+        "herald_store_writable 1",
+        &format!("herald_store_host_info{{host=\"{host}\"}} 1"),
+    ] {
+        assert!(metrics.contains(needle), "no {needle} in:\n{metrics}");
     }
     let logs = instances[0].logs();
     assert!(
