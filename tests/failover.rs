@@ -640,7 +640,10 @@ async fn require_synchronous_replication_refuses_readiness_without_the_standby()
     };
     let dir = tempfile::tempdir().unwrap();
     let sim = Sim::start(0.0, Duration::from_millis(5)).await;
-    let cfg = config(&sim, &cluster.url, "require_synchronous_replication = true");
+    // Commits that wait for a standby that is gone wait for ever: requests
+    // are cut off at http.request_timeout_ms.
+    let cfg = config(&sim, &cluster.url, "require_synchronous_replication = true")
+        + "\n[http]\nrequest_timeout_ms = 2000\n";
     let herald = Herald::start(dir.path(), &cfg);
     let client = herald.client();
     wait_ready(&client, true, Duration::from_secs(10)).await;
@@ -652,6 +655,37 @@ async fn require_synchronous_replication_refuses_readiness_without_the_standby()
     assert!(error.contains("synchronous"), "the reason is given: {body}");
     herald.log_shows("require_synchronous_replication").await;
 
+    // An accept now waits for a commit that waits for the standby: 503,
+    // never a hang, and never a 202.
+    let body = json!({"phone": "01712345678", "text": "while-blocked"});
+    let started = Instant::now();
+    let blocked = client.post_keyed("/v1/sms", "sync-1", &body).await;
+    println!(
+        "an accept while commits wait for the standby: {} in {:?}",
+        blocked.status,
+        started.elapsed()
+    );
+    assert_eq!(blocked.status, 503, "{}", blocked.body);
+
     cluster.run(&["start-standby"]);
     wait_ready(&client, true, Duration::from_secs(20)).await;
+    // Commits flow again by themselves: the retry gets its 202, and the
+    // notification is delivered once.
+    let until = Instant::now() + Duration::from_secs(20);
+    let retried = loop {
+        let a = client.post_keyed("/v1/sms", "sync-1", &body).await;
+        if a.status == 202 {
+            break a;
+        }
+        assert!(
+            Instant::now() < until,
+            "no 202 with the standby back: {}",
+            a.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(retried.body["id"].is_string());
+    let keys: HashSet<String> = ["while-blocked".to_owned()].into();
+    wait_delivered(&sim, &keys, Duration::from_secs(20)).await;
+    assert_eq!(sim.counts_by_key()["while-blocked"], 1);
 }
