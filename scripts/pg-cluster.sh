@@ -10,6 +10,7 @@
 #                                     signed the server's certificate
 #   scripts/pg-cluster.sh find-bin    prints the directory of the PostgreSQL
 #                                     binaries, or fails; never installs
+#   scripts/pg-cluster.sh ensure-bin  the same, installing them if missing
 #
 # Replicated mode, for the failover tests: two servers, a primary and a
 # synchronous streaming standby made from it with `pg_basebackup -R`
@@ -43,7 +44,7 @@
 # if needed. The unix socket lives in DIR too, never in /var/run.
 set -euo pipefail
 
-usage="usage: pg-cluster.sh start|stop|url|ca|start-replicated|kill|stop-primary|promote|stop-standby|start-standby|rejoin|node-url DIR, or find-bin"
+usage="usage: pg-cluster.sh start|stop|url|ca|start-replicated|kill|stop-primary|promote|stop-standby|start-standby|rejoin|node-url DIR, or find-bin|ensure-bin"
 cmd=${1:?$usage}
 
 find_bin() {
@@ -64,7 +65,7 @@ if [[ "$cmd" == find-bin ]]; then
     echo "$bin"
     exit 0
 fi
-dir=${2:?$usage}
+[[ "$cmd" == ensure-bin ]] || dir=${2:?$usage}
 
 bin=$(find_bin)
 if [[ -z "$bin" ]]; then
@@ -75,6 +76,10 @@ if [[ -z "$bin" ]]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >&2
     bin=$(find_bin)
     [[ -n "$bin" ]] || { echo "pg-cluster: no initdb after installing postgresql" >&2; exit 1; }
+fi
+if [[ "$cmd" == ensure-bin ]]; then
+    echo "$bin"
+    exit 0
 fi
 
 # Runs a PostgreSQL binary as the cluster's owner.
@@ -168,18 +173,23 @@ node_stop() {
 # A standby of the primary `from` in node `node`, made by pg_basebackup -R
 # (which writes standby.signal and primary_conninfo), on its own port.
 make_standby() {
-    local node=$1 from=$2
+    local node=$1 from=$2 port
+    # A node rebuilt keeps its address: it is in the cluster's URL.
+    port=$(cat "$dir/$node/port" 2>/dev/null || free_port)
     rm -rf "$dir/$node"
     mkdir -p "$dir/$node"
     [[ $(id -u) -eq 0 ]] && chown postgres "$dir/$node"
-    as_owner "$bin/pg_basebackup" -D "$dir/$node/data" -R -X stream -c fast \
+    # --no-sync and syncfs: fsyncing each file of a copy made for a test is
+    # seconds on a busy disk, for nothing.
+    as_owner "$bin/pg_basebackup" -D "$dir/$node/data" -R -X stream -c fast --no-sync \
         -d "host=127.0.0.1 port=$(node_port "$from") user=herald password=herald application_name=$node" \
         >"$dir/$node/basebackup.log" 2>&1 ||
         { cat "$dir/$node/basebackup.log" >&2; exit 1; }
-    free_port >"$dir/$node/port"
+    echo "$port" >"$dir/$node/port"
     cat >>"$dir/$node/data/postgresql.conf" <<EOF
 port = $(cat "$dir/$node/port")
 unix_socket_directories = '$dir/$node'
+recovery_init_sync_method = syncfs
 EOF
     # The standby names itself to the primary (pg_stat_replication's
     # application_name) by its node.
@@ -202,7 +212,7 @@ start_replicated() {
         echo herald >"$dir/pwfile"
         [[ $(id -u) -eq 0 ]] && chown postgres "$dir/pwfile"
         data="$dir/a/data"
-        as_owner "$bin/initdb" -D "$data" -U herald --pwfile="$dir/pwfile" \
+        as_owner "$bin/initdb" -D "$data" -U herald --pwfile="$dir/pwfile" --no-sync \
             --auth=scram-sha-256 -E UTF8 --locale=C >"$dir/a/initdb.log" 2>&1 ||
             { cat "$dir/a/initdb.log" >&2; exit 1; }
         free_port >"$dir/a/port"

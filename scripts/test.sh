@@ -7,6 +7,9 @@
 # schemathesis for the OpenAPI test, if they are missing.
 # Everything the tests use runs on 127.0.0.1.
 #
+# tests/failover.rs runs its own primary and synchronous standby per test
+# (scripts/pg-cluster.sh start-replicated), in temp dirs.
+#
 # The integration tests run against both stores: SQLite always, PostgreSQL
 # through HERALD_TEST_PG_URL, which this script sets. Set it yourself to use
 # a server of your own (each test creates a fresh database there), and
@@ -28,6 +31,14 @@ if [[ -z "${HERALD_TEST_PG_URL:-}" ]]; then
     HERALD_TEST_PG_CA=$(scripts/pg-cluster.sh ca "$pg_dir/pg")
     export HERALD_TEST_PG_URL HERALD_TEST_PG_CA
     echo "a throwaway cluster at $HERALD_TEST_PG_URL (TLS, CA $HERALD_TEST_PG_CA)"
+fi
+
+# The failover tests (tests/failover.rs) start replicated clusters of their
+# own through scripts/pg-cluster.sh, even where HERALD_TEST_PG_URL names a
+# server of yours: the PostgreSQL binaries must be here.
+if ! scripts/pg-cluster.sh find-bin >/dev/null 2>&1; then
+    echo "== postgresql binaries"
+    scripts/pg-cluster.sh ensure-bin
 fi
 
 # The SMTP tests run a real SMTP server: Python's aiosmtpd.

@@ -154,6 +154,14 @@ impl Dispatcher {
                         }
                         tokio::select! {
                             _ = tokio::time::sleep(store_backoff) => {}
+                            // A commit (this instance's accept, or another's
+                            // heard through LISTEN) says the store is back:
+                            // no need to wait out the backoff, and a
+                            // hand-off starts at once.
+                            _ = self.wake.notified() => {}
+                            Some(f) = fresh.recv() => {
+                                self.start(&mut running, f.claimed, f.permit);
+                            }
                             _ = shutdown.changed() => {}
                         }
                         store_backoff = (store_backoff * 2).min(Duration::from_secs(2));

@@ -94,6 +94,8 @@ impl StoreError {
     /// The kind of connection error this is (the server went away, shut
     /// down, became read-only, could not be reached), or `None`: what a
     /// caller logs once per outage instead of once per request.
+    /// A pool with no free connection in time is not one: that is load,
+    /// logged as any other failure.
     pub fn connection_kind(&self) -> Option<&'static str> {
         postgres::connection_kind(self)
     }

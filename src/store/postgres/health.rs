@@ -35,6 +35,14 @@ use crate::store::{StoreError, StoreState};
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
+/// The kind of a pool that had no free connection in time: counted, but it
+/// says nothing of the server.
+pub const POOL_WAIT: &str = "pool_wait";
+
+/// The kinds that mean the connections lead to a server that went away or
+/// no longer takes writes.
+const RETIRING: [&str; 3] = ["closed", "shutdown", "read_only"];
+
 /// The kind of a connection error in `e`'s chain, or `None` for an error
 /// that says nothing about the connection (a constraint, a timeout of one
 /// statement).
@@ -47,6 +55,9 @@ pub fn kind(e: &(dyn StdError + 'static)) -> Option<&'static str> {
         if let Some(p) = e.downcast_ref::<deadpool_postgres::PoolError>() {
             use deadpool_postgres::PoolError;
             return match p {
+                // Every connection busy: the pool is small for the load, the
+                // server is not gone.
+                PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => Some(POOL_WAIT),
                 PoolError::Timeout(_) => Some("timeout"),
                 PoolError::Backend(e) => Some(pg_kind(e).unwrap_or("connect")),
                 PoolError::PostCreateHook(deadpool_postgres::HookError::Backend(e)) => {
@@ -139,17 +150,23 @@ impl Health {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Looks at a failed operation: a connection error is counted, marks
-    /// the store down (logged once) and retires the older connections.
-    /// Returns whether it was one.
+    /// Looks at a failed operation: a connection error is counted and marks
+    /// the store down (logged once); one that says the server went away or
+    /// became read-only retires the older connections. Returns whether it
+    /// marked the store down.
     pub fn failed(&self, e: &StoreError) -> bool {
         let Some(kind) = kind(e) else {
             return false;
         };
         crate::metrics::metrics().store_connection_error(kind);
+        if kind == POOL_WAIT {
+            return false;
+        }
         let now = clock::instant();
         let mut s = self.state();
-        s.retire_before = Some(now.into_std());
+        if RETIRING.contains(&kind) {
+            s.retire_before = Some(now.into_std());
+        }
         if s.writable {
             s.writable = false;
             s.since = now;
@@ -289,4 +306,86 @@ pub async fn check_sync(conn: &tokio_postgres::Client) -> Result<Option<String>,
     } else {
         None
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(kind: deadpool_postgres::TimeoutType) -> StoreError {
+        StoreError::Backend(Box::new(deadpool_postgres::PoolError::Timeout(kind)))
+    }
+
+    #[test]
+    fn errors_are_sorted_by_kind() {
+        use deadpool_postgres::TimeoutType;
+        assert_eq!(kind(&timeout(TimeoutType::Create)), Some("timeout"));
+        assert_eq!(kind(&timeout(TimeoutType::Wait)), Some(POOL_WAIT));
+        let no_primary = StoreError::Backend(Box::new(super::super::writer::NoPrimary(50)));
+        assert_eq!(kind(&no_primary), Some("no_primary"));
+        assert_eq!(kind(&StoreError::Closed), None);
+        assert_eq!(kind(&StoreError::Corrupt { what: "x" }), None);
+        let standby = StoreError::Backend(Box::new(deadpool_postgres::PoolError::PostCreateHook(
+            deadpool_postgres::HookError::message("a standby"),
+        )));
+        assert_eq!(kind(&standby), Some("read_only"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn down_once_backs_off_and_up_again_at_the_first_commit() {
+        use deadpool_postgres::TimeoutType;
+        let health = Health::new(false);
+        assert!(health.wait().is_none());
+        assert!(health.snapshot().writable);
+
+        // A busy pool says nothing of the server.
+        assert!(!health.failed(&timeout(TimeoutType::Wait)));
+        assert!(health.snapshot().writable);
+        assert!(health.wait().is_none());
+
+        assert!(health.failed(&timeout(TimeoutType::Create)));
+        let down = health.snapshot();
+        assert!(!down.writable);
+        assert_eq!(
+            down.problem.as_deref(),
+            Some("no writable primary (timeout)")
+        );
+        let first = health.wait().expect("backing off");
+        assert!(first <= BACKOFF_MIN);
+        // Each failure while down doubles the wait, up to its bound.
+        for _ in 0..10 {
+            health.failed(&timeout(TimeoutType::Create));
+        }
+        let longest = health.wait().expect("backing off");
+        assert!(longest > first && longest <= BACKOFF_MAX, "{longest:?}");
+        tokio::time::advance(BACKOFF_MAX).await;
+        assert!(health.wait().is_none(), "tried again once the wait is over");
+
+        health.succeeded();
+        assert!(health.snapshot().writable);
+        assert!(health.snapshot().problem.is_none());
+        assert!(health.wait().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_server_retires_the_connections_made_before() {
+        use deadpool_postgres::TimeoutType;
+        let health = Health::new(false);
+        let before = clock::instant().into_std();
+        // A connection that timed out does not say the old ones are bad.
+        health.failed(&timeout(TimeoutType::Create));
+        assert!(!health.stale(before));
+        // A standby met (read-only) does.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let standby = StoreError::Backend(Box::new(deadpool_postgres::PoolError::PostCreateHook(
+            deadpool_postgres::HookError::message("a standby"),
+        )));
+        health.failed(&standby);
+        assert!(health.stale(before));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            !health.stale(clock::instant().into_std()),
+            "new ones are kept"
+        );
+    }
 }

@@ -55,7 +55,7 @@ pub use schema::MIGRATIONS;
 
 /// See [`StoreError::connection_kind`].
 pub(super) fn connection_kind(e: &StoreError) -> Option<&'static str> {
-    health::kind(e)
+    health::kind(e).filter(|k| *k != health::POOL_WAIT)
 }
 
 /// The claim's RETURNING list, in rows::ClaimedRow's order.

@@ -50,7 +50,7 @@ pub struct BatchFailed(#[source] Arc<StoreError>);
 /// once rather than trying again before the backoff is over.
 #[derive(Debug, thiserror::Error)]
 #[error("no writable primary (next attempt in {0} ms)")]
-pub struct NoPrimary(u128);
+pub struct NoPrimary(pub u128);
 
 /// Where a writer's transactions send the events of ending notifications.
 pub struct Outbox {
