@@ -647,11 +647,40 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, S
         let store = PostgresStore::open(url, options.postgres, routes).await?;
         return Ok(Arc::new(store));
     }
-    Err(StoreError::BadUrl(url.to_owned()))
+    Err(StoreError::BadUrl(redacted(url)))
 }
 
-/// A store URL without its password, for logs and errors.
+/// A store URL without its password, for logs and errors: the one in its
+/// user info (`user:***@`) and a `password` query parameter (`?password=***`,
+/// which libpq and tokio-postgres read as well).
 pub fn redacted(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut shown = without_user_password(base);
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if is_password_key(key) => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
+    }
+    shown
+}
+
+/// `password`, however its letters are cased or percent-encoded.
+fn is_password_key(key: &str) -> bool {
+    percent_encoding::percent_decode_str(key)
+        .decode_utf8_lossy()
+        .eq_ignore_ascii_case("password")
+}
+
+fn without_user_password(url: &str) -> String {
     let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@')) else {
         return url.to_owned();
     };
@@ -727,5 +756,18 @@ mod tests {
         );
         assert_eq!(redacted("postgres://herald@db/h"), "postgres://herald@db/h");
         assert_eq!(redacted("sqlite://herald.db"), "sqlite://herald.db");
+        // libpq's query parameter, alone or beside a password in user info.
+        assert_eq!(
+            redacted("postgres://herald@db/h?sslmode=require&password=s3cret"),
+            "postgres://herald@db/h?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redacted("postgres://u:a@b@db/h?PassWord=x&pass%77ord=y&application_name=a@b"),
+            "postgres://u:***@db/h?PassWord=***&pass%77ord=***&application_name=a@b"
+        );
+        assert_eq!(
+            redacted("mysql://u@db/h?password=s3cret"),
+            "mysql://u@db/h?password=***"
+        );
     }
 }
