@@ -182,5 +182,10 @@ async fn a_password_in_the_store_urls_query_is_never_shown() {
         .find(|l| l.contains("herald started"))
         .unwrap_or_else(|| panic!("no start-up line:\n{log}"));
     assert!(started.contains("password=***"), "{started}");
+    // And which TLS the store gets: no sslmode on loopback is libpq's prefer.
+    assert!(
+        started.contains("store_tls=\"prefer (the default on loopback)\""),
+        "{started}"
+    );
     assert!(!log.contains(&format!("password={password}")), "{log}");
 }

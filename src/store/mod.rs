@@ -650,6 +650,17 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, S
     Err(StoreError::BadUrl(redacted(url)))
 }
 
+/// The TLS to a PostgreSQL store (`None` for SQLite), as the start-up line
+/// says it: with no `sslmode` in the URL, `prefer` on loopback and
+/// `verify-full` elsewhere.
+pub fn tls_mode(url: &str) -> Option<String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        postgres::tls_mode(url)
+    } else {
+        None
+    }
+}
+
 /// A store URL without its password, for logs and errors: the one in its
 /// user info (`user:***@`) and a `password` query parameter (`?password=***`,
 /// which libpq and tokio-postgres read as well).
