@@ -76,26 +76,37 @@ async fn run(
     }
 }
 
+/// Tries of a whole batch before each result in it is written on its own.
+const TRIES_TOGETHER: u32 = 3;
+
 /// Writes `batch`, retrying while the store is unavailable, for as long as
 /// each lease holds: after that the work belongs to the next claim.
+///
+/// After a few failed tries each result is written alone, so that one the
+/// store refuses does not hold its batch-mates back; and one refused alone
+/// while the store takes others' (a text it cannot store, say) is written
+/// in its minimal form ([`RoundReport::minimal`]) and counted as a store
+/// fault. Retrying it whole until the lease lapsed would have the round
+/// redone and its provider sent to again, every lease, until the
+/// notification's age ran out.
 async fn write(store: &dyn Store, held: &Held, clock: &dyn Clock, batch: &mut Vec<Finished>) {
     let mut pause = Duration::from_millis(50);
+    let mut tries = 0;
     while !batch.is_empty() {
+        tries += 1;
         let reports = batch.iter().map(|f| f.report.clone()).collect();
         let e = match store.complete(reports).await {
             Ok(results) => {
                 for (finished, result) in batch.iter().zip(results) {
-                    match result {
-                        Ok(()) => count_outcome(finished),
-                        Err(lost) => {
-                            tracing::warn!(id = %finished.report.id, "{lost}; another claim owns this notification");
-                        }
-                    }
+                    written(finished, result, tries > 1);
                 }
                 return;
             }
             Err(e) => e,
         };
+        if tries >= TRIES_TOGETHER {
+            write_each(store, held, batch).await;
+        }
         let retry_by = clock.now().plus(pause);
         batch.retain(|f| {
             let keep = retry_by < f.lease_until;
@@ -113,6 +124,57 @@ async fn write(store: &dyn Store, held: &Held, clock: &dyn Clock, batch: &mut Ve
             tracing::warn!(count = batch.len(), error = %chain(&e), "writing results failed; retrying");
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Writes each result of `batch` alone, then in its minimal form if the
+/// store refuses it; takes out of `batch` every one written. What is left
+/// could not be written even minimally: the store itself is failing.
+async fn write_each(store: &dyn Store, held: &Held, batch: &mut Vec<Finished>) {
+    let mut left = Vec::new();
+    for finished in batch.drain(..) {
+        let refused = match store.complete(vec![finished.report.clone()]).await {
+            Ok(mut results) => {
+                written(&finished, results.pop().unwrap_or(Ok(())), true);
+                lock(held).remove(&finished.report.id);
+                continue;
+            }
+            Err(e) => e,
+        };
+        match store.complete(vec![finished.report.minimal()]).await {
+            Ok(mut results) => {
+                let result = results.pop().unwrap_or(Ok(()));
+                if result.is_ok() {
+                    crate::metrics::metrics().store_fault();
+                    tracing::error!(
+                        id = %finished.report.id,
+                        error = %chain(&refused),
+                        "a store fault: the store kept refusing this round's result while it took others; \
+                         written without its error texts and provider message ids, and not sent again"
+                    );
+                }
+                written(&finished, result, true);
+                lock(held).remove(&finished.report.id);
+            }
+            Err(_) => left.push(finished),
+        }
+    }
+    *batch = left;
+}
+
+/// A result's write came back: counted when it won, noted when its lease
+/// was gone. `retried`: an earlier try failed, and may have committed all
+/// the same (a commit in doubt), which also reads as a lost lease.
+fn written(finished: &Finished, result: Result<(), crate::store::LeaseLost>, retried: bool) {
+    match result {
+        Ok(()) => count_outcome(finished),
+        Err(lost) if retried => tracing::warn!(
+            id = %finished.report.id,
+            "{lost}: another claim owns this notification, or an earlier try whose answer was lost wrote this result"
+        ),
+        Err(lost) => {
+            tracing::warn!(id = %finished.report.id, "{lost}; another claim owns this notification");
         }
     }
 }

@@ -222,6 +222,54 @@ pub struct RoundReport {
     pub at: UnixMillis,
 }
 
+/// What a round's error text says when the store would not take the
+/// round's result as it came (see [`RoundReport::minimal`]).
+pub const STORE_FAULT: &str = "store fault: this round's result could not be stored as it came \
+    (its error texts and provider message ids were dropped); the message was not sent again";
+
+impl RoundReport {
+    /// The report without any text from outside: every attempt keeps its
+    /// provider, time, outcome and HTTP status but loses its error and
+    /// message id, and the completion's error says [`STORE_FAULT`]. What the
+    /// round decided (delivered, failed, retry, dead) and whether it used
+    /// up a round are kept, so the notification ends or retries as it
+    /// would have, instead of its round being redone and its provider sent
+    /// to again.
+    pub fn minimal(&self) -> RoundReport {
+        let attempts = self
+            .attempts
+            .iter()
+            .map(|a| Attempt {
+                error: None,
+                provider_message_id: None,
+                ..a.clone()
+            })
+            .collect();
+        let fault = || STORE_FAULT.to_owned();
+        let completion = match &self.completion {
+            Completion::Delivered { provider } => Completion::Delivered {
+                provider: provider.clone(),
+            },
+            Completion::Failed { .. } => Completion::Failed { error: fault() },
+            Completion::Dead { .. } => Completion::Dead { error: fault() },
+            Completion::Expired { .. } => Completion::Expired { error: fault() },
+            Completion::Retry { at, counted, .. } => Completion::Retry {
+                at: *at,
+                counted: *counted,
+                error: Some(fault()),
+            },
+            Completion::Released => Completion::Released,
+        };
+        RoundReport {
+            id: self.id,
+            lease: self.lease,
+            attempts,
+            completion,
+            at: self.at,
+        }
+    }
+}
+
 /// The report's lease was no longer current: someone else owns the work now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the lease on this notification was lost")]
