@@ -22,6 +22,26 @@ echo "== format"
 cargo fmt --all -- --check
 echo "== lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== dependencies"
+# cargo deny (deny.toml), offline: licences, bans and sources always;
+# advisories only with RustSec's database at hand, which this CI cannot
+# fetch (github.com is not reachable from it): HERALD_ADVISORY_DB names a
+# clone of github.com/rustsec/advisory-db to check them too.
+if command -v cargo-deny >/dev/null 2>&1; then
+    cargo deny --offline check bans licenses sources
+    if [[ -n "${HERALD_ADVISORY_DB:-}" ]]; then
+        advisory_dir=$(mktemp -d "${TMPDIR:-/tmp}/herald-advisories.XXXXXX")
+        # cargo deny looks for the default database's clone under this name.
+        git clone -q "$HERALD_ADVISORY_DB" "$advisory_dir/advisory-db-3157b0e258782691"
+        sed "s|^\[advisories\]$|[advisories]\ndb-path = \"$advisory_dir\"|" deny.toml >"$advisory_dir/deny.toml"
+        cargo deny --offline --config "$advisory_dir/deny.toml" check advisories
+        rm -rf "$advisory_dir"
+    else
+        echo "NOTICE: advisories not checked: HERALD_ADVISORY_DB is not set (docs/operations.md, Dependencies)"
+    fi
+else
+    echo "NOTICE: cargo-deny is not installed (cargo install --locked cargo-deny); dependencies not checked"
+fi
 
 if [[ -z "${HERALD_TEST_PG_URL:-}" ]]; then
     echo "== postgresql"

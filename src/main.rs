@@ -318,9 +318,16 @@ fn announcement(
         None => "http",
     };
     let store = herald::store::redacted(&config.store);
+    let store_tls = herald::store::tls_mode(&config.store);
     move || {
         println!("herald listening on {scheme}://{addr}");
-        tracing::info!(%addr, tls = scheme == "https", %store, "herald started");
+        tracing::info!(
+            %addr,
+            tls = scheme == "https",
+            %store,
+            store_tls = store_tls.as_deref(),
+            "herald started"
+        );
     }
 }
 

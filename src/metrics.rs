@@ -38,6 +38,7 @@ pub struct Metrics {
     in_flight: Gauge,
     commit_duration: Histogram,
     commit_batch: Histogram,
+    store_faults: Counter,
     webhook_deliveries: Family<Labels1, Counter>,
     webhook_pending: Gauge,
     certificate_expiry: Family<Labels1, Gauge>,
@@ -147,6 +148,12 @@ impl Metrics {
             "Writes carried by one store transaction",
             commit_batch.clone(),
         );
+        let store_faults = Counter::default();
+        registry.register(
+            "store_faults",
+            "Round results the store kept refusing while it took others, written without their outside text",
+            store_faults.clone(),
+        );
         let webhook_deliveries = Family::<Labels1, Counter>::default();
         registry.register(
             "webhook_deliveries",
@@ -213,6 +220,7 @@ impl Metrics {
             in_flight,
             commit_duration,
             commit_batch,
+            store_faults,
             webhook_deliveries,
             webhook_pending,
             certificate_expiry,
@@ -378,6 +386,11 @@ impl Metrics {
     pub fn store_commit(&self, took: Duration, writes: usize) {
         self.commit_duration.observe(took.as_secs_f64());
         self.commit_batch.observe(writes as f64);
+    }
+
+    /// A round's result written in its minimal form (`dispatch/results.rs`).
+    pub fn store_fault(&self) {
+        self.store_faults.inc();
     }
 
     /// `outcome`: delivered, retried, failed.

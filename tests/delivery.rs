@@ -305,3 +305,119 @@ async fn delivered_notifications_are_purged_after_the_retention_age(backend: Bac
     let gone = client.get(&format!("/v1/notifications/{}", ids[0])).await;
     assert_eq!(gone.status, 404, "purged with its attempts");
 }
+
+/// A round's result the store keeps refusing while it takes everything
+/// else (here a trigger in the test's own database refuses any attempt
+/// whose error holds a marker, as PostgreSQL refuses a NUL in text): the
+/// notification is sent once, then ends with a store fault (written
+/// without its outside text, counted, logged); its neighbours are
+/// untouched. Before, the result was retried until the lease lapsed and the
+/// round redone: the provider was sent to again every lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_the_store_refuses_ends_as_a_store_fault_sent_once() {
+    let Some(store) = TestStore::new(Backend::Postgres).await else {
+        return;
+    };
+    let provider = support::fixture::Fixture::start(|request, _| {
+        if request.text().contains("poison") {
+            support::fixture::reply(400, r#"{"error":"store-refuses-this"}"#)
+        } else {
+            support::fixture::reply(200, "{}")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"store = "{}"
+[dispatch]
+poll_interval_ms = 20
+lease_ms = 4000
+[retry]
+base_ms = 50
+cap_ms = 500
+[[providers.sms]]
+name = "sms-fixture"
+url = "{}/api/sms/provider1"
+timeout_ms = 1000
+[[providers.email]]
+name = "email-fixture"
+url = "{}/api/email/provider1"
+timeout_ms = 1000
+"#,
+        store.url,
+        provider.url(),
+        provider.url()
+    );
+    let mut herald = Herald::start(dir.path(), &config);
+    let client = herald.client();
+
+    let (db, connection) = tokio_postgres::connect(&store.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    db.batch_execute(
+        "CREATE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.error LIKE '%store-refuses-this%' THEN
+             RAISE EXCEPTION 'this attempt cannot be stored';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_marked BEFORE INSERT ON attempts
+           FOR EACH ROW EXECUTE FUNCTION refuse_marked();",
+    )
+    .await
+    .unwrap();
+
+    let poison = client.sms("poison").await;
+    assert_eq!(poison.status, 202);
+    let poison = poison.body["id"].as_str().unwrap().to_owned();
+    let mut ordinary = Vec::new();
+    for i in 0..20 {
+        let a = client.sms(&format!("ordinary {i}")).await;
+        assert_eq!(a.status, 202);
+        ordinary.push(a.body["id"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        client.wait_until_settled(Duration::from_secs(30)).await,
+        "everything ends"
+    );
+    // Two leases more: a round redone after a lapsed lease would show.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+
+    let sent = |needle: &str| {
+        provider
+            .requests()
+            .iter()
+            .filter(|r| r.text().contains(needle))
+            .count()
+    };
+    assert_eq!(sent("poison"), 1, "sent once");
+    let record = client.get(&format!("/v1/notifications/{poison}")).await;
+    assert_eq!(record.body["status"], "failed", "{}", record.body);
+    let last_error = record.body["last_error"].as_str().unwrap();
+    assert!(last_error.starts_with("store fault"), "{last_error}");
+    let attempts = record.body["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{}", record.body);
+    assert_eq!(attempts[0]["http_status"], 400);
+    assert!(attempts[0]["error"].is_null(), "{}", record.body);
+
+    for (i, id) in ordinary.iter().enumerate() {
+        let record = client.get(&format!("/v1/notifications/{id}")).await;
+        assert_eq!(record.body["status"], "delivered", "{}", record.body);
+        assert_eq!(record.body["attempts"].as_array().unwrap().len(), 1);
+        assert_eq!(sent(&format!("ordinary {i}\"")), 1);
+    }
+    let metrics = reqwest::get(format!("{}/metrics", client.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "herald_store_faults_total 1"),
+        "{metrics}"
+    );
+    let log = herald.logs_at_exit();
+    assert!(log.contains("a store fault"), "{log}");
+}

@@ -134,3 +134,58 @@ async fn control_characters_never_reach_the_text_log() {
     }
     assert!(!log.contains("forged"), "{log}");
 }
+
+/// `postgres://u:p@host/db` as `postgres://u@host/db?password=p`: the
+/// password in libpq's query parameter instead of the user info.
+fn password_in_query(url: &str) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (userinfo, host) = rest.split_once('@').unwrap();
+    let (user, password) = userinfo.split_once(':').unwrap();
+    let sep = if host.contains('?') { '&' } else { '?' };
+    (
+        format!("{scheme}://{user}@{host}{sep}password={password}"),
+        password.to_owned(),
+    )
+}
+
+/// A password given as `?password=` is masked wherever a store URL is
+/// shown, as one in `user:pass@` is: `migrate`'s error and `serve`'s
+/// start-up line. Before, both printed it in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_the_store_urls_query_is_never_shown() {
+    // Nothing listens on port 1: migrate fails, and says which store.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "migrate",
+            "--store",
+            "postgres://herald@127.0.0.1:1/herald?connect_timeout=2&password=s3cret-q",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("s3cret-q"), "{stderr}");
+    assert!(stderr.contains("password=***"), "{stderr}");
+
+    // Against a real server, the password in the query is the one used.
+    let Some(store) = TestStore::new(Backend::Postgres).await else {
+        return;
+    };
+    let (url, password) = password_in_query(&store.url);
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(0.0, Duration::ZERO).await;
+    let mut herald = Herald::start(dir.path(), &sim.herald_config(&url, ""));
+    assert_eq!(herald.client().sms("t").await.status, 202);
+    let log = herald.logs_at_exit();
+    let started = log
+        .lines()
+        .find(|l| l.contains("herald started"))
+        .unwrap_or_else(|| panic!("no start-up line:\n{log}"));
+    assert!(started.contains("password=***"), "{started}");
+    // And which TLS the store gets: no sslmode on loopback is libpq's prefer.
+    assert!(
+        started.contains("store_tls=\"prefer (the default on loopback)\""),
+        "{started}"
+    );
+    assert!(!log.contains(&format!("password={password}")), "{log}");
+}

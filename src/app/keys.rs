@@ -30,6 +30,11 @@ pub enum KeyError {
     Exists(String),
     #[error("no unrevoked key named {0:?}")]
     NoSuchKey(String),
+    /// A name is the key's idempotency scope and is shown in logs and
+    /// listings: PostgreSQL could not store a NUL in it, and other control
+    /// characters would reach a terminal.
+    #[error("a key's name must not be empty nor hold control characters: {0:?}")]
+    BadName(String),
     #[error("unknown scope in {0:?} (expected send, read, admin)")]
     BadScopes(String),
     #[error("--rate-per-sec must be above 0 and --burst at least 1")]
@@ -52,6 +57,9 @@ pub struct NewKey<'a> {
 
 /// Stores a new key; returns the key itself, which is never seen again.
 pub async fn create(config: &Config, new: NewKey<'_>) -> Result<String, KeyError> {
+    if new.name.is_empty() || crate::domain::validation::has_control(new.name) {
+        return Err(KeyError::BadName(new.name.to_owned()));
+    }
     let scopes = Scope::parse_list(new.scopes)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| KeyError::BadScopes(new.scopes.to_owned()))?;
@@ -100,4 +108,28 @@ pub async fn revoke(config: &Config, name: &str) -> Result<(), KeyError> {
         return Err(KeyError::NoSuchKey(name.to_owned()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_with_control_characters_is_refused_before_the_store_is_opened() {
+        for name in ["", "ops\0", "ops\u{1b}[2J"] {
+            let new = NewKey {
+                name,
+                scopes: "send",
+                rate_per_sec: None,
+                burst: None,
+            };
+            assert!(
+                matches!(
+                    create(&Config::default(), new).await,
+                    Err(KeyError::BadName(_))
+                ),
+                "{name:?}"
+            );
+        }
+    }
 }

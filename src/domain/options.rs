@@ -128,6 +128,13 @@ fn callback_url(
 ) -> Option<String> {
     match value {
         None | Some(Value::Null) => None,
+        Some(Value::String(url)) if super::validation::has_control(&url) => {
+            errors.push(FieldError::new(
+                "callback_url",
+                "must not contain control characters (such as NUL, ESC or BEL)",
+            ));
+            None
+        }
         Some(Value::String(url)) => match policy.check(&url) {
             Ok(()) => Some(url),
             Err(reason) => {
@@ -418,6 +425,13 @@ mod tests {
             given(json!({"callback_url": 5})),
             Err(vec!["callback_url".into()])
         );
+        let nul = validate_options(
+            serde_json::from_value(json!({"callback_url": "https://hooks.example.com/h\u{0}"}))
+                .unwrap(),
+            limits,
+        )
+        .unwrap_err();
+        assert!(nul[0].message.contains("control characters"), "{nul:?}");
     }
 
     #[test]

@@ -266,6 +266,54 @@ pub struct RoundReport {
     pub at: UnixMillis,
 }
 
+/// What a round's error text says when the store would not take the
+/// round's result as it came (see [`RoundReport::minimal`]).
+pub const STORE_FAULT: &str = "store fault: this round's result could not be stored as it came \
+    (its error texts and provider message ids were dropped); the message was not sent again";
+
+impl RoundReport {
+    /// The report without any text from outside: every attempt keeps its
+    /// provider, time, outcome and HTTP status but loses its error and
+    /// message id, and the completion's error says [`STORE_FAULT`]. What the
+    /// round decided (delivered, failed, retry, dead) and whether it used
+    /// up a round are kept, so the notification ends or retries as it
+    /// would have, instead of its round being redone and its provider sent
+    /// to again.
+    pub fn minimal(&self) -> RoundReport {
+        let attempts = self
+            .attempts
+            .iter()
+            .map(|a| Attempt {
+                error: None,
+                provider_message_id: None,
+                ..a.clone()
+            })
+            .collect();
+        let fault = || STORE_FAULT.to_owned();
+        let completion = match &self.completion {
+            Completion::Delivered { provider } => Completion::Delivered {
+                provider: provider.clone(),
+            },
+            Completion::Failed { .. } => Completion::Failed { error: fault() },
+            Completion::Dead { .. } => Completion::Dead { error: fault() },
+            Completion::Expired { .. } => Completion::Expired { error: fault() },
+            Completion::Retry { at, counted, .. } => Completion::Retry {
+                at: *at,
+                counted: *counted,
+                error: Some(fault()),
+            },
+            Completion::Released => Completion::Released,
+        };
+        RoundReport {
+            id: self.id,
+            lease: self.lease,
+            attempts,
+            completion,
+            at: self.at,
+        }
+    }
+}
+
 /// The report's lease was no longer current: someone else owns the work now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the lease on this notification was lost")]
@@ -696,11 +744,51 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, S
         let store = PostgresStore::open(url, options.postgres, routes).await?;
         return Ok(Arc::new(store));
     }
-    Err(StoreError::BadUrl(url.to_owned()))
+    Err(StoreError::BadUrl(redacted(url)))
 }
 
-/// A store URL without its password, for logs and errors.
+/// The TLS to a PostgreSQL store (`None` for SQLite), as the start-up line
+/// says it: with no `sslmode` in the URL, `prefer` on loopback and
+/// `verify-full` elsewhere.
+pub fn tls_mode(url: &str) -> Option<String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        postgres::tls_mode(url)
+    } else {
+        None
+    }
+}
+
+/// A store URL without its password, for logs and errors: the one in its
+/// user info (`user:***@`) and a `password` query parameter (`?password=***`,
+/// which libpq and tokio-postgres read as well).
 pub fn redacted(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut shown = without_user_password(base);
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if is_password_key(key) => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
+    }
+    shown
+}
+
+/// `password`, however its letters are cased or percent-encoded.
+fn is_password_key(key: &str) -> bool {
+    percent_encoding::percent_decode_str(key)
+        .decode_utf8_lossy()
+        .eq_ignore_ascii_case("password")
+}
+
+fn without_user_password(url: &str) -> String {
     let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@')) else {
         return url.to_owned();
     };
@@ -776,5 +864,18 @@ mod tests {
         );
         assert_eq!(redacted("postgres://herald@db/h"), "postgres://herald@db/h");
         assert_eq!(redacted("sqlite://herald.db"), "sqlite://herald.db");
+        // libpq's query parameter, alone or beside a password in user info.
+        assert_eq!(
+            redacted("postgres://herald@db/h?sslmode=require&password=s3cret"),
+            "postgres://herald@db/h?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redacted("postgres://u:a@b@db/h?PassWord=x&pass%77ord=y&application_name=a@b"),
+            "postgres://u:***@db/h?PassWord=***&pass%77ord=***&application_name=a@b"
+        );
+        assert_eq!(
+            redacted("mysql://u@db/h?password=s3cret"),
+            "mysql://u@db/h?password=***"
+        );
     }
 }

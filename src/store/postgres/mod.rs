@@ -112,6 +112,16 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
+/// The TLS a PostgreSQL store URL gets (`verify-full (the default off
+/// loopback)`, `require`, ...), for the start-up line; `None` for a URL
+/// that does not parse.
+pub fn tls_mode(url: &str) -> Option<String> {
+    let (url, mut settings) = tls::split_url(url).ok()?;
+    let mut config: tokio_postgres::Config = url.parse().ok()?;
+    tls::default_off_loopback(&mut config, &mut settings);
+    Some(tls::describe(&settings))
+}
+
 pub struct PostgresStore {
     pool: Pool,
     health: Arc<health::Health>,
@@ -136,12 +146,13 @@ impl PostgresStore {
         options: PostgresOptions,
         routes: Arc<WebhookRoutes>,
     ) -> Result<Self, StoreError> {
-        let (url, tls) = tls::split_url(url)
+        let (url, mut tls) = tls::split_url(url)
             .map_err(|e| StoreError::BadUrl(format!("{}: {e}", super::redacted(url))))?;
-        let tls = tls::connector(&tls).map_err(|e| StoreError::Backend(Box::new(e)))?;
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::BadUrl(format!("{}: {e}", super::redacted(&url))))?;
+        tls::default_off_loopback(&mut config, &mut tls);
+        let tls = tls::connector(&tls).map_err(|e| StoreError::Backend(Box::new(e)))?;
         let timeout = Duration::from_millis(options.connect_timeout_ms.max(1));
         config
             .application_name("herald")

@@ -2,12 +2,15 @@
 //! `sslrootcert` in the URL.
 //!
 //! - `disable`: never TLS.
-//! - `prefer` (the default) and `require`: TLS (`prefer` falls back to
+//! - `prefer` and `require`: TLS (`prefer` falls back to
 //!   plain text when the server has none), without checking the
 //!   certificate, as libpq does; `require` with `sslrootcert` checks the
 //!   chain like `verify-ca`.
 //! - `verify-ca`: the chain must lead to a trusted CA.
 //! - `verify-full`: that, and the certificate must name the host.
+//!
+//! With no `sslmode` in the URL: `prefer` (libpq's default) when every host
+//! is on this machine, `verify-full` otherwise ([`default_off_loopback`]).
 //!
 //! Trusted CAs are the `sslrootcert` PEM file, or the public roots without
 //! one. tokio-postgres knows only the first three modes and no
@@ -39,6 +42,8 @@ pub enum SslMode {
 pub struct TlsSettings {
     pub mode: SslMode,
     pub root_cert: Option<PathBuf>,
+    /// The URL named no `sslmode`: the mode is the default for its hosts.
+    pub defaulted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,7 @@ pub fn split_url(url: &str) -> Result<(String, TlsSettings), PgTlsError> {
     let mut settings = TlsSettings {
         mode: SslMode::Prefer,
         root_cert: None,
+        defaulted: true,
     };
     let Some((base, query)) = url.split_once('?') else {
         return Ok((url.to_owned(), settings));
@@ -74,6 +80,7 @@ pub fn split_url(url: &str) -> Result<(String, TlsSettings), PgTlsError> {
         };
         match key {
             "sslmode" => {
+                settings.defaulted = false;
                 settings.mode = match value {
                     "disable" => SslMode::Disable,
                     "prefer" => SslMode::Prefer,
@@ -93,6 +100,50 @@ pub fn split_url(url: &str) -> Result<(String, TlsSettings), PgTlsError> {
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => "sslmode=require",
     });
     Ok((format!("{base}?{}", kept.join("&")), settings))
+}
+
+/// With no `sslmode` in the URL: libpq's `prefer` when every host is on
+/// this machine (a loopback name or address, or a unix socket), where
+/// nothing crosses a network; anywhere else `verify-full`, since `prefer`
+/// falls back to plain text and checks no certificate, so anyone on the
+/// path could read the traffic or stand in for the database.
+pub fn default_off_loopback(config: &mut tokio_postgres::Config, settings: &mut TlsSettings) {
+    if settings.defaulted && !on_this_machine(config) {
+        settings.mode = SslMode::VerifyFull;
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
+}
+
+fn on_this_machine(config: &tokio_postgres::Config) -> bool {
+    let local = |host: &tokio_postgres::config::Host| match host {
+        tokio_postgres::config::Host::Tcp(name) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => true,
+    };
+    config.get_hosts().iter().all(local) && config.get_hostaddrs().iter().all(|a| a.is_loopback())
+}
+
+/// The mode as the start-up line says it.
+pub fn describe(settings: &TlsSettings) -> String {
+    let mode = match settings.mode {
+        SslMode::Disable => "disable",
+        SslMode::Prefer => "prefer",
+        SslMode::Require => "require",
+        SslMode::VerifyCa => "verify-ca",
+        SslMode::VerifyFull => "verify-full",
+    };
+    match (settings.defaulted, settings.mode) {
+        (false, _) => mode.to_owned(),
+        (true, SslMode::VerifyFull) => format!("{mode} (the default off loopback)"),
+        (true, _) => format!("{mode} (the default on loopback)"),
+    }
 }
 
 /// The connector for every connection of the store; a root file that
@@ -253,11 +304,66 @@ mod tests {
         ));
     }
 
+    fn effective(url: &str) -> (SslMode, String, tokio_postgres::config::SslMode) {
+        let (url, mut settings) = split_url(url).unwrap();
+        let mut config: tokio_postgres::Config = url.parse().unwrap();
+        default_off_loopback(&mut config, &mut settings);
+        (settings.mode, describe(&settings), config.get_ssl_mode())
+    }
+
+    #[test]
+    fn off_loopback_the_default_is_verify_full() {
+        use tokio_postgres::config::SslMode as Wire;
+        for remote in [
+            "postgres://u:p@db.internal:5432/h",
+            "postgres://u@10.0.0.5/h?application_name=x",
+            "postgres://u@127.0.0.1,db.internal/h",
+            "postgres://u@localhost/h?hostaddr=10.0.0.5",
+        ] {
+            assert_eq!(
+                effective(remote),
+                (
+                    SslMode::VerifyFull,
+                    "verify-full (the default off loopback)".into(),
+                    Wire::Require
+                ),
+                "{remote}"
+            );
+        }
+        for local in [
+            "postgres://u:p@127.0.0.1:5432/h",
+            "postgres://u@localhost/h",
+            "postgres://u@[::1]:5432/h",
+            "postgres://u@%2Fvar%2Frun%2Fpostgresql/h",
+            "postgres:///h",
+        ] {
+            assert_eq!(
+                effective(local),
+                (
+                    SslMode::Prefer,
+                    "prefer (the default on loopback)".into(),
+                    Wire::Prefer
+                ),
+                "{local}"
+            );
+        }
+        // An explicit sslmode is kept, wherever the host is.
+        assert_eq!(
+            effective("postgres://u@db.internal/h?sslmode=prefer"),
+            (SslMode::Prefer, "prefer".into(), Wire::Prefer)
+        );
+        assert_eq!(
+            effective("postgres://u@db.internal/h?sslmode=disable").0,
+            SslMode::Disable
+        );
+    }
+
     #[test]
     fn a_root_file_that_cannot_be_read_is_refused() {
         let settings = TlsSettings {
             mode: SslMode::VerifyFull,
             root_cert: Some(PathBuf::from("/nonexistent/root.crt")),
+            defaulted: false,
         };
         assert!(matches!(
             connector(&settings),

@@ -173,6 +173,39 @@ fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
+/// Creates the database file readable and writable by its owner only
+/// (0600): it holds message texts, addresses and the hashes of API keys.
+/// SQLite gives the `-wal` and `-shm` files it creates beside it the
+/// database file's mode, so they are 0600 too. A file already there keeps
+/// its mode (an operator may have chosen it), with a warning when others
+/// may read it. A file that cannot be created here is left to SQLite,
+/// whose own error then says why.
+fn create_private(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+        if let Err(e) = created
+            && e.kind() == std::io::ErrorKind::AlreadyExists
+            && let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the SQLite database may be read by other users (it holds message texts and \
+                 addresses); chmod 600 it and its -wal and -shm files"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
 /// A failed write this recent still makes [`Store::ping`] fail: with a full
 /// disk, the small probe may find room that real writes do not.
 const RECENT_FAILURE_MS: i64 = 5_000;
@@ -210,6 +243,7 @@ impl SqliteStore {
         options: SqliteOptions,
         routes: Arc<WebhookRoutes>,
     ) -> Result<Self, StoreError> {
+        create_private(path);
         let mut writer = Connection::open(path).map_err(backend)?;
         writer
             .execute_batch(&format!(
@@ -1298,6 +1332,27 @@ mod tests {
             now,
             now.plus(Duration::from_secs(60)),
         )
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_database_and_its_wal_and_shm_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.db");
+        let store = SqliteStore::open(path.to_str().unwrap(), SqliteOptions::default())
+            .await
+            .unwrap();
+        let now = UnixMillis::now();
+        store.insert(queued(now)).await.unwrap();
+        for name in ["herald.db", "herald.db-wal", "herald.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name} is {:o}", mode & 0o777);
+        }
+        store.close().await;
     }
 
     #[test]
