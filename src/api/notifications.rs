@@ -50,7 +50,7 @@ fn parse_id(
     params(NotificationPath),
     responses(
         (status = 200, description = "The notification", body = NotificationRecord),
-        (status = 404, description = "No notification with this id"),
+        (status = 404, description = "No notification with this id, or one another API key sent (a key without `admin` sees only its own)"),
     ),
 )]
 pub async fn get(
@@ -165,7 +165,8 @@ fn timestamp(name: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, Proble
 /// `status`, `channel`, `priority`, `created_after` (inclusive),
 /// `created_before` and one metadata entry; `next` is the `cursor` of the
 /// following page (opaque to clients; pages never shift when new
-/// notifications arrive). `?status=dead` is the dead-letter view.
+/// notifications arrive). `?status=dead` is the dead-letter view. A key
+/// without the `admin` scope lists only the notifications it sent.
 #[utoipa::path(
     get,
     path = "/v1/notifications",
@@ -298,7 +299,7 @@ pub async fn replay(
     params(NotificationPath),
     responses(
         (status = 200, description = "Canceled", body = Receipt),
-        (status = 404, description = "No notification with this id"),
+        (status = 404, description = "No notification with this id, or one another API key sent (a key without `admin` sees only its own)"),
         (status = 409, description = "It is sending (it may be at a provider already) or final"),
     ),
 )]
