@@ -3,8 +3,12 @@
 # Needs Rust; starts a throwaway PostgreSQL cluster for the tests (installing
 # Debian's postgresql package if initdb is missing) and stops it at the end;
 # installs Debian's chromium and chromium-driver for the dashboard's browser
-# test, and schemathesis for the OpenAPI test, if they are missing.
+# test, podman for the container image's test (tests/packaging.rs), and
+# schemathesis for the OpenAPI test, if they are missing.
 # Everything the tests use runs on 127.0.0.1.
+#
+# tests/failover.rs runs its own primary and synchronous standby per test
+# (scripts/pg-cluster.sh start-replicated), in temp dirs.
 #
 # The integration tests run against both stores: SQLite always, PostgreSQL
 # through HERALD_TEST_PG_URL, which this script sets. Set it yourself to use
@@ -29,6 +33,14 @@ if [[ -z "${HERALD_TEST_PG_URL:-}" ]]; then
     echo "a throwaway cluster at $HERALD_TEST_PG_URL (TLS, CA $HERALD_TEST_PG_CA)"
 fi
 
+# The failover tests (tests/failover.rs) start replicated clusters of their
+# own through scripts/pg-cluster.sh, even where HERALD_TEST_PG_URL names a
+# server of yours: the PostgreSQL binaries must be here.
+if ! scripts/pg-cluster.sh find-bin >/dev/null 2>&1; then
+    echo "== postgresql binaries"
+    scripts/pg-cluster.sh ensure-bin
+fi
+
 # The SMTP tests run a real SMTP server: Python's aiosmtpd.
 if ! python3 -c "import aiosmtpd" 2>/dev/null; then
     echo "== aiosmtpd"
@@ -45,14 +57,18 @@ if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('schema
         python3 -m pip install --quiet --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
-# The dashboard's browser test drives Debian's Chromium through chromedriver.
-if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
-    echo "== chromium"
+# The dashboard's browser test drives Debian's Chromium through chromedriver;
+# the packaging test builds the container image with podman.
+missing=()
+[[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] || missing+=(chromium chromium-driver)
+command -v podman >/dev/null || missing+=(podman)
+if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "== ${missing[*]}"
     sudo=""
     [[ $(id -u) -ne 0 ]] && sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-        chromium chromium-driver
+        "${missing[@]}"
 fi
 
 echo "== tests"

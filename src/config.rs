@@ -349,6 +349,12 @@ pub struct ProviderCommon {
     /// of the public roots (a private CA, the tests' throwaway one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Lets a kind that sends credentials (twilio, vonage, sendgrid,
+    /// mailgun) use a plain `http://` URL that is not a loopback address:
+    /// they then cross the network in clear. Refused without it; warned
+    /// about with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure: bool,
 }
 
 impl ProviderCommon {
@@ -363,6 +369,7 @@ impl ProviderCommon {
         "rate_per_sec",
         "burst",
         "ca_file",
+        "allow_insecure",
     ];
 
     fn new(name: String) -> Self {
@@ -374,6 +381,7 @@ impl ProviderCommon {
             rate_per_sec: None,
             burst: None,
             ca_file: None,
+            allow_insecure: false,
         }
     }
 

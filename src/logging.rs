@@ -93,6 +93,75 @@ pub fn mask_address(address: &str) -> String {
     }
 }
 
+/// `s` as a log line may hold it: control characters (ESC, BEL, NUL, C1,
+/// line breaks) and the Unicode line separators escaped, so that text from
+/// outside (a provider's answer, an SMTP reply, an error) can neither
+/// drive the operator's terminal nor forge a line of its own.
+pub fn escape_control(s: &str) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !s.chars().any(escaped) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if escaped(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The text log's fields, as tracing-subscriber's default writes them
+/// (`message name=value ...`), but with every value escaped by
+/// [`escape_control`]: the default escapes the message only, and writes a
+/// `%value` field raw. (The JSON log needs none: JSON escapes them.)
+pub struct EscapedFields;
+
+impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = EscapingVisitor {
+            writer,
+            result: Ok(()),
+            first: true,
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapingVisitor<'writer> {
+    writer: tracing_subscriber::fmt::format::Writer<'writer>,
+    result: std::fmt::Result,
+    first: bool,
+}
+
+impl tracing::field::Visit for EscapingVisitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if self.result.is_err() {
+            return;
+        }
+        let text = format!("{value:?}");
+        let text = escape_control(&text);
+        let pad = if self.first { "" } else { " " };
+        self.first = false;
+        self.result = match field.name() {
+            "message" => write!(self.writer, "{pad}{text}"),
+            name => {
+                let name = name.strip_prefix("r#").unwrap_or(name);
+                write!(self.writer, "{pad}{name}={text}")
+            }
+        };
+    }
+}
+
 /// How long a log line may wait for others to share its write to stderr.
 const GATHER: Duration = Duration::from_millis(10);
 
@@ -212,5 +281,50 @@ mod tests {
         assert_eq!(mask_address("alice@example.com"), "a***@example.com");
         assert_eq!(mask_address("a@b@example.com"), "a***@example.com");
         assert_eq!(mask_address("nobody"), "***");
+    }
+
+    #[derive(Clone, Default)]
+    struct Sink(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What the text log shows of fields from outside: a provider's answer
+    /// with terminal escapes and a forged line, as `%` and `?` fields, in
+    /// the message and in a span's fields.
+    #[test]
+    fn the_text_log_escapes_control_characters_from_outside() {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .fmt_fields(EscapedFields)
+            .finish();
+        let hostile = "x@ex\u{1b}[31mample\u{7}.com\n2026-01-01 INFO forged\u{9b}\u{2028}";
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", peer = %hostile);
+            let _in = span.enter();
+            tracing::error!(error = %hostile, debug = ?hostile, plain = hostile, "answer {hostile}");
+        });
+        let log = String::from_utf8(lock(&sink.0).clone()).unwrap();
+        assert_eq!(log.lines().count(), 1, "one line, none forged: {log:?}");
+        for raw in ['\u{1b}', '\u{7}', '\u{9b}', '\u{2028}'] {
+            assert!(!log.contains(raw), "{raw:?} reached the log: {log:?}");
+        }
+        assert!(
+            log.contains("x@ex\\u{1b}[31mample\\u{7}.com\\n2026"),
+            "{log}"
+        );
+        assert!(log.contains("error=x@ex"), "{log}");
+        assert!(log.contains("peer=x@ex"), "{log}");
+        assert_eq!(escape_control("plain ü text"), "plain ü text");
     }
 }

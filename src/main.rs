@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::str::FromStr;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use herald::app;
 use herald::cli::{Command as ServerCommand, ServeArgs};
 use herald::config::ProvidersConfig;
@@ -24,7 +24,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "herald",
     version,
-    about = "A self-hosted notification gateway for SMS and email"
+    about = ABOUT
 )]
 struct Cli {
     #[command(subcommand)]
@@ -48,7 +48,21 @@ enum Command {
     /// the floor `herald bench --floor` measures Herald against.
     #[command(hide = true)]
     NoopServer,
+    /// Print a completion script for a shell: `herald completions bash >
+    /// /etc/bash_completion.d/herald`, or zsh's `_herald`, fish's `herald.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page herald(1); with --dir, write it and one page per
+    /// subcommand (herald-serve.1, …) into that directory instead.
+    Man {
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
+
+const ABOUT: &str = "A self-hosted notification gateway for SMS and email";
 
 #[derive(Debug, Args)]
 struct DemoArgs {
@@ -71,17 +85,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(command) => server(command).await?,
         Command::MockProviders(args) => {
-            init_logging(&LogConfig::default());
+            init_logging(&LogConfig::default())?;
             simulator::run(args.simulator_config(), shutdown_signal()).await?;
         }
         Command::Demo(args) => demo(args).await?,
         Command::Bench(args) => {
-            init_logging(&LogConfig::default());
+            init_logging(&LogConfig::default())?;
             herald_bench::main(args).await?
         }
         Command::NoopServer => herald_bench::noop::run(shutdown_signal()).await?,
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut completion_command(), "herald", &mut script);
+            print_all(&script)?;
+        }
+        Command::Man { dir: Some(dir) } => {
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("could not write the man pages to {}", dir.display()))?;
+        }
+        Command::Man { dir: None } => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            print_all(&page)?;
+        }
     }
     Ok(())
+}
+
+/// The command line as the shells should complete it: without the hidden
+/// subcommands (clap_complete would offer them), which are internal.
+fn completion_command() -> clap::Command {
+    let full = Cli::command();
+    clap::Command::new("herald")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(ABOUT)
+        .subcommand_required(true)
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
+}
+
+/// Writes to stdout; a reader that stopped early (`herald man | head`) is
+/// not an error.
+fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().write_all(bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("could not write to stdout"),
+    }
 }
 
 async fn server(command: ServerCommand) -> anyhow::Result<()> {
@@ -89,7 +138,7 @@ async fn server(command: ServerCommand) -> anyhow::Result<()> {
         ServerCommand::Serve(args) => {
             ignore_hangup_until_serving();
             let config = args.load().context("invalid configuration")?;
-            init_logging_batched(&config.log);
+            init_logging_batched(&config.log)?;
             app::refuse_exposure_without_keys(&config)?;
             let (listener, addr) = app::bind(config.listen)
                 .await
@@ -99,7 +148,7 @@ async fn server(command: ServerCommand) -> anyhow::Result<()> {
         }
         ServerCommand::Migrate(args) => {
             let config = args.load().context("invalid configuration")?;
-            init_logging(&config.log);
+            init_logging(&config.log)?;
             app::migrate(&config).await?;
             eprintln!(
                 "the store at {} is up to date",
@@ -108,15 +157,8 @@ async fn server(command: ServerCommand) -> anyhow::Result<()> {
         }
         ServerCommand::Keys(args) => keys(args).await?,
         ServerCommand::Providers(args) => providers(args).await?,
-        ServerCommand::Openapi => {
-            use std::io::Write;
-            let written = std::io::stdout().write_all(herald::api::openapi::document().as_bytes());
-            // A reader that stopped early (`herald openapi | head`) is not an error.
-            match written {
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                other => other.context("could not write the document")?,
-            }
-        }
+        ServerCommand::Openapi => print_all(herald::api::openapi::document().as_bytes())
+            .context("could not write the document")?,
     }
     Ok(())
 }
@@ -127,7 +169,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     // The demo's lines to try (curl, the dashboard) are plain http://.
     config.http.tls_cert_file = None;
     config.http.tls_key_file = None;
-    init_logging_batched(&config.log);
+    init_logging_batched(&config.log)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let sim = simulator::Simulator::start(args.mock.simulator_config(), tx)
         .await
@@ -175,7 +217,7 @@ async fn keys(args: herald::cli::KeysArgs) -> anyhow::Result<()> {
     use herald::app::keys;
     use herald::cli::KeysCommand;
     let config = args.store.load().context("invalid configuration")?;
-    init_logging(&config.log);
+    init_logging(&config.log)?;
     match args.command {
         KeysCommand::Create {
             name,
@@ -220,7 +262,7 @@ async fn providers(args: herald::cli::ProvidersArgs) -> anyhow::Result<()> {
     use herald::app::rotation;
     use herald::cli::ProvidersCommand;
     let config = args.store.load().context("invalid configuration")?;
-    init_logging(&config.log);
+    init_logging(&config.log)?;
     let (name, enabled) = match args.command {
         ProvidersCommand::List => {
             println!("name\tchannel\tkind\tstate");
@@ -283,33 +325,38 @@ fn announcement(
 }
 
 /// Logs go to stderr, as text or JSON; `RUST_LOG` wins over `log.level`.
-fn init_logging(log: &LogConfig) {
-    init_logging_to(log, std::io::stderr);
+fn init_logging(log: &LogConfig) -> anyhow::Result<()> {
+    init_logging_to(log, std::io::stderr)
 }
 
 /// The same, for a server: its lines are written to stderr in batches, a
 /// few writes a second however many lines (`herald::logging::batched_stderr`).
-fn init_logging_batched(log: &LogConfig) {
-    init_logging_to(log, herald::logging::batched_stderr);
+fn init_logging_batched(log: &LogConfig) -> anyhow::Result<()> {
+    init_logging_to(log, herald::logging::batched_stderr)?;
     let panic_message = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         herald::logging::flush();
         panic_message(info);
     }));
+    Ok(())
 }
 
-fn init_logging_to<W>(log: &LogConfig, writer: W)
+fn init_logging_to<W>(log: &LogConfig, writer: W) -> anyhow::Result<()>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let level = log.level.parse().unwrap_or(tracing::Level::INFO);
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|s| Targets::from_str(&s).ok())
-        .unwrap_or_else(|| Targets::new().with_default(level));
+    let filter = match log_filter(std::env::var_os("RUST_LOG"))? {
+        Some(targets) => targets,
+        None => Targets::new().with_default(level),
+    };
     let layer = tracing_subscriber::fmt::layer().with_writer(writer);
     let layer = match log.format {
-        LogFormat::Text => layer.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        // Values escaped: text from outside never reaches a terminal raw.
+        LogFormat::Text => layer
+            .with_ansi(std::io::stderr().is_terminal())
+            .fmt_fields(herald::logging::EscapedFields)
+            .boxed(),
         LogFormat::Json => layer
             .json()
             .with_current_span(true)
@@ -321,6 +368,28 @@ where
         .with(filter)
         .init();
     herald::logging::show_personal_data(log.personal_data_for_debugging);
+    Ok(())
+}
+
+/// `RUST_LOG`, when set and not blank. A value that does not parse is an
+/// error: ignoring it, as before, left an operator who asked for `debug`
+/// with `info` and no word why.
+fn log_filter(rust_log: Option<std::ffi::OsString>) -> anyhow::Result<Option<Targets>> {
+    let Some(value) = rust_log else {
+        return Ok(None);
+    };
+    let value = value
+        .into_string()
+        .map_err(|_| anyhow::anyhow!("RUST_LOG is not valid UTF-8"))?;
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    // The parser's error repeats itself as its own source: its text once.
+    Targets::from_str(&value).map(Some).map_err(|e| {
+        anyhow::anyhow!(
+            "invalid RUST_LOG {value:?}: {e} (say `info`, or `warn,herald::dispatch=debug`)"
+        )
+    })
 }
 
 /// A file size limit (`ulimit -f`) reached makes the write fail (EFBIG), as
@@ -364,11 +433,27 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn the_cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rust_log_is_parsed_or_refused() {
+        let parse = |v: &str| log_filter(Some(v.into()));
+        assert!(log_filter(None).unwrap().is_none());
+        assert!(parse(" ").unwrap().is_none(), "blank is unset");
+        assert!(parse("info").unwrap().is_some());
+        assert!(parse("warn,herald::dispatch=debug").unwrap().is_some());
+        let err = parse("herald=loud").unwrap_err();
+        assert!(format!("{err:#}").contains("invalid RUST_LOG"), "{err:#}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStringExt;
+            let bad = std::ffi::OsString::from_vec(vec![0xff]);
+            assert!(log_filter(Some(bad)).is_err());
+        }
     }
 
     #[test]

@@ -41,6 +41,11 @@ pub struct Metrics {
     webhook_deliveries: Family<Labels1, Counter>,
     webhook_pending: Gauge,
     certificate_expiry: Family<Labels1, Gauge>,
+    store_connection_errors: Family<Labels1, Counter>,
+    store_reconnects: Family<Labels1, Counter>,
+    store_unavailable: Counter<f64, AtomicU64>,
+    store_writable: Gauge,
+    store_host: Family<Labels1, Gauge>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -160,6 +165,38 @@ impl Metrics {
             "When the listeners' TLS certificate expires (Unix time), by file; only with TLS on",
             certificate_expiry.clone(),
         );
+        let store_connection_errors = Family::<Labels1, Counter>::default();
+        registry.register(
+            "store_connection_errors",
+            "PostgreSQL connection errors by kind (closed, shutdown, read_only, connect, timeout)",
+            store_connection_errors.clone(),
+        );
+        let store_reconnects = Family::<Labels1, Counter>::default();
+        registry.register(
+            "store_reconnects",
+            "Times PostgreSQL was reached again after a connection error, by connection (pool: a \
+             write committed again; listen: LISTEN issued again)",
+            store_reconnects.clone(),
+        );
+        let store_unavailable = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "store_unavailable_seconds",
+            "Time without a writable PostgreSQL primary, over the outages that ended",
+            store_unavailable.clone(),
+        );
+        let store_writable = Gauge::default();
+        store_writable.set(1);
+        registry.register(
+            "store_writable",
+            "1 while the last store write reached a writable primary, 0 during an outage",
+            store_writable.clone(),
+        );
+        let store_host = Family::<Labels1, Gauge>::default();
+        registry.register(
+            "store_host_info",
+            "The PostgreSQL server (host:port) the store last connected to, as a label",
+            store_host.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -179,7 +216,43 @@ impl Metrics {
             webhook_deliveries,
             webhook_pending,
             certificate_expiry,
+            store_connection_errors,
+            store_reconnects,
+            store_unavailable,
+            store_writable,
+            store_host,
         }
+    }
+
+    /// `kind`: closed, shutdown, read_only, connect, timeout.
+    pub fn store_connection_error(&self, kind: &str) {
+        self.store_connection_errors
+            .get_or_create(&[("kind", kind.to_owned())])
+            .inc();
+    }
+
+    /// Reached again after `down_for` without; `connection`: pool, listen.
+    pub fn store_reconnected(&self, connection: &str, down_for: Duration) {
+        self.store_reconnects
+            .get_or_create(&[("connection", connection.to_owned())])
+            .inc();
+        if connection == "pool" {
+            self.store_unavailable.inc_by(down_for.as_secs_f64());
+        }
+    }
+
+    pub fn store_writable(&self, writable: bool) {
+        self.store_writable.set(i64::from(writable));
+    }
+
+    /// The store now connects to `host` (no longer to `old`).
+    pub fn store_host(&self, old: Option<&str>, host: &str) {
+        if let Some(old) = old {
+            self.store_host.remove(&[("host", old.to_owned())]);
+        }
+        self.store_host
+            .get_or_create(&[("host", host.to_owned())])
+            .set(1);
     }
 
     pub fn http_request(&self, route: &str, status: u16) {

@@ -20,6 +20,7 @@ store_matrix!(
     scheduled_notifications_wait_and_can_be_canceled,
     idempotency_keys_answer_retries_with_the_first_answer,
     batches_store_every_valid_item_and_name_the_bad_ones,
+    poison_senders_never_fail_their_neighbours,
 );
 
 struct App {
@@ -58,6 +59,74 @@ async fn start(backend: Backend, failure_rate: f64) -> Option<App> {
         _store: store,
         _sim: sim,
     })
+}
+
+/// Senders of NUL bytes and terminal escapes (in metadata, texts, subjects
+/// and addresses) beside ordinary senders: the poison is refused with 422
+/// at accept, on both engines, and every ordinary request is stored (202).
+/// Before, a NUL reached PostgreSQL's group commit and failed the whole
+/// batch, ordinary requests with it (503).
+async fn poison_senders_never_fail_their_neighbours(backend: Backend) {
+    let Some(app) = start(backend, 0.0).await else {
+        return;
+    };
+    let addr: std::net::SocketAddr = app.client.base["http://".len()..].parse().unwrap();
+    let client = std::sync::Arc::new(Client::new(addr));
+    let poisons = [
+        (
+            "/v1/sms",
+            json!({"phone": "01712345678", "text": "t", "metadata": {"order": "a\u{0}b"}}),
+        ),
+        (
+            "/v1/sms",
+            json!({"phone": "01712345678", "text": "nul\u{0}"}),
+        ),
+        (
+            "/v1/email",
+            json!({"subject": "s\u{0}", "body": "b", "recipients": ["a@b.io"]}),
+        ),
+        (
+            "/v1/email",
+            json!({"subject": "s", "body": "b", "recipients": ["x@ex\u{1b}[31mample\u{7}.com"]}),
+        ),
+        (
+            "/v1/email",
+            json!({"subject": "s", "body": "b", "recipients": ["a,b@example.com"]}),
+        ),
+        (
+            "/v1/batch",
+            json!({"notifications": [{"channel": "sms", "phone": "01712345678", "text": "t", "metadata": {"k": "\u{0}"}}]}),
+        ),
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..240 {
+        let client = std::sync::Arc::clone(&client);
+        let poison = (i % 4 == 0).then(|| poisons[(i / 4) % poisons.len()].clone());
+        tasks.spawn(async move {
+            match poison {
+                Some((path, body)) => {
+                    let a = client.post(path, &body).await;
+                    (true, a.status == 422, a.status)
+                }
+                None => {
+                    let body = json!({"phone": "01712345678", "text": format!("ordinary {i}"),
+                        "metadata": {"order": format!("{i}")}});
+                    let a = client.post("/v1/sms", &body).await;
+                    (false, a.status == 202, a.status)
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let (poison, as_expected, status) = r.unwrap();
+        assert!(as_expected, "poison {poison}: answered {status}");
+    }
+    assert!(client.wait_until_settled(Duration::from_secs(30)).await);
+    assert_eq!(
+        client.stats().await.values().sum::<u64>(),
+        180,
+        "every ordinary request, and no poison, is stored"
+    );
 }
 
 /// Numbers beyond the contract's are accepted only where some provider of

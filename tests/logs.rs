@@ -95,3 +95,42 @@ async fn the_log_holds_ids_and_no_personal_data() {
         assert!(event(id, "delivered").is_some(), "delivery is logged");
     }
 }
+
+/// A recipient whose domain holds ESC and BEL, and metadata with a forged
+/// line: refused at accept (422), and nothing of them reaches the text log
+/// raw. Before, the email was accepted and its masked recipient
+/// (`x***@ex\x1b[31mample\x07.com`) reached the log as terminal escapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_never_reach_the_text_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::new(Backend::Sqlite).await.unwrap();
+    let sim = Sim::start(0.0, Duration::ZERO).await;
+    let mut herald = Herald::start(dir.path(), &sim.herald_config(&store.url, ""));
+    let client = herald.client();
+    let hostile = "x@ex\u{1b}[31mample\u{7}.com";
+    let email = client
+        .post(
+            "/v1/email",
+            &json!({"subject": "s", "body": "b", "recipients": [hostile]}),
+        )
+        .await;
+    assert_eq!(email.status, 422, "{}", email.body);
+    assert_eq!(email.body["errors"][0]["field"], "recipients[0]");
+    let sms = client
+        .post(
+            "/v1/sms",
+            &json!({"phone": PHONE, "text": "t", "metadata": {"k": "v\n2026-01-01 INFO forged\u{1b}[2J"}}),
+        )
+        .await;
+    assert_eq!(sms.status, 422, "{}", sms.body);
+    // An ordinary one still goes through, so the log has lines to look at.
+    assert_eq!(client.sms("ordinary").await.status, 202);
+    assert!(client.wait_until_settled(Duration::from_secs(30)).await);
+
+    let log = herald.logs_at_exit();
+    assert!(log.contains("accepted"), "{log}");
+    for raw in ['\u{1b}', '\u{7}'] {
+        assert!(!log.contains(raw), "{raw:?} reached the log raw:\n{log}");
+    }
+    assert!(!log.contains("forged"), "{log}");
+}

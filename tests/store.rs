@@ -33,6 +33,7 @@ store_matrix!(
     released_fresh_work_is_queued_again,
     dead_letters_are_listed_and_replayed,
     concurrent_inserts_all_commit_and_survive_reopening,
+    one_bad_row_never_fails_its_batch_mates,
     stale_and_repeated_reports_in_one_batch,
     concurrent_claims_never_share_work,
     delivered_notifications_are_purged_after_retention,
@@ -453,6 +454,55 @@ async fn concurrent_inserts_all_commit_and_survive_reopening(backend: Backend) {
     let claimed = store.claim(now, 1000, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 500);
     assert!(claimed.iter().all(|c| c.payload != Bytes::new()));
+    store.ping().await.unwrap();
+}
+
+/// A row the database refuses (PostgreSQL stores no NUL in text; the API
+/// refuses one with 422, so only a row that slipped past validation can
+/// carry one) shares a group commit with hundreds of ordinary ones: every
+/// ordinary one is stored, and only the bad ones are refused.
+async fn one_bad_row_never_fails_its_batch_mates(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    let now = UnixMillis::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut ordinary = Vec::new();
+    for i in 0..400 {
+        let mut n = new_sms(now, &format!("o{i}"));
+        let poison = i % 50 == 7;
+        if poison {
+            n.metadata.insert("order".into(), "a\0b".into());
+        } else {
+            n.metadata.insert("order".into(), format!("{i}"));
+            ordinary.push(n.id);
+        }
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            // Some alone, some in a call of their own with a batch-mate.
+            let written = match i % 3 {
+                0 => store.insert_many(vec![n]).await,
+                _ => store.insert(n).await,
+            };
+            (poison, written.is_ok())
+        });
+    }
+    let mut refused = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (poison, ok) = r.unwrap();
+        assert!(poison || ok, "an ordinary insert failed beside a bad one");
+        refused += usize::from(!ok);
+    }
+    if backend == Backend::Postgres {
+        assert_eq!(refused, 8, "each NUL row is refused on its own");
+    }
+    for id in &ordinary {
+        assert_eq!(
+            store.get(*id).await.unwrap().unwrap().status,
+            Status::Queued
+        );
+    }
     store.ping().await.unwrap();
 }
 

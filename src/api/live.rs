@@ -16,6 +16,7 @@ use utoipa::openapi::schema::Schema;
 
 use crate::dispatch::live::LiveProviders;
 use crate::domain::UnixMillis;
+use crate::store::StoreState;
 
 /// How often a sample is taken and a snapshot sent.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -133,6 +134,7 @@ struct Latest {
     providers: serde_json::Value,
     /// This process's notification counters by outcome.
     totals: serde_json::Value,
+    store: StoreState,
 }
 
 /// The process's live view, shared by the sampler and every stream.
@@ -158,6 +160,9 @@ pub struct Snapshot {
     pub providers: serde_json::Value,
     #[schema(schema_with = totals)]
     pub totals: serde_json::Value,
+    /// The store as this instance sees it: for PostgreSQL, whether a
+    /// writable primary answers, which one, and since when.
+    pub store: StoreState,
     /// The samples since the previous snapshot, oldest first; the first
     /// snapshot of a stream carries the last 15 minutes.
     pub samples: Vec<Sample>,
@@ -185,6 +190,7 @@ impl Live {
                 history: History::new(HISTORY_LEN),
                 providers: json!([]),
                 totals: json!({}),
+                store: StoreState::default(),
             }),
             beat: watch::channel(Beat::Sampled(0)).0,
         }
@@ -199,13 +205,14 @@ impl Live {
     pub async fn run(
         self: Arc<Self>,
         providers: Arc<LiveProviders>,
+        store: impl Fn() -> StoreState + Send + 'static,
         mut stop: watch::Receiver<bool>,
     ) {
         let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.sample(&providers),
+                _ = tick.tick() => self.sample(&providers, store()),
                 () = stopped(&mut stop) => break,
             }
         }
@@ -213,7 +220,7 @@ impl Live {
     }
 
     /// Reads the counters and the providers' health once.
-    pub fn sample(&self, providers: &LiveProviders) {
+    pub fn sample(&self, providers: &LiveProviders, store: StoreState) {
         let m = crate::metrics::metrics();
         let reading = Reading {
             at: UnixMillis::now(),
@@ -237,6 +244,7 @@ impl Live {
             latest.history.record(reading);
             latest.providers = providers;
             latest.totals = totals.into();
+            latest.store = store;
             latest.history.latest().unwrap_or(reading.at.0)
         };
         self.beat.send_replace(Beat::Sampled(at));
@@ -258,6 +266,7 @@ impl Live {
             interval_ms: SAMPLE_INTERVAL.as_millis() as u64,
             providers: latest.providers.clone(),
             totals: latest.totals.clone(),
+            store: latest.store.clone(),
             samples,
         };
         (snapshot, last)
@@ -329,7 +338,8 @@ mod tests {
         )));
         let mut beats = live.subscribe();
         let (stop_tx, stop) = watch::channel(false);
-        let sampler = tokio::spawn(Arc::clone(&live).run(providers, stop));
+        let sampler =
+            tokio::spawn(Arc::clone(&live).run(providers, || StoreState::local("sqlite"), stop));
         // The first tick sets the baseline, the second makes a sample.
         let mut seen = 0;
         while seen < 2 {
@@ -341,6 +351,7 @@ mod tests {
         assert_eq!(first.samples.len(), 1);
         assert_eq!(first.providers, json!([]));
         assert!(first.totals["accepted"].is_u64());
+        assert_eq!(first.store.engine, "sqlite");
         let (next, _) = live.snapshot(last);
         assert!(next.samples.is_empty());
 

@@ -185,6 +185,16 @@ pub async fn list(
 ) -> Result<Response, Problem> {
     let Query(q) = query.map_err(|e| Problem::bad_query(e.body_text()))?;
     let metadata = match (q.metadata_key, q.metadata_value) {
+        // No stored entry holds one (they are refused at accept), and
+        // PostgreSQL would refuse a NUL in the query with an error.
+        (Some(k), Some(v))
+            if crate::domain::validation::has_control(&k)
+                || crate::domain::validation::has_control(&v) =>
+        {
+            return Err(Problem::bad_query(
+                "metadata_key and metadata_value must not contain control characters".into(),
+            ));
+        }
         (Some(k), Some(v)) => Some((k, v)),
         (None, None) => None,
         _ => {

@@ -348,7 +348,8 @@ fn responses() -> Value {
             &["Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"],
         ),
         "Unavailable": problem_response(
-            "The store is unavailable (nothing was stored), the instance is shutting down, \
+            "The store is unavailable (a write whose commit was in doubt may have been stored: \
+             retry with the same `Idempotency-Key`), the instance is shutting down, \
              the request took longer than `http.request_timeout_ms`, or the instance has \
              `http.max_connections` open (over TLS, such a connection is closed unanswered)",
             &["Retry-After"],
@@ -461,6 +462,16 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_licence_is_the_packages() {
+        // utoipa fills `info.license` from Cargo.toml's `license`; an empty
+        // name there (no licence set) was what the document said before.
+        let doc = doc();
+        let license = &doc["info"]["license"];
+        assert_eq!(license["name"], "MIT OR Apache-2.0", "{license}");
+        assert_eq!(license["identifier"], "MIT OR Apache-2.0", "{license}");
     }
 
     #[test]

@@ -218,13 +218,22 @@ impl Problem {
             StatusCode::SERVICE_UNAVAILABLE,
             ProblemType::StoreUnavailable,
             "The store is unavailable",
-            "nothing was stored; try again".into(),
+            "the store failed or did not confirm the write (one whose commit was cut off may \
+             still have been stored); retry, with the same Idempotency-Key for a notification: \
+             it returns the first answer if that was stored"
+                .into(),
         )
     }
 
     /// A store call that failed: logged with its cause, answered 503.
+    /// A lost database connection is logged once, by the store, not at
+    /// each request that meets it.
     pub fn from_store(e: crate::store::StoreError) -> Self {
-        tracing::error!(error = %crate::error::chain(&e), "a store call failed");
+        if e.connection_kind().is_some() {
+            tracing::debug!(error = %crate::error::chain(&e), "a store call failed");
+        } else {
+            tracing::error!(error = %crate::error::chain(&e), "a store call failed");
+        }
         Self::store_unavailable()
     }
 

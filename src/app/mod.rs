@@ -175,7 +175,12 @@ pub async fn launch(
     running.add_task(
         "live",
         config.role.serves_api().then(|| {
-            tokio::spawn(Arc::clone(&state.live).run(Arc::clone(&providers), stop.clone()))
+            let store = Arc::clone(&store);
+            tokio::spawn(Arc::clone(&state.live).run(
+                Arc::clone(&providers),
+                move || store.state(),
+                stop.clone(),
+            ))
         }),
     );
     running.add_task("backlog", Some(backlog::start(Arc::clone(&store))));

@@ -80,7 +80,14 @@ fn plan(old: &[ProviderConfig], new: &[ProviderConfig]) -> (Vec<Fate>, Vec<Strin
         .iter()
         .map(|p| match old.iter().find(|o| o.name() == p.name()) {
             None => Fate::Add,
-            Some(o) if o.kind != p.kind || o.common.ca_file != p.common.ca_file => Fate::Replace,
+            // allow_insecure too: turning it off must check the URL again.
+            Some(o)
+                if o.kind != p.kind
+                    || o.common.ca_file != p.common.ca_file
+                    || o.common.allow_insecure != p.common.allow_insecure =>
+            {
+                Fate::Replace
+            }
             Some(o) => {
                 let (a, b) = (&o.common, &p.common);
                 let changed: Vec<&'static str> = [

@@ -94,6 +94,7 @@ impl Dispatcher {
             results,
         };
         let mut store_backoff = Duration::from_millis(50);
+        let mut claim_failing = false;
         let mut fresh = self.fresh.take().expect("a dispatcher runs once");
 
         let mut last_claim = clock::instant();
@@ -123,6 +124,10 @@ impl Dispatcher {
                     .await
                 {
                     Ok(batch) => {
+                        if claim_failing {
+                            tracing::info!("claiming works again");
+                            claim_failing = false;
+                        }
                         store_backoff = Duration::from_millis(50);
                         more_due = batch.len() == want;
                         // The API may have handed work over from the same
@@ -140,9 +145,23 @@ impl Dispatcher {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %chain(&e), "claiming failed; retrying");
+                        // Once per outage, not at every attempt.
+                        if claim_failing {
+                            tracing::debug!(error = %chain(&e), "claiming failed again");
+                        } else {
+                            tracing::warn!(error = %chain(&e), "claiming failed; retrying with backoff");
+                            claim_failing = true;
+                        }
                         tokio::select! {
                             _ = tokio::time::sleep(store_backoff) => {}
+                            // A commit (this instance's accept, or another's
+                            // heard through LISTEN) says the store is back:
+                            // no need to wait out the backoff, and a
+                            // hand-off starts at once.
+                            _ = self.wake.notified() => {}
+                            Some(f) = fresh.recv() => {
+                                self.start(&mut running, f.claimed, f.permit);
+                            }
                             _ = shutdown.changed() => {}
                         }
                         store_backoff = (store_backoff * 2).min(Duration::from_secs(2));

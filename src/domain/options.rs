@@ -87,11 +87,17 @@ fn metadata(errors: &mut Vec<FieldError>, value: Option<Value>) -> BTreeMap<Stri
             && key
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-        let field = format!("metadata.{key}");
+        // A key is named as sent, its control characters escaped: the
+        // answer (and anything that logs it) shows no raw ones.
+        let field = format!("metadata.{}", key.escape_debug());
         match value {
             _ if !key_ok => errors.push(FieldError::new(
                 field,
                 format!("keys must be 1 to {MAX_METADATA_KEY_CHARS} of A-Z a-z 0-9 _ . -"),
+            )),
+            Value::String(v) if super::validation::has_control(&v) => errors.push(FieldError::new(
+                field,
+                "must not contain control characters (such as NUL, ESC or BEL)",
             )),
             Value::String(v) if v.chars().count() <= MAX_METADATA_VALUE_CHARS => {
                 out.insert(key, v);
@@ -352,6 +358,18 @@ mod tests {
                 "metadata.bad key".into(),
                 "metadata.n".into(),
                 "metadata.ok".into()
+            ])
+        );
+        // PostgreSQL cannot store a NUL in text; no label needs a control
+        // character.
+        assert_eq!(
+            check(
+                json!({"metadata": {"a": "x\u{0}y", "b": "\u{1b}[31m", "c": "ok", "d\u{0}": "v"}})
+            ),
+            Err(vec![
+                "metadata.a".into(),
+                "metadata.b".into(),
+                "metadata.d\\0".into()
             ])
         );
         let many: serde_json::Map<String, Value> =

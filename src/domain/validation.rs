@@ -3,7 +3,9 @@
 //! never stored.
 //!
 //! The contract states its rules as JavaScript regular expressions; they are
-//! small enough to check by hand, which keeps a regex engine out of the build.
+//! small enough to check by hand, exactly as JavaScript reads them (its `\s`,
+//! its `trim`), which a regex engine's own classes would not. (The build has
+//! a regex engine all the same: `phonenumber` brings one, for E.164 numbers.)
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -20,6 +22,39 @@ pub const MAX_SUBJECT_CHARS: usize = 998;
 pub const MAX_EMAIL_BODY_CHARS: usize = 50_000;
 pub const MAX_RECIPIENTS: usize = 100;
 pub const MAX_ADDRESS_CHARS: usize = 254;
+
+/// A control character (C0, DEL or C1: `\0`, ESC, BEL, ...). None makes
+/// sense in an address, a subject or a label: PostgreSQL cannot store `\0`
+/// in text at all, and the others turn into terminal escapes and forged
+/// lines wherever the text is shown.
+pub fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// In a message's text: tab and line breaks are text; every other control
+/// character is refused, as in [`has_control`].
+pub fn has_control_in_text(s: &str) -> bool {
+    s.chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+}
+
+/// An email address as strictly as it will be sent: the contract's rule,
+/// and a mailbox lettre (the SMTP provider's library) parses to exactly this
+/// address, with no display name, angle brackets or second address
+/// (`a,b@example.com` is refused). Non-ASCII is accepted where RFC 6531
+/// allows it: UTF-8 in the local part (`ü@example.de`) and internationalized
+/// domain names (`x@exämple.com`, which lettre checks through IDNA).
+pub fn is_strict_email(address: &str) -> bool {
+    !has_control(address)
+        && is_valid_email(address)
+        && address
+            .parse::<lettre::message::Mailbox>()
+            .is_ok_and(|m| m.name.is_none() && AsRef::<str>::as_ref(&m.email) == address)
+}
+
+const CONTROL: &str = "must not contain control characters (such as NUL, ESC or BEL)";
+const CONTROL_IN_TEXT: &str =
+    "must not contain control characters other than tab, line feed and carriage return";
 
 /// One bad field, named as the client sent it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, ToSchema)]
@@ -91,13 +126,30 @@ pub struct RawEmail {
     pub reply_to: Option<Value>,
 }
 
+/// Whether a text field may hold line breaks and tabs (a body) or is a
+/// single line (a subject).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lines {
+    One,
+    Many,
+}
+
 fn required_text(
     errors: &mut Vec<FieldError>,
     field: &str,
     value: Option<Value>,
     max_chars: usize,
+    lines: Lines,
 ) -> Option<String> {
     match value {
+        Some(Value::String(s)) if lines == Lines::One && has_control(&s) => {
+            errors.push(FieldError::new(field, CONTROL));
+            None
+        }
+        Some(Value::String(s)) if lines == Lines::Many && has_control_in_text(&s) => {
+            errors.push(FieldError::new(field, CONTROL_IN_TEXT));
+            None
+        }
         Some(Value::String(s)) if is_blank(&s) => {
             errors.push(FieldError::new(field, "must not be empty"));
             None
@@ -141,7 +193,13 @@ pub fn validate_sms(raw: RawSms) -> Result<Message, Vec<FieldError>> {
             None
         }
     };
-    let text = required_text(&mut errors, "text", raw.text, MAX_SMS_TEXT_CHARS);
+    let text = required_text(
+        &mut errors,
+        "text",
+        raw.text,
+        MAX_SMS_TEXT_CHARS,
+        Lines::Many,
+    );
     match (phone, text) {
         (Some(phone), Some(text)) if errors.is_empty() => Ok(Message::Sms(Sms { phone, text })),
         _ => Err(errors),
@@ -150,8 +208,20 @@ pub fn validate_sms(raw: RawSms) -> Result<Message, Vec<FieldError>> {
 
 pub fn validate_email(raw: RawEmail) -> Result<Message, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let subject = required_text(&mut errors, "subject", raw.subject, MAX_SUBJECT_CHARS);
-    let body = required_text(&mut errors, "body", raw.body, MAX_EMAIL_BODY_CHARS);
+    let subject = required_text(
+        &mut errors,
+        "subject",
+        raw.subject,
+        MAX_SUBJECT_CHARS,
+        Lines::One,
+    );
+    let body = required_text(
+        &mut errors,
+        "body",
+        raw.body,
+        MAX_EMAIL_BODY_CHARS,
+        Lines::Many,
+    );
     let recipients = match raw.recipients {
         Some(Value::Array(list)) if list.is_empty() => {
             errors.push(FieldError::new("recipients", "must not be empty"));
@@ -175,7 +245,10 @@ pub fn validate_email(raw: RawEmail) -> Result<Message, Vec<FieldError>> {
                             format!("must be at most {MAX_ADDRESS_CHARS} characters"),
                         ))
                     }
-                    Value::String(a) if is_valid_email(&a) => addresses.push(a),
+                    Value::String(a) if has_control(&a) => {
+                        errors.push(FieldError::new(format!("recipients[{i}]"), CONTROL))
+                    }
+                    Value::String(a) if is_strict_email(&a) => addresses.push(a),
                     Value::String(_) => errors.push(FieldError::new(
                         format!("recipients[{i}]"),
                         "must be an email address such as name@example.com",
@@ -202,11 +275,21 @@ pub fn validate_email(raw: RawEmail) -> Result<Message, Vec<FieldError>> {
     };
     let html = match raw.html {
         None | Some(Value::Null) => None,
-        value => required_text(&mut errors, "html", value, MAX_EMAIL_BODY_CHARS),
+        value => required_text(
+            &mut errors,
+            "html",
+            value,
+            MAX_EMAIL_BODY_CHARS,
+            Lines::Many,
+        ),
     };
     let reply_to = match raw.reply_to {
         None | Some(Value::Null) => None,
-        Some(Value::String(a)) if a.chars().count() <= MAX_ADDRESS_CHARS && is_valid_email(&a) => {
+        Some(Value::String(a)) if has_control(&a) => {
+            errors.push(FieldError::new("reply_to", CONTROL));
+            None
+        }
+        Some(Value::String(a)) if a.chars().count() <= MAX_ADDRESS_CHARS && is_strict_email(&a) => {
             Some(a)
         }
         Some(_) => {
@@ -308,6 +391,68 @@ mod tests {
     }
 
     #[test]
+    fn strict_addresses_and_their_non_ascii_forms() {
+        for good in [
+            "a@b.c",
+            "user.name+tag@example.com",
+            "ü@exämple.de",
+            "x@exämple.com",
+            "用户@例子.广告",
+            "o'brien@example.ie",
+        ] {
+            assert!(is_strict_email(good), "{good} should be accepted");
+        }
+        for bad in [
+            "a,b@example.com",
+            "Name <a@example.com>",
+            "<a@example.com>",
+            "a@example.com, b@example.com",
+            "a(comment)@example.com",
+            "x@y..",
+            "a..b@example.com",
+            "a\0@example.com",
+            "a@ex\u{1b}[31mample\u{7}.com",
+            "a@example.com\u{85}",
+        ] {
+            assert!(!is_strict_email(bad), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        let base =
+            json!({"subject": "s", "body": "line one\r\n\tline two", "recipients": ["a@b.c"]});
+        assert!(email(base.clone()).is_ok(), "tabs and line breaks are text");
+        for (field, value) in [
+            ("subject", json!("a\u{0}b")),
+            ("subject", json!("two\nlines")),
+            ("body", json!("nul \u{0}")),
+            ("body", json!("esc \u{1b}[2J")),
+            ("html", json!("<p>\u{7}</p>")),
+            ("recipients", json!(["a@ex\u{1b}[31mample\u{7}.com"])),
+            ("reply_to", json!("r\u{0}@b.c")),
+        ] {
+            let mut body = base.clone();
+            body[field] = value;
+            let errors = email(body).unwrap_err();
+            assert_eq!(errors.len(), 1, "{field}: {errors:?}");
+            assert!(
+                errors[0].message.contains("control characters"),
+                "{errors:?}"
+            );
+        }
+        assert!(sms(json!({"phone": "01712345678", "text": "a\nb\tc"})).is_ok());
+        assert_eq!(
+            fields(sms(json!({"phone": "01712345678", "text": "a\u{0}b"}))),
+            ["text"]
+        );
+        assert_eq!(
+            fields(sms(json!({"phone": "0171234567\u{0}8", "text": "a"}))),
+            ["phone"]
+        );
+    }
+
+    #[test]
     fn email_requests() {
         let ok = json!({"subject": "s", "body": "b", "recipients": ["a@b.c"]});
         assert!(email(ok).is_ok());
@@ -346,6 +491,18 @@ mod tests {
             ["html", "reply_to"]
         );
         let many: Vec<String> = (0..=MAX_RECIPIENTS).map(|i| format!("u{i}@x.io")).collect();
+        // Strict: what lettre would refuse when sending is refused here.
+        assert_eq!(
+            fields(email(
+                json!({"subject": "s", "body": "b", "recipients": ["a,b@example.com", "<a@b.c>", "x@y..", "a@b.c"], "reply_to": "a;b@example.com"})
+            )),
+            [
+                "recipients[0]",
+                "recipients[1]",
+                "recipients[2]",
+                "reply_to"
+            ]
+        );
         assert_eq!(
             fields(email(
                 json!({"subject": "s", "body": "b", "recipients": many})

@@ -61,13 +61,12 @@ impl Mailgun {
                 "from must be `Name <address>` or an address",
             ));
         }
+        let uri =
+            HttpTransport::endpoint(&common.name, &config.url, &format!("/v3/{domain}/messages"))?;
+        super::credentials_over(common, &uri)?;
         Ok(Self {
             name: common.name.clone(),
-            uri: HttpTransport::endpoint(
-                &common.name,
-                &config.url,
-                &format!("/v3/{domain}/messages"),
-            )?,
+            uri,
             auth: transport::basic_auth("api", config.api_key.expose()),
             from: config.from.trim().to_owned(),
             transport: http_transport(common)?,

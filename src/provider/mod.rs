@@ -9,6 +9,7 @@
 
 pub mod contract;
 pub mod mailgun;
+pub mod outside;
 pub mod resolve;
 pub mod sendgrid;
 pub mod smtp;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use hyper::http::uri::Uri;
 
 use crate::config::{ProviderCommon, ProviderConfig, ProviderKind};
 use crate::domain::validation::to_e164;
@@ -102,6 +104,46 @@ pub fn build(config: &ProviderConfig, channel: Channel) -> Result<Arc<dyn Provid
     })
 }
 
+/// Whether `host` is a loopback address written as one (`127.0.0.1`,
+/// `[::1]`). A name, even `localhost`, is not: it is resolved at connect
+/// time, and Herald cannot vouch for where it leads.
+pub(crate) fn is_loopback_address(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// For a kind that sends credentials to `uri`: a plain `http://` URL off
+/// loopback would put them on the network in clear. Refused unless the
+/// provider sets `allow_insecure = true`, and then warned about at each
+/// build (start-up, and a reload that builds it again).
+pub(crate) fn credentials_over(common: &ProviderCommon, uri: &Uri) -> Result<(), BuildError> {
+    let plain = uri.scheme() == Some(&hyper::http::uri::Scheme::HTTP);
+    if !plain || uri.host().is_some_and(is_loopback_address) {
+        return Ok(());
+    }
+    // Host and port only: a user or password in the URL is not shown.
+    let origin = match uri.port_u16() {
+        Some(port) => format!("http://{}:{port}", uri.host().unwrap_or_default()),
+        None => format!("http://{}", uri.host().unwrap_or_default()),
+    };
+    if !common.allow_insecure {
+        return Err(BuildError::invalid(
+            common,
+            format!(
+                "{origin} is plain HTTP off this machine: its credentials would cross the network in clear; \
+                 use https://, or set allow_insecure = true on this provider to accept that"
+            ),
+        ));
+    }
+    tracing::warn!(
+        provider = %common.name,
+        url = %origin,
+        "allow_insecure: this provider's credentials are sent over plain HTTP, in clear"
+    );
+    Ok(())
+}
+
 /// The HTTP client of one provider, sized by its settings; fails when its
 /// `ca_file` cannot be read.
 fn http_transport(common: &ProviderCommon) -> Result<HttpTransport, TransportError> {
@@ -177,14 +219,17 @@ impl Verdict {
         Self {
             outcome: AttemptOutcome::Delivered,
             http_status,
-            provider_message_id,
+            // The provider's text: where it enters, made fit to store.
+            provider_message_id: provider_message_id.as_deref().map(outside::storable),
             unreachable: false,
             pause: None,
             error: None,
         }
     }
 
-    /// Any outcome but delivered, with the reason kept for the history.
+    /// Any outcome but delivered, with the reason kept for the history:
+    /// every error of every kind passes here, where it is made fit to
+    /// store and to send in a webhook payload ([`outside::error_text`]).
     pub fn failed(outcome: AttemptOutcome, http_status: Option<u16>, error: String) -> Self {
         debug_assert_ne!(outcome, AttemptOutcome::Delivered);
         Self {
@@ -193,7 +238,7 @@ impl Verdict {
             provider_message_id: None,
             unreachable: false,
             pause: None,
-            error: Some(error),
+            error: Some(outside::error_text(&error)),
         }
     }
 

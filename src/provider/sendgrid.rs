@@ -57,9 +57,11 @@ impl Sendgrid {
             Some(name) => json!({"email": email, "name": name}),
             None => json!({"email": email}),
         };
+        let uri = HttpTransport::endpoint(&common.name, &config.url, "/v3/mail/send")?;
+        super::credentials_over(common, &uri)?;
         Ok(Self {
             name: common.name.clone(),
-            uri: HttpTransport::endpoint(&common.name, &config.url, "/v3/mail/send")?,
+            uri,
             auth,
             from,
             transport: http_transport(common)?,

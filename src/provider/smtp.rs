@@ -2,14 +2,22 @@
 //!
 //! `smtp://host:port` upgrades with STARTTLS when the server offers it
 //! (`?tls=required` refuses a server that does not, `?tls=none` never
-//! tries); `smtps://host:port` is TLS from the first byte. The message is
+//! tries); `smtps://host:port` is TLS from the first byte. With a username
+//! and password TLS is required: plain `smtp://host` means `?tls=required`,
+//! and `?tls=none` is refused, unless the host is a loopback address
+//! ([`security`]). A server that then offers no STARTTLS (or a network that
+//! strips it) fails the connection before AUTH: the password never goes in
+//! clear. The message is
 //! RFC 5322: From, To (the recipients, also the envelope), Reply-To,
 //! Subject, the text body, or `multipart/alternative` with the HTML part.
 //!
 //! Replies: 2xx delivers (the server's queue reply is the message id);
 //! 530/534/535/538 (authentication) are the provider's fault; other 5xx
 //! reject the message; 4xx are transient; no reply at all (refused,
-//! timed out, TLS failed) is transient and unreachable.
+//! timed out, TLS failed) is transient and unreachable. A message the
+//! server cannot carry (a non-ASCII address, no SMTPUTF8) is rejected; a
+//! server that cannot do what the settings ask (STARTTLS, a common AUTH
+//! mechanism) is the provider's fault.
 
 use std::time::Duration;
 
@@ -58,6 +66,35 @@ struct Endpoint {
     host: String,
     port: u16,
     security: Security,
+}
+
+impl Endpoint {
+    /// A loopback address written as such (`127.0.0.1`, `[::1]`). A name,
+    /// even `localhost`, is not: it is resolved when connecting, and Herald
+    /// cannot vouch for where it leads.
+    fn is_loopback(&self) -> bool {
+        super::is_loopback_address(&self.host)
+    }
+}
+
+/// The protection the connection gets. Credentials are never sent in
+/// clear off this machine: with them, plain `smtp://` means STARTTLS
+/// required, and `?tls=none` is refused; a loopback address (a relay on
+/// this host) keeps what its URL says.
+fn security(endpoint: &Endpoint, credentials: bool) -> Result<Security, String> {
+    if !credentials || endpoint.is_loopback() {
+        return Ok(endpoint.security);
+    }
+    match endpoint.security {
+        Security::Opportunistic | Security::Required => Ok(Security::Required),
+        Security::Implicit => Ok(Security::Implicit),
+        Security::None => Err(format!(
+            "smtp://{}:{}?tls=none would send the username and password in clear; \
+             use ?tls=required (STARTTLS) or smtps:// (only a loopback address such as \
+             127.0.0.1 may go without TLS)",
+            endpoint.host, endpoint.port
+        )),
+    }
 }
 
 fn parse_url(url: &str) -> Result<Endpoint, String> {
@@ -110,6 +147,14 @@ impl SmtpProvider {
     pub fn new(common: &ProviderCommon, config: &SmtpConfig) -> Result<Self, BuildError> {
         let invalid = |reason: String| BuildError::invalid(common, reason);
         let endpoint = parse_url(&config.url).map_err(invalid)?;
+        // It would read as "credentials in clear are fine here": they never are.
+        if common.allow_insecure {
+            return Err(invalid(
+                "allow_insecure does not apply to smtp: with credentials TLS is required \
+                 (only a loopback address may go without)"
+                    .into(),
+            ));
+        }
         let from: Mailbox = config
             .from
             .parse()
@@ -130,7 +175,16 @@ impl SmtpProvider {
         let tls = tls
             .build_rustls()
             .map_err(|e| invalid(format!("TLS settings: {e}")))?;
-        let tls = match endpoint.security {
+        let credentials = match (&config.username, &config.password) {
+            (Some(user), Some(password)) => Some(Credentials::new(
+                user.expose().to_owned(),
+                password.expose().to_owned(),
+            )),
+            (None, None) => None,
+            _ => return Err(invalid("username and password go together".into())),
+        };
+        let security = security(&endpoint, credentials.is_some()).map_err(invalid)?;
+        let tls = match security {
             Security::Opportunistic => Tls::Opportunistic(tls),
             Security::Required => Tls::Required(tls),
             Security::None => Tls::None,
@@ -143,15 +197,8 @@ impl SmtpProvider {
             .pool_config(
                 PoolConfig::new().max_size(common.max_in_flight.min(u32::MAX as usize) as u32),
             );
-        match (&config.username, &config.password) {
-            (Some(user), Some(password)) => {
-                builder = builder.credentials(Credentials::new(
-                    user.expose().to_owned(),
-                    password.expose().to_owned(),
-                ));
-            }
-            (None, None) => {}
-            _ => return Err(invalid("username and password go together".into())),
+        if let Some(credentials) = credentials {
+            builder = builder.credentials(credentials);
         }
         Ok(Self {
             name: common.name.clone(),
@@ -247,11 +294,23 @@ fn classify(e: &lettre_smtp::Error) -> Verdict {
         Some(530 | 534 | 535 | 538) => Verdict::failed(AttemptOutcome::ProviderFault, None, text),
         Some(_) if e.is_permanent() => Verdict::failed(AttemptOutcome::Rejected, None, text),
         Some(_) => Verdict::failed(AttemptOutcome::Transient, None, text),
+        // A message this server cannot carry (an address beyond ASCII
+        // without SMTPUTF8): the message's failure, not the server's, or
+        // crafted recipients would open its breaker.
+        None if refuses_the_message(e) => Verdict::failed(AttemptOutcome::Rejected, None, text),
         // Set-up the server cannot do (STARTTLS required but not offered,
         // no common authentication mechanism): the operator's to fix.
         None if e.is_client() => Verdict::failed(AttemptOutcome::ProviderFault, None, text),
         None => unreachable(text),
     }
+}
+
+/// lettre's refusals, before any command, of a message the server said it
+/// cannot take: non-ASCII addresses without SMTPUTF8, a non-ASCII message
+/// without 8BITMIME. lettre's error says which only in its text.
+fn refuses_the_message(e: &lettre_smtp::Error) -> bool {
+    let text = crate::error::chain(e);
+    e.is_client() && (text.contains("SMTPUTF8") || text.contains("8BITMIME"))
 }
 
 fn unreachable(error: String) -> Verdict {
@@ -264,6 +323,70 @@ fn unreachable(error: String) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_need_tls_off_loopback() {
+        use Security::*;
+        let at = |url: &str, credentials: bool| security(&parse_url(url).unwrap(), credentials);
+        // Without credentials, what the URL says.
+        assert_eq!(at("smtp://mail.example.com", false), Ok(Opportunistic));
+        assert_eq!(at("smtp://mail.example.com?tls=none", false), Ok(None));
+        // With them, TLS or nothing: the default is STARTTLS required.
+        assert_eq!(at("smtp://mail.example.com:587", true), Ok(Required));
+        assert_eq!(at("smtp://localhost:587", true), Ok(Required));
+        assert_eq!(at("smtp://10.0.0.5?tls=required", true), Ok(Required));
+        assert_eq!(at("smtps://mail.example.com", true), Ok(Implicit));
+        let refused = at("smtp://mail.example.com:587?tls=none", true).unwrap_err();
+        assert!(refused.contains("in clear"), "{refused}");
+        assert!(refused.contains("?tls=required"), "{refused}");
+        // A relay on this machine, by address, may go without.
+        assert_eq!(at("smtp://127.0.0.1:25", true), Ok(Opportunistic));
+        assert_eq!(at("smtp://127.0.0.2:25?tls=none", true), Ok(None));
+        assert_eq!(at("smtp://[::1]:25?tls=none", true), Ok(None));
+    }
+
+    // lettre's pool needs a runtime.
+    #[tokio::test]
+    async fn credentials_with_tls_none_are_refused_at_start_up() {
+        let common = ProviderCommon {
+            name: "mail".into(),
+            weight: 1,
+            timeout_ms: 1000,
+            max_in_flight: 1,
+            rate_per_sec: None,
+            burst: None,
+            ca_file: None,
+            allow_insecure: false,
+        };
+        let config = |url: &str| SmtpConfig {
+            url: url.into(),
+            from: "noreply@example.com".into(),
+            username: Some(Secret::new("user")),
+            password: Some(Secret::new("hunter2-secret")),
+        };
+        let err = SmtpProvider::new(&common, &config("smtp://mail.example.com?tls=none"))
+            .err()
+            .expect("refused");
+        let text = crate::error::chain(&err);
+        assert!(text.starts_with("provider mail: "), "{text}");
+        assert!(text.contains("in clear"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        for fine in [
+            "smtp://mail.example.com",
+            "smtps://mail.example.com",
+            "smtp://127.0.0.1:2525?tls=none",
+        ] {
+            assert!(SmtpProvider::new(&common, &config(fine)).is_ok(), "{fine}");
+        }
+        let insecure = ProviderCommon {
+            allow_insecure: true,
+            ..common
+        };
+        let err = SmtpProvider::new(&insecure, &config("smtp://mail.example.com?tls=none"))
+            .err()
+            .expect("refused");
+        assert!(crate::error::chain(&err).contains("allow_insecure does not apply to smtp"));
+    }
 
     #[test]
     fn urls() {

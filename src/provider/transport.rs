@@ -1,6 +1,6 @@
 //! The HTTP client every HTTP provider kind shares: one pooled hyper client
 //! per provider, over plain HTTP or TLS (rustls), one deadline per exchange,
-//! the whole answer read.
+//! at most [`MAX_ANSWER_BYTES`] of an answer read.
 
 use crate::resilience::clock;
 use std::path::Path;
@@ -24,11 +24,18 @@ use crate::tls::{self, TlsError};
 /// How much of an error body is kept in the attempt history.
 const EXCERPT_BYTES: usize = 200;
 
+/// The most of an answer's body that is read (providers', webhook
+/// receivers', callbacks'): far more than any id or error excerpt needs.
+/// Past it the rest is not read and the connection is dropped, so a
+/// receiver answering hundreds of megabytes costs Herald this much.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 /// An answer, whatever its status.
 #[derive(Debug, Clone)]
 pub struct HttpAnswer {
     pub status: StatusCode,
     pub headers: HeaderMap,
+    /// At most [`MAX_ANSWER_BYTES`]: the start of a longer body.
     pub body: Bytes,
 }
 
@@ -172,18 +179,34 @@ impl HttpTransport {
             }
         })?;
         let (parts, body) = response.into_parts();
-        // The body must be read so the connection goes back to the pool.
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| SendError::Transport(Box::new(e)))?
-            .to_bytes();
+        let body = read_prefix(body, MAX_ANSWER_BYTES).await?;
         Ok(HttpAnswer {
             status: parts.status,
             headers: parts.headers,
             body,
         })
     }
+}
+
+/// The first `limit` bytes of `body`. A body that ends within them is read
+/// whole, so its connection goes back to the pool; a longer one is cut
+/// there and dropped unread, which closes its connection (hyper never
+/// pools a connection whose body was not read to its end).
+async fn read_prefix(mut body: hyper::body::Incoming, limit: usize) -> Result<Bytes, SendError> {
+    let mut read = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| SendError::Transport(Box::new(e)))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let room = limit - read.len();
+        if data.len() >= room {
+            read.extend_from_slice(&data[..room]);
+            break;
+        }
+        read.extend_from_slice(&data);
+    }
+    Ok(read.freeze())
 }
 
 /// A POST of `body` to `uri`, asking for JSON back.
@@ -271,6 +294,77 @@ mod tests {
         let t = HttpTransport::new("p", Duration::from_secs(1), 1, None).unwrap();
         let sent = t.exchange(post(&url)).await;
         assert!(matches!(sent, Err(SendError::Connect(_))), "{sent:?}");
+    }
+
+    /// An HTTP server on loopback answering every request with a 500 whose
+    /// body is `len` bytes, written in chunks until the peer goes away;
+    /// its task answers how many bytes it managed to write.
+    async fn endless_answer(len: usize) -> (String, tokio::task::JoinHandle<usize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // A small send buffer, so what was written is close to what was read.
+        socket.set_send_buffer_size(64 * 1024).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            // The request: headers and its small body, read to their end.
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed before its request ended");
+                request.extend_from_slice(&buf[..n]);
+            }
+            let head =
+                format!("HTTP/1.1 500 Internal Server Error\r\ncontent-length: {len}\r\n\r\n");
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let chunk = vec![b'x'; 16 * 1024];
+            let mut written = 0;
+            while written < len {
+                match stream.write(&chunk[..chunk.len().min(len - written)]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => written += n,
+                }
+            }
+            written
+        });
+        (url, server)
+    }
+
+    #[tokio::test]
+    async fn a_huge_answer_is_read_up_to_its_bound_and_the_connection_dropped() {
+        const HUGE: usize = 256 * 1024 * 1024;
+        let (url, server) = endless_answer(HUGE).await;
+        let t = HttpTransport::new("p", Duration::from_secs(30), 1, None).unwrap();
+        let answer = t.exchange(post(&url)).await.expect("an answer");
+        assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(answer.body.len(), MAX_ANSWER_BYTES);
+        assert!(answer.excerpt().chars().count() <= EXCERPT_BYTES + 1);
+        // Dropping the connection ends the server's writes with an error;
+        // the bound on the wait is only there so a kept connection fails
+        // the test instead of hanging it.
+        let written = tokio::time::timeout(Duration::from_secs(60), server)
+            .await
+            .expect("the connection was kept open: the rest of the body was waited for")
+            .unwrap();
+        // What the server wrote is what was read plus the two sockets'
+        // buffers: megabytes at most, never the body.
+        assert!(
+            written < 16 * 1024 * 1024,
+            "the server wrote {written} bytes"
+        );
+        drop(t);
+    }
+
+    #[tokio::test]
+    async fn a_short_answer_is_read_whole() {
+        let (url, server) = endless_answer(1000).await;
+        let t = HttpTransport::new("p", Duration::from_secs(30), 1, None).unwrap();
+        let answer = t.exchange(post(&url)).await.expect("an answer");
+        assert_eq!(answer.body.len(), 1000);
+        assert_eq!(server.await.unwrap(), 1000);
     }
 
     #[test]

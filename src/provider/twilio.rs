@@ -72,9 +72,11 @@ impl Twilio {
             }
         };
         let path = format!("/2010-04-01/Accounts/{sid}/Messages.json");
+        let uri = HttpTransport::endpoint(&common.name, &config.url, &path)?;
+        super::credentials_over(common, &uri)?;
         Ok(Self {
             name: common.name.clone(),
-            uri: HttpTransport::endpoint(&common.name, &config.url, &path)?,
+            uri,
             auth: transport::basic_auth(sid, config.auth_token.expose()),
             sender,
             transport: http_transport(common)?,
@@ -148,12 +150,16 @@ fn classify(answer: &HttpAnswer) -> Verdict {
         (429, _) | (_, Some(20429)) => {
             return Verdict::throttled(Some(status), answer.retry_after(), error);
         }
-        // Credentials, or a sender this account may not use.
-        (401 | 403, _) | (_, Some(20003 | 21212 | 21606)) => AttemptOutcome::ProviderFault,
+        // Credentials, or a sender this account may not use. (21606, a
+        // From that cannot reach this destination, depends on the number
+        // the message names: the message's, below, or crafted numbers would
+        // open the breaker.)
+        (401 | 403, _) | (_, Some(20003 | 21212)) => AttemptOutcome::ProviderFault,
         // The account SID in the URL does not exist.
         (404, _) => AttemptOutcome::ProviderFault,
-        // 21211 invalid To, 21610 unsubscribed, 21614 not a mobile, 21608,
-        // 21612, and any other complaint about the request.
+        // 21211 invalid To, 21610 unsubscribed, 21614 not a mobile, 21606
+        // and 21612 not reachable from this sender, 21408 a region not
+        // enabled, 21608, and any other complaint about the request.
         (400..=499, _) => AttemptOutcome::Rejected,
         _ => AttemptOutcome::Transient,
     };
@@ -207,7 +213,8 @@ mod tests {
             (400, 21611, Transient),
             (401, 20003, ProviderFault),
             (400, 21212, ProviderFault),
-            (400, 21606, ProviderFault),
+            (400, 21606, Rejected),
+            (400, 21408, Rejected),
             (404, 20404, ProviderFault),
             (429, 20429, Throttled),
             (500, 20500, Transient),

@@ -51,9 +51,11 @@ impl Vonage {
                 "a vonage provider needs api_key and from",
             ));
         }
+        let uri = HttpTransport::endpoint(&common.name, &config.url, "/sms/json")?;
+        super::credentials_over(common, &uri)?;
         Ok(Self {
             name: common.name.clone(),
-            uri: HttpTransport::endpoint(&common.name, &config.url, "/sms/json")?,
+            uri,
             api_key: config.api_key.clone(),
             api_secret: config.api_secret.clone(),
             from: config.from.clone(),

@@ -51,10 +51,54 @@ pub enum StoreError {
     /// A row could not be read back into the domain.
     #[error("a stored row is invalid: {what}")]
     Corrupt { what: &'static str },
+    /// The store answers, but does not meet what readiness asks of it.
+    #[error("the store is not ready: {0}")]
+    NotReady(String),
     #[error(
         "unsupported store URL {0:?} (expected sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB)"
     )]
     BadUrl(String),
+}
+
+/// The store's state, as the dashboard shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct StoreState {
+    /// `sqlite` or `postgres`.
+    pub engine: &'static str,
+    /// Whether the last write reached a writable primary.
+    pub writable: bool,
+    /// `host:port` of the server the last connection was made to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Unix milliseconds since which `writable` holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+    /// Why it is not writable, or not ready: the last connection error's
+    /// kind, or what the synchronous replication check found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl StoreState {
+    /// A store of this process's own: always writable.
+    pub fn local(engine: &'static str) -> Self {
+        Self {
+            engine,
+            writable: true,
+            ..Self::default()
+        }
+    }
+}
+
+impl StoreError {
+    /// The kind of connection error this is (the server went away, shut
+    /// down, became read-only, could not be reached), or `None`: what a
+    /// caller logs once per outage instead of once per request.
+    /// A pool with no free connection in time is not one: that is load,
+    /// logged as any other failure.
+    pub fn connection_kind(&self) -> Option<&'static str> {
+        postgres::connection_kind(self)
+    }
 }
 
 /// Random per claim: a dispatcher whose lease lapsed and was claimed again
@@ -628,6 +672,11 @@ pub trait Store: Send + Sync {
     /// The store answers and can commit a write: a one-row probe, cheap
     /// enough for every readiness check (a full disk fails it).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// What the store knows of its server, for the dashboard.
+    fn state(&self) -> StoreState {
+        StoreState::local("sqlite")
+    }
 
     /// Asks to be poked through `wake` when another process stores ready
     /// work. A store only one process uses has nothing to tell.

@@ -15,7 +15,7 @@ use super::signature::{BadSecret, Signer};
 use crate::config::Config;
 use crate::domain::callback::{BadHostPattern, CallbackPolicy};
 use crate::provider::resolve::{self, Resolver};
-use crate::provider::{HttpTransport, SendError, TransportError};
+use crate::provider::{HttpTransport, SendError, TransportError, outside};
 use crate::store::{ClaimedWebhook, WebhookTarget};
 
 /// Webhook requests kept open at once towards one receiver, for its pool.
@@ -201,9 +201,13 @@ impl Receivers {
             Ok(answer) if answer.status.is_success() => Sent::Delivered {
                 http_status: answer.status.as_u16(),
             },
+            // The receiver's words, made fit to store where they enter.
             Ok(answer) => Sent::Failed {
                 http_status: Some(answer.status.as_u16()),
-                error: crate::provider::http_error(answer.status.as_u16(), &answer.excerpt()),
+                error: outside::error_text(&crate::provider::http_error(
+                    answer.status.as_u16(),
+                    &answer.excerpt(),
+                )),
                 unreachable: false,
                 permanent: answer.status == StatusCode::GONE,
                 retry_after: answer.retry_after(),
@@ -214,7 +218,7 @@ impl Receivers {
             Err(e) => Sent::Failed {
                 http_status: None,
                 unreachable: matches!(e, SendError::Connect(_) | SendError::Timeout(_)),
-                error: no_answer(&e),
+                error: outside::error_text(&no_answer(&e)),
                 permanent: false,
                 retry_after: None,
             },

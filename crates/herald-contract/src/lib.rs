@@ -1,4 +1,4 @@
-//! The provider contract's vocabulary (`/work/shared/provider-contract.md`):
+//! The provider contract's vocabulary (`docs/contract.md`):
 //! its two channels and the rules its providers check every field against.
 //!
 //! Herald validates with these rules (and more of its own), the simulator
@@ -7,7 +7,10 @@
 //! without the tools depending on the server.
 //!
 //! The contract states its rules as JavaScript regular expressions; they are
-//! small enough to check by hand, which keeps a regex engine out of the build.
+//! small enough to check by hand, exactly as JavaScript reads them (its `\s`,
+//! its `trim`), and this crate needs no regex dependency for the simulator
+//! and the bench. (The server's build has a regex engine all the same:
+//! `phonenumber` brings one.)
 
 use std::fmt;
 

@@ -1,5 +1,5 @@
 //! A faithful in-process simulator of the provider contract
-//! (`/work/shared/provider-contract.md`): six independent HTTP servers, three
+//! (`docs/contract.md`): six independent HTTP servers, three
 //! per channel, that validate like the reference Express program and then
 //! fail a valid request with a configurable probability.
 //!

@@ -174,6 +174,32 @@ async function readEvents(body, onEvent) {
   }
 }
 
+// ---- the store
+
+// The store as this instance sees it: for PostgreSQL, whether a writable
+// primary answers (and which), or for how long none has.
+function renderStore(store, now) {
+  const s = $("store");
+  if (!store || !store.engine) {
+    s.hidden = true;
+    return;
+  }
+  s.hidden = false;
+  const host = store.host ? ` ${store.host}` : "";
+  let state = "ok";
+  let text = `store: ${store.engine}${host}`;
+  if (!store.writable) {
+    state = "down";
+    const secs = store.since ? Math.max(0, Math.round((now - store.since) / 1000)) : 0;
+    text = `store: ${store.problem || "no writable primary"} for ${secs} s`;
+  } else if (store.problem) {
+    state = "degraded";
+    text += ` · not ready: ${store.problem}`;
+  }
+  s.dataset.state = state;
+  s.textContent = text;
+}
+
 // ---- snapshots
 
 let samples = [];
@@ -194,6 +220,7 @@ function onSnapshot(s, first) {
   $("main").hidden = false;
   $("forget").hidden = !apiKey();
   setStatus("live", `live · ${time(s.at)}`);
+  renderStore(s.store, s.at);
   renderProviders(s.providers);
   renderCharts(s.at);
   // The stream carries this instance's totals: a new dead letter shows up

@@ -16,6 +16,7 @@ use tokio_postgres::AsyncMessage;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{NOTIFY_CHANNEL, WEBHOOKS_CHANNEL};
+use crate::resilience::clock;
 
 /// Who is poked for what.
 pub struct Wakes {
@@ -25,15 +26,37 @@ pub struct Wakes {
     pub webhooks: Arc<Notify>,
 }
 
+/// Keeps a LISTEN connection, made again with a backoff (100 ms, doubling
+/// to 2 s, back to 100 ms once one listened) whenever it is lost; a lost
+/// connection is logged once, not at each attempt, and its return once.
 pub async fn run(config: tokio_postgres::Config, tls: MakeRustlsConnect, wakes: Wakes) {
-    let mut backoff = Duration::from_millis(100);
+    const FIRST: Duration = Duration::from_millis(100);
+    let mut backoff = FIRST;
+    let mut lost: Option<tokio::time::Instant> = None;
     loop {
-        match listen(&config, &tls, &wakes).await {
-            Ok(()) => tracing::warn!("the LISTEN connection closed; reconnecting"),
-            Err(e) => tracing::warn!(
-                error = %crate::error::chain(&e),
-                "the LISTEN connection failed; reconnecting"
-            ),
+        let mut listened = false;
+        let ended = listen(&config, &tls, &wakes, &mut || {
+            if let Some(at) = lost.take() {
+                crate::metrics::metrics().store_reconnected("listen", at.elapsed());
+                tracing::info!("the LISTEN connection is back; wake-ups resume");
+            }
+            listened = true;
+        })
+        .await;
+        if listened {
+            backoff = FIRST;
+        }
+        if lost.is_none() {
+            lost = Some(clock::instant());
+            match ended {
+                Ok(()) => tracing::warn!("the LISTEN connection closed; reconnecting"),
+                Err(e) => tracing::warn!(
+                    error = %crate::error::chain(&e),
+                    "the LISTEN connection failed; reconnecting (polling covers the gap)"
+                ),
+            }
+        } else if let Err(e) = ended {
+            tracing::debug!(error = %crate::error::chain(&e), "the LISTEN connection failed again");
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -44,6 +67,7 @@ async fn listen(
     config: &tokio_postgres::Config,
     tls: &MakeRustlsConnect,
     wakes: &Wakes,
+    listening: &mut impl FnMut(),
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(tls.clone()).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -69,6 +93,7 @@ async fn listen(
         ))
         .await?;
     tracing::debug!("listening for new work");
+    listening();
     // Whatever was stored while we were not listening.
     wakes.work.notify_one();
     wakes.webhooks.notify_one();

@@ -14,7 +14,11 @@
 //!   while queued or retrying and the lease's end while sending; a partial
 //!   index covers only unfinished rows; writes under a stale lease token are
 //!   refused.
+//! - Failover: connection errors retire the pool's connections, writers back
+//!   off, new connections refuse standbys, LISTEN is made again wherever the
+//!   primary now is ([`health`]).
 
+mod health;
 mod listen;
 mod schema;
 mod tls;
@@ -25,7 +29,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    GenericClient, Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -46,6 +52,11 @@ use crate::domain::webhook::WebhookId;
 use crate::domain::{NotificationId, Status, UnixMillis};
 
 pub use schema::MIGRATIONS;
+
+/// See [`StoreError::connection_kind`].
+pub(super) fn connection_kind(e: &StoreError) -> Option<&'static str> {
+    health::kind(e).filter(|k| *k != health::POOL_WAIT)
+}
 
 /// The claim's RETURNING list, in rows::ClaimedRow's order.
 const CLAIMED_COLUMNS_OF_N: &str = "n.id, n.channel, n.payload, n.rounds, n.created_at, n.expires_at, n.deliver_by, n.status, \
@@ -73,6 +84,10 @@ pub struct PostgresOptions {
     pub connect_timeout_ms: u64,
     /// Statements running longer than this are cancelled by the server.
     pub statement_timeout_ms: u64,
+    /// Ready only while the primary has a synchronous standby configured
+    /// (`synchronous_standby_names`) and streaming (`pg_stat_replication`):
+    /// checked at start, on every new connection and by `/readyz`.
+    pub require_synchronous_replication: bool,
 }
 
 impl Default for PostgresOptions {
@@ -84,6 +99,7 @@ impl Default for PostgresOptions {
             queue_depth: 16_384,
             connect_timeout_ms: 5_000,
             statement_timeout_ms: 30_000,
+            require_synchronous_replication: false,
         }
     }
 }
@@ -98,6 +114,9 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 
 pub struct PostgresStore {
     pool: Pool,
+    health: Arc<health::Health>,
+    /// How long a readiness probe may take.
+    probe_timeout: Duration,
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
     commands: Mutex<Option<mpsc::Sender<Command>>>,
@@ -141,12 +160,28 @@ impl PostgresStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        let health = Arc::new(health::Health::new(options.require_synchronous_replication));
+        let on_create = Arc::clone(&health);
+        let on_recycle = Arc::clone(&health);
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(2))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(timeout))
             .create_timeout(Some(timeout))
             .recycle_timeout(Some(timeout))
+            .post_create(Hook::async_fn(move |client, _| {
+                let health = Arc::clone(&on_create);
+                Box::pin(async move { on_connect(client, &health).await })
+            }))
+            .pre_recycle(Hook::sync_fn(move |_, metrics| {
+                if on_recycle.stale(metrics.created) {
+                    Err(HookError::message(
+                        "made before its server went away; dropped",
+                    ))
+                } else {
+                    Ok(())
+                }
+            }))
             .build()
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
 
@@ -169,11 +204,14 @@ impl PostgresStore {
                     Arc::clone(&queue),
                     options.max_batch.max(1),
                     outbox,
+                    Arc::clone(&health),
                 ))
             })
             .collect();
         Ok(Self {
             pool,
+            health,
+            probe_timeout: timeout,
             config,
             tls,
             commands: Mutex::new(Some(tx)),
@@ -211,8 +249,94 @@ impl PostgresStore {
         {
             return Err(StoreError::Closed);
         }
-        self.pool.get().await.map_err(pool_error)
+        self.pool.get().await.map_err(pool_error).inspect_err(|e| {
+            self.health.failed(e);
+        })
     }
+
+    /// Passes `result` by, telling the health of it: `Ok` proves a
+    /// writable primary only when `wrote`.
+    fn watch<T>(&self, result: Result<T, StoreError>, wrote: bool) -> Result<T, StoreError> {
+        match &result {
+            Ok(_) if wrote => self.health.succeeded(),
+            Ok(_) => {}
+            Err(e) => {
+                self.health.failed(e);
+            }
+        }
+        result
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        if self.health.require_sync {
+            let problem = health::check_sync(&client).await?;
+            self.health.sync_checked(problem.clone());
+            if let Some(problem) = problem {
+                return Err(StoreError::NotReady(format!(
+                    "postgres.require_synchronous_replication is set and {problem}"
+                )));
+            }
+        }
+        let now = UnixMillis::now().0;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&now];
+        let write = client.execute(
+            "INSERT INTO health_probe (id, at) VALUES (1, $1)
+             ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            &params,
+        );
+        match tokio::time::timeout(self.probe_timeout, write).await {
+            Ok(written) => written.map(|_| ()).map_err(pg),
+            Err(_) => {
+                // Its commit still waits (for a synchronous standby that is
+                // gone, say): the connection is not given to anyone else.
+                let _ = deadpool_postgres::Object::take(client);
+                Err(StoreError::NotReady(format!(
+                    "a write did not commit within postgres.connect_timeout_ms ({} ms); \
+                     with synchronous replication, is the standby there?",
+                    self.probe_timeout.as_millis()
+                )))
+            }
+        }
+    }
+}
+
+/// A new connection: refused on a standby (a one-host URL or a DNS name
+/// may lead to one after a failover); its host is noted, and its
+/// replication checked when that is required.
+async fn on_connect(
+    client: &mut deadpool_postgres::ClientWrapper,
+    health: &health::Health,
+) -> Result<(), HookError> {
+    let rows = client
+        .simple_query(health::WHERE_AM_I)
+        .await
+        .map_err(HookError::Backend)?;
+    let Some(row) = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    }) else {
+        return Err(HookError::message("the server did not say where it is"));
+    };
+    if row.get(2) == Some("t") {
+        return Err(HookError::message(
+            "the server is a standby (read-only); not used",
+        ));
+    }
+    let host = match (row.get(0), row.get(1)) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        _ => "local socket".to_owned(),
+    };
+    health.connected(host);
+    if health.require_sync {
+        match health::check_sync(client).await {
+            Ok(problem) => health.sync_checked(problem),
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "postgres: checking synchronous replication failed")
+            }
+        }
+    }
+    Ok(())
 }
 
 fn id_from(u: uuid::Uuid) -> NotificationId {
@@ -294,28 +418,8 @@ impl PostgresStore {
     }
 }
 
-#[async_trait]
-impl Store for PostgresStore {
-    async fn insert(&self, notification: NewNotification) -> Result<(), StoreError> {
-        self.call(|reply| Command::Insert(notification, reply))
-            .await
-    }
-
-    async fn insert_many(&self, notifications: Vec<NewNotification>) -> Result<(), StoreError> {
-        self.call(|reply| Command::InsertMany(notifications, reply))
-            .await
-    }
-
-    async fn insert_keyed(
-        &self,
-        notifications: Vec<NewNotification>,
-        key: IdempotencyKey,
-    ) -> Result<KeyedInsert, StoreError> {
-        self.call(|reply| Command::InsertKeyed(notifications, key, reply))
-            .await
-    }
-
-    async fn claim(
+impl PostgresStore {
+    async fn claim_inner(
         &self,
         now: UnixMillis,
         limit: usize,
@@ -363,6 +467,38 @@ impl Store for PostgresStore {
             self.webhooks_added.notify_one();
         }
         Ok(claimed)
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn insert(&self, notification: NewNotification) -> Result<(), StoreError> {
+        self.call(|reply| Command::Insert(notification, reply))
+            .await
+    }
+
+    async fn insert_many(&self, notifications: Vec<NewNotification>) -> Result<(), StoreError> {
+        self.call(|reply| Command::InsertMany(notifications, reply))
+            .await
+    }
+
+    async fn insert_keyed(
+        &self,
+        notifications: Vec<NewNotification>,
+        key: IdempotencyKey,
+    ) -> Result<KeyedInsert, StoreError> {
+        self.call(|reply| Command::InsertKeyed(notifications, key, reply))
+            .await
+    }
+
+    async fn claim(
+        &self,
+        now: UnixMillis,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let claimed = self.claim_inner(now, limit, lease).await;
+        self.watch(claimed, true)
     }
 
     async fn complete(
@@ -602,7 +738,8 @@ impl Store for PostgresStore {
         lease: Duration,
     ) -> Result<Vec<ClaimedWebhook>, StoreError> {
         let client = self.client().await?;
-        webhooks::claim(&client, now, limit, lease).await
+        let claimed = webhooks::claim(&client, now, limit, lease).await;
+        self.watch(claimed, true)
     }
 
     async fn complete_webhooks(
@@ -613,7 +750,8 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         let client = self.client().await?;
-        webhooks::complete(&client, &reports).await
+        let completed = webhooks::complete(&client, &reports).await;
+        self.watch(completed, true)
     }
 
     async fn webhook_deliveries(
@@ -755,16 +893,12 @@ impl Store for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO health_probe (id, at) VALUES (1, $1)
-                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-                &[&UnixMillis::now().0],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(())
+        let probed = self.probe().await;
+        self.watch(probed, true)
+    }
+
+    fn state(&self) -> super::StoreState {
+        self.health.snapshot()
     }
 
     fn subscribe(&self, wake: Arc<Notify>) {
@@ -773,6 +907,8 @@ impl Store for PostgresStore {
             webhooks: Arc::clone(&self.webhooks_added),
         };
         let task = tokio::spawn(listen::run(self.config.clone(), self.tls.clone(), wakes));
+        // (The LISTEN connection follows the primary through the same URL:
+        // target_session_attrs skips standbys, and a standby refuses LISTEN.)
         if let Some(old) = self
             .listener
             .lock()

@@ -15,6 +15,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use uuid::Uuid;
 
+use super::health::Health;
 use super::{NOTIFY_CHANNEL, pg, webhooks};
 use crate::store::{
     Completion, IdempotencyKey, KeyedInsert, LeaseLost, NewNotification, RoundReport, StoreError,
@@ -45,6 +46,12 @@ impl Command {
 #[error("the batch's transaction failed")]
 pub struct BatchFailed(#[source] Arc<StoreError>);
 
+/// No writable primary was reachable a moment ago: the batch is failed at
+/// once rather than trying again before the backoff is over.
+#[derive(Debug, thiserror::Error)]
+#[error("no writable primary (next attempt in {0} ms)")]
+pub struct NoPrimary(pub u128);
+
 /// Where a writer's transactions send the events of ending notifications.
 pub struct Outbox {
     pub routes: Arc<WebhookRoutes>,
@@ -59,6 +66,7 @@ pub async fn run(
     queue: Arc<Mutex<mpsc::Receiver<Command>>>,
     max_batch: usize,
     outbox: Outbox,
+    health: Arc<Health>,
 ) {
     loop {
         let batch = {
@@ -79,61 +87,197 @@ pub async fn run(
             }
             batch
         };
-        write_batch(&pool, &outbox, batch).await;
+        write_batch(&pool, &outbox, &health, batch).await;
     }
 }
 
-async fn write_batch(pool: &Pool, outbox: &Outbox, batch: Vec<Command>) {
-    let mut inserts = Vec::new();
-    let mut keyed = Vec::new();
-    let mut completes = Vec::new();
-    for cmd in batch {
-        match cmd {
-            Command::Insert(n, reply) => inserts.push((vec![n], reply)),
-            Command::InsertMany(ns, reply) => inserts.push((ns, reply)),
-            Command::InsertKeyed(ns, key, reply) => keyed.push((ns, key, reply)),
-            Command::Complete(reports, reply) => completes.push((reports, reply)),
+/// A batch's commands by kind, each with the caller to answer.
+struct Grouped {
+    inserts: Vec<(Vec<NewNotification>, Reply<()>)>,
+    keyed: Vec<KeyedCommand>,
+    completes: Vec<CompleteCommand>,
+}
+
+type CompleteCommand = (Vec<RoundReport>, Reply<Vec<Result<(), LeaseLost>>>);
+
+impl Grouped {
+    fn new(batch: Vec<Command>) -> Self {
+        let mut grouped = Grouped {
+            inserts: Vec::new(),
+            keyed: Vec::new(),
+            completes: Vec::new(),
+        };
+        for cmd in batch {
+            match cmd {
+                Command::Insert(n, reply) => grouped.inserts.push((vec![n], reply)),
+                Command::InsertMany(ns, reply) => grouped.inserts.push((ns, reply)),
+                Command::InsertKeyed(ns, key, reply) => grouped.keyed.push((ns, key, reply)),
+                Command::Complete(reports, reply) => grouped.completes.push((reports, reply)),
+            }
+        }
+        grouped
+    }
+
+    fn commands(&self) -> usize {
+        self.inserts.len() + self.keyed.len() + self.completes.len()
+    }
+
+    /// The commands again, each to be written alone.
+    fn split(self) -> impl Iterator<Item = Grouped> {
+        let inserts = self
+            .inserts
+            .into_iter()
+            .map(|(ns, reply)| Command::InsertMany(ns, reply));
+        let keyed = self
+            .keyed
+            .into_iter()
+            .map(|(ns, key, reply)| Command::InsertKeyed(ns, key, reply));
+        let completes = self
+            .completes
+            .into_iter()
+            .map(|(reports, reply)| Command::Complete(reports, reply));
+        inserts
+            .chain(keyed)
+            .chain(completes)
+            .map(|cmd| Grouped::new(vec![cmd]))
+    }
+
+    async fn write(&self, pool: &Pool, outbox: &Outbox) -> Result<Written, StoreError> {
+        let reports: Vec<&RoundReport> =
+            self.completes.iter().flat_map(|(r, _)| r.iter()).collect();
+        let started = clock::instant();
+        let written = transact(pool, &outbox.routes, &self.inserts, &self.keyed, &reports).await;
+        crate::metrics::metrics().store_commit(
+            started.elapsed(),
+            self.inserts.len() + self.keyed.len() + reports.len(),
+        );
+        written
+    }
+
+    fn answer(self, outbox: &Outbox, (outcomes, keyed_outcomes, added): Written) {
+        if added > 0 {
+            outbox.added.notify_one();
+        }
+        for (_, reply) in self.inserts {
+            let _ = reply.send(Ok(()));
+        }
+        for ((_, _, reply), outcome) in self.keyed.into_iter().zip(keyed_outcomes) {
+            let _ = reply.send(Ok(outcome));
+        }
+        let mut outcomes = outcomes.into_iter();
+        for (reports, reply) in self.completes {
+            let mine = outcomes.by_ref().take(reports.len()).collect();
+            let _ = reply.send(Ok(mine));
         }
     }
-    let reports: Vec<&RoundReport> = completes.iter().flat_map(|(r, _)| r.iter()).collect();
-    let started = clock::instant();
-    let written = transact(pool, &outbox.routes, &inserts, &keyed, &reports).await;
-    crate::metrics::metrics().store_commit(
-        started.elapsed(),
-        inserts.len() + keyed.len() + reports.len(),
-    );
+
+    fn fail(self, e: StoreError) {
+        let e = Arc::new(e);
+        let fail = || StoreError::Backend(Box::new(BatchFailed(Arc::clone(&e))));
+        for (_, reply) in self.inserts {
+            let _ = reply.send(Err(fail()));
+        }
+        for (_, _, reply) in self.keyed {
+            let _ = reply.send(Err(fail()));
+        }
+        for (_, reply) in self.completes {
+            let _ = reply.send(Err(fail()));
+        }
+    }
+}
+
+async fn write_batch(pool: &Pool, outbox: &Outbox, health: &Health, batch: Vec<Command>) {
+    let grouped = Grouped::new(batch);
+    if let Some(wait) = health.wait() {
+        grouped.fail(StoreError::Backend(Box::new(NoPrimary(wait.as_millis()))));
+        return;
+    }
+    let commands = grouped.commands();
+    let written = grouped.write(pool, outbox).await;
+    match &written {
+        Ok(_) => health.succeeded(),
+        Err(e) => {
+            health.failed(e);
+        }
+    }
     match written {
-        Ok((outcomes, keyed_outcomes, added)) => {
-            if added > 0 {
-                outbox.added.notify_one();
-            }
-            for (_, reply) in inserts {
-                let _ = reply.send(Ok(()));
-            }
-            for ((_, _, reply), outcome) in keyed.into_iter().zip(keyed_outcomes) {
-                let _ = reply.send(Ok(outcome));
-            }
-            let mut outcomes = outcomes.into_iter();
-            for (reports, reply) in completes {
-                let mine = outcomes.by_ref().take(reports.len()).collect();
-                let _ = reply.send(Ok(mine));
+        Ok(written) => grouped.answer(outbox, written),
+        // The server refused something and undid the whole transaction: one
+        // caller's bad row (a text PostgreSQL cannot store, a constraint)
+        // must not fail the others. Each command is written again alone, so
+        // only the bad one gets the error. A refusal is an answer, so
+        // nothing of the batch was committed and none is written twice.
+        Err(e) if commands > 1 && refused_by_server(&e) => {
+            tracing::warn!(
+                commands,
+                error = %crate::error::chain(&e),
+                "postgres refused a write batch; writing its commands one by one"
+            );
+            for alone in grouped.split() {
+                match alone.write(pool, outbox).await {
+                    Ok(written) => alone.answer(outbox, written),
+                    Err(e) if already_stored(pool, &alone, &e).await => {
+                        alone.answer(outbox, (Vec::new(), Vec::new(), 0));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %crate::error::chain(&e), "a postgres write failed on its own; its caller is told");
+                        alone.fail(e);
+                    }
+                }
             }
         }
         Err(e) => {
-            tracing::warn!(error = %crate::error::chain(&e), "a postgres write batch failed; its callers are told");
-            let e = Arc::new(e);
-            let fail = || StoreError::Backend(Box::new(BatchFailed(Arc::clone(&e))));
-            for (_, reply) in inserts {
-                let _ = reply.send(Err(fail()));
+            // A lost primary is logged once, by the health; each batch that
+            // meets it only here.
+            if e.connection_kind().is_some() {
+                tracing::debug!(error = %crate::error::chain(&e), "a postgres write batch failed; its callers are told");
+            } else {
+                tracing::warn!(error = %crate::error::chain(&e), "a postgres write batch failed; its callers are told");
             }
-            for (_, _, reply) in keyed {
-                let _ = reply.send(Err(fail()));
-            }
-            for (_, reply) in completes {
-                let _ = reply.send(Err(fail()));
-            }
+            grouped.fail(e);
         }
     }
+}
+
+/// Whether the server itself answered with an error (which rolls the
+/// transaction back), rather than the connection failing (after which a
+/// commit may or may not have happened).
+fn refused_by_server(e: &StoreError) -> bool {
+    server_error(e).is_some()
+}
+
+fn server_error(e: &StoreError) -> Option<&tokio_postgres::error::DbError> {
+    match e {
+        StoreError::Backend(source) => source
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::as_db_error),
+        _ => None,
+    }
+}
+
+/// A plain insert written again that meets its own ids already stored
+/// (a duplicate key) was stored after all: its caller is told so, never
+/// "failed" for a notification that exists and will be sent.
+async fn already_stored(pool: &Pool, alone: &Grouped, e: &StoreError) -> bool {
+    let duplicate = server_error(e)
+        .is_some_and(|db| *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION);
+    let [(ns, _)] = alone.inserts.as_slice() else {
+        return false;
+    };
+    if !duplicate || !alone.keyed.is_empty() || !alone.completes.is_empty() {
+        return false;
+    }
+    let ids: Vec<Uuid> = ns.iter().map(|n| n.id.as_uuid()).collect();
+    let Ok(client) = pool.get().await else {
+        return false;
+    };
+    client
+        .query_one(
+            "SELECT count(*) FROM notifications WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .is_ok_and(|row| usize::try_from(row.get::<_, i64>(0)) == Ok(ids.len()))
 }
 
 type KeyedCommand = (Vec<NewNotification>, IdempotencyKey, Reply<KeyedInsert>);

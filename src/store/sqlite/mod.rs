@@ -434,7 +434,9 @@ fn run_batch(
 /// Runs one command inside the open transaction (`open`), or not at all.
 fn execute(conn: &Connection, outbox: &Outbox<'_>, cmd: Command, open: bool) -> Answer {
     match cmd {
-        Command::Insert(n, reply) => answer(reply, open.then(|| insert(conn, &n))),
+        Command::Insert(n, reply) => {
+            answer(reply, open.then(|| all_or_none(conn, || insert(conn, &n))))
+        }
         Command::InsertMany(ns, reply) => answer(reply, open.then(|| insert_many(conn, &ns))),
         Command::InsertKeyed(ns, key, reply) => {
             answer(reply, open.then(|| insert_keyed(conn, &ns, &key)))
@@ -445,9 +447,10 @@ fn execute(conn: &Connection, outbox: &Outbox<'_>, cmd: Command, open: bool) -> 
             lease,
             reply,
         } => answer(reply, open.then(|| claim(conn, outbox, now, limit, lease))),
-        Command::Complete(reports, reply) => {
-            answer(reply, open.then(|| complete(conn, outbox, &reports)))
-        }
+        Command::Complete(reports, reply) => answer(
+            reply,
+            open.then(|| all_or_none(conn, || complete(conn, outbox, &reports))),
+        ),
         Command::ClaimWebhooks {
             now,
             limit,
@@ -553,11 +556,24 @@ fn insert(conn: &Connection, n: &NewNotification) -> Result<(), StoreError> {
 
 /// All or none, under a savepoint: a failure undoes only this command.
 fn insert_many(conn: &Connection, notifications: &[NewNotification]) -> Result<(), StoreError> {
-    conn.execute_batch("SAVEPOINT many").map_err(backend)?;
-    let result = notifications.iter().try_for_each(|n| insert(conn, n));
+    all_or_none(conn, || {
+        notifications.iter().try_for_each(|n| insert(conn, n))
+    })
+}
+
+/// Runs `write` under a savepoint of its own: if it fails, what it wrote
+/// is undone, and the batch's other commands still commit. Without one, a
+/// notification whose metadata failed, or the first half of a batch of
+/// results, would be committed while its caller is told it failed.
+fn all_or_none<T>(
+    conn: &Connection,
+    write: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT command").map_err(backend)?;
+    let result = write();
     let end = match result {
-        Ok(()) => "RELEASE many",
-        Err(_) => "ROLLBACK TO many; RELEASE many",
+        Ok(_) => "RELEASE command",
+        Err(_) => "ROLLBACK TO command; RELEASE command",
     };
     conn.execute_batch(end).map_err(backend)?;
     result
