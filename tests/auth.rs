@@ -15,6 +15,7 @@ use support::{Backend, Herald, Sim, TestStore, create_key as create, herald_keys
 store_matrix!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     keys_and_scopes_guard_the_api,
+    a_key_sees_and_cancels_only_its_own_notifications,
 );
 
 struct Call {
@@ -155,7 +156,17 @@ async fn keys_and_scopes_guard_the_api(backend: Backend) {
     )
     .await;
     assert_eq!(a.status, 403);
-    let a = call(&http, get.clone(), read, Some(("x-api-key", &reader)), None).await;
+    // A read key reads only what it sent (here nothing), an admin all.
+    let a = call(
+        &http,
+        get.clone(),
+        read.clone(),
+        Some(("x-api-key", &reader)),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 404);
+    let a = call(&http, get.clone(), read, Some(("x-api-key", &admin)), None).await;
     assert_eq!(a.status, 200);
     let metrics = format!("{base}/metrics");
     let a = call(
@@ -255,6 +266,109 @@ async fn keys_and_scopes_guard_the_api(backend: Backend) {
     for key in [&sender, &reader, &admin, &slow] {
         assert!(!log.contains(key.as_str()), "a key in the log");
     }
+}
+
+/// Keys given to different applications: each reads, lists and cancels
+/// only the notifications it sent; another key's are answered as missing.
+/// An admin key sees every one.
+async fn a_key_sees_and_cancels_only_its_own_notifications(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    let url = store.url.clone();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["migrate", "--store", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let billing = create(&url, &["--name", "billing", "--scopes", "send,read"]);
+    let shop = create(&url, &["--name", "shop", "--scopes", "send,read"]);
+    let ops = create(&url, &["--name", "ops", "--scopes", "admin"]);
+    let sim = Sim::start(0.0, Duration::ZERO).await;
+    let config = format!(
+        "{}\n[auth]\nrequired = true\nrefresh_ms = 100\n",
+        sim.herald_config(&url, "")
+    );
+    let herald = Herald::start(dir.path(), &config);
+    let base = herald.client().base;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let send = |k: &str, text: &str| {
+        let an_hour = herald::domain::UnixMillis::now().plus(Duration::from_secs(3600));
+        let body = json!({"phone": "01712345678", "text": text, "send_at": an_hour});
+        let (http, base, k) = (http.clone(), base.clone(), k.to_owned());
+        async move {
+            let a = call(
+                &http,
+                reqwest::Method::POST,
+                format!("{base}/v1/sms"),
+                Some(("x-api-key", &k)),
+                Some(body),
+            )
+            .await;
+            assert_eq!(a.status, 202, "{}", a.body);
+            a.body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let ask = |method: reqwest::Method, path: String, k: &str| {
+        let (http, base, k) = (http.clone(), base.clone(), k.to_owned());
+        async move {
+            call(
+                &http,
+                method,
+                format!("{base}{path}"),
+                Some(("x-api-key", &k)),
+                None,
+            )
+            .await
+        }
+    };
+    let listed = |k: &str| {
+        let ask = ask(reqwest::Method::GET, "/v1/notifications".into(), k);
+        async move {
+            ask.await.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let (get, delete) = (reqwest::Method::GET, reqwest::Method::DELETE);
+    let bills = send(&billing, "invoice").await;
+    let order = send(&shop, "order").await;
+    let path = format!("/v1/notifications/{bills}");
+
+    assert_eq!(ask(get.clone(), path.clone(), &billing).await.status, 200);
+    let theirs = ask(get.clone(), path.clone(), &shop).await;
+    assert_eq!(
+        theirs.status, 404,
+        "as if it did not exist: {}",
+        theirs.body
+    );
+    assert_eq!(theirs.body["type"], "/problems/not-found");
+    assert_eq!(listed(&billing).await, std::slice::from_ref(&bills));
+    assert_eq!(listed(&shop).await, std::slice::from_ref(&order));
+    assert_eq!(listed(&ops).await, [bills.clone(), order.clone()]);
+    assert_eq!(ask(get.clone(), path.clone(), &ops).await.status, 200);
+
+    // Another key cannot cancel it; nothing changed.
+    assert_eq!(ask(delete.clone(), path.clone(), &shop).await.status, 404);
+    let still = ask(get.clone(), path.clone(), &billing).await;
+    assert_eq!(still.body["status"], "scheduled");
+    let mine = ask(delete.clone(), path.clone(), &billing).await;
+    assert_eq!(mine.status, 200, "{}", mine.body);
+    assert_eq!(mine.body["status"], "canceled");
+    let other = format!("/v1/notifications/{order}");
+    assert_eq!(
+        ask(delete, other.clone(), &ops).await.status,
+        403,
+        "admin does not send"
+    );
+    assert_eq!(ask(get, other, &shop).await.body["status"], "scheduled");
 }
 
 #[test]

@@ -224,6 +224,72 @@ async fn the_dashboard_shows_live_health_and_replays_dead_letters() {
     drop(herald);
 }
 
+/// With keys off (the loopback default), a page of another site that the
+/// operator opens submits a form to Herald that would take a provider out
+/// of rotation: it changes nothing. The dashboard, same origin, still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_keys_another_sites_form_changes_nothing_and_the_dashboard_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::new(Backend::Sqlite).await.unwrap();
+    let sim = Sim::start(0.0, Duration::ZERO).await;
+    let herald = Herald::start(dir.path(), &sim.herald_config(&store.url, ""));
+    let addr = herald.addr;
+    let api = Client::new(addr);
+    let enabled = || async {
+        api.get("/v1/providers")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "sms-provider2")
+            .unwrap()["enabled"]
+            .clone()
+    };
+    let evil = support::fixture::Fixture::start(move |_, _| {
+        support::fixture::page(format!(
+            "<form id=f method=post action=\"http://{addr}/v1/providers/sms-provider2/disable\">\
+             <input name=x value=1></form><script>document.getElementById('f').submit()</script>"
+        ))
+    })
+    .await;
+
+    let browser = Browser::start(dir.path()).await;
+    let page = &browser.client;
+    // Another origin (another port is another site's origin to a browser).
+    page.goto(&format!("http://{}/", evil.addr)).await.unwrap();
+    until("the form posted to Herald", || async {
+        page.current_url()
+            .await
+            .is_ok_and(|u| u.port() == Some(addr.port()))
+    })
+    .await;
+    let answer = js(page, "return document.body.innerText").await;
+    assert!(
+        answer
+            .as_str()
+            .unwrap_or_default()
+            .contains("/problems/cross-site"),
+        "{answer}"
+    );
+    assert_eq!(enabled().await, true, "the form changed nothing");
+
+    page.goto(&format!("http://{addr}/dashboard"))
+        .await
+        .unwrap();
+    until("the provider cards", || async {
+        is(&cards(page).await, "sms-provider2", "closed")
+    })
+    .await;
+    click(page, ".card[data-provider=\"sms-provider2\"] button.toggle").await;
+    until("sms-provider2 disabled from its card", || async {
+        is(&cards(page).await, "sms-provider2", "disabled")
+    })
+    .await;
+    assert_eq!(enabled().await, false);
+    browser.stop().await;
+}
+
 #[test]
 fn demo_prints_the_dashboard_address() {
     use std::io::{BufRead, BufReader};

@@ -127,6 +127,37 @@ async fn a_client_over_its_connection_cap_gets_health_checks_only() {
     }
 }
 
+/// The review's attack with the default settings: 1,030 half-sent
+/// requests from one address. `/healthz` still answers 200, from that
+/// address and from another, and another address is served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_half_sent_requests_from_one_address_leave_health_checks_answered() {
+    let (herald, _sim, _store, _dir) = herald_with("").await;
+    let mut held = Vec::new();
+    for _ in 0..1030 {
+        let mut s = TcpStream::connect(herald.addr).await.unwrap();
+        s.write_all(b"POST /v1/sms HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-ty")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    let mut s = TcpStream::connect(herald.addr).await.unwrap();
+    s.write_all(HEALTHZ).await.unwrap();
+    let answer = read_answer(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for path in ["/healthz", "/v1/stats"] {
+        let other = tokio::net::TcpSocket::new_v4().unwrap();
+        other.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        let mut s = other.connect(herald.addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let answer = read_answer(&mut s).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+    }
+    drop(held);
+}
+
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
     let (herald, _sim, _store, _dir) =

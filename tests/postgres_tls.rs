@@ -59,6 +59,7 @@ async fn verify_full_with_the_servers_ca_connects_and_works() {
             metadata: Default::default(),
             hedge: false,
             callback_url: None,
+            created_by: None,
             lease: None,
         })
         .await

@@ -50,6 +50,7 @@ store_matrix!(
     webhook_deliveries_are_retried_deferred_released_failed_and_purged,
     the_hedge_flag_is_kept_claimed_and_read_back,
     a_hedged_notifications_end_writes_its_event_naming_the_delivery,
+    the_sending_key_is_kept_and_listings_can_be_limited_to_it,
 );
 
 fn new_sms(now: UnixMillis, text: &str) -> NewNotification {
@@ -814,6 +815,7 @@ async fn assert_upgraded(
     let rec = store.get(id).await.unwrap().expect("the old row is kept");
     assert!(!rec.hedge, "rows from before hedging are not hedged");
     assert_eq!(rec.callback_url, None);
+    assert_eq!(rec.created_by, None, "rows from before keys owned them");
     assert_eq!(rec.status, Status::Retrying);
     assert_eq!(rec.priority, Priority::Normal);
     assert_eq!(rec.rounds, 2);
@@ -1931,4 +1933,54 @@ async fn postgres_webhook_events_wake_other_instances() {
         .await
         .expect("the other instance's worker is woken");
     assert_eq!(other.claim_webhooks(now, 10, LEASE).await.unwrap().len(), 1);
+}
+
+/// Each notification keeps the name of the API key that sent it; a listing
+/// can be limited to one key's (what a key without the admin scope sees).
+async fn the_sending_key_is_kept_and_listings_can_be_limited_to_it(backend: Backend) {
+    let Some(test) = TestStore::new(backend).await else {
+        return;
+    };
+    let store = test.open().await;
+    let now = UnixMillis::now();
+    let billing = NewNotification {
+        created_by: Some("billing".into()),
+        ..new_sms(now, "billing's")
+    };
+    let shop = NewNotification {
+        created_by: Some("shop".into()),
+        ..new_sms(now.plus(Duration::from_millis(1)), "shop's")
+    };
+    let anonymous = new_sms(now.plus(Duration::from_millis(2)), "no key");
+    let (b, s, a) = (billing.id, shop.id, anonymous.id);
+    store.insert(billing).await.unwrap();
+    store.insert_many(vec![shop, anonymous]).await.unwrap();
+    let owner = |id| {
+        let store = Arc::clone(&store);
+        async move { store.get(id).await.unwrap().unwrap().created_by }
+    };
+    assert_eq!(owner(b).await.as_deref(), Some("billing"));
+    assert_eq!(owner(s).await.as_deref(), Some("shop"));
+    assert_eq!(owner(a).await, None);
+    let listed = |created_by: Option<&str>| {
+        let store = Arc::clone(&store);
+        let filter = ListFilter {
+            created_by: created_by.map(str::to_owned),
+            ..ListFilter::default()
+        };
+        async move {
+            store
+                .list(filter, None, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|n| n.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(Some("billing")).await, [b]);
+    assert_eq!(listed(Some("shop")).await, [s]);
+    assert!(listed(Some("nobody")).await.is_empty());
+    assert_eq!(listed(None).await, [b, s, a]);
+    store.close().await;
 }

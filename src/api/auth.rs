@@ -308,6 +308,45 @@ impl<S: Send + Sync> FromRequestParts<S> for CallerScope {
     }
 }
 
+/// Whose notifications a caller may read, list and cancel: `All` with an
+/// `admin` key, or with keys off; otherwise only those its key sent, so
+/// that keys given to different applications do not read each other's
+/// messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sees {
+    All,
+    Own(String),
+}
+
+impl Sees {
+    /// Whether a notification sent by `created_by` is visible.
+    pub fn allows(&self, created_by: Option<&str>) -> bool {
+        match self {
+            Sees::All => true,
+            Sees::Own(name) => created_by == Some(name.as_str()),
+        }
+    }
+
+    /// The listing's restriction, if any.
+    pub fn only(&self) -> Option<String> {
+        match self {
+            Sees::All => None,
+            Sees::Own(name) => Some(name.clone()),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Sees {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(match parts.extensions.get::<Caller>() {
+            Some(c) if !c.scopes.contains(&Scope::Admin) => Sees::Own(c.name.clone()),
+            _ => Sees::All,
+        })
+    }
+}
+
 impl Problem {
     pub fn unauthorized() -> Self {
         Self::new(

@@ -18,8 +18,8 @@ use utoipa::ToSchema;
 use super::auth::CallerScope;
 use super::problem::Problem;
 use super::submit::{
-    ACCEPTED, Keyed, Receipt, hand_over, parse_object, prepare, read_body, refuse_unsendable,
-    store, validate,
+    ACCEPTED, Keyed, Receipt, hand_over, keyed_by, parse_object, prepare, read_body,
+    refuse_unsendable, store, validate,
 };
 use super::{ApiState, idempotency};
 use crate::domain::options::{OptionLimits, RawOptions};
@@ -106,7 +106,7 @@ pub async fn batch(
         });
         match valid {
             Ok((message, options)) => {
-                let p = prepare(&state, message, options, now);
+                let p = prepare(&state, message, options, now, keyed_by(&caller));
                 results.push(BatchResult::Accepted(Receipt {
                     id: p.notification.id,
                     status: p.status,

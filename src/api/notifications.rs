@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::Schema;
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::Sees;
 use super::problem::Problem;
 use super::submit::Receipt;
 use super::{ApiState, listing};
@@ -49,17 +50,22 @@ fn parse_id(
     params(NotificationPath),
     responses(
         (status = 200, description = "The notification", body = NotificationRecord),
-        (status = 404, description = "No notification with this id"),
+        (status = 404, description = "No notification with this id, or one another API key sent (a key without `admin` sees only its own)"),
     ),
 )]
 pub async fn get(
     State(state): State<Arc<ApiState>>,
+    sees: Sees,
     path: Result<Path<NotificationPath>, PathRejection>,
 ) -> Result<Response, Problem> {
     let id = parse_id(path)?;
     match state.store.get(id).await.map_err(Problem::from_store)? {
-        Some(record) => Ok(Json(record).into_response()),
-        None => Err(Problem::not_found("notification with this id")),
+        // Another key's notification is answered as one that does not
+        // exist: an id proves nothing about who sent it.
+        Some(record) if sees.allows(record.created_by.as_deref()) => {
+            Ok(Json(record).into_response())
+        }
+        _ => Err(Problem::not_found("notification with this id")),
     }
 }
 
@@ -159,7 +165,8 @@ fn timestamp(name: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, Proble
 /// `status`, `channel`, `priority`, `created_after` (inclusive),
 /// `created_before` and one metadata entry; `next` is the `cursor` of the
 /// following page (opaque to clients; pages never shift when new
-/// notifications arrive). `?status=dead` is the dead-letter view.
+/// notifications arrive). `?status=dead` is the dead-letter view. A key
+/// without the `admin` scope lists only the notifications it sent.
 #[utoipa::path(
     get,
     path = "/v1/notifications",
@@ -173,6 +180,7 @@ fn timestamp(name: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, Proble
 )]
 pub async fn list(
     State(state): State<Arc<ApiState>>,
+    sees: Sees,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = query.map_err(|e| Problem::bad_query(e.body_text()))?;
@@ -223,6 +231,7 @@ pub async fn list(
             Order::parse,
             &Order::ALL.map(Order::as_str),
         )? == Some(Order::Newest),
+        created_by: sees.only(),
     };
     let after = match (q.cursor.as_deref(), q.after.as_deref()) {
         // Two cursors: one of them would be ignored unchecked.
@@ -300,15 +309,24 @@ pub async fn replay(
     params(NotificationPath),
     responses(
         (status = 200, description = "Canceled", body = Receipt),
-        (status = 404, description = "No notification with this id"),
+        (status = 404, description = "No notification with this id, or one another API key sent (a key without `admin` sees only its own)"),
         (status = 409, description = "It is sending (it may be at a provider already) or final"),
     ),
 )]
 pub async fn cancel(
     State(state): State<Arc<ApiState>>,
+    sees: Sees,
     path: Result<Path<NotificationPath>, PathRejection>,
 ) -> Result<Response, Problem> {
     let id = parse_id(path)?;
+    // Who sent a notification never changes, so this check cannot race
+    // the cancel.
+    if sees != Sees::All {
+        let record = state.store.get(id).await.map_err(Problem::from_store)?;
+        if !record.is_some_and(|r| sees.allows(r.created_by.as_deref())) {
+            return Err(Problem::not_found("notification with this id"));
+        }
+    }
     let outcome = state
         .store
         .cancel(id, UnixMillis::now())

@@ -51,7 +51,7 @@ pub async fn sms(
     let keyed = Keyed::from_request(&headers, &caller, "sms", &body)?;
     let raw: RawSms = parse_object(&body)?;
     let options: RawOptions = parse_object(&body)?;
-    accept(&state, validate_sms(raw), options, keyed).await
+    accept(&state, &caller, validate_sms(raw), options, keyed).await
 }
 
 /// Accept an email.
@@ -83,7 +83,7 @@ pub async fn email(
     let keyed = Keyed::from_request(&headers, &caller, "email", &body)?;
     let raw: RawEmail = parse_object(&body)?;
     let options: RawOptions = parse_object(&body)?;
-    accept(&state, validate_email(raw), options, keyed).await
+    accept(&state, &caller, validate_email(raw), options, keyed).await
 }
 
 /// What a request that changed a notification answers.
@@ -212,6 +212,7 @@ impl Keyed {
 
 async fn accept(
     state: &ApiState,
+    caller: &CallerScope,
     validated: Result<Message, Vec<FieldError>>,
     options: RawOptions,
     keyed: Option<Keyed>,
@@ -227,7 +228,7 @@ async fn accept(
     refuse_unsendable(state, &message).map_err(Problem::invalid)?;
     let channel = message.channel();
     let to = crate::logging::recipients(&message);
-    let prepared = prepare(state, message, options, now);
+    let prepared = prepare(state, message, options, now, keyed_by(caller));
     let id = prepared.notification.id;
     let answer = json!(Receipt {
         id,
@@ -322,11 +323,17 @@ pub(super) struct Prepared<'a> {
     pub status: Status,
 }
 
+/// The name of the API key that sent a request; `None` with keys off.
+pub(super) fn keyed_by(caller: &CallerScope) -> Option<String> {
+    (!caller.0.is_empty()).then(|| caller.0.clone())
+}
+
 pub(super) fn prepare<'a>(
     state: &'a ApiState,
     message: Message,
     options: DeliveryOptions,
     now: UnixMillis,
+    created_by: Option<String>,
 ) -> Prepared<'a> {
     // The id carries the creation time exactly (retention relies on it).
     let id = NotificationId::new_at(now);
@@ -348,6 +355,7 @@ pub(super) fn prepare<'a>(
         metadata: options.metadata,
         hedge: options.hedge,
         callback_url: options.callback_url,
+        created_by,
         lease: reservation.as_ref().map(|r| r.lease()),
     };
     let status = match reservation {

@@ -137,6 +137,9 @@ pub struct NewNotification {
     /// Where its end is called back besides the configured webhooks
     /// (checked against the allowed hosts at accept).
     pub callback_url: Option<String>,
+    /// The name of the API key that sent it (`None` with keys off): a key
+    /// without the admin scope sees and cancels only its own.
+    pub created_by: Option<String>,
     /// Stored already `sending` under this lease, for a dispatcher that was
     /// handed it in memory; `None`: stored `queued` (or `scheduled`).
     pub lease: Option<Lease>,
@@ -164,6 +167,7 @@ impl NewNotification {
             metadata: BTreeMap::new(),
             hedge: false,
             callback_url: None,
+            created_by: None,
             lease: None,
         }
     }
@@ -349,6 +353,10 @@ pub struct NotificationRecord {
     /// Where this notification's webhook events go, besides `[[webhooks]]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// The API key that sent it; kept out of the answer (which the key
+    /// itself, or an admin, reads).
+    #[serde(skip)]
+    pub created_by: Option<String>,
     /// The message as its provider receives it.
     #[schema(schema_with = crate::domain::schema::message)]
     pub message: serde_json::Value,
@@ -383,6 +391,8 @@ pub struct ListFilter {
     pub created_before: Option<UnixMillis>,
     /// Newest first (the cursor then pages towards older ones).
     pub newest_first: bool,
+    /// Only those the API key of this name created.
+    pub created_by: Option<String>,
 }
 
 impl ListFilter {
@@ -431,6 +441,9 @@ impl ListFilter {
         }
         if let Some(priority) = self.priority {
             add("priority = ?", vec![ListParam::Rank(priority.rank())]);
+        }
+        if let Some(key) = &self.created_by {
+            add("created_by = ?", vec![ListParam::Text(key.clone())]);
         }
         if let Some((key, value)) = &self.metadata {
             add(

@@ -18,7 +18,7 @@ use crate::domain::{
 /// The columns of a notification that [`RecordRow`] reads, in order.
 pub(crate) const RECORD_COLUMNS: &str = "channel, status, priority, created_at, updated_at, \
      due_at, expires_at, deliver_by, rounds, delivered_by, last_error, payload, callback_url, \
-     hedge";
+     hedge, created_by";
 
 /// The columns of an attempt that [`AttemptRow`] reads, in order.
 pub(crate) const ATTEMPT_COLUMNS: &str =
@@ -72,6 +72,7 @@ pub(crate) struct RecordRow {
     pub payload: String,
     pub callback_url: Option<String>,
     pub hedge: bool,
+    pub created_by: Option<String>,
 }
 
 impl RecordRow {
@@ -105,6 +106,7 @@ impl RecordRow {
             metadata,
             hedge: self.hedge,
             callback_url: self.callback_url,
+            created_by: self.created_by,
             message: serde_json::from_str(&self.payload).map_err(|_| StoreError::Corrupt {
                 what: "payload is not JSON",
             })?,

@@ -76,6 +76,15 @@ pub fn reply(status: u16, body: impl Into<String>) -> Reply {
     }
 }
 
+/// A 200 answer with an HTML page: what a web page of another site serves.
+pub fn page(body: impl Into<String>) -> Reply {
+    Reply {
+        status: 200,
+        headers: vec![("content-type".into(), "text/html; charset=utf-8".into())],
+        body: body.into(),
+    }
+}
+
 impl Reply {
     pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));

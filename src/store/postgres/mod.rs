@@ -581,6 +581,7 @@ impl Store for PostgresStore {
             payload: row.get(11),
             callback_url: row.get(12),
             hedge: row.get(13),
+            created_by: row.get(14),
         };
         row.decode(id, attempts, metadata).map(Some)
     }

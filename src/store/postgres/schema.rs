@@ -180,6 +180,17 @@ CREATE INDEX webhook_deliveries_status ON webhook_deliveries (status, id);
         // first is slow).
         "ALTER TABLE notifications ADD COLUMN hedge boolean NOT NULL DEFAULT false;",
     ),
+    (
+        11,
+        // The API key that sent a notification, by name (names are never
+        // reused): a key without the admin scope sees and cancels only its
+        // own, and lists them through this index. NULL: sent with keys off.
+        "
+ALTER TABLE notifications ADD COLUMN created_by text;
+CREATE INDEX notifications_created_by ON notifications (created_by, id)
+    WHERE created_by IS NOT NULL;
+",
+    ),
 ];
 
 /// Applies every migration this database lacks; returns how many.

@@ -323,6 +323,7 @@ async fn transact(
         let mut priorities: Vec<i16> = Vec::with_capacity(inserts.len());
         let mut callbacks: Vec<Option<&str>> = Vec::with_capacity(inserts.len());
         let mut hedges: Vec<bool> = Vec::with_capacity(inserts.len());
+        let mut creators: Vec<Option<&str>> = Vec::with_capacity(inserts.len());
         for n in &inserts {
             ids.push(n.id.as_uuid());
             channels.push(n.channel.as_str());
@@ -336,20 +337,21 @@ async fn transact(
             priorities.push(n.priority.rank());
             callbacks.push(n.callback_url.as_deref());
             hedges.push(n.hedge);
+            creators.push(n.created_by.as_deref());
         }
         let stmt = tx
             .prepare_cached(
                 "INSERT INTO notifications
                      (id, channel, payload, status, due_at, lease_token,
                       created_at, updated_at, expires_at, deliver_by, priority, callback_url,
-                      hedge)
+                      hedge, created_by)
                  SELECT id, channel, payload, status, due, token, at, at, expires, deliver_by,
-                        priority, callback_url, hedge
+                        priority, callback_url, hedge, created_by
                    FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::int8[],
                                $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::int2[],
-                               $11::text[], $12::bool[])
+                               $11::text[], $12::bool[], $13::text[])
                      AS n(id, channel, payload, at, expires, token, status, due, deliver_by,
-                          priority, callback_url, hedge)",
+                          priority, callback_url, hedge, created_by)",
             )
             .await
             .map_err(pg)?;
@@ -368,6 +370,7 @@ async fn transact(
                 &priorities,
                 &callbacks,
                 &hedges,
+                &creators,
             ],
         )
         .await

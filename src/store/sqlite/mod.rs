@@ -552,8 +552,8 @@ fn probe(conn: &Connection) -> Result<(), StoreError> {
 const INSERT_NOTIFICATION: &str = "INSERT INTO notifications
      (id, channel, payload, status, due_at, lease_token,
       created_at, updated_at, expires_at, deliver_by, priority, callback_url,
-      hedge)
- VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12)";
+      hedge, created_by)
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 
 fn insert(conn: &Connection, n: &NewNotification) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(INSERT_NOTIFICATION).map_err(backend)?;
@@ -569,7 +569,8 @@ fn insert(conn: &Connection, n: &NewNotification) -> Result<(), StoreError> {
         n.deliver_by.map(|t| t.0),
         n.priority.rank(),
         n.callback_url,
-        n.hedge
+        n.hedge,
+        n.created_by
     ])
     .map_err(backend)?;
     if !n.metadata.is_empty() {
@@ -971,6 +972,7 @@ fn read_record(
                 payload: r.get(11)?,
                 callback_url: r.get(12)?,
                 hedge: r.get(13)?,
+                created_by: r.get(14)?,
             })
         })
         .optional()

@@ -179,6 +179,17 @@ DROP INDEX notifications_claim;
 CREATE INDEX notifications_claim ON notifications (priority, due_at) WHERE due_at IS NOT NULL;
 ",
     ),
+    (
+        12,
+        // The API key that sent a notification, by name (names are never
+        // reused): a key without the admin scope sees and cancels only its
+        // own, and lists them through this index. NULL: sent with keys off.
+        "
+ALTER TABLE notifications ADD COLUMN created_by TEXT;
+CREATE INDEX notifications_created_by ON notifications (created_by, id)
+    WHERE created_by IS NOT NULL;
+",
+    ),
 ];
 
 /// The version a database has once every migration is applied.
