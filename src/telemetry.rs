@@ -11,6 +11,7 @@
 //! in batches by its own thread, over plain HTTP through hyper on Herald's
 //! runtime (that thread has none of its own).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -144,11 +145,14 @@ pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
 }
 
 /// The exporter's HTTP client: hyper's, run on Herald's runtime, since
-/// the SDK's export thread blocks on the future without one.
+/// the SDK's export thread blocks on the future without one. It logs when
+/// the collector stops taking exports and when it takes them again, once
+/// per change, not once per batch.
 #[derive(Debug)]
 struct OnRuntime {
     runtime: tokio::runtime::Handle,
     client: Client<HttpConnector, Full<Bytes>>,
+    failing: AtomicBool,
 }
 
 impl OnRuntime {
@@ -156,6 +160,18 @@ impl OnRuntime {
         Self {
             runtime,
             client: Client::builder(TokioExecutor::new()).build_http(),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    fn note(&self, failure: Option<String>) {
+        let was_failing = self.failing.swap(failure.is_some(), Ordering::Relaxed);
+        match failure {
+            Some(error) if !was_failing => {
+                tracing::warn!(%error, "trace collector unreachable; spans are dropped until it answers");
+            }
+            None if was_failing => tracing::info!("trace collector reachable again"),
+            _ => {}
         }
     }
 }
@@ -171,6 +187,12 @@ impl HttpClient for OnRuntime {
             let body = body.collect().await?.to_bytes();
             Ok::<_, HttpError>(Response::from_parts(parts, body))
         });
-        exchange.await?
+        let answer = exchange.await.map_err(HttpError::from).and_then(|a| a);
+        self.note(match &answer {
+            Ok(a) if a.status().is_success() => None,
+            Ok(a) => Some(format!("HTTP {}", a.status())),
+            Err(e) => Some(e.to_string()),
+        });
+        answer
     }
 }

@@ -180,3 +180,33 @@ async fn traces_are_off_by_default() {
     herald.logs_at_exit();
     assert!(receiver.bodies().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_is_logged_once_and_sending_goes_on() {
+    // A port nothing listens on.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::new(Backend::Sqlite).await.unwrap();
+    let sim = Sim::start(0.0, Duration::ZERO).await;
+    let config = format!(
+        "{}\n[telemetry]\notlp_endpoint = \"http://{closed}\"\n",
+        sim.herald_config(&store.url, "")
+    );
+    // Batches every 20 ms, so several exports fail during the test.
+    let mut herald = Herald::start_with_env(
+        dir.path(),
+        &config,
+        "all",
+        &[("OTEL_BSP_SCHEDULE_DELAY", "20")],
+    );
+    for _ in 0..3 {
+        send_and_deliver(&herald).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = herald.logs_at_exit();
+    let said = logs.matches("trace collector unreachable").count();
+    assert_eq!(said, 1, "{logs}");
+}
