@@ -27,5 +27,6 @@ pub mod provider;
 pub mod resilience;
 pub mod secret;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod webhook;

@@ -10,6 +10,7 @@ use herald::cli::{Command as ServerCommand, ServeArgs};
 use herald::config::ProvidersConfig;
 use herald::domain::Channel;
 use herald::logging::{LogConfig, LogFormat};
+use herald::telemetry::{TelemetryConfig, Traces};
 use herald_bench::BenchArgs;
 use herald_sim::{self as simulator, MockArgs};
 use tracing_subscriber::filter::Targets;
@@ -138,13 +139,16 @@ async fn server(command: ServerCommand) -> anyhow::Result<()> {
         ServerCommand::Serve(args) => {
             ignore_hangup_until_serving();
             let config = args.load().context("invalid configuration")?;
-            init_logging_batched(&config.log)?;
+            let traces = init_logging_batched(&config.log, &config.telemetry)?;
             app::refuse_exposure_without_keys(&config)?;
             let (listener, addr) = app::bind(config.listen)
                 .await
                 .with_context(|| format!("could not listen on {}", config.listen))?;
             let announce = announcement(addr, &config);
-            app::launch(config, args.source(), listener, shutdown_signal(), announce).await?;
+            let served =
+                app::launch(config, args.source(), listener, shutdown_signal(), announce).await;
+            end_traces(traces).await;
+            served?;
         }
         ServerCommand::Migrate(args) => {
             let config = args.load().context("invalid configuration")?;
@@ -169,7 +173,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     // The demo's lines to try (curl, the dashboard) are plain http://.
     config.http.tls_cert_file = None;
     config.http.tls_key_file = None;
-    init_logging_batched(&config.log)?;
+    let traces = init_logging_batched(&config.log, &config.telemetry)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let sim = simulator::Simulator::start(args.mock.simulator_config(), tx)
         .await
@@ -207,7 +211,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
              each successful send is printed below as a JSON line; Ctrl-C stops.\n"
         );
     };
-    app::launch(config, None, listener, shutdown_signal(), ready).await?;
+    let served = app::launch(config, None, listener, shutdown_signal(), ready).await;
+    end_traces(traces).await;
+    served?;
     sim.shutdown().await;
     printer.await??;
     Ok(())
@@ -333,22 +339,34 @@ fn announcement(
 
 /// Logs go to stderr, as text or JSON; `RUST_LOG` wins over `log.level`.
 fn init_logging(log: &LogConfig) -> anyhow::Result<()> {
-    init_logging_to(log, std::io::stderr)
+    init_logging_to(log, None, std::io::stderr)
 }
 
 /// The same, for a server: its lines are written to stderr in batches, a
 /// few writes a second however many lines (`herald::logging::batched_stderr`).
-fn init_logging_batched(log: &LogConfig) -> anyhow::Result<()> {
-    init_logging_to(log, herald::logging::batched_stderr)?;
+/// With traces, when `[telemetry]` names a collector.
+fn init_logging_batched(
+    log: &LogConfig,
+    telemetry: &TelemetryConfig,
+) -> anyhow::Result<Option<Traces>> {
+    let traces = Traces::start(telemetry).context("invalid [telemetry]")?;
+    init_logging_to(log, traces.as_ref(), herald::logging::batched_stderr)?;
     let panic_message = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         herald::logging::flush();
         panic_message(info);
     }));
-    Ok(())
+    Ok(traces)
 }
 
-fn init_logging_to<W>(log: &LogConfig, writer: W) -> anyhow::Result<()>
+/// Sends the spans still queued, off the runtime's threads (it blocks).
+async fn end_traces(traces: Option<Traces>) {
+    if let Some(traces) = traces {
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
+}
+
+fn init_logging_to<W>(log: &LogConfig, traces: Option<&Traces>, writer: W) -> anyhow::Result<()>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -371,6 +389,7 @@ where
             .boxed(),
     };
     tracing_subscriber::registry()
+        .with(traces.map(Traces::layer))
         .with(layer)
         .with(filter)
         .init();

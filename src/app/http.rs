@@ -298,6 +298,7 @@ async fn observed(limit: Duration, request: Request, next: Next) -> Response {
     let id = request_id(&request);
     let route = route(&request);
     let span = tracing::info_span!("request", request_id = %id);
+    crate::telemetry::continue_trace(&span, request.headers());
     let mut response = within(limit, request, next).instrument(span).await;
     crate::metrics::metrics().http_request(&route, response.status().as_u16());
     if let Ok(value) = HeaderValue::from_str(&id) {
