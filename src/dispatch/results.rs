@@ -120,7 +120,7 @@ async fn write(store: &dyn Store, held: &Held, clock: &dyn Clock, batch: &mut Ve
 /// A written round that ended its notification counts once, by outcome.
 fn count_outcome(finished: &Finished) {
     let outcome = match &finished.report.completion {
-        Completion::Delivered { .. } => "delivered",
+        Completion::Sent { .. } => "sent",
         Completion::Failed { .. } => "failed",
         Completion::Expired { .. } => "expired",
         Completion::Dead { .. } => "dead",

@@ -215,13 +215,10 @@ pub struct Claimed {
 /// How a round ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completion {
-    Delivered {
-        provider: String,
-    },
+    /// A provider accepted it: the notification is `sent`.
+    Sent { provider: String },
     /// A provider refused the message for good.
-    Failed {
-        error: String,
-    },
+    Failed { error: String },
     /// Try again at `at`; `counted` is false when no provider could even be
     /// tried (all paused or open), which does not use up a round.
     Retry {
@@ -230,13 +227,9 @@ pub enum Completion {
         error: Option<String>,
     },
     /// Out of rounds or past its age.
-    Dead {
-        error: String,
-    },
+    Dead { error: String },
     /// Past the client's deadline before a provider took it.
-    Expired {
-        error: String,
-    },
+    Expired { error: String },
     /// Given back unfinished (shutdown): ready again at once.
     Released,
 }
@@ -246,7 +239,7 @@ impl Completion {
     pub fn ends(&self) -> bool {
         matches!(
             self,
-            Completion::Delivered { .. }
+            Completion::Sent { .. }
                 | Completion::Failed { .. }
                 | Completion::Dead { .. }
                 | Completion::Expired { .. }
@@ -732,12 +725,10 @@ pub(crate) fn completion_columns(r: &RoundReport) -> CompletionColumns<'_> {
             | Completion::Dead { .. }
             | Completion::Expired { .. }
             | Completion::Failed { .. }
-            | Completion::Delivered { .. }
+            | Completion::Sent { .. }
     ) && !r.attempts.is_empty();
     let (status, due_at, provider, error) = match &r.completion {
-        Completion::Delivered { provider } => {
-            (Some("delivered"), None, Some(provider.as_str()), None)
-        }
+        Completion::Sent { provider } => (Some("sent"), None, Some(provider.as_str()), None),
         Completion::Failed { error } => (Some("failed"), None, None, Some(error.as_str())),
         Completion::Dead { error } => (Some("dead"), None, None, Some(error.as_str())),
         Completion::Expired { error } => (Some("expired"), None, None, Some(error.as_str())),

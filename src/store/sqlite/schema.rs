@@ -179,6 +179,20 @@ DROP INDEX notifications_claim;
 CREATE INDEX notifications_claim ON notifications (priority, due_at) WHERE due_at IS NOT NULL;
 ",
     ),
+    (
+        12,
+        // Honest statuses: what a provider accepted was called `delivered`;
+        // it is `sent`, and `delivered` is left for a provider's receipt.
+        // The outbox's events of those ends are renamed with them, payload
+        // and all, so a pending one goes out under the new name.
+        "
+UPDATE notifications SET status = 'sent' WHERE status = 'delivered';
+UPDATE webhook_deliveries
+   SET event = 'notification.sent',
+       payload = json_set(payload, '$.type', 'notification.sent', '$.data.status', 'sent')
+ WHERE event = 'notification.delivered';
+",
+    ),
 ];
 
 /// The version a database has once every migration is applied.
