@@ -169,7 +169,7 @@ impl Serialize for UnixMillis {
 /// what is not sent by the client's own deadline ends `expired`, never sent
 /// late. After `sent`, a provider's receipt may say `delivered` (it reached
 /// the handset or mailbox), `undelivered` (SMS) or `bounced` (email): it
-/// did not, for good. Statuses only move forward ([`Status::may_move_to`]).
+/// did not, for good. Statuses only move forward (`Status::may_move_to`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
