@@ -191,7 +191,7 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
-    /// Delivered notifications (and their attempts) older than this are
+    /// Sent and delivered notifications (and their attempts) older than this are
     /// deleted; 0 keeps them forever. Dead and failed ones are always kept.
     pub delivered_max_age_secs: u64,
     /// How often instances that deliver look for rows to purge.
@@ -1320,7 +1320,7 @@ mod tests {
             let cases = [
                 // Not whsec_: the value must not show in the error.
                 "[[webhooks]]\nurl = \"https://h.example.com\"\nsecret = \"hunter2-hunter2-hunter2-hunter2\"\n",
-                "[[webhooks]]\nurl = \"https://h.example.com\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nevents = [\"notification.sent\"]\n",
+                "[[webhooks]]\nurl = \"https://h.example.com\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nevents = [\"notification.accepted\"]\n",
                 "[[webhooks]]\nurl = \"https://h.example.com\"\nsecret = \"${UNSET_WEBHOOK_SECRET}\"\n",
                 "[[webhooks]]\nurl = \"https://h.example.com\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nsecrets = 1\n",
                 "[[webhooks]]\nurl = \"https://h.example.com\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n[[webhooks]]\nurl = \"https://h.example.com\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",

@@ -83,7 +83,7 @@ impl Metrics {
         let notifications = Family::<Labels2, Counter>::default();
         registry.register(
             "notifications",
-            "Notifications by channel and outcome (accepted, delivered, failed, dead, expired)",
+            "Notifications by channel and outcome (accepted; sent: a provider accepted it; failed, dead, expired; delivered, undelivered, bounced: by a receipt)",
             notifications.clone(),
         );
         let attempts = Family::<Labels2, Counter>::default();
@@ -285,7 +285,8 @@ impl Metrics {
         self.notification(channel, "accepted");
     }
 
-    /// `outcome`: accepted, delivered, failed, dead, expired.
+    /// `outcome`: accepted, sent, failed, dead, expired (and, from receipts,
+    /// delivered, undelivered, bounced).
     pub fn notification(&self, channel: &str, outcome: &str) {
         self.notifications
             .get_or_create(&[
@@ -445,9 +446,9 @@ mod tests {
         m.store_commit(Duration::from_millis(1), 12);
         m.hedge("won_by_hedge");
         m.notification("email", "accepted");
-        m.notification("sms", "delivered");
+        m.notification("sms", "sent");
         assert_eq!(m.notifications_total("accepted"), 2);
-        assert_eq!(m.notifications_total("delivered"), 1);
+        assert_eq!(m.notifications_total("sent"), 1);
         assert_eq!(m.notifications_total("dead"), 0);
         assert_eq!((m.backlog_of("queued"), m.backlog_of("sending")), (7, 0));
         m.webhook_delivery("retried");

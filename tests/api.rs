@@ -249,7 +249,7 @@ async fn accepted_notifications_are_stored_and_readable(backend: Backend) {
     let rec = rec.body;
     assert_eq!(rec["id"], id.as_str());
     assert_eq!(rec["channel"], "sms");
-    assert_eq!(rec["status"], "delivered");
+    assert_eq!(rec["status"], "sent");
     assert_eq!(
         rec["message"],
         json!({"phone": "01712345678", "text": "hello"})
@@ -439,7 +439,7 @@ async fn dead_letters_can_be_listed_and_replayed(backend: Backend) {
         6,
         "tried again: {rec}"
     );
-    let delivered_id = c.get("/v1/notifications?status=delivered").await.body;
+    let delivered_id = c.get("/v1/notifications?status=sent").await.body;
     assert_eq!(delivered_id["items"].as_array().unwrap().len(), 0);
     assert_problem(
         &c.post(
@@ -509,7 +509,7 @@ async fn scheduled_notifications_wait_and_can_be_canceled(backend: Backend) {
     assert!(c.wait_until_settled(Duration::from_secs(20)).await);
     let stats = c.stats().await;
     assert_eq!(stats["canceled"], 1);
-    assert_eq!(stats["delivered"], 1);
+    assert_eq!(stats["sent"], 1);
 }
 
 async fn idempotency_keys_answer_retries_with_the_first_answer(backend: Backend) {
@@ -548,7 +548,7 @@ async fn idempotency_keys_answer_retries_with_the_first_answer(backend: Backend)
     }
     assert_eq!(ids.len(), 1);
     assert!(c.wait_until_settled(Duration::from_secs(20)).await);
-    assert_eq!(c.stats().await["delivered"], 2);
+    assert_eq!(c.stats().await["sent"], 2);
 }
 
 async fn batches_store_every_valid_item_and_name_the_bad_ones(backend: Backend) {
@@ -617,7 +617,7 @@ async fn batches_store_every_valid_item_and_name_the_bad_ones(backend: Backend) 
     assert_eq!(bulk.status, 202, "{}", bulk.body);
     assert_eq!(bulk.body["results"].as_array().unwrap().len(), 100);
     assert!(c.wait_until_settled(Duration::from_secs(30)).await);
-    assert_eq!(c.stats().await["delivered"], 102);
+    assert_eq!(c.stats().await["sent"], 102);
     // Listed in the batch's order, though accepted in one millisecond.
     let bulk_ids: Vec<&Value> = bulk.body["results"]
         .as_array()
@@ -649,14 +649,13 @@ async fn batches_store_every_valid_item_and_name_the_bad_ones(backend: Backend) 
     let rec = c.get(&format!("/v1/notifications/{id}")).await.body;
     assert_eq!(rec["metadata"], json!({"campaign": "autumn"}));
     let mut seen = 0;
-    let mut path = "/v1/notifications?status=delivered&channel=sms&limit=40".to_owned();
+    let mut path = "/v1/notifications?status=sent&channel=sms&limit=40".to_owned();
     for _ in 0..10 {
         let page = c.get(&path).await.body;
         seen += page["items"].as_array().unwrap().len();
         match page["next"].as_str() {
             Some(next) => {
-                path =
-                    format!("/v1/notifications?status=delivered&channel=sms&limit=40&cursor={next}")
+                path = format!("/v1/notifications?status=sent&channel=sms&limit=40&cursor={next}")
             }
             None => break,
         }

@@ -58,7 +58,7 @@ async fn kill_9_then_restart_loses_nothing(backend: Backend) {
         "{:?}",
         client.stats().await
     );
-    assert_eq!(client.stats().await["delivered"], 2000);
+    assert_eq!(client.stats().await["sent"], 2000);
 
     let counts = sim.counts_by_key();
     let missing = (0..2000)
@@ -104,10 +104,10 @@ async fn sigterm_under_load_drains_and_exits_cleanly(backend: Backend) {
     let counts = sim.counts_by_key();
     for id in &accepted {
         let rec = client.get(&format!("/v1/notifications/{id}")).await.body;
-        assert_eq!(rec["status"], "delivered", "{rec}");
+        assert_eq!(rec["status"], "sent", "{rec}");
         assert!(counts.contains_key(rec["message"]["subject"].as_str().unwrap()));
     }
-    assert_eq!(client.stats().await["delivered"], accepted.len() as u64);
+    assert_eq!(client.stats().await["sent"], accepted.len() as u64);
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
     assert_eq!(duplicates, 0, "a clean drain sends nothing twice");
 }
@@ -202,7 +202,7 @@ async fn kill_storm_with_retrying_clients_stores_each_notification_once(backend:
     assert!(retries > 0, "the kills cut some answers short");
     // Not one notification more than the clients meant to send.
     assert_eq!(stored, COUNT as u64, "{stats:?}");
-    assert_eq!(stats["delivered"], COUNT as u64);
+    assert_eq!(stats["sent"], COUNT as u64);
     for i in 0..COUNT {
         assert!(
             counts.contains_key(&format!("storm-{i}")),

@@ -79,7 +79,7 @@ async fn every_valid_notification_is_delivered_exactly_once(backend: Backend) {
         client.stats().await
     );
     let stats = client.stats().await;
-    assert_eq!(stats["delivered"], 2000, "{stats:?}");
+    assert_eq!(stats["sent"], 2000, "{stats:?}");
 
     let counts = sim.counts_by_key();
     for i in 0..1000 {
@@ -93,7 +93,7 @@ async fn every_valid_notification_is_delivered_exactly_once(backend: Backend) {
         .get(&format!("/v1/notifications/{}", sms[0]))
         .await
         .body;
-    assert_eq!(rec["status"], "delivered");
+    assert_eq!(rec["status"], "sent");
     let attempts = rec["attempts"].as_array().unwrap();
     let last = attempts.last().unwrap();
     assert_eq!(last["outcome"], "delivered");
@@ -165,7 +165,7 @@ async fn a_stopped_provider_is_routed_around_then_probed_back(backend: Backend) 
     let during = send_many(&client, Channel::Sms, "during", 300, 8).await;
     assert!(client.wait_until_settled(Duration::from_secs(60)).await);
     assert_eq!(
-        client.stats().await["delivered"],
+        client.stats().await["sent"],
         (before.len() + during.len()) as u64
     );
     assert_ne!(
@@ -178,7 +178,7 @@ async fn a_stopped_provider_is_routed_around_then_probed_back(backend: Backend) 
     let mut tried_dead = 0;
     for id in &during {
         let rec = client.get(&format!("/v1/notifications/{id}")).await.body;
-        assert_eq!(rec["status"], "delivered");
+        assert_eq!(rec["status"], "sent");
         for a in rec["attempts"].as_array().unwrap() {
             if a["provider"] == "sms-provider1" {
                 assert!(
@@ -235,7 +235,7 @@ async fn with_every_provider_down_notifications_wait_and_then_go_out(backend: Ba
     assert_eq!(ids.len(), 20, "accepted while every provider is down");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let stats = client.stats().await;
-    assert_eq!(stats.get("delivered").copied().unwrap_or(0), 0);
+    assert_eq!(stats.get("sent").copied().unwrap_or(0), 0);
     assert_eq!(sim.delivered_count(), 0);
     let waiting = client
         .get(&format!("/v1/notifications/{}", ids[0]))
@@ -250,7 +250,7 @@ async fn with_every_provider_down_notifications_wait_and_then_go_out(backend: Ba
         sim.sim.start_provider(Channel::Email, n).await.unwrap();
     }
     assert!(client.wait_until_settled(Duration::from_secs(60)).await);
-    assert_eq!(client.stats().await["delivered"], 20);
+    assert_eq!(client.stats().await["sent"], 20);
     assert_eq!(sim.delivered_count(), 20);
     // At least one of them shows the outage, then the delivery, in its history.
     let mut saw_outage = false;
@@ -404,7 +404,7 @@ timeout_ms = 1000
 
     for (i, id) in ordinary.iter().enumerate() {
         let record = client.get(&format!("/v1/notifications/{id}")).await;
-        assert_eq!(record.body["status"], "delivered", "{}", record.body);
+        assert_eq!(record.body["status"], "sent", "{}", record.body);
         assert_eq!(record.body["attempts"].as_array().unwrap().len(), 1);
         assert_eq!(sent(&format!("ordinary {i}\"")), 1);
     }

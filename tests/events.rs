@@ -141,7 +141,7 @@ async fn the_event_stream_pushes_snapshots_until_revoked_or_shut_down(backend: B
     let mut snapshots = 1;
     let mut last = first;
     let until = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < until && (snapshots < 6 || last["totals"]["delivered"] != 20) {
+    while Instant::now() < until && (snapshots < 6 || last["totals"]["sent"] != 20) {
         last = stream
             .next(Duration::from_secs(10))
             .await
@@ -153,7 +153,7 @@ async fn the_event_stream_pushes_snapshots_until_revoked_or_shut_down(backend: B
         }
     }
     assert!(snapshots >= 6, "{snapshots} snapshots");
-    assert_eq!(last["totals"]["delivered"], 20, "{last}");
+    assert_eq!(last["totals"]["sent"], 20, "{last}");
     assert!(accepted_seen > 0.0, "the samples counted the accepts");
     for status in ["scheduled", "queued", "retrying", "sending"] {
         assert!(a_sample["backlog"][status].is_u64(), "{a_sample}");

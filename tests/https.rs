@@ -92,7 +92,7 @@ async fn herald_delivers_through_an_https_provider() {
             accepted.body["id"].as_str().unwrap()
         ))
         .await;
-    assert_eq!(record.body["status"], "delivered", "{}", record.body);
+    assert_eq!(record.body["status"], "sent", "{}", record.body);
     assert_eq!(record.body["delivered_by"], "email-tls");
     let bodies = fixture.bodies();
     assert_eq!(bodies.len(), 1);

@@ -92,7 +92,10 @@ async fn the_log_holds_ids_and_no_personal_data() {
         assert!(attempt["fields"]["provider"].is_string());
         assert!(attempt["fields"]["outcome"].is_string());
         assert!(attempt["fields"]["ms"].is_u64());
-        assert!(event(id, "delivered").is_some(), "delivery is logged");
+        assert!(
+            event(id, "sent").is_some(),
+            "the provider's acceptance is logged"
+        );
     }
 }
 

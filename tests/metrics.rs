@@ -70,7 +70,7 @@ async fn metrics_count_the_work_done(backend: Backend) {
         let text = scrape(&client).await;
         let delivered = value(
             &text,
-            r#"herald_notifications_total{channel="sms",outcome="delivered"}"#,
+            r#"herald_notifications_total{channel="sms",outcome="sent"}"#,
         );
         if delivered == Some(6.0) || Instant::now() > until {
             break text;
@@ -83,7 +83,7 @@ async fn metrics_count_the_work_done(backend: Backend) {
             6.0,
         ),
         (
-            r#"herald_notifications_total{channel="sms",outcome="delivered"}"#,
+            r#"herald_notifications_total{channel="sms",outcome="sent"}"#,
             6.0,
         ),
         (
@@ -91,7 +91,7 @@ async fn metrics_count_the_work_done(backend: Backend) {
             3.0,
         ),
         (
-            r#"herald_notifications_total{channel="email",outcome="delivered"}"#,
+            r#"herald_notifications_total{channel="email",outcome="sent"}"#,
             3.0,
         ),
         (

@@ -260,7 +260,7 @@ async fn the_image_builds_and_its_binary_serves_and_delivers() {
     loop {
         let got = client.get(&format!("/v1/notifications/{id}")).await;
         assert_eq!(got.status, 200, "{:?}", got.body);
-        if got.body["status"] == "delivered" {
+        if got.body["status"] == "sent" {
             break;
         }
         assert!(Instant::now() < until, "not delivered: {}", got.body);

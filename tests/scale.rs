@@ -34,7 +34,7 @@ async fn settle(clients: &[Arc<Client>], accepted: usize, limit: Duration) {
         "{:?}",
         clients[0].stats().await
     );
-    assert_eq!(clients[1].stats().await["delivered"], accepted as u64);
+    assert_eq!(clients[1].stats().await["sent"], accepted as u64);
 }
 
 /// Each key was sent exactly once, and nothing else was sent.

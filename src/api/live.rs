@@ -40,7 +40,8 @@ pub struct Reading {
     pub at: UnixMillis,
     /// Totals since the process started.
     pub accepted: u64,
-    pub delivered: u64,
+    /// Accepted by a provider.
+    pub sent: u64,
     pub backlog: Backlog,
 }
 
@@ -53,8 +54,8 @@ pub struct Sample {
     pub t: i64,
     /// Accepted per second.
     pub accepted: f64,
-    /// Delivered per second.
-    pub delivered: f64,
+    /// Sent (accepted by a provider) per second.
+    pub sent: f64,
     pub backlog: Backlog,
 }
 
@@ -104,7 +105,7 @@ impl History {
         self.samples.push_back(Sample {
             t,
             accepted: rate(reading.accepted, last.accepted),
-            delivered: rate(reading.delivered, last.delivered),
+            sent: rate(reading.sent, last.sent),
             backlog: reading.backlog,
         });
     }
@@ -144,7 +145,16 @@ pub struct Live {
 }
 
 /// Outcomes whose totals a snapshot carries.
-const OUTCOMES: [&str; 5] = ["accepted", "delivered", "failed", "dead", "expired"];
+const OUTCOMES: [&str; 8] = [
+    "accepted",
+    "sent",
+    "delivered",
+    "undelivered",
+    "bounced",
+    "failed",
+    "dead",
+    "expired",
+];
 
 /// What one `snapshot` event of `GET /v1/events` carries, as one line of
 /// JSON in its `data`.
@@ -225,7 +235,7 @@ impl Live {
         let reading = Reading {
             at: UnixMillis::now(),
             accepted: m.notifications_total("accepted"),
-            delivered: m.notifications_total("delivered"),
+            sent: m.notifications_total("sent"),
             backlog: Backlog {
                 scheduled: m.backlog_of("scheduled"),
                 queued: m.backlog_of("queued"),
@@ -282,11 +292,11 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 mod tests {
     use super::*;
 
-    fn reading(at: i64, accepted: u64, delivered: u64, queued: u64) -> Reading {
+    fn reading(at: i64, accepted: u64, sent: u64, queued: u64) -> Reading {
         Reading {
             at: UnixMillis(at),
             accepted,
-            delivered,
+            sent,
             backlog: Backlog {
                 queued,
                 ..Backlog::default()
@@ -304,9 +314,9 @@ mod tests {
         h.record(reading(3_500, 160, 70, 9));
         let s = h.since(None);
         assert_eq!(s.len(), 2);
-        assert_eq!((s[0].t, s[0].accepted, s[0].delivered), (2_000, 30.0, 20.0));
+        assert_eq!((s[0].t, s[0].accepted, s[0].sent), (2_000, 30.0, 20.0));
         assert_eq!(s[0].backlog.queued, 4);
-        assert_eq!((s[1].accepted, s[1].delivered), (20.0, 0.0));
+        assert_eq!((s[1].accepted, s[1].sent), (20.0, 0.0));
         // A clock that stepped back counts as one interval, and the
         // sample still comes after the one before.
         h.record(reading(3_000, 170, 71, 9));

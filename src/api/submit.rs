@@ -95,7 +95,7 @@ pub struct Receipt {
 
 // What the accepting routes' answers mean, for the document (which adds
 // their 400, 409, 413 and 415: api/openapi.rs).
-pub(super) const ACCEPTED: &str = "Stored (committed to disk or database): it will be delivered, \
+pub(super) const ACCEPTED: &str = "Stored (committed to disk or database): it will be sent, \
     or end `failed`, `dead` or `expired`. A repeated Idempotency-Key gets the first answer again.";
 pub(super) const INVALID: &str = "Failed validation: `errors` names every bad field";
 

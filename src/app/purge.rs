@@ -1,4 +1,4 @@
-//! The retention purge: delivered notifications and webhook deliveries
+//! The retention purge: sent and delivered notifications and webhook deliveries
 //! past their age and idempotency keys past their lifetime are deleted.
 
 use std::sync::Arc;
@@ -39,7 +39,7 @@ where
     }
 }
 
-/// Deletes delivered notifications and webhook deliveries older than
+/// Deletes sent and delivered notifications and webhook deliveries older than
 /// `max_age` (unless it is zero) and idempotency keys older than `key_ttl`,
 /// every `interval`, in batches so that no transaction grows large.
 pub(super) async fn run(
@@ -71,7 +71,7 @@ pub(super) async fn run(
             continue;
         }
         let before = UnixMillis(now.0 - i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
-        in_batches(&stop, "delivered notifications", |limit| {
+        in_batches(&stop, "sent and delivered notifications", |limit| {
             store.purge(before, limit)
         })
         .await;

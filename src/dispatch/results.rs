@@ -189,7 +189,7 @@ fn written(finished: &Finished, result: Result<(), crate::store::LeaseLost>, ret
 /// A written round that ended its notification counts once, by outcome.
 fn count_outcome(finished: &Finished) {
     let outcome = match &finished.report.completion {
-        Completion::Delivered { .. } => "delivered",
+        Completion::Sent { .. } => "sent",
         Completion::Failed { .. } => "failed",
         Completion::Expired { .. } => "expired",
         Completion::Dead { .. } => "dead",

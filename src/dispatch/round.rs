@@ -91,7 +91,7 @@ pub async fn run_round(
     let completion = loop {
         if flights.is_empty() {
             if let Some((provider, _)) = &delivered {
-                break Completion::Delivered {
+                break Completion::Sent {
                     provider: provider.clone(),
                 };
             }
@@ -525,7 +525,7 @@ mod tests {
             let r = run_round(&pool, &policy(), &clock, &n).await;
             assert_eq!(
                 r.completion,
-                Completion::Delivered {
+                Completion::Sent {
                     provider: "well".into()
                 }
             );
@@ -570,7 +570,7 @@ mod tests {
         let pool = pool(&[Arc::clone(&broke), well], lenient_breaker());
         for _ in 0..40 {
             let r = run_round(&pool, &policy(), &clock, &claimed(&clock, "01712345678")).await;
-            assert!(matches!(r.completion, Completion::Delivered { .. }));
+            assert!(matches!(r.completion, Completion::Sent { .. }));
         }
         // Three faults in a row (lenient_breaker) open it: credentials do
         // not heal by themselves, unlike a coin-flip 500.
@@ -605,7 +605,7 @@ mod tests {
 
         tokio::time::advance(Duration::from_secs(5)).await;
         let r = run_round(&pool, &policy(), &clock, &n).await;
-        assert!(matches!(r.completion, Completion::Delivered { .. }));
+        assert!(matches!(r.completion, Completion::Sent { .. }));
         assert_eq!(only.sent().len(), 2);
     }
 
@@ -733,7 +733,7 @@ mod tests {
         assert_eq!(limited.sent().len(), 2);
         let delivered = [&a, &b, &c]
             .iter()
-            .filter(|r| matches!(r.completion, Completion::Delivered { .. }))
+            .filter(|r| matches!(r.completion, Completion::Sent { .. }))
             .count();
         assert_eq!(delivered, 2);
         let passed = [a, b, c]
@@ -789,7 +789,7 @@ mod tests {
             let r = run_round(&pool, &policy, &clock, &asked(&clock)).await;
             assert_eq!(
                 r.completion,
-                Completion::Delivered {
+                Completion::Sent {
                     provider: "fast".into()
                 }
             );
@@ -832,7 +832,7 @@ mod tests {
         for _ in 0..30 {
             let r = run_round(&pool, &policy, &clock, &asked(&clock)).await;
             // A hedge's loser never makes the round a failure.
-            assert!(matches!(r.completion, Completion::Delivered { .. }));
+            assert!(matches!(r.completion, Completion::Sent { .. }));
             if let [_, loser] = r.attempts.as_slice() {
                 assert_eq!(loser.provider, "slow");
                 assert_eq!(loser.outcome, AttemptOutcome::Transient);

@@ -162,11 +162,14 @@ impl Serialize for UnixMillis {
     }
 }
 
-/// The life cycle: (`scheduled` →) `queued` → `sending` → `delivered`, or
-/// → `retrying` → `sending` … → `dead` once retries are exhausted, or →
-/// `failed` when a provider refuses the message for good. A client may
-/// cancel what has not started sending (`canceled`); what is not delivered
-/// by the client's own deadline ends `expired`, never sent late.
+/// The life cycle: (`scheduled` →) `queued` → `sending` → `sent` (a
+/// provider accepted it), or → `retrying` → `sending` … → `dead` once
+/// retries are exhausted, or → `failed` when a provider refuses the message
+/// for good. A client may cancel what has not started sending (`canceled`);
+/// what is not sent by the client's own deadline ends `expired`, never sent
+/// late. After `sent`, a provider's receipt may say `delivered` (it reached
+/// the handset or mailbox), `undelivered` (SMS) or `bounced` (email): it
+/// did not, for good. Statuses only move forward (`Status::may_move_to`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -174,7 +177,14 @@ pub enum Status {
     Queued,
     Sending,
     Retrying,
+    /// A provider accepted it; final for providers that send no receipts.
+    Sent,
+    /// A receipt confirmed it reached the handset or mailbox.
     Delivered,
+    /// A receipt said the SMS did not reach the handset, for good.
+    Undelivered,
+    /// A receipt said the email bounced, for good.
+    Bounced,
     Failed,
     Dead,
     Canceled,
@@ -182,12 +192,15 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 9] = [
+    pub const ALL: [Status; 12] = [
         Status::Scheduled,
         Status::Queued,
         Status::Sending,
         Status::Retrying,
+        Status::Sent,
         Status::Delivered,
+        Status::Undelivered,
+        Status::Bounced,
         Status::Failed,
         Status::Dead,
         Status::Canceled,
@@ -200,7 +213,10 @@ impl Status {
             Status::Queued => "queued",
             Status::Sending => "sending",
             Status::Retrying => "retrying",
+            Status::Sent => "sent",
             Status::Delivered => "delivered",
+            Status::Undelivered => "undelivered",
+            Status::Bounced => "bounced",
             Status::Failed => "failed",
             Status::Dead => "dead",
             Status::Canceled => "canceled",
@@ -212,10 +228,19 @@ impl Status {
         Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
+    /// No more rounds: a provider accepted it, refused it, or Herald gave
+    /// up. A `sent` one may still learn its receipt ([`Status::may_move_to`]).
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            Status::Delivered | Status::Failed | Status::Dead | Status::Canceled | Status::Expired
+            Status::Sent
+                | Status::Delivered
+                | Status::Undelivered
+                | Status::Bounced
+                | Status::Failed
+                | Status::Dead
+                | Status::Canceled
+                | Status::Expired
         )
     }
 
@@ -223,6 +248,25 @@ impl Status {
     /// still take it back.
     pub fn is_cancelable(self) -> bool {
         matches!(self, Status::Scheduled | Status::Queued | Status::Retrying)
+    }
+
+    /// Whether a notification in `self` may move to `next`. Statuses only
+    /// move forward, so a late or repeated receipt never takes one back
+    /// (`delivered` stays `delivered` when a `sent` receipt comes after
+    /// it) and the same status twice is no move. The one way back is a
+    /// replay: `dead` or `failed` queued again.
+    pub fn may_move_to(self, next: Status) -> bool {
+        use Status::*;
+        match self {
+            Scheduled => matches!(next, Queued | Sending | Canceled | Expired | Dead),
+            Queued => matches!(next, Sending | Canceled | Expired | Dead),
+            // A lapsed lease is claimed again: `sending` once more.
+            Sending => matches!(next, Sending | Retrying | Sent | Failed | Dead | Expired),
+            Retrying => matches!(next, Sending | Canceled | Expired | Dead),
+            Sent => matches!(next, Delivered | Undelivered | Bounced),
+            Failed | Dead => next == Queued,
+            Delivered | Undelivered | Bounced | Canceled | Expired => false,
+        }
     }
 }
 
@@ -414,6 +458,65 @@ pub struct Attempt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statuses_only_move_forward() {
+        use Status::*;
+        // Every move allowed, and nothing else.
+        let allowed: &[(Status, &[Status])] = &[
+            (Scheduled, &[Queued, Sending, Canceled, Expired, Dead]),
+            (Queued, &[Sending, Canceled, Expired, Dead]),
+            (Sending, &[Sending, Retrying, Sent, Failed, Dead, Expired]),
+            (Retrying, &[Sending, Canceled, Expired, Dead]),
+            (Sent, &[Delivered, Undelivered, Bounced]),
+            (Delivered, &[]),
+            (Undelivered, &[]),
+            (Bounced, &[]),
+            (Failed, &[Queued]),
+            (Dead, &[Queued]),
+            (Canceled, &[]),
+            (Expired, &[]),
+        ];
+        assert_eq!(allowed.len(), Status::ALL.len());
+        for from in Status::ALL {
+            let (_, to) = allowed.iter().find(|(f, _)| *f == from).unwrap();
+            for next in Status::ALL {
+                assert_eq!(
+                    from.may_move_to(next),
+                    to.contains(&next),
+                    "{from} -> {next}"
+                );
+            }
+        }
+        // What receipts rely on: a late `sent` never undoes a receipt, the
+        // same receipt twice is no move, a receipt never reopens one.
+        for receipt in [Delivered, Undelivered, Bounced] {
+            assert!(Sent.may_move_to(receipt));
+            assert!(!receipt.may_move_to(Sent));
+            assert!(!receipt.may_move_to(receipt));
+            assert!(receipt.is_final());
+            for other in Status::ALL {
+                assert!(!receipt.may_move_to(other), "{receipt} -> {other}");
+            }
+        }
+        assert!(!Sent.may_move_to(Sent));
+        // Nothing reaches a receipt's status except from `sent`.
+        for from in Status::ALL.into_iter().filter(|s| *s != Sent) {
+            for receipt in [Delivered, Undelivered, Bounced] {
+                assert!(!from.may_move_to(receipt), "{from} -> {receipt}");
+            }
+        }
+    }
+
+    #[test]
+    fn statuses_round_trip_by_name() {
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+        }
+        assert_eq!(Status::Sent.as_str(), "sent");
+        assert_eq!(Status::parse("accepted"), None);
+    }
 
     #[test]
     fn ids_round_trip_and_reject_garbage() {

@@ -16,8 +16,19 @@ use super::{Channel, NotificationId, Status, UnixMillis};
 /// What happened to a notification: one event per final transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub enum WebhookEvent {
+    /// A provider accepted it.
+    #[serde(rename = "notification.sent")]
+    Sent,
+    /// A receipt confirmed it reached the handset or mailbox (no receipt
+    /// sets it yet).
     #[serde(rename = "notification.delivered")]
     Delivered,
+    /// A receipt said the SMS did not arrive, for good.
+    #[serde(rename = "notification.undelivered")]
+    Undelivered,
+    /// A receipt said the email bounced, for good.
+    #[serde(rename = "notification.bounced")]
+    Bounced,
     #[serde(rename = "notification.failed")]
     Failed,
     #[serde(rename = "notification.dead")]
@@ -27,8 +38,11 @@ pub enum WebhookEvent {
 }
 
 impl WebhookEvent {
-    pub const ALL: [WebhookEvent; 4] = [
+    pub const ALL: [WebhookEvent; 7] = [
+        WebhookEvent::Sent,
         WebhookEvent::Delivered,
+        WebhookEvent::Undelivered,
+        WebhookEvent::Bounced,
         WebhookEvent::Failed,
         WebhookEvent::Dead,
         WebhookEvent::Expired,
@@ -36,7 +50,10 @@ impl WebhookEvent {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            WebhookEvent::Sent => "notification.sent",
             WebhookEvent::Delivered => "notification.delivered",
+            WebhookEvent::Undelivered => "notification.undelivered",
+            WebhookEvent::Bounced => "notification.bounced",
             WebhookEvent::Failed => "notification.failed",
             WebhookEvent::Dead => "notification.dead",
             WebhookEvent::Expired => "notification.expired",
@@ -52,7 +69,10 @@ impl WebhookEvent {
     /// caller asked for it).
     pub fn for_status(status: Status) -> Option<Self> {
         match status {
+            Status::Sent => Some(WebhookEvent::Sent),
             Status::Delivered => Some(WebhookEvent::Delivered),
+            Status::Undelivered => Some(WebhookEvent::Undelivered),
+            Status::Bounced => Some(WebhookEvent::Bounced),
             Status::Failed => Some(WebhookEvent::Failed),
             Status::Dead => Some(WebhookEvent::Dead),
             Status::Expired => Some(WebhookEvent::Expired),
@@ -143,7 +163,7 @@ pub struct EndedNotification {
     pub created_at: UnixMillis,
     /// When it ended.
     pub ended_at: UnixMillis,
-    /// Why it did not deliver (`None` once delivered).
+    /// Why it did not go out (`None` once sent or delivered).
     pub error: Option<String>,
     pub attempts: u32,
     pub last_attempt: Option<LastAttempt>,
@@ -170,7 +190,7 @@ impl EndedNotification {
                 "channel": self.channel,
                 "status": self.status,
                 "created_at": self.created_at,
-                "error": (self.status != Status::Delivered).then_some(self.error.as_deref()).flatten(),
+                "error": (!matches!(self.status, Status::Sent | Status::Delivered)).then_some(self.error.as_deref()).flatten(),
                 "attempts": {
                     "count": self.attempts,
                     "last_provider": last.map(|a| a.provider.as_str()),
@@ -196,7 +216,19 @@ mod tests {
             let quoted = serde_json::to_string(&e).unwrap();
             assert_eq!(quoted, format!("\"{}\"", e.as_str()));
         }
-        assert_eq!(WebhookEvent::parse("notification.sent"), None);
+        assert_eq!(WebhookEvent::parse("notification.accepted"), None);
+        assert_eq!(
+            WebhookEvent::for_status(Status::Sent),
+            Some(WebhookEvent::Sent)
+        );
+        assert_eq!(WebhookEvent::Sent.as_str(), "notification.sent");
+        for (status, event) in [
+            (Status::Delivered, "notification.delivered"),
+            (Status::Undelivered, "notification.undelivered"),
+            (Status::Bounced, "notification.bounced"),
+        ] {
+            assert_eq!(WebhookEvent::for_status(status).unwrap().as_str(), event);
+        }
         assert_eq!(
             WebhookEvent::for_status(Status::Expired),
             Some(WebhookEvent::Expired)
@@ -248,12 +280,14 @@ mod tests {
         assert_eq!(data["attempts"]["last_http_status"], 503);
         assert_eq!(data["metadata"]["order"], "4711");
 
-        let delivered = EndedNotification {
-            status: Status::Delivered,
+        let sent = EndedNotification {
+            status: Status::Sent,
             ..ended
         };
         let body: serde_json::Value =
-            serde_json::from_str(&delivered.payload(WebhookEvent::Delivered)).unwrap();
+            serde_json::from_str(&sent.payload(WebhookEvent::Sent)).unwrap();
         assert!(body["data"]["error"].is_null(), "{body}");
+        assert_eq!(body["type"], "notification.sent");
+        assert_eq!(body["data"]["status"], "sent");
     }
 }

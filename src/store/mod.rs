@@ -221,13 +221,10 @@ pub struct Claimed {
 /// How a round ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completion {
-    Delivered {
-        provider: String,
-    },
+    /// A provider accepted it: the notification is `sent`.
+    Sent { provider: String },
     /// A provider refused the message for good.
-    Failed {
-        error: String,
-    },
+    Failed { error: String },
     /// Try again at `at`; `counted` is false when no provider could even be
     /// tried (all paused or open), which does not use up a round.
     Retry {
@@ -236,13 +233,9 @@ pub enum Completion {
         error: Option<String>,
     },
     /// Out of rounds or past its age.
-    Dead {
-        error: String,
-    },
+    Dead { error: String },
     /// Past the client's deadline before a provider took it.
-    Expired {
-        error: String,
-    },
+    Expired { error: String },
     /// Given back unfinished (shutdown): ready again at once.
     Released,
 }
@@ -252,7 +245,7 @@ impl Completion {
     pub fn ends(&self) -> bool {
         matches!(
             self,
-            Completion::Delivered { .. }
+            Completion::Sent { .. }
                 | Completion::Failed { .. }
                 | Completion::Dead { .. }
                 | Completion::Expired { .. }
@@ -279,7 +272,7 @@ impl RoundReport {
     /// The report without any text from outside: every attempt keeps its
     /// provider, time, outcome and HTTP status but loses its error and
     /// message id, and the completion's error says [`STORE_FAULT`]. What the
-    /// round decided (delivered, failed, retry, dead) and whether it used
+    /// round decided (sent, failed, retry, dead) and whether it used
     /// up a round are kept, so the notification ends or retries as it
     /// would have, instead of its round being redone and its provider sent
     /// to again.
@@ -295,7 +288,7 @@ impl RoundReport {
             .collect();
         let fault = || STORE_FAULT.to_owned();
         let completion = match &self.completion {
-            Completion::Delivered { provider } => Completion::Delivered {
+            Completion::Sent { provider } => Completion::Sent {
                 provider: provider.clone(),
             },
             Completion::Failed { .. } => Completion::Failed { error: fault() },
@@ -835,12 +828,10 @@ pub(crate) fn completion_columns(r: &RoundReport) -> CompletionColumns<'_> {
             | Completion::Dead { .. }
             | Completion::Expired { .. }
             | Completion::Failed { .. }
-            | Completion::Delivered { .. }
+            | Completion::Sent { .. }
     ) && !r.attempts.is_empty();
     let (status, due_at, provider, error) = match &r.completion {
-        Completion::Delivered { provider } => {
-            (Some("delivered"), None, Some(provider.as_str()), None)
-        }
+        Completion::Sent { provider } => (Some("sent"), None, Some(provider.as_str()), None),
         Completion::Failed { error } => (Some("failed"), None, None, Some(error.as_str())),
         Completion::Dead { error } => (Some("dead"), None, None, Some(error.as_str())),
         Completion::Expired { error } => (Some("expired"), None, None, Some(error.as_str())),

@@ -334,9 +334,17 @@ mod tests {
         };
         assert_eq!(
             routes.routed_statuses(),
-            ["delivered", "failed", "dead", "expired"]
+            [
+                "sent",
+                "delivered",
+                "undelivered",
+                "bounced",
+                "failed",
+                "dead",
+                "expired"
+            ]
         );
-        let rows = routes.deliveries(&ended(Status::Delivered, Some("https://cb.example.com/x")));
+        let rows = routes.deliveries(&ended(Status::Sent, Some("https://cb.example.com/x")));
         let urls: Vec<_> = rows.iter().map(|r| (r.target, r.url.as_str())).collect();
         assert_eq!(
             urls,
@@ -358,7 +366,7 @@ mod tests {
         };
         assert_eq!(
             no_callbacks
-                .deliveries(&ended(Status::Delivered, Some("https://cb.example.com/x")))
+                .deliveries(&ended(Status::Sent, Some("https://cb.example.com/x")))
                 .len(),
             1
         );

@@ -538,7 +538,7 @@ mod tests {
         ClaimedWebhook {
             id: WebhookId::new_at(UnixMillis(1_000)),
             notification_id: NotificationId::new(),
-            event: WebhookEvent::Delivered,
+            event: WebhookEvent::Sent,
             target: WebhookTarget::Endpoint,
             url: "https://hooks.example.com/h".into(),
             payload: Bytes::from_static(b"{}"),

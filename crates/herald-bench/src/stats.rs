@@ -17,6 +17,8 @@ pub struct StatsSample {
     pub queued: u64,
     pub sending: u64,
     pub retrying: u64,
+    /// Gone out through a provider: `sent` (the provider accepted it), and
+    /// `delivered` or `undelivered`/`bounced` once a receipt said more.
     pub delivered: u64,
     pub failed: u64,
     pub dead: u64,
@@ -38,7 +40,7 @@ impl StatsSample {
             queued: n("queued"),
             sending: n("sending"),
             retrying: n("retrying"),
-            delivered: n("delivered"),
+            delivered: n("sent") + n("delivered") + n("undelivered") + n("bounced"),
             failed: n("failed"),
             dead: n("dead"),
         })
@@ -152,10 +154,14 @@ mod tests {
 
     #[test]
     fn parses_the_stats_answer() {
-        let body = br#"{"by_status":{"dead":1,"delivered":90,"failed":0,"queued":5,"retrying":3,"sending":2}}"#;
+        let body =
+            br#"{"by_status":{"dead":1,"sent":90,"failed":0,"queued":5,"retrying":3,"sending":2}}"#;
         let s = StatsSample::parse(body, 1500).unwrap();
         assert_eq!(s.backlog(), 10);
         assert_eq!((s.delivered, s.dead, s.t_ms), (90, 1, 1500));
+        // A receipt moves some on from sent: they went out all the same.
+        let body = br#"{"by_status":{"sent":80,"delivered":7,"undelivered":2,"bounced":1}}"#;
+        assert_eq!(StatsSample::parse(body, 0).unwrap().delivered, 90);
         assert_eq!(StatsSample::parse(b"{}", 0), None);
         assert_eq!(StatsSample::parse(b"<html>", 0), None);
     }

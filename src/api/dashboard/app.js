@@ -355,7 +355,7 @@ function chart(svg, legend, series, end, unit) {
 function renderCharts(end) {
   chart($("throughput"), $("throughput-legend"), [
     { name: "accepted", value: (s) => s.accepted },
-    { name: "delivered", value: (s) => s.delivered },
+    { name: "sent", value: (s) => s.sent },
   ], end, "/s");
   chart($("backlog"), $("backlog-legend"), ["queued", "retrying", "sending", "scheduled"].map((name) => ({
     name,
@@ -461,7 +461,7 @@ function record(n) {
     `priority ${n.priority}`,
     `created ${time(n.created_at)}`,
     `${n.rounds} round${n.rounds === 1 ? "" : "s"}`,
-    n.delivered_by ? `delivered by ${n.delivered_by}` : null,
+    n.delivered_by ? `sent by ${n.delivered_by}` : null,
   ].filter(Boolean);
   return el(
     "div",

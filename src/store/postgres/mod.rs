@@ -706,7 +706,7 @@ impl Store for PostgresStore {
                 "WITH gone AS (
                      DELETE FROM notifications
                       WHERE id IN (SELECT id FROM notifications
-                                    WHERE status = 'delivered' AND id < $3 AND updated_at < $1
+                                    WHERE status IN ('sent', 'delivered') AND id < $3 AND updated_at < $1
                                     LIMIT $2)
                      RETURNING id),
                  attempts_gone AS (

@@ -191,6 +191,31 @@ CREATE INDEX notifications_created_by ON notifications (created_by, id)
     WHERE created_by IS NOT NULL;
 ",
     ),
+    (
+        12,
+        // Honest statuses: what a provider accepted was called `delivered`;
+        // it is `sent`, and `delivered` is left for a provider's receipt
+        // (with `undelivered` and `bounced`). The outbox's events of those
+        // ends are renamed with them, payload and all, so a pending one goes
+        // out under the new name.
+        "
+ALTER TABLE notifications DROP CONSTRAINT notifications_status_check;
+UPDATE notifications SET status = 'sent' WHERE status = 'delivered';
+ALTER TABLE notifications ADD CONSTRAINT notifications_status_check CHECK (status IN
+    ('scheduled', 'queued', 'sending', 'retrying', 'sent', 'delivered', 'undelivered',
+     'bounced', 'failed', 'dead', 'canceled', 'expired'));
+ALTER TABLE webhook_deliveries DROP CONSTRAINT webhook_deliveries_event_check;
+UPDATE webhook_deliveries
+   SET event = 'notification.sent',
+       payload = jsonb_set(jsonb_set(payload::jsonb, '{type}', '\"notification.sent\"'),
+                           '{data,status}', '\"sent\"')::text
+ WHERE event = 'notification.delivered';
+ALTER TABLE webhook_deliveries ADD CONSTRAINT webhook_deliveries_event_check CHECK (event IN
+    ('notification.sent', 'notification.delivered', 'notification.undelivered',
+     'notification.bounced', 'notification.failed', 'notification.dead',
+     'notification.expired'));
+",
+    ),
 ];
 
 /// Applies every migration this database lacks; returns how many.

@@ -916,7 +916,7 @@ fn purge(conn: &Connection, before: UnixMillis, limit: usize) -> Result<u64, Sto
         .prepare_cached(
             "DELETE FROM notifications
               WHERE rowid IN (SELECT rowid FROM notifications
-                               WHERE status = 'delivered' AND id < ?3 AND updated_at < ?1
+                               WHERE status IN ('sent', 'delivered') AND id < ?3 AND updated_at < ?1
                                LIMIT ?2)
              RETURNING id",
         )

@@ -190,6 +190,20 @@ CREATE INDEX notifications_created_by ON notifications (created_by, id)
     WHERE created_by IS NOT NULL;
 ",
     ),
+    (
+        13,
+        // Honest statuses: what a provider accepted was called `delivered`;
+        // it is `sent`, and `delivered` is left for a provider's receipt.
+        // The outbox's events of those ends are renamed with them, payload
+        // and all, so a pending one goes out under the new name.
+        "
+UPDATE notifications SET status = 'sent' WHERE status = 'delivered';
+UPDATE webhook_deliveries
+   SET event = 'notification.sent',
+       payload = json_set(payload, '$.type', 'notification.sent', '$.data.status', 'sent')
+ WHERE event = 'notification.delivered';
+",
+    ),
 ];
 
 /// The version a database has once every migration is applied.
