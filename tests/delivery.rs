@@ -408,12 +408,7 @@ timeout_ms = 1000
         assert_eq!(record.body["attempts"].as_array().unwrap().len(), 1);
         assert_eq!(sent(&format!("ordinary {i}\"")), 1);
     }
-    let metrics = reqwest::get(format!("{}/metrics", client.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = client.metrics().await;
     assert!(
         metrics.lines().any(|l| l == "herald_store_faults_total 1"),
         "{metrics}"

@@ -149,12 +149,7 @@ async fn a_hedged_notification_is_not_held_up_by_a_slow_provider(backend: Backen
     assert_eq!(n["hedge"], false);
     assert_eq!(n["attempts"].as_array().unwrap().len(), 1, "{n}");
 
-    let text = reqwest::get(format!("{}/metrics", client.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = client.metrics().await;
     assert!(
         text.contains(&format!(
             r#"herald_hedges_total{{outcome="won_by_hedge"}} {raced}"#

@@ -131,15 +131,6 @@ async fn wait_for_provider(client: &Client, name: &str, check: impl Fn(Option<&V
     }
 }
 
-async fn metrics(client: &Client) -> String {
-    reqwest::get(format!("{}/metrics", client.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 async fn post(client: &Client, path: &str) -> support::Answer {
     client.post(path, &json!({})).await
 }
@@ -287,7 +278,7 @@ async fn a_removed_provider_finishes_what_it_holds_and_gets_nothing_more() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let gauge = r#"herald_provider_breaker_state{provider="slow"}"#;
-    assert!(metrics(&client).await.contains(gauge));
+    assert!(client.metrics().await.contains(gauge));
     // Removed while it holds three requests.
     std::fs::write(
         &herald.config,
@@ -300,7 +291,7 @@ async fn a_removed_provider_finishes_what_it_holds_and_gets_nothing_more() {
     assert_eq!(a.body["added"], json!(["quick"]));
     assert!(provider_view(&client, "slow").await.is_none());
     assert!(
-        !metrics(&client).await.contains(gauge),
+        !client.metrics().await.contains(gauge),
         "a removed provider's gauges go"
     );
 
@@ -339,7 +330,7 @@ async fn disabling_takes_a_provider_out_of_rotation_until_enabled(backend: Backe
         provider_view(&client, "two").await.unwrap()["enabled"],
         true
     );
-    let m = metrics(&client).await;
+    let m = client.metrics().await;
     assert!(
         m.contains(r#"herald_provider_enabled{provider="one"} 0"#),
         "{m}"
@@ -431,7 +422,7 @@ async fn postgres_every_instance_follows_a_disable() {
     assert_eq!(post(&a, "/v1/providers/one/disable").await.status, 200);
     // The other instance follows within its refresh interval.
     wait_for_provider(&b, "one", |p| p.is_some_and(|p| p["enabled"] == false)).await;
-    let m = metrics(&b).await;
+    let m = b.metrics().await;
     assert!(
         m.contains(r#"herald_provider_enabled{provider="one"} 0"#),
         "{m}"

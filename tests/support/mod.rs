@@ -392,6 +392,17 @@ pub struct Answer {
 }
 
 impl Client {
+    /// The Prometheus text of `GET /metrics` (sent without this client's
+    /// headers, as a scraper would).
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn new(addr: SocketAddr) -> Self {
         Self::with_headers(addr, reqwest::header::HeaderMap::new())
     }
