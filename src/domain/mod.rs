@@ -3,6 +3,7 @@
 pub mod callback;
 pub mod notification;
 pub mod options;
+pub mod receipt;
 pub mod rfc3339;
 pub mod schema;
 pub mod validation;
@@ -12,3 +13,4 @@ pub use notification::{
     Attempt, AttemptOutcome, Channel, Email, Message, NotificationId, Priority, Sms, Status,
     UnixMillis,
 };
+pub use receipt::{Receipt, ReceiptOutcome};

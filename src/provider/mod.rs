@@ -212,6 +212,9 @@ pub struct Verdict {
     /// How long the provider asked us to hold off.
     pub pause: Option<Duration>,
     pub error: Option<String>,
+    /// How many parts the provider split the message into (a long SMS);
+    /// each part gets a receipt of its own. 1 unless the provider says.
+    pub parts: u32,
 }
 
 impl Verdict {
@@ -224,6 +227,7 @@ impl Verdict {
             unreachable: false,
             pause: None,
             error: None,
+            parts: 1,
         }
     }
 
@@ -239,6 +243,7 @@ impl Verdict {
             unreachable: false,
             pause: None,
             error: Some(outside::error_text(&error)),
+            parts: 1,
         }
     }
 
